@@ -1,0 +1,1 @@
+//! The SQLite catalog of nodes and the upload journal (not implemented yet).

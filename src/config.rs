@@ -1,0 +1,386 @@
+//! The configuration file (`~/.config/uploadfs/config.toml`): `[targets.NAME]` tables,
+//! validated into [`TargetConfig`]s, and the [`Secret`] type that keeps tokens out of logs.
+//!
+//! Validation is strict: unknown keys and missing fields are errors that name the key and
+//! the fix, and a file that holds a token must not be readable by group or others.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A token or password. `Debug` and `Display` never show it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The raw value, for building an `Authorization` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Box,
+    Cloudreve,
+    Fluxer,
+    Virola,
+    Dyson,
+}
+
+impl TargetKind {
+    pub const ALL: [TargetKind; 5] = [
+        TargetKind::Box,
+        TargetKind::Cloudreve,
+        TargetKind::Fluxer,
+        TargetKind::Virola,
+        TargetKind::Dyson,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Box => "box",
+            TargetKind::Cloudreve => "cloudreve",
+            TargetKind::Fluxer => "fluxer",
+            TargetKind::Virola => "virola",
+            TargetKind::Dyson => "dyson",
+        }
+    }
+}
+
+/// One `[targets.NAME]` table as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub kind: TargetKind,
+    pub url: String,
+    pub upload_url: Option<String>,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub folder_id: Option<String>,
+    pub root: Option<String>,
+    pub channel_id: Option<String>,
+    pub room_id: Option<u64>,
+    pub message_id: Option<u64>,
+    pub pool_id: Option<String>,
+    /// Accept self-signed TLS certificates (Virola servers often use them).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Largest file the account may upload (Fluxer accounts differ: 25 MiB / 500 MiB).
+    pub max_file_size: Option<u64>,
+    /// Cap on the total time one request may spend in retries, seconds.
+    pub retry_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    targets: BTreeMap<String, RawTarget>,
+}
+
+/// A validated target configuration.
+#[derive(Clone)]
+pub struct TargetConfig {
+    pub kind: TargetKind,
+    pub url: String,
+    pub upload_url: Option<String>,
+    pub token: Secret,
+    pub folder_id: Option<String>,
+    pub root: Option<String>,
+    pub channel_id: Option<String>,
+    pub room_id: Option<u64>,
+    pub message_id: Option<u64>,
+    pub pool_id: Option<String>,
+    pub insecure: bool,
+    pub max_file_size: Option<u64>,
+    pub retry_seconds: u64,
+}
+
+impl fmt::Debug for TargetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TargetConfig")
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .field("upload_url", &self.upload_url)
+            .field("token", &self.token)
+            .field("folder_id", &self.folder_id)
+            .field("root", &self.root)
+            .field("channel_id", &self.channel_id)
+            .field("room_id", &self.room_id)
+            .field("message_id", &self.message_id)
+            .field("pool_id", &self.pool_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default bound on the time spent retrying one request.
+pub const DEFAULT_RETRY_SECONDS: u64 = 120;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} holds a token but is readable by group or others (mode {mode:o}); fix with: chmod 600 {path}")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("target '{name}': {message}")]
+    Invalid { name: String, message: String },
+    #[error("no target named '{name}' in {path} (known: {known})")]
+    UnknownTarget {
+        name: String,
+        path: PathBuf,
+        known: String,
+    },
+}
+
+/// The parsed config file.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub path: PathBuf,
+    pub targets: BTreeMap<String, RawTarget>,
+}
+
+/// `~/.config/uploadfs/config.toml` (honours `XDG_CONFIG_HOME`).
+pub fn default_config_path() -> PathBuf {
+    dirs::config_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("uploadfs")
+        .join("config.toml")
+}
+
+impl Config {
+    /// Load a config file. A missing default file is an empty config.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let explicit = path.is_some();
+        let path = path.map(Path::to_path_buf).unwrap_or_else(default_config_path);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config {
+                    path,
+                    targets: BTreeMap::new(),
+                })
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let raw: RawFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: e.message().to_string(),
+        })?;
+        if raw.targets.values().any(|t| t.token.is_some()) {
+            check_private(&path)?;
+        }
+        Ok(Config {
+            path,
+            targets: raw.targets,
+        })
+    }
+
+    /// The validated config of target `name`.
+    pub fn target(&self, name: &str) -> Result<TargetConfig, ConfigError> {
+        let raw = self
+            .targets
+            .get(name)
+            .ok_or_else(|| ConfigError::UnknownTarget {
+                name: name.to_string(),
+                path: self.path.clone(),
+                known: if self.targets.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+                },
+            })?;
+        validate(name, raw)
+    }
+}
+
+fn check_private(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Turn a raw table into a [`TargetConfig`], resolving the token and checking the fields
+/// each kind needs.
+pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        name: name.to_string(),
+        message,
+    };
+    let token = match (&raw.token, &raw.token_env, &raw.token_file) {
+        (Some(t), None, None) => Secret::new(t.clone()),
+        (None, Some(var), None) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Secret::new(v),
+            _ => {
+                return Err(invalid(format!(
+                    "token_env = \"{var}\" but ${var} is not set; export it or use token_file"
+                )))
+            }
+        },
+        (None, None, Some(file)) => {
+            let v = std::fs::read_to_string(file)
+                .map_err(|e| invalid(format!("cannot read token_file {}: {e}", file.display())))?;
+            Secret::new(v.trim().to_string())
+        }
+        (None, None, None) => {
+            return Err(invalid(
+                "missing token: set one of token, token_env or token_file".to_string(),
+            ))
+        }
+        _ => {
+            return Err(invalid(
+                "set only one of token, token_env and token_file".to_string(),
+            ))
+        }
+    };
+    if url::Url::parse(&raw.url).is_err() {
+        return Err(invalid(format!(
+            "url = \"{}\" is not a URL (expected e.g. https://host/api)",
+            raw.url
+        )));
+    }
+    let need = |field: &str, present: bool| {
+        if present {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "kind = \"{}\" needs `{field}`",
+                raw.kind.as_str()
+            )))
+        }
+    };
+    match raw.kind {
+        TargetKind::Box => {}
+        TargetKind::Cloudreve => {}
+        TargetKind::Fluxer => need("channel_id", raw.channel_id.is_some())?,
+        TargetKind::Virola => {
+            need("room_id", raw.room_id.is_some())?;
+            need("message_id", raw.message_id.is_some())?;
+        }
+        TargetKind::Dyson => {}
+    }
+    Ok(TargetConfig {
+        kind: raw.kind,
+        url: raw.url.trim_end_matches('/').to_string(),
+        upload_url: raw
+            .upload_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_string()),
+        token,
+        folder_id: raw.folder_id.clone(),
+        root: raw.root.clone(),
+        channel_id: raw.channel_id.clone(),
+        room_id: raw.room_id,
+        message_id: raw.message_id,
+        pool_id: raw.pool_id.clone(),
+        insecure: raw.insecure,
+        max_file_size: raw.max_file_size,
+        retry_seconds: raw.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
+    })
+}
+
+impl TargetConfig {
+    /// A config pointing at an `uploadfs serve` instance at `base` (e.g.
+    /// `http://127.0.0.1:8080`) for protocol `kind`, as used by the `local` target and tests.
+    pub fn for_local_server(kind: TargetKind, base: &str, token: &str) -> TargetConfig {
+        let base = base.trim_end_matches('/');
+        let (url, upload_url) = match kind {
+            TargetKind::Box => (
+                format!("{base}/box/2.0"),
+                Some(format!("{base}/box/upload/2.0")),
+            ),
+            TargetKind::Cloudreve => (format!("{base}/cloudreve/api/v4"), None),
+            TargetKind::Fluxer => (format!("{base}/fluxer/v1"), None),
+            TargetKind::Virola => (format!("{base}/virola/api/v1"), None),
+            TargetKind::Dyson => (format!("{base}/dyson/api"), None),
+        };
+        TargetConfig {
+            kind,
+            url,
+            upload_url,
+            token: Secret::new(token),
+            folder_id: Some("0".to_string()),
+            root: Some("cloudreve://my".to_string()),
+            channel_id: Some(crate::server::FLUXER_CHANNEL_ID.to_string()),
+            room_id: Some(crate::server::VIROLA_ROOM_ID),
+            message_id: Some(crate::server::VIROLA_MESSAGE_ID),
+            pool_id: None,
+            insecure: false,
+            max_file_size: None,
+            retry_seconds: DEFAULT_RETRY_SECONDS,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("hunter2-token");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(format!("{s}"), "***");
+        let cfg = TargetConfig::for_local_server(TargetKind::Box, "http://127.0.0.1:1", "tok-xyz");
+        assert!(!format!("{cfg:?}").contains("tok-xyz"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = toml::from_str::<RawFile>(
+            "[targets.a]\nkind='box'\nurl='http://x'\ntokn='x'\n",
+        )
+        .unwrap_err();
+        assert!(err.message().contains("tokn"), "{}", err.message());
+    }
+
+    #[test]
+    fn group_readable_token_file_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[targets.a]\nkind='box'\nurl='http://x'\ntoken='t'\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Config::load(Some(&p)).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = Config::load(Some(&p)).unwrap();
+        assert_eq!(cfg.target("a").unwrap().token.expose(), "t");
+    }
+}

@@ -1,0 +1,3 @@
+//! The filesystem core: inode table, handles, semantics (being built).
+
+pub mod mount;

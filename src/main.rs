@@ -1,0 +1,69 @@
+//! The `uploadfs` binary: parse the command line, set up logging, build the tokio runtime
+//! (after any daemonizing fork), and hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use uploadfs::cli::{Cli, Command, ConfigCommand};
+
+fn init_tracing(log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env("UPLOADFS_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match log_file {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Mount(args) => uploadfs::fs::mount::run(args, cli.log_file),
+        Command::Unmount(args) => uploadfs::fs::mount::unmount(args),
+        Command::Status(args) => uploadfs::fs::mount::status(args),
+        Command::Serve(opts) => {
+            init_tracing(cli.log_file.as_deref())?;
+            runtime()?.block_on(uploadfs::server::run(opts))
+        }
+        Command::Put(args) => {
+            init_tracing(cli.log_file.as_deref())?;
+            let remote = runtime()?.block_on(uploadfs::put::put(&args))?;
+            if !args.quiet {
+                eprintln!("uploaded {} ({} bytes, id {})", remote.name, remote.size, remote.id);
+            }
+            Ok(())
+        }
+        Command::Get(args) => {
+            init_tracing(cli.log_file.as_deref())?;
+            runtime()?.block_on(uploadfs::put::get(&args)).map(|_| ())
+        }
+        Command::Config(c) => match c.command {
+            ConfigCommand::Check { config, probe } => {
+                init_tracing(cli.log_file.as_deref())?;
+                runtime()?.block_on(uploadfs::open::check_config(config.as_deref(), probe))
+            }
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("uploadfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

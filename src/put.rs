@@ -1,0 +1,246 @@
+//! `uploadfs put` and `uploadfs get`: one file up or down without FUSE, for scripts and as
+//! the direct-client baseline of the benchmarks. A progress bar is drawn on a terminal.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use sha1::Digest as _;
+
+use crate::cli::{GetArgs, PutArgs};
+use crate::open::open_target;
+use crate::target::{ByteCounter, Digests, DirRef, FileSource, RemoteFile, Target, UploadRequest};
+
+/// Size of one ranged GET of `uploadfs get`.
+const GET_BLOCK: u64 = 8 * 1024 * 1024;
+/// Ranged GETs in flight at once.
+const GET_PARALLEL: usize = 4;
+
+/// Split `TARGET[:PATH]`.
+pub fn split_dest(dest: &str) -> (&str, Option<&str>) {
+    match dest.split_once(':') {
+        Some((t, p)) if !p.is_empty() => (t, Some(p.trim_start_matches('/'))),
+        Some((t, _)) => (t, None),
+        None => (dest, None),
+    }
+}
+
+fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Find (and with `create`, make) the folder `dirs` below the root; flat targets only
+/// have the root.
+async fn resolve_dir(target: &dyn Target, dirs: &[&str], create: bool) -> anyhow::Result<DirRef> {
+    let caps = target.capabilities();
+    let mut cur: DirRef = None;
+    if dirs.is_empty() {
+        return Ok(cur);
+    }
+    if !caps.folders {
+        bail!("target kind {} has no folders; give a plain file name", caps.kind);
+    }
+    for d in dirs {
+        let entries = target.list(&cur).await?;
+        let found = entries
+            .into_iter()
+            .find(|e| e.is_dir && names_equal(&e.name, d, caps.case_insensitive_names));
+        cur = Some(match found {
+            Some(e) => e.id,
+            None if create => target.mkdir(&cur, d).await?.id,
+            None => bail!("no folder named {d}"),
+        });
+    }
+    Ok(cur)
+}
+
+pub fn names_equal(a: &str, b: &str, case_insensitive: bool) -> bool {
+    if case_insensitive {
+        a.to_lowercase() == b.to_lowercase()
+    } else {
+        a == b
+    }
+}
+
+/// Hash a local file (SHA-1 and MD5) in one pass.
+fn digest_file(path: &Path) -> std::io::Result<Digests> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut sha1 = sha1::Sha1::new();
+    let mut md5 = md5::Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha1.update(&buf[..n]);
+        md5.update(&buf[..n]);
+    }
+    Ok(Digests {
+        sha1: Some(hex::encode(sha1.finalize())),
+        md5: Some(hex::encode(md5.finalize())),
+    })
+}
+
+/// `uploadfs put FILE TARGET[:PATH]`.
+pub async fn put(args: &PutArgs) -> anyhow::Result<RemoteFile> {
+    let (tname, path) = split_dest(&args.dest);
+    let open = open_target(tname, args.config.as_deref(), args.insecure).await?;
+    let meta = std::fs::metadata(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", args.file.display());
+    }
+    let local_name = args
+        .file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{} has no usable file name", args.file.display()))?;
+    let (dirs, name): (Vec<&str>, &str) = match path {
+        None => (vec![], local_name),
+        Some(p) if p.ends_with('/') => (p.split('/').filter(|s| !s.is_empty()).collect(), local_name),
+        Some(p) => {
+            let mut parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+            let name = parts.pop().unwrap_or(local_name);
+            (parts, name)
+        }
+    };
+    let target = open.target.clone();
+    let caps = target.capabilities();
+    let parent = resolve_dir(target.as_ref(), &dirs, true).await?;
+    let existing = target
+        .list(&parent)
+        .await?
+        .into_iter()
+        .find(|e| !e.is_dir && names_equal(&e.name, name, caps.case_insensitive_names));
+    let digests = {
+        let p = args.file.clone();
+        tokio::task::spawn_blocking(move || digest_file(&p)).await??
+    };
+    let counter = Arc::new(ByteCounter::default());
+    let pb = progress_bar(meta.len(), args.quiet);
+    pb.set_message(format!("put {name}"));
+    let ticker = {
+        let (pb, counter) = (pb.clone(), counter.clone());
+        tokio::spawn(async move {
+            loop {
+                pb.set_position(counter.0.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let mtime_ms = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let req = UploadRequest {
+        parent,
+        name: name.to_string(),
+        size: meta.len(),
+        digests,
+        mtime_ms,
+        replaces: existing.clone(),
+        resume_session: None,
+        source: Arc::new(FileSource::open(&args.file)?),
+        observer: counter.clone(),
+    };
+    let result = target.upload(req).await;
+    ticker.abort();
+    let remote = result.map_err(|e| {
+        anyhow!(
+            "upload of {} to {}:{} failed: {}",
+            args.file.display(),
+            tname,
+            name,
+            e
+        )
+    })?;
+    // Targets without versions: the new file is in; now the old one can go.
+    if let Some(old) = existing {
+        if !caps.replaces_in_place && old.id != remote.id && caps.delete {
+            target.delete(&old).await?;
+        }
+    }
+    pb.finish_and_clear();
+    Ok(remote)
+}
+
+/// Find a remote file by `PATH` (walking folders where the target has them).
+pub async fn find_remote(target: &dyn Target, path: &str) -> anyhow::Result<RemoteFile> {
+    let caps = target.capabilities();
+    let mut parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let name = parts.pop().ok_or_else(|| anyhow!("empty path"))?;
+    let dir = resolve_dir(target, &parts, false).await?;
+    target
+        .list(&dir)
+        .await?
+        .into_iter()
+        .filter(|e| !e.is_dir && names_equal(&e.name, name, caps.case_insensitive_names))
+        .last()
+        .ok_or_else(|| anyhow!("no file named {path}"))
+}
+
+/// `uploadfs get TARGET:PATH [OUT]`.
+pub async fn get(args: &GetArgs) -> anyhow::Result<u64> {
+    let (tname, path) = split_dest(&args.src);
+    let path = path.ok_or_else(|| anyhow!("give the remote file as TARGET:PATH"))?;
+    let open = open_target(tname, args.config.as_deref(), args.insecure).await?;
+    let target = open.target.clone();
+    let remote = find_remote(target.as_ref(), path).await?;
+    let mut out: Box<dyn Write + Send> = match &args.out {
+        Some(p) => Box::new(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout()),
+    };
+    let pb = progress_bar(remote.size, args.quiet || args.out.is_none());
+    pb.set_message(format!("get {}", remote.name));
+    let blocks = remote.size.div_ceil(GET_BLOCK);
+    let mut stream = futures_util::stream::iter(0..blocks)
+        .map(|i| {
+            let target = target.clone();
+            let remote = remote.clone();
+            async move {
+                let off = i * GET_BLOCK;
+                let len = GET_BLOCK.min(remote.size - off);
+                target.read_range(&remote, off, len).await.map(|b| (off, len, b))
+            }
+        })
+        .buffered(GET_PARALLEL);
+    let mut total = 0u64;
+    while let Some(r) = stream.next().await {
+        let (off, len, bytes) = r.map_err(|e| anyhow!("download of {tname}:{path} failed: {e}"))?;
+        if bytes.len() as u64 != len {
+            bail!(
+                "download of {tname}:{path} failed: server sent {} bytes at offset {off}, expected {len}",
+                bytes.len()
+            );
+        }
+        out.write_all(&bytes)?;
+        total += len;
+        pb.set_position(total);
+    }
+    out.flush()?;
+    pb.finish_and_clear();
+    Ok(total)
+}

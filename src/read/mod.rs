@@ -1,0 +1,1 @@
+//! The read path: block cache and range fetcher (not implemented yet).

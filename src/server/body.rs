@@ -1,0 +1,268 @@
+//! Moving bytes in and out of the server without holding whole files in memory: request
+//! bodies are streamed to disk while SHA-1 and MD5 are computed, and blobs are served as
+//! streams with single-range support.
+
+use std::path::Path;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use md5::{Digest as _, Md5};
+use sha1::Sha1;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::faults::Throttle;
+
+/// What was received: length and lowercase hex digests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyInfo {
+    pub len: u64,
+    pub sha1: String,
+    pub md5: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// More than the allowed number of bytes arrived.
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
+    /// The client went away or sent a broken body.
+    #[error("body aborted: {0}")]
+    Aborted(String),
+    #[error("disk: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Incremental SHA-1 + MD5.
+#[derive(Clone, Default)]
+pub struct Hashers {
+    sha1: Sha1,
+    md5: Md5,
+    len: u64,
+}
+
+impl Hashers {
+    pub fn update(&mut self, data: &[u8]) {
+        self.sha1.update(data);
+        self.md5.update(data);
+        self.len += data.len() as u64;
+    }
+    pub fn finish(self) -> BodyInfo {
+        BodyInfo {
+            len: self.len,
+            sha1: hex::encode(self.sha1.finalize()),
+            md5: hex::encode(self.md5.finalize()),
+        }
+    }
+}
+
+/// Stream `body` into a new file at `path`, refusing more than `limit` bytes.
+pub async fn body_to_file(
+    body: Body,
+    path: &Path,
+    limit: u64,
+    throttle: &Throttle,
+) -> Result<BodyInfo, BodyError> {
+    let mut file = tokio::fs::File::create(path).await?;
+    let info = append_body(body, &mut file, limit, throttle).await;
+    if info.is_err() {
+        drop(file);
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    info
+}
+
+/// Stream `body` into an open file at its current position.
+pub async fn append_body(
+    body: Body,
+    file: &mut tokio::fs::File,
+    limit: u64,
+    throttle: &Throttle,
+) -> Result<BodyInfo, BodyError> {
+    let mut stream = body.into_data_stream();
+    let mut h = Hashers::default();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Aborted(e.to_string()))?;
+        if h.len + chunk.len() as u64 > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        throttle.take(chunk.len() as u64).await;
+        h.update(&chunk);
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    Ok(h.finish())
+}
+
+/// Hash a whole file on disk (used when parts are concatenated).
+pub async fn hash_file(path: &Path) -> std::io::Result<BodyInfo> {
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut h = Hashers::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finish())
+}
+
+/// How a protocol treats a `Range` header it cannot satisfy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRange {
+    /// Answer 416 with `Content-Range: bytes */size` (Box, Cloudreve, Dyson, Virola).
+    Refuse,
+    /// Ignore the header and send the whole body with 200 (Fluxer's media proxy).
+    Ignore,
+}
+
+/// Parse a single `bytes=` range against `size`. `Ok(None)`: no header. `Err(())`: the
+/// header is present but unsatisfiable or malformed.
+pub fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(v) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let v = v.to_str().map_err(|_| ())?.trim();
+    let spec = v.strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", "") => return Err(()),
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| ())?;
+            if n == 0 || size == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (s, "") => {
+            let s: u64 = s.parse().map_err(|_| ())?;
+            if size == 0 {
+                return Err(());
+            }
+            (s, size - 1)
+        }
+        (s, e) => {
+            let s: u64 = s.parse().map_err(|_| ())?;
+            let e: u64 = e.parse().map_err(|_| ())?;
+            if e < s || size == 0 {
+                return Err(());
+            }
+            (s, e.min(size - 1))
+        }
+    };
+    if start >= size {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+/// Serve a blob with optional single-range support. `extra` headers are added as given.
+pub async fn serve_file(
+    path: &Path,
+    size: u64,
+    req_headers: &HeaderMap,
+    bad_range: BadRange,
+    content_type: &str,
+    extra: &[(header::HeaderName, String)],
+    throttle: std::sync::Arc<Throttle>,
+    drop_midway: bool,
+) -> Response {
+    let range = match parse_range(req_headers, size) {
+        Ok(r) => r,
+        Err(()) => match bad_range {
+            BadRange::Ignore => None,
+            BadRange::Refuse => {
+                return (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                )
+                    .into_response()
+            }
+        },
+    };
+    let (status, start, len) = match range {
+        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        None => (StatusCode::OK, 0, size),
+    };
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "blob missing");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    if start > 0 {
+        if let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await {
+            tracing::error!(error = %e, "blob seek");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    }
+    // With `drop_midway` the stream fails after half the bytes: the client sees the
+    // connection break in the middle of the body.
+    let cut = if drop_midway { len / 2 } else { u64::MAX };
+    let stream = futures_util::stream::unfold(
+        (file, len, 0u64, throttle),
+        move |(mut file, len, sent, throttle)| async move {
+            if sent >= len {
+                return None;
+            }
+            if sent >= cut {
+                return Some((
+                    Err(std::io::Error::other("injected fault: connection dropped")),
+                    (file, len, len, throttle),
+                ));
+            }
+            let want = (len - sent).min(256 * 1024).min(cut.saturating_sub(sent).max(1)) as usize;
+            let mut buf = vec![0u8; want];
+            match file.read_exact(&mut buf).await {
+                Ok(_) => {
+                    throttle.take(want as u64).await;
+                    Some((Ok(bytes::Bytes::from(buf)), (file, len, sent + want as u64, throttle)))
+                }
+                Err(e) => Some((Err(e), (file, len, len, throttle))),
+            }
+        },
+    );
+    let mut resp = Response::new(Body::from_stream(stream));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", start, start + len - 1, size)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    for (k, v) in extra {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k.clone(), v);
+        }
+    }
+    resp
+}
+
+/// A content type from a file name's extension (what the real services derive).
+pub fn content_type_for(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("txt") => "text/plain",
+        Some("html") | Some("htm") => "text/html",
+        Some("json") => "application/json",
+        Some("png") => "image/png",
+        Some("jpg") | Some("jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("pdf") => "application/pdf",
+        Some("zip") => "application/zip",
+        Some("mp4") => "video/mp4",
+        _ => "application/octet-stream",
+    }
+}

@@ -1,0 +1,476 @@
+//! `uploadfs serve`: one axum server hosting all five upload protocols under fixed
+//! prefixes (`/box/2.0`, `/box/upload/2.0`, `/cloudreve/api/v4`, `/fluxer/v1` and the CDN
+//! `/fluxer/cdn`, `/virola/api/v1`, `/dyson/api`), as strict as the real services.
+//!
+//! Shared pieces live here: the options, the state every protocol handler gets
+//! ([`ServerState`]), token checks, fault injection hooks, and the test endpoints under
+//! `/_uploadfs/` (introspection of what really landed, and run-time control of faults).
+//!
+//! Connections are served by our own accept loop instead of `axum::serve` so that a
+//! handler can really drop its connection ([`ConnKill`]): that is how "connection reset"
+//! faults reach clients as they would on a real network.
+
+pub mod body;
+pub mod box_;
+pub mod cloudreve;
+pub mod dyson;
+pub mod faults;
+pub mod fluxer;
+pub mod store;
+pub mod virola;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use faults::{Counters, Fault, FaultOp, Faults, Throttle};
+use store::Store;
+
+/// The channel id of the one Fluxer channel the server hosts.
+pub const FLUXER_CHANNEL_ID: &str = "1000000000000000001";
+/// The Virola room and message that hold uploaded attachments.
+pub const VIROLA_ROOM_ID: u64 = 6;
+pub const VIROLA_MESSAGE_ID: u64 = 1234567;
+/// Default token when `--token` is not given.
+pub const DEFAULT_TOKEN: &str = "uploadfs-dev-token";
+
+/// Options of `uploadfs serve` (also used in-process by the `local` target and tests).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeOptions {
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where stored files live (survives restarts).
+    #[arg(long, default_value = "./uploadfs-data")]
+    pub data: PathBuf,
+    /// The token every protocol requires.
+    #[arg(long, env = "UPLOADFS_SERVE_TOKEN", default_value = DEFAULT_TOKEN, hide_env_values = true)]
+    pub token: String,
+    /// Probability that a part/chunk upload or a download fails (503, 429, dropped connection).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Seed of the fault injection random source.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Delay added to every request, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Server-wide bandwidth cap in bytes per second (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub bandwidth: u64,
+    /// How many times each Box commit answers 202 + Retry-After before succeeding.
+    #[arg(long, default_value_t = 0)]
+    pub box_commit_202: u32,
+    /// Fluxer account upload limit in bytes (non-premium default: 25 MiB).
+    #[arg(long, default_value_t = 25 * 1024 * 1024)]
+    pub fluxer_max_size: u64,
+    /// Largest file any protocol accepts, bytes (each answers in its own error shape).
+    #[arg(long, default_value_t = 64 * 1024 * 1024 * 1024)]
+    pub max_file_size: u64,
+    /// Cloudreve storage policy chunk size in bytes (default policy: 25 MiB; 0 = one chunk).
+    #[arg(long, default_value_t = 25 * 1024 * 1024)]
+    pub cloudreve_chunk_size: u64,
+    /// Accept and discard uploaded bytes without storing them (benchmarks of the client
+    /// side only); listings and downloads of such files answer as empty.
+    #[arg(long)]
+    pub discard: bool,
+}
+
+impl ServeOptions {
+    /// Options for an in-process server on an ephemeral loopback port.
+    pub fn ephemeral(data: PathBuf, token: &str) -> ServeOptions {
+        ServeOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data,
+            token: token.to_string(),
+            fail_rate: 0.0,
+            seed: 1,
+            latency_ms: 0,
+            bandwidth: 0,
+            box_commit_202: 0,
+            fluxer_max_size: 25 * 1024 * 1024,
+            max_file_size: 64 * 1024 * 1024 * 1024,
+            cloudreve_chunk_size: 25 * 1024 * 1024,
+            discard: false,
+        }
+    }
+}
+
+/// Run-time adjustable settings.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub token: String,
+    pub latency: Duration,
+    pub box_commit_202: u32,
+    pub fluxer_max_size: u64,
+    pub max_file_size: u64,
+}
+
+/// State shared by every handler.
+pub struct ServerState {
+    pub opts: ServeOptions,
+    pub live: Mutex<Live>,
+    pub store: Store,
+    pub faults: Faults,
+    pub throttle: Arc<Throttle>,
+    pub counters: Counters,
+    /// The address the server listens on (for absolute URLs in answers).
+    pub base_url: Mutex<String>,
+    pub box_: box_::ProtoState,
+    pub cloudreve: cloudreve::ProtoState,
+    pub fluxer: fluxer::ProtoState,
+    pub virola: virola::ProtoState,
+    pub dyson: dyson::ProtoState,
+}
+
+pub type AppState = Arc<ServerState>;
+
+impl ServerState {
+    pub fn live(&self) -> Live {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// True when `value` is the server's token.
+    pub fn token_matches(&self, value: &str) -> bool {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        !value.is_empty() && constant_time_eq(value.as_bytes(), live.token.as_bytes())
+    }
+
+    /// `Authorization: Bearer <token>` (or the raw token) is present and right.
+    pub fn bearer_ok(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let v = v.trim();
+                let tok = v
+                    .strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+                    .unwrap_or(v);
+                self.token_matches(tok.trim())
+            })
+            .unwrap_or(false)
+    }
+
+    /// Roll for a fault on a request of kind `op` (counted when one is injected).
+    pub fn fault(&self, op: FaultOp) -> Option<Fault> {
+        let f = self.faults.roll(op);
+        if f.is_some() {
+            self.counters.faults_injected.fetch_add(1, Ordering::Relaxed);
+        }
+        f
+    }
+
+    /// The server's own base URL, e.g. `http://127.0.0.1:8080`.
+    pub fn base_url(&self) -> String {
+        self.base_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The largest upload accepted, bytes.
+    pub fn max_file_size(&self) -> u64 {
+        self.live().max_file_size
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Lets a handler close its own connection without answering (injected resets).
+#[derive(Clone)]
+pub struct ConnKill(CancellationToken);
+
+impl ConnKill {
+    /// Close the connection now. The returned future never completes.
+    pub async fn drop_connection(&self) -> Response {
+        self.0.cancel();
+        std::future::pending::<()>().await;
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    }
+}
+
+/// A 429/503 answer for an injected fault; `body` is the protocol's own error JSON.
+pub fn fault_status(fault: Fault, body: serde_json::Value) -> Option<Response> {
+    match fault {
+        Fault::Unavailable => Some(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "0")],
+                Json(body),
+            )
+                .into_response(),
+        ),
+        Fault::TooMany => Some(
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "0")],
+                Json(body),
+            )
+                .into_response(),
+        ),
+        Fault::DropBefore | Fault::DropAfter => None,
+    }
+}
+
+/// Build the router of all protocols plus the test endpoints.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .nest("/box/2.0", box_::api_router())
+        .nest("/box/upload/2.0", box_::upload_router())
+        .nest("/cloudreve/api/v4", cloudreve::router())
+        .nest("/fluxer/v1", fluxer::router())
+        .nest("/fluxer/cdn", fluxer::cdn_router())
+        .nest("/virola/api/v1", virola::router())
+        .nest("/dyson/api", dyson::router())
+        // The public Dyson gateway maps /drive/{**} onto /api/{**}.
+        .nest("/dyson/drive", dyson::router())
+        .route("/_uploadfs/state", get(introspect))
+        .route("/_uploadfs/control", post(control))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), common_layer))
+        .with_state(state)
+}
+
+/// Counts requests and applies the configured latency.
+async fn common_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    state.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let latency = state.live().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    next.run(req).await
+}
+
+fn check_test_auth(state: &ServerState, headers: &HeaderMap) -> Result<(), Response> {
+    if state.bearer_ok(headers) {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, "token required").into_response())
+    }
+}
+
+/// `GET /_uploadfs/state`: stored files per protocol (name, size, SHA-1), open sessions,
+/// counters.
+async fn introspect(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = check_test_auth(&state, &headers) {
+        return r;
+    }
+    let mut protocols = serde_json::Map::new();
+    for (proto, sessions) in [
+        ("box", state.box_.open_sessions()),
+        ("cloudreve", state.cloudreve.open_sessions()),
+        ("fluxer", state.fluxer.open_sessions()),
+        ("virola", state.virola.open_sessions()),
+        ("dyson", state.dyson.open_sessions()),
+    ] {
+        let objects = match state.store.all(proto) {
+            Ok(o) => o,
+            Err(e) => {
+                return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+            }
+        };
+        let (dirs, files): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| o.is_dir);
+        protocols.insert(
+            proto.to_string(),
+            serde_json::json!({ "files": files, "folders": dirs, "open_sessions": sessions }),
+        );
+    }
+    Json(serde_json::json!({
+        "protocols": protocols,
+        "requests": state.counters.requests.load(Ordering::Relaxed),
+        "faults_injected": state.counters.faults_injected.load(Ordering::Relaxed),
+        "bytes_received": state.counters.bytes_received.load(Ordering::Relaxed),
+        "fail_rate": state.faults.rate(),
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ControlBody {
+    fail_rate: Option<f64>,
+    /// Replace the token (a test "revokes" the client's token this way).
+    token: Option<String>,
+    latency_ms: Option<u64>,
+    bandwidth: Option<u64>,
+    box_commit_202: Option<u32>,
+    fluxer_max_size: Option<u64>,
+    max_file_size: Option<u64>,
+}
+
+/// `POST /_uploadfs/control`: change fault and shaping settings at run time.
+async fn control(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<ControlBody>,
+) -> Response {
+    if let Err(r) = check_test_auth(&state, &headers) {
+        return r;
+    }
+    if let Some(r) = body.fail_rate {
+        state.faults.set_rate(r);
+    }
+    if let Some(b) = body.bandwidth {
+        state.throttle.set_rate(b);
+    }
+    {
+        let mut live = state.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = body.token {
+            live.token = t;
+        }
+        if let Some(l) = body.latency_ms {
+            live.latency = Duration::from_millis(l);
+        }
+        if let Some(n) = body.box_commit_202 {
+            live.box_commit_202 = n;
+        }
+        if let Some(n) = body.fluxer_max_size {
+            live.fluxer_max_size = n;
+        }
+        if let Some(n) = body.max_file_size {
+            live.max_file_size = n;
+        }
+    }
+    Json(serde_json::json!({"ok": true})).into_response()
+}
+
+/// A running server: its address, and a handle to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// `http://ADDR`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop accepting connections and end open ones.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open data directory: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Open the store, bind, and serve in the background on the current tokio runtime.
+pub async fn start(opts: ServeOptions) -> Result<RunningServer, ServeError> {
+    let store = Store::open(&opts.data)?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
+    let state = Arc::new(ServerState {
+        live: Mutex::new(Live {
+            token: opts.token.clone(),
+            latency: Duration::from_millis(opts.latency_ms),
+            box_commit_202: opts.box_commit_202,
+            fluxer_max_size: opts.fluxer_max_size,
+            max_file_size: opts.max_file_size,
+        }),
+        faults: Faults::new(opts.fail_rate, opts.seed),
+        throttle: Arc::new(Throttle::new(opts.bandwidth)),
+        counters: Counters::default(),
+        base_url: Mutex::new(format!("http://{addr}")),
+        store,
+        box_: Default::default(),
+        cloudreve: Default::default(),
+        fluxer: Default::default(),
+        virola: Default::default(),
+        dyson: Default::default(),
+        opts,
+    });
+    let app = router(state.clone());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(accept_loop(listener, app, shutdown.clone()));
+    tracing::info!(%addr, "uploadfs serve listening");
+    Ok(RunningServer {
+        addr,
+        state,
+        shutdown,
+        task,
+    })
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
+    use hyper_util::rt::TokioIo;
+    use tower::ServiceExt;
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let kill = CancellationToken::new();
+        let kill_ext = ConnKill(kill.clone());
+        let svc = app.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(kill_ext.clone());
+            req
+        });
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = kill.cancelled() => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// `uploadfs serve`: run until SIGINT/SIGTERM.
+pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    let server = start(opts).await?;
+    println!("uploadfs serve listening on {}", server.base_url());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    server.stop().await;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! The write path: stage files, digests, uploader, journal (not implemented yet).
