@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::server::ServeOptions;
 
 #[derive(Debug, Parser)]
-#[command(name = "uploadfs", version, about = "Mount remote upload targets as a filesystem")]
+#[command(
+    name = "uploadfs",
+    version,
+    about = "Mount remote upload targets as a filesystem"
+)]
 pub struct Cli {
     /// Write logs to this file instead of standard error.
     #[arg(long, global = true)]

@@ -178,7 +178,9 @@ impl Config {
     /// Load a config file. A missing default file is an empty config.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let explicit = path.is_some();
-        let path = path.map(Path::to_path_buf).unwrap_or_else(default_config_path);
+        let path = path
+            .map(Path::to_path_buf)
+            .unwrap_or_else(default_config_path);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
@@ -363,10 +365,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = toml::from_str::<RawFile>(
-            "[targets.a]\nkind='box'\nurl='http://x'\ntokn='x'\n",
-        )
-        .unwrap_err();
+        let err = toml::from_str::<RawFile>("[targets.a]\nkind='box'\nurl='http://x'\ntokn='x'\n")
+            .unwrap_err();
         assert!(err.message().contains("tokn"), "{}", err.message());
     }
 

@@ -12,7 +12,10 @@ fn init_tracing(log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match log_file {
         Some(p) => {
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?;
             builder
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(f))
@@ -24,7 +27,9 @@ fn init_tracing(log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -40,7 +45,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(cli.log_file.as_deref())?;
             let remote = runtime()?.block_on(uploadfs::put::put(&args))?;
             if !args.quiet {
-                eprintln!("uploaded {} ({} bytes, id {})", remote.name, remote.size, remote.id);
+                eprintln!(
+                    "uploaded {} ({} bytes, id {})",
+                    remote.name, remote.size, remote.id
+                );
             }
             Ok(())
         }

@@ -86,7 +86,11 @@ pub async fn check_config(config_path: Option<&Path>, probe: bool) -> anyhow::Re
             Ok(cfg) if probe => {
                 let t = target::build(name, &cfg)?;
                 match t.check().await {
-                    Ok(()) => println!("{name}: ok ({} at {}, token accepted)", cfg.kind.as_str(), cfg.url),
+                    Ok(()) => println!(
+                        "{name}: ok ({} at {}, token accepted)",
+                        cfg.kind.as_str(),
+                        cfg.url
+                    ),
                     Err(e) => {
                         bad += 1;
                         println!("{name}: error: {e}");

@@ -54,7 +54,10 @@ async fn resolve_dir(target: &dyn Target, dirs: &[&str], create: bool) -> anyhow
         return Ok(cur);
     }
     if !caps.folders {
-        bail!("target kind {} has no folders; give a plain file name", caps.kind);
+        bail!(
+            "target kind {} has no folders; give a plain file name",
+            caps.kind
+        );
     }
     for d in dirs {
         let entries = target.list(&cur).await?;
@@ -115,7 +118,9 @@ pub async fn put(args: &PutArgs) -> anyhow::Result<RemoteFile> {
         .ok_or_else(|| anyhow!("{} has no usable file name", args.file.display()))?;
     let (dirs, name): (Vec<&str>, &str) = match path {
         None => (vec![], local_name),
-        Some(p) if p.ends_with('/') => (p.split('/').filter(|s| !s.is_empty()).collect(), local_name),
+        Some(p) if p.ends_with('/') => {
+            (p.split('/').filter(|s| !s.is_empty()).collect(), local_name)
+        }
         Some(p) => {
             let mut parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
             let name = parts.pop().unwrap_or(local_name);
@@ -223,7 +228,10 @@ pub async fn get(args: &GetArgs) -> anyhow::Result<u64> {
             async move {
                 let off = i * GET_BLOCK;
                 let len = GET_BLOCK.min(remote.size - off);
-                target.read_range(&remote, off, len).await.map(|b| (off, len, b))
+                target
+                    .read_range(&remote, off, len)
+                    .await
+                    .map(|b| (off, len, b))
             }
         })
         .buffered(GET_PARALLEL);

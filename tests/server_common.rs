@@ -10,7 +10,11 @@ fn introspection_requires_token_and_reports_empty_store() {
     let s = TestServer::new();
     let st = s.state();
     for proto in ["box", "cloudreve", "fluxer", "virola", "dyson"] {
-        assert_eq!(st["protocols"][proto]["files"].as_array().map(Vec::len), Some(0), "{proto}");
+        assert_eq!(
+            st["protocols"][proto]["files"].as_array().map(Vec::len),
+            Some(0),
+            "{proto}"
+        );
     }
     let status = s.rt.block_on(async {
         reqwest::Client::new()

@@ -218,12 +218,17 @@ pub async fn serve_file(
                     (file, len, len, throttle),
                 ));
             }
-            let want = (len - sent).min(256 * 1024).min(cut.saturating_sub(sent).max(1)) as usize;
+            let want = (len - sent)
+                .min(256 * 1024)
+                .min(cut.saturating_sub(sent).max(1)) as usize;
             let mut buf = vec![0u8; want];
             match file.read_exact(&mut buf).await {
                 Ok(_) => {
                     throttle.take(want as u64).await;
-                    Some((Ok(bytes::Bytes::from(buf)), (file, len, sent + want as u64, throttle)))
+                    Some((
+                        Ok(bytes::Bytes::from(buf)),
+                        (file, len, sent + want as u64, throttle),
+                    ))
                 }
                 Err(e) => Some((Err(e), (file, len, len, throttle))),
             }
@@ -238,7 +243,9 @@ pub async fn serve_file(
         h.insert(header::CONTENT_TYPE, v);
     }
     if status == StatusCode::PARTIAL_CONTENT {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", start, start + len - 1, size)) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {}-{}/{}", start, start + len - 1, size))
+        {
             h.insert(header::CONTENT_RANGE, v);
         }
     }

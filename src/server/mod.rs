@@ -167,7 +167,9 @@ impl ServerState {
     pub fn fault(&self, op: FaultOp) -> Option<Fault> {
         let f = self.faults.roll(op);
         if f.is_some() {
-            self.counters.faults_injected.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .faults_injected
+                .fetch_add(1, Ordering::Relaxed);
         }
         f
     }
@@ -243,7 +245,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/dyson/drive", dyson::router())
         .route("/_uploadfs/state", get(introspect))
         .route("/_uploadfs/control", post(control))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), common_layer))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            common_layer,
+        ))
         .with_state(state)
 }
 
@@ -444,10 +449,12 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
         let _ = stream.set_nodelay(true);
         let kill = CancellationToken::new();
         let kill_ext = ConnKill(kill.clone());
-        let svc = app.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(kill_ext.clone());
-            req
-        });
+        let svc =
+            app.clone()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(kill_ext.clone());
+                    req
+                });
         let svc = hyper_util::service::TowerToHyperService::new(svc);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

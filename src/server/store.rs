@@ -49,7 +49,14 @@ pub struct Object {
 
 impl Object {
     /// A new file object with no extra fields; created/modified now.
-    pub fn file(proto: &str, id: String, parent: String, name: String, body: &super::body::BodyInfo, blob: String) -> Object {
+    pub fn file(
+        proto: &str,
+        id: String,
+        parent: String,
+        name: String,
+        body: &super::body::BodyInfo,
+        blob: String,
+    ) -> Object {
         let now = now_ms();
         Object {
             proto: proto.to_string(),
@@ -181,7 +188,9 @@ impl Store {
 
     pub fn insert(&self, o: &Object) -> StoreResult<()> {
         self.conn().execute(
-            &format!("INSERT INTO objects ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"),
+            &format!(
+                "INSERT INTO objects ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
+            ),
             params![
                 o.proto,
                 o.id,
@@ -292,7 +301,12 @@ impl Store {
         ))?;
         let rows = st
             .query_map(
-                params![proto, parent, limit.min(i64::MAX as u64) as i64, offset as i64],
+                params![
+                    proto,
+                    parent,
+                    limit.min(i64::MAX as u64) as i64,
+                    offset as i64
+                ],
                 row_to_object,
             )?
             .collect::<Result<Vec<_>, _>>()?;

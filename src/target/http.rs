@@ -137,7 +137,11 @@ impl HttpClient {
     }
 
     /// [`send`](Self::send), then read the body as bytes; a body cut short is retried too.
-    pub async fn send_bytes<F>(&self, what: &str, build: F) -> Result<(StatusCode, reqwest::header::HeaderMap, bytes::Bytes)>
+    pub async fn send_bytes<F>(
+        &self,
+        what: &str,
+        build: F,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, bytes::Bytes)>
     where
         F: Fn() -> RequestBuilder,
     {

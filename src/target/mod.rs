@@ -255,7 +255,10 @@ impl TargetError {
         Self::new(ErrorKind::Protocol, message)
     }
     pub fn unsupported(what: &str) -> Self {
-        Self::new(ErrorKind::Unsupported, format!("{what} is not supported by this target"))
+        Self::new(
+            ErrorKind::Unsupported,
+            format!("{what} is not supported by this target"),
+        )
     }
 }
 
@@ -285,8 +288,12 @@ pub trait Target: Send + Sync + 'static {
     async fn delete(&self, file: &RemoteFile) -> Result<()>;
 
     /// Rename and/or move. `new_parent` is only honoured by targets with folders.
-    async fn rename(&self, file: &RemoteFile, new_parent: &DirRef, new_name: &str)
-        -> Result<RemoteFile>;
+    async fn rename(
+        &self,
+        file: &RemoteFile,
+        new_parent: &DirRef,
+        new_name: &str,
+    ) -> Result<RemoteFile>;
 
     /// Create a folder (targets with native folders only).
     async fn mkdir(&self, parent: &DirRef, name: &str) -> Result<RemoteFile>;

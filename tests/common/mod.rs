@@ -29,7 +29,9 @@ impl TestServer {
             .expect("runtime");
         let mut opts = ServeOptions::ephemeral(dir.path().join("data"), TOKEN);
         tweak(&mut opts);
-        let server = rt.block_on(uploadfs::server::start(opts)).expect("server starts");
+        let server = rt
+            .block_on(uploadfs::server::start(opts))
+            .expect("server starts");
         let base = server.base_url();
         TestServer {
             rt,
