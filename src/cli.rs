@@ -36,6 +36,22 @@ pub enum Command {
     Get(GetArgs),
     /// Check the configuration.
     Config(ConfigArgs),
+    /// Print shell completions or the man page, generated from these definitions.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generate,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Generate {
+    /// Shell completions, e.g. `uploadfs generate completions bash > /etc/bash_completion.d/uploadfs`.
+    Completions { shell: clap_complete::Shell },
+    /// The man page (roff), e.g. `uploadfs generate man > uploadfs.1`.
+    Man,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -253,3 +253,23 @@ fn config_check_names_problems_and_probes_tokens() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("UPLOADFS_TEST_UNSET_VAR"), "{stdout}");
 }
+
+#[test]
+fn man_page_and_completions_are_generated() {
+    let home = tempfile::tempdir().unwrap();
+    let out = run(&["generate", "man"], home.path());
+    assert!(out.status.success());
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        man.contains(".TH uploadfs 1") && man.contains("mount"),
+        "{man}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["generate", "completions", shell], home.path());
+        assert!(out.status.success(), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("unmount"),
+            "{shell}"
+        );
+    }
+}
