@@ -107,7 +107,7 @@ pub struct StatusArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct PutArgs {
-    /// Local file to upload.
+    /// Local file to upload (a directory with --recursive).
     pub file: PathBuf,
     /// `TARGET` or `TARGET:PATH` (PATH is a file name, or dir/name on targets with folders).
     pub dest: String,
@@ -119,6 +119,13 @@ pub struct PutArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Upload the contents of the directory FILE into PATH (folders are created where the
+    /// target has them; flat targets get every file in their root).
+    #[arg(long, short)]
+    pub recursive: bool,
+    /// Files uploaded at once with --recursive.
+    #[arg(long, short, default_value_t = 8)]
+    pub jobs: usize,
 }
 
 #[derive(Debug, Clone, Args)]
