@@ -130,6 +130,58 @@ fn put_get_round_trip(kind: TargetKind) {
     );
     assert_eq!(std::fs::read(&dst).unwrap(), newer);
 
+    // A tree with --recursive: folders where the target has them, else flat.
+    let tree = home.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    let mut expect = Vec::new();
+    for (i, rel) in ["a.txt", "b.bin", "sub/c.txt", "sub/d.bin"]
+        .iter()
+        .enumerate()
+    {
+        let data = pattern(1000 + i * 4096, 40 + i as u64);
+        std::fs::write(tree.join(rel), &data).unwrap();
+        expect.push((rel.rsplit('/').next().unwrap().to_string(), sha1_hex(&data)));
+    }
+    let dest = if uploadfs::target::build(k, &s.config(kind))
+        .unwrap()
+        .capabilities()
+        .folders
+    {
+        format!("{k}:tree")
+    } else {
+        k.to_string()
+    };
+    let out = run(
+        &[
+            "put",
+            "-q",
+            "-r",
+            "-j",
+            "3",
+            tree.to_str().unwrap(),
+            &dest,
+            "--config",
+            cfg,
+        ],
+        home,
+    );
+    assert!(
+        out.status.success(),
+        "put -r failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = s.files(k);
+    for (name, sha) in &expect {
+        assert_eq!(
+            stored
+                .iter()
+                .filter(|(n, _, h)| n == name && h == sha)
+                .count(),
+            1,
+            "{name} stored once: {stored:?}"
+        );
+    }
+
     // A missing remote file is a clear error.
     let out = run(&["get", &format!("{k}:nope.bin"), "--config", cfg], home);
     assert!(!out.status.success());
