@@ -226,6 +226,14 @@ impl Config {
     }
 }
 
+/// `~/x` → `$HOME/x`.
+fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), dirs::home_dir()) {
+        (Ok(rest), Some(home)) => home.join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
 fn check_private(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
@@ -267,7 +275,8 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
             }
         },
         (None, None, Some(file)) => {
-            let v = std::fs::read_to_string(file)
+            let file = expand_home(file);
+            let v = std::fs::read_to_string(&file)
                 .map_err(|e| invalid(format!("cannot read token_file {}: {e}", file.display())))?;
             Secret::new(v.trim().to_string())
         }
