@@ -36,6 +36,22 @@ pub enum Command {
     Get(GetArgs),
     /// Check the configuration.
     Config(ConfigArgs),
+    /// Print shell completions or the man page, generated from these definitions.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generate,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Generate {
+    /// Shell completions, e.g. `uploadfs generate completions bash > /etc/bash_completion.d/uploadfs`.
+    Completions { shell: clap_complete::Shell },
+    /// The man page (roff), e.g. `uploadfs generate man > uploadfs.1`.
+    Man,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -91,7 +107,7 @@ pub struct StatusArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct PutArgs {
-    /// Local file to upload.
+    /// Local file to upload (a directory with --recursive).
     pub file: PathBuf,
     /// `TARGET` or `TARGET:PATH` (PATH is a file name, or dir/name on targets with folders).
     pub dest: String,
@@ -103,6 +119,13 @@ pub struct PutArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Upload the contents of the directory FILE into PATH (folders are created where the
+    /// target has them; flat targets get every file in their root).
+    #[arg(long, short)]
+    pub recursive: bool,
+    /// Files uploaded at once with --recursive.
+    #[arg(long, short, default_value_t = 8)]
+    pub jobs: usize,
 }
 
 #[derive(Debug, Clone, Args)]

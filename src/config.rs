@@ -47,9 +47,12 @@ pub enum TargetKind {
     Fluxer,
     Virola,
     Dyson,
+    /// Accepts uploads and drops the bytes (measures the filesystem's own ceiling).
+    Null,
 }
 
 impl TargetKind {
+    /// The five real protocols (not `null`).
     pub const ALL: [TargetKind; 5] = [
         TargetKind::Box,
         TargetKind::Cloudreve,
@@ -64,6 +67,7 @@ impl TargetKind {
             TargetKind::Fluxer => "fluxer",
             TargetKind::Virola => "virola",
             TargetKind::Dyson => "dyson",
+            TargetKind::Null => "null",
         }
     }
 }
@@ -73,7 +77,7 @@ impl TargetKind {
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
     pub kind: TargetKind,
-    pub url: String,
+    pub url: Option<String>,
     pub upload_url: Option<String>,
     pub token: Option<String>,
     pub token_env: Option<String>,
@@ -222,6 +226,14 @@ impl Config {
     }
 }
 
+/// `~/x` → `$HOME/x`.
+fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), dirs::home_dir()) {
+        (Ok(rest), Some(home)) => home.join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
 fn check_private(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
@@ -245,6 +257,13 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
         name: name.to_string(),
         message,
     };
+    if raw.kind == TargetKind::Null {
+        return Ok(TargetConfig::null());
+    }
+    let url = raw
+        .url
+        .clone()
+        .ok_or_else(|| invalid("missing `url` (the API base URL)".to_string()))?;
     let token = match (&raw.token, &raw.token_env, &raw.token_file) {
         (Some(t), None, None) => Secret::new(t.clone()),
         (None, Some(var), None) => match std::env::var(var) {
@@ -256,7 +275,8 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
             }
         },
         (None, None, Some(file)) => {
-            let v = std::fs::read_to_string(file)
+            let file = expand_home(file);
+            let v = std::fs::read_to_string(&file)
                 .map_err(|e| invalid(format!("cannot read token_file {}: {e}", file.display())))?;
             Secret::new(v.trim().to_string())
         }
@@ -271,10 +291,9 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
             ))
         }
     };
-    if url::Url::parse(&raw.url).is_err() {
+    if url::Url::parse(&url).is_err() {
         return Err(invalid(format!(
-            "url = \"{}\" is not a URL (expected e.g. https://host/api)",
-            raw.url
+            "url = \"{url}\" is not a URL (expected e.g. https://host/api)"
         )));
     }
     let need = |field: &str, present: bool| {
@@ -295,11 +314,11 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
             need("room_id", raw.room_id.is_some())?;
             need("message_id", raw.message_id.is_some())?;
         }
-        TargetKind::Dyson => {}
+        TargetKind::Dyson | TargetKind::Null => {}
     }
     Ok(TargetConfig {
         kind: raw.kind,
-        url: raw.url.trim_end_matches('/').to_string(),
+        url: url.trim_end_matches('/').to_string(),
         upload_url: raw
             .upload_url
             .as_ref()
@@ -318,9 +337,31 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
 }
 
 impl TargetConfig {
+    /// The `null` target's config: nothing to configure.
+    pub fn null() -> TargetConfig {
+        TargetConfig {
+            kind: TargetKind::Null,
+            url: String::new(),
+            upload_url: None,
+            token: Secret::default(),
+            folder_id: None,
+            root: None,
+            channel_id: None,
+            room_id: None,
+            message_id: None,
+            pool_id: None,
+            insecure: false,
+            max_file_size: None,
+            retry_seconds: DEFAULT_RETRY_SECONDS,
+        }
+    }
+
     /// A config pointing at an `uploadfs serve` instance at `base` (e.g.
     /// `http://127.0.0.1:8080`) for protocol `kind`, as used by the `local` target and tests.
     pub fn for_local_server(kind: TargetKind, base: &str, token: &str) -> TargetConfig {
+        if kind == TargetKind::Null {
+            return TargetConfig::null();
+        }
         let base = base.trim_end_matches('/');
         let (url, upload_url) = match kind {
             TargetKind::Box => (
@@ -331,6 +372,7 @@ impl TargetConfig {
             TargetKind::Fluxer => (format!("{base}/fluxer/v1"), None),
             TargetKind::Virola => (format!("{base}/virola/api/v1"), None),
             TargetKind::Dyson => (format!("{base}/dyson/api"), None),
+            TargetKind::Null => (String::new(), None),
         };
         TargetConfig {
             kind,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use uploadfs::cli::{Cli, Command, ConfigCommand};
+use uploadfs::cli::{Cli, Command, ConfigCommand, Generate};
 
 fn init_tracing(log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_env("UPLOADFS_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
@@ -61,6 +61,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => {
             init_tracing(cli.log_file.as_deref())?;
             runtime()?.block_on(uploadfs::put::get(&args)).map(|_| ())
+        }
+        Command::Generate(g) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            match g.what {
+                Generate::Completions { shell } => {
+                    clap_complete::generate(shell, &mut cmd, "uploadfs", &mut std::io::stdout());
+                }
+                Generate::Man => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+            }
+            Ok(())
         }
         Command::Config(c) => match c.command {
             ConfigCommand::Check { config, probe } => {

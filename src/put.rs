@@ -102,14 +102,21 @@ fn digest_file(path: &Path) -> std::io::Result<Digests> {
     })
 }
 
-/// `uploadfs put FILE TARGET[:PATH]`.
+/// `uploadfs put FILE TARGET[:PATH]` (or `--recursive DIR TARGET[:PATH]`).
 pub async fn put(args: &PutArgs) -> anyhow::Result<RemoteFile> {
     let (tname, path) = split_dest(&args.dest);
     let open = open_target(tname, args.config.as_deref(), args.insecure).await?;
+    let target = open.target.clone();
+    if args.recursive {
+        return put_tree(target, args, tname, path.unwrap_or("")).await;
+    }
     let meta = std::fs::metadata(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     if !meta.is_file() {
-        bail!("{} is not a regular file", args.file.display());
+        bail!(
+            "{} is not a regular file (use --recursive for a directory)",
+            args.file.display()
+        );
     }
     let local_name = args
         .file
@@ -127,7 +134,6 @@ pub async fn put(args: &PutArgs) -> anyhow::Result<RemoteFile> {
             (parts, name)
         }
     };
-    let target = open.target.clone();
     let caps = target.capabilities();
     let parent = resolve_dir(target.as_ref(), &dirs, true).await?;
     let existing = target
@@ -135,18 +141,45 @@ pub async fn put(args: &PutArgs) -> anyhow::Result<RemoteFile> {
         .await?
         .into_iter()
         .find(|e| !e.is_dir && names_equal(&e.name, name, caps.case_insensitive_names));
+    let pb = progress_bar(meta.len(), args.quiet);
+    pb.set_message(format!("put {name}"));
+    let remote = upload_one(&target, parent, name, &args.file, existing, &pb)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "upload of {} to {tname}:{name} failed: {e:#}",
+                args.file.display()
+            )
+        })?;
+    pb.finish_and_clear();
+    Ok(remote)
+}
+
+/// Upload one local file as `name` in `parent`, replacing `existing`.
+async fn upload_one(
+    target: &Arc<dyn Target>,
+    parent: DirRef,
+    name: &str,
+    file: &Path,
+    existing: Option<RemoteFile>,
+    pb: &ProgressBar,
+) -> anyhow::Result<RemoteFile> {
+    let caps = target.capabilities();
+    let meta = std::fs::metadata(file)?;
     let digests = {
-        let p = args.file.clone();
+        let p = file.to_path_buf();
         tokio::task::spawn_blocking(move || digest_file(&p)).await??
     };
     let counter = Arc::new(ByteCounter::default());
-    let pb = progress_bar(meta.len(), args.quiet);
-    pb.set_message(format!("put {name}"));
+    // Several uploads may share one bar: each adds what it sent since its last tick.
     let ticker = {
         let (pb, counter) = (pb.clone(), counter.clone());
         tokio::spawn(async move {
+            let mut shown = 0;
             loop {
-                pb.set_position(counter.0.load(Ordering::Relaxed));
+                let now = counter.0.load(Ordering::Relaxed);
+                pb.inc(now.saturating_sub(shown));
+                shown = now;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
@@ -165,28 +198,111 @@ pub async fn put(args: &PutArgs) -> anyhow::Result<RemoteFile> {
         mtime_ms,
         replaces: existing.clone(),
         resume_session: None,
-        source: Arc::new(FileSource::open(&args.file)?),
+        source: Arc::new(FileSource::open(file)?),
         observer: counter.clone(),
     };
     let result = target.upload(req).await;
     ticker.abort();
-    let remote = result.map_err(|e| {
-        anyhow!(
-            "upload of {} to {}:{} failed: {}",
-            args.file.display(),
-            tname,
-            name,
-            e
-        )
-    })?;
+    let remote = result?;
     // Targets without versions: the new file is in; now the old one can go.
     if let Some(old) = existing {
         if !caps.replaces_in_place && old.id != remote.id && caps.delete {
             target.delete(&old).await?;
         }
     }
-    pb.finish_and_clear();
     Ok(remote)
+}
+
+/// `put --recursive`: mirror a local directory tree, `jobs` files at a time.
+async fn put_tree(
+    target: Arc<dyn Target>,
+    args: &PutArgs,
+    tname: &str,
+    path: &str,
+) -> anyhow::Result<RemoteFile> {
+    let caps = target.capabilities();
+    let base: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let root_dir = resolve_dir(target.as_ref(), &base, true).await?;
+    // Walk the tree: (local path, remote parent, name).
+    let mut jobs: Vec<(std::path::PathBuf, DirRef, String)> = Vec::new();
+    let mut total = 0u64;
+    let mut stack = vec![(args.file.clone(), root_dir.clone())];
+    while let Some((dir, remote_dir)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e
+                .file_name()
+                .into_string()
+                .map_err(|n| anyhow!("{n:?} is not UTF-8"))?;
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                let sub = if caps.folders {
+                    resolve_dir_from(target.as_ref(), remote_dir.clone(), &name).await?
+                } else {
+                    remote_dir.clone()
+                };
+                stack.push((e.path(), sub));
+            } else if ft.is_file() {
+                total += e.metadata()?.len();
+                jobs.push((e.path(), remote_dir.clone(), name));
+            }
+        }
+    }
+    // Existing names per remote directory, listed once each.
+    let mut existing: std::collections::HashMap<DirRef, Vec<RemoteFile>> = Default::default();
+    for (_, d, _) in &jobs {
+        if !existing.contains_key(d) {
+            existing.insert(d.clone(), target.list(d).await?);
+        }
+    }
+    let pb = progress_bar(total, args.quiet);
+    pb.set_message(format!("put {} files", jobs.len()));
+    let mut last = None;
+    let mut results = futures_util::stream::iter(jobs.into_iter().map(|(file, dir, name)| {
+        let old = existing.get(&dir).and_then(|v| {
+            v.iter()
+                .find(|e| !e.is_dir && names_equal(&e.name, &name, caps.case_insensitive_names))
+                .cloned()
+        });
+        let (target, pb) = (target.clone(), pb.clone());
+        async move {
+            upload_one(&target, dir, &name, &file, old, &pb)
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "upload of {} to {tname}:{name} failed: {e:#}",
+                        file.display()
+                    )
+                })
+        }
+    }))
+    .buffer_unordered(args.jobs.max(1));
+    while let Some(r) = results.next().await {
+        last = Some(r?);
+    }
+    pb.finish_and_clear();
+    last.ok_or_else(|| anyhow!("{} holds no files", args.file.display()))
+}
+
+/// The folder `name` in `parent`, created when missing.
+async fn resolve_dir_from(
+    target: &dyn Target,
+    parent: DirRef,
+    name: &str,
+) -> anyhow::Result<DirRef> {
+    let caps = target.capabilities();
+    let found = target
+        .list(&parent)
+        .await?
+        .into_iter()
+        .find(|e| e.is_dir && names_equal(&e.name, name, caps.case_insensitive_names));
+    Ok(Some(match found {
+        Some(e) => e.id,
+        None => target.mkdir(&parent, name).await?.id,
+    }))
 }
 
 /// Find a remote file by `PATH` (walking folders where the target has them).

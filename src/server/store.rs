@@ -100,9 +100,14 @@ impl Store {
         for d in ["blobs", "tmp", "sessions"] {
             std::fs::create_dir_all(root.join(d))?;
         }
-        // Anything in tmp/ belongs to an upload that never committed.
+        // Anything old in tmp/ belongs to an upload that never committed. Recent files may
+        // be another process's upload in progress (a `put local` beside a mount).
         for e in std::fs::read_dir(root.join("tmp"))? {
-            let p = e?.path();
+            let e = e?;
+            if !is_stale(&e) {
+                continue;
+            }
+            let p = e.path();
             if p.is_dir() {
                 let _ = std::fs::remove_dir_all(&p);
             } else {
@@ -368,12 +373,24 @@ impl Store {
         for e in std::fs::read_dir(self.root.join("blobs"))? {
             let e = e?;
             let name = e.file_name().to_string_lossy().to_string();
-            if !known.contains(&name) {
+            if !known.contains(&name) && is_stale(&e) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
         Ok(())
     }
+}
+
+/// Leftovers are swept only when older than this, so a second process sharing the data
+/// directory never loses a file it is about to commit.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn is_stale(e: &std::fs::DirEntry) -> bool {
+    e.metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_AFTER)
 }
 
 fn row_to_object(r: &rusqlite::Row<'_>) -> rusqlite::Result<Object> {

@@ -127,10 +127,7 @@ impl HttpClient {
         self.retry(what, || async {
             match build().send().await {
                 Ok(resp) => classify(resp),
-                Err(e) => Attempt::Retry {
-                    after: None,
-                    reason: format!("connection error: {}", describe_reqwest(e)),
-                },
+                Err(e) => connection_failed(e),
             }
         })
         .await
@@ -148,12 +145,7 @@ impl HttpClient {
         self.retry(what, || async {
             let resp = match build().send().await {
                 Ok(resp) => resp,
-                Err(e) => {
-                    return Attempt::Retry {
-                        after: None,
-                        reason: format!("connection error: {}", describe_reqwest(e)),
-                    }
-                }
+                Err(e) => return connection_failed(e),
             };
             let resp = match classify(resp) {
                 Attempt::Done(r) => r,
@@ -178,6 +170,29 @@ impl HttpClient {
             }
         })
         .await
+    }
+}
+
+/// A request that got no answer: retried, except a refused TLS certificate, which no
+/// retry can fix.
+pub fn connection_failed<T>(e: reqwest::Error) -> Attempt<T> {
+    let text = describe_reqwest(e);
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("certificate")
+        || lower.contains("invalidcert")
+        || lower.contains("unknownissuer")
+    {
+        return Attempt::Fail(TargetError::new(
+            ErrorKind::Auth,
+            format!(
+                "the server's TLS certificate was not accepted ({text}); for a self-signed \
+                 server set `insecure = true` in the target's config or pass --insecure"
+            ),
+        ));
+    }
+    Attempt::Retry {
+        after: None,
+        reason: format!("connection error: {text}"),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod cloudreve;
 pub mod dyson;
 pub mod fluxer;
 pub mod http;
+pub mod null;
 pub mod virola;
 
 use std::fmt;
@@ -307,6 +308,9 @@ pub trait Target: Send + Sync + 'static {
 /// Build the client for a configured target.
 pub fn build(name: &str, cfg: &TargetConfig) -> anyhow::Result<Arc<dyn Target>> {
     use crate::config::TargetKind;
+    if cfg.kind == TargetKind::Null {
+        return Ok(Arc::new(null::NullTarget::new()));
+    }
     let http = http::HttpClient::new(name, cfg)?;
     Ok(match cfg.kind {
         TargetKind::Box => Arc::new(box_::BoxTarget::new(http, cfg)?),
@@ -314,5 +318,6 @@ pub fn build(name: &str, cfg: &TargetConfig) -> anyhow::Result<Arc<dyn Target>> 
         TargetKind::Fluxer => Arc::new(fluxer::FluxerTarget::new(http, cfg)?),
         TargetKind::Virola => Arc::new(virola::VirolaTarget::new(http, cfg)?),
         TargetKind::Dyson => Arc::new(dyson::DysonTarget::new(http, cfg)?),
+        TargetKind::Null => Arc::new(null::NullTarget::new()),
     })
 }

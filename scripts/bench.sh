@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Benchmarks of uploadfs (release build, loopback only, ~10 minutes on 2 cores).
+#
+# For each target kind it starts `uploadfs serve` on a fresh data directory, mounts the
+# kind, and runs every workload through the mount and through the direct client
+# (`uploadfs put` / `get`) on the same server, alternating the two sides over several runs.
+# It prints one table: median time, throughput, and the ratio mount/direct. The same run
+# measures this machine's limits: loopback HTTP ingest of the server, plain disk write to
+# the stage directory, and the FUSE write ceiling of the daemon with uploads discarded (the
+# `null` target).
+#
+# Knobs (environment): BENCH_RUNS (3), BENCH_BIG_MB (1024), BENCH_SMALL_N (1000),
+# BENCH_LS_N (10000), BENCH_KINDS ("box cloudreve dyson"), BENCH_RSS_MB (256),
+# BENCH_OUT (a TSV of every sample).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${BENCH_RUNS:-3}
+BIG_MB=${BENCH_BIG_MB:-1024}
+SMALL_N=${BENCH_SMALL_N:-1000}
+LS_N=${BENCH_LS_N:-10000}
+KINDS=${BENCH_KINDS:-"box cloudreve dyson"}
+RSS_MB=${BENCH_RSS_MB:-256}
+TOKEN="bench-$RANDOM-$RANDOM"
+
+command -v fusermount3 >/dev/null || { echo "bench.sh: needs fuse3 (run scripts/test.sh first)" >&2; exit 1; }
+command -v rsync >/dev/null || { echo "bench.sh: needs rsync (run scripts/test.sh first)" >&2; exit 1; }
+
+cargo build --release --quiet
+BIN=$PWD/target/release/uploadfs
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/uploadfs-bench.XXXXXX")
+OUT=${BENCH_OUT:-$WORK/samples.tsv}
+: > "$OUT"
+MNT=$WORK/mnt
+mkdir -p "$MNT"
+SERVER_PID=""
+
+cleanup() {
+  mountpoint -q "$MNT" 2>/dev/null && { "$BIN" unmount --force "$MNT" >/dev/null 2>&1 || fusermount3 -uz "$MNT" || true; }
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+now_ms() { date +%s%3N; }
+# record WORKLOAD KIND SIDE MS BYTES_OR_FILES UNIT
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$OUT"; }
+# timed WORKLOAD KIND SIDE AMOUNT UNIT -- command...
+timed() {
+  local w=$1 k=$2 side=$3 amount=$4 unit=$5; shift 6
+  local t0 t1
+  t0=$(now_ms); "$@"; t1=$(now_ms)
+  record "$w" "$k" "$side" $((t1 - t0)) "$amount" "$unit"
+}
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_server() {
+  rm -rf "$WORK/data"
+  PORT=$(free_port)
+  "$BIN" serve --listen "127.0.0.1:$PORT" --data "$WORK/data" --token "$TOKEN" \
+    --fluxer-max-size $((2 * 1024 * 1024 * 1024)) >"$WORK/serve.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/_uploadfs/state" >/dev/null && break
+    sleep 0.1
+  done
+  BASE="http://127.0.0.1:$PORT"
+  cat > "$WORK/config.toml" <<EOF
+[targets.box]
+kind = "box"
+url = "$BASE/box/2.0"
+upload_url = "$BASE/box/upload/2.0"
+token = "$TOKEN"
+[targets.cloudreve]
+kind = "cloudreve"
+url = "$BASE/cloudreve/api/v4"
+token = "$TOKEN"
+[targets.fluxer]
+kind = "fluxer"
+url = "$BASE/fluxer/v1"
+token = "$TOKEN"
+channel_id = "1000000000000000001"
+[targets.virola]
+kind = "virola"
+url = "$BASE/virola/api/v1"
+token = "$TOKEN"
+room_id = 6
+message_id = 1234567
+[targets.dyson]
+kind = "dyson"
+url = "$BASE/dyson/api"
+token = "$TOKEN"
+[targets.null]
+kind = "null"
+EOF
+  chmod 600 "$WORK/config.toml"
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+
+mount_kind() { # KIND [extra mount flags]
+  local k=$1; shift
+  rm -rf "$WORK/cache" "$WORK/state"
+  "$BIN" mount "$k" "$MNT" --config "$WORK/config.toml" --cache-dir "$WORK/cache" \
+    --state-dir "$WORK/state" --log-file "$WORK/mount-$k.log" "$@"
+}
+remount_kind() { # keep catalog and cache dirs: a cold block cache, same namespace
+  local k=$1; shift
+  "$BIN" mount "$k" "$MNT" --config "$WORK/config.toml" --cache-dir "$WORK/cache" \
+    --state-dir "$WORK/state" --log-file "$WORK/mount-$k.log" "$@"
+}
+unmount() { "$BIN" unmount "$MNT"; }
+daemon_pid() {
+  local p
+  for p in $(pgrep -f "uploadfs mount"); do
+    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "$MNT" && { echo "$p"; return; }
+  done
+}
+reset_peak() { echo 5 > "/proc/$1/clear_refs" 2>/dev/null || true; }
+peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+
+gen_tree() { # DIR N SIZE SEED — N files of SIZE bytes with distinct contents
+  python3 - "$@" <<'EOF'
+import os, sys, random
+d, n, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+os.makedirs(d, exist_ok=True)
+r = random.Random(seed)
+for i in range(n):
+    with open(os.path.join(d, f"s{seed}-f{i:05d}.bin"), "wb") as f:
+        f.write(r.randbytes(size))
+EOF
+}
+
+echo "bench.sh: work dir $WORK, runs $RUNS, kinds: $KINDS" >&2
+BIG=$WORK/big.bin
+head -c $((BIG_MB * 1024 * 1024)) /dev/urandom > "$BIG"
+BIG_BYTES=$((BIG_MB * 1024 * 1024))
+
+# ---- machine limits ------------------------------------------------------------------
+start_server
+# Loopback HTTP ingest: 8 MiB chunks streamed with curl -T into a Fluxer chunked upload.
+head -c $((8 * 1024 * 1024)) /dev/urandom > "$WORK/part.bin"
+NPARTS=$((BIG_MB / 8))
+SESSION=$(curl -sf -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d "{\"filename\":\"ingest.bin\",\"file_size\":$((NPARTS * 8 * 1024 * 1024))}" \
+  "$BASE/fluxer/v1/channels/1000000000000000001/chunked-uploads" | python3 -c 'import sys,json; print(json.load(sys.stdin)["upload_id"])')
+t0=$(now_ms)
+for i in $(seq 0 $((NPARTS - 1))); do
+  curl -sf -o /dev/null -T "$WORK/part.bin" -H "Authorization: Bearer $TOKEN" \
+    "$BASE/fluxer/v1/channels/1000000000000000001/chunked-uploads/$SESSION/chunks/$i"
+done
+record "limit: HTTP ingest (curl -T 8 MiB parts)" server - $(( $(now_ms) - t0 )) $((NPARTS * 8 * 1024 * 1024)) B
+# Plain disk write of the big file's size into the stage directory's file system.
+mkdir -p "$WORK/cache"
+t0=$(now_ms); dd if=/dev/zero of="$WORK/cache/dd.bin" bs=1M count="$BIG_MB" conv=fsync status=none; \
+  record "limit: disk write + fsync (stage dir)" disk - $(( $(now_ms) - t0 )) "$BIG_BYTES" B
+rm -f "$WORK/cache/dd.bin"
+# FUSE write ceiling: the daemon with the null target (uploads read from the stage, then dropped).
+mount_kind null
+timed "limit: FUSE ceiling (dd 1 MiB, null target)" null mount "$BIG_BYTES" B -- \
+  dd if=/dev/zero of="$MNT/ceiling.bin" bs=1M count="$BIG_MB" status=none
+unmount
+stop_server
+
+# ---- per target kind -----------------------------------------------------------------
+for K in $KINDS; do
+  echo "bench.sh: $K" >&2
+  start_server
+  mount_kind "$K"
+  for r in $(seq "$RUNS"); do
+    # 1. cp of one big file, until cp returns (commit included) vs uploadfs put.
+    timed "cp ${BIG_MB} MiB" "$K" mount "$BIG_BYTES" B -- cp "$BIG" "$MNT/big-$r.bin"
+    timed "cp ${BIG_MB} MiB" "$K" direct "$BIG_BYTES" B -- "$BIN" put -q "$BIG" "$K:bigd-$r.bin" --config "$WORK/config.toml"
+    # 2. many small files: cp -r and rsync -a vs put -r, fresh contents each run.
+    gen_tree "$WORK/small-$r" "$SMALL_N" 16384 "$r"
+    timed "cp -r ${SMALL_N}x16KiB" "$K" mount "$SMALL_N" files -- cp -r "$WORK/small-$r" "$MNT/small-$r"
+    gen_tree "$WORK/rs-$r" "$SMALL_N" 16384 $((100 + r))
+    timed "rsync -a ${SMALL_N}x16KiB" "$K" mount "$SMALL_N" files -- rsync -a "$WORK/rs-$r/" "$MNT/rs-$r/"
+    gen_tree "$WORK/pd-$r" "$SMALL_N" 16384 $((200 + r))
+    timed "cp -r ${SMALL_N}x16KiB" "$K" direct "$SMALL_N" files -- "$BIN" put -q -r "$WORK/pd-$r" "$K" --config "$WORK/config.toml"
+    timed "rsync -a ${SMALL_N}x16KiB" "$K" direct "$SMALL_N" files -- "$BIN" put -q -r -j 8 "$WORK/rs-$r" "$K" --config "$WORK/config.toml"
+    rm -rf "$WORK/small-$r" "$WORK/rs-$r" "$WORK/pd-$r"
+  done
+  unmount
+  # 3. sequential read of a committed big file: cold (fresh daemon, dropped page cache) and warm.
+  for r in $(seq "$RUNS"); do
+    remount_kind "$K"
+    drop_caches
+    timed "read ${BIG_MB} MiB cold" "$K" mount "$BIG_BYTES" B -- cat "$MNT/big-1.bin" > /dev/null
+    timed "read ${BIG_MB} MiB warm" "$K" mount "$BIG_BYTES" B -- cat "$MNT/big-1.bin" > /dev/null
+    # 4. 4 KiB random reads (IOPS) over the same file.
+    if command -v fio >/dev/null && [ "$r" = 1 ]; then
+      iops=$(fio --name=rr --filename="$MNT/big-1.bin" --rw=randread --bs=4k --ioengine=psync \
+        --size="${BIG_MB}M" --runtime=10 --time_based --readonly --output-format=json 2>/dev/null |
+        python3 -c 'import sys,json; print(int(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))')
+      record "4 KiB random read (fio, IOPS)" "$K" mount 10000 "$((iops * 10))" reads
+    fi
+    unmount
+    drop_caches
+    timed "read ${BIG_MB} MiB cold" "$K" direct "$BIG_BYTES" B -- "$BIN" get -q "$K:big-1.bin" /dev/null --config "$WORK/config.toml"
+  done
+  # 6. daemon peak RSS during 1 and 16 parallel writes of RSS_MB each.
+  head -c $((RSS_MB * 1024 * 1024)) /dev/urandom > "$WORK/rss.bin"
+  remount_kind "$K"
+  pid=$(daemon_pid)
+  reset_peak "$pid"
+  cp "$WORK/rss.bin" "$MNT/rss-one.bin"
+  record "daemon peak RSS, 1 writer of ${RSS_MB} MiB" "$K" mount 0 "$(peak_kib "$pid")" KiB
+  reset_peak "$pid"
+  for i in $(seq 16); do cp "$WORK/rss.bin" "$MNT/rss-$i.bin" & done
+  wait
+  record "daemon peak RSS, 16 writers of ${RSS_MB} MiB" "$K" mount 0 "$(peak_kib "$pid")" KiB
+  unmount
+  rm -f "$WORK/rss.bin"
+  # 1b. write-back: cp returns once staged; the time runs until unmount has drained.
+  for r in $(seq "$RUNS"); do
+    if remount_kind "$K" --write-back 2>/dev/null; then
+      timed "cp ${BIG_MB} MiB write-back (to drained)" "$K" mount "$BIG_BYTES" B -- sh -c "cp '$BIG' '$MNT/wb-$r.bin' && '$BIN' unmount '$MNT'"
+      gen_tree "$WORK/wb-$r" "$SMALL_N" 16384 $((300 + r))
+      remount_kind "$K" --write-back
+      timed "cp -r ${SMALL_N}x16KiB write-back (to drained)" "$K" mount "$SMALL_N" files -- sh -c "cp -r '$WORK/wb-$r' '$MNT/wb-$r' && '$BIN' unmount '$MNT'"
+      rm -rf "$WORK/wb-$r"
+    fi
+  done
+  stop_server
+done
+
+# 5. ls -l of a directory of LS_N files (box: native folders), cold and warm.
+start_server
+mkdir -p "$WORK/ls"
+python3 - "$WORK/ls" "$LS_N" <<'EOF'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(os.path.join(d, f"entry-{i:05d}.txt"), "w") as f:
+        f.write(str(i))
+EOF
+"$BIN" put -q -r -j 16 "$WORK/ls" box:ls --config "$WORK/config.toml"
+for r in $(seq "$RUNS"); do
+  mount_kind box
+  timed "ls -l ${LS_N} files cold" box mount "$LS_N" files -- sh -c "ls -l '$MNT/ls' > /dev/null"
+  timed "ls -l ${LS_N} files warm" box mount "$LS_N" files -- sh -c "ls -l '$MNT/ls' > /dev/null"
+  unmount
+done
+stop_server
+
+# ---- the table -----------------------------------------------------------------------
+python3 - "$OUT" <<'EOF'
+import sys, statistics, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+groups = collections.OrderedDict()
+for w, k, side, ms, amount, unit in rows:
+    groups.setdefault((w, k), {}).setdefault(side, []).append((int(ms), int(amount), unit))
+def rate(ms, amount, unit):
+    if unit == "B":
+        return f"{amount / 1e6 / (ms / 1000):8.1f} MB/s" if ms else "-"
+    if unit == "files":
+        return f"{amount / (ms / 1000):8.0f} files/s" if ms else "-"
+    if unit == "reads":
+        return f"{amount / (ms / 1000):8.0f} IOPS"
+    return f"{amount / 1024:8.1f} MiB"
+print(f"{'workload':46} {'target':10} {'side':7} {'median':>9} {'rate':>16} {'mount/direct':>13}")
+for (w, k), sides in groups.items():
+    med = {}
+    for side, samples in sides.items():
+        ms = statistics.median(s[0] for s in samples)
+        amount, unit = samples[0][1], samples[0][2]
+        med[side] = ms
+        shown = f"{ms / 1000:8.2f}s" if unit != "KiB" else "        -"
+        if unit == "KiB":
+            amount = max(s[1] for s in samples)
+        ratio = ""
+        if side == "mount" and "direct" in sides:
+            d = statistics.median(s[0] for s in sides["direct"])
+            ratio = f"{ms / d:12.2f}x" if d else ""
+        print(f"{w:46} {k:10} {side:7} {shown:>9} {rate(ms, amount, unit):>16} {ratio:>13}")
+EOF
+echo "samples: $OUT (removed with the work dir unless BENCH_OUT is set)" >&2
