@@ -31,6 +31,12 @@ pub struct OpenFile {
     pub handles: AtomicUsize,
     /// The inode was unlinked (or replaced by a rename): never commit it.
     pub unlinked: AtomicBool,
+    /// The committed remote content this stage stands for but has not fetched yet: an
+    /// existing file opened for writing is fetched on the first read, write or partial
+    /// truncate, so `touch` or an open that writes nothing costs no download.
+    unloaded: std::sync::Mutex<Option<crate::target::RemoteFile>>,
+    /// Serializes that fetch.
+    pub load_lock: tokio::sync::Mutex<()>,
 }
 
 impl OpenFile {
@@ -46,7 +52,44 @@ impl OpenFile {
             writers: AtomicUsize::new(0),
             handles: AtomicUsize::new(0),
             unlinked: AtomicBool::new(false),
+            unloaded: std::sync::Mutex::new(None),
+            load_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// A write state for an existing remote file whose content is fetched on first use.
+    pub fn lazy(stage: Arc<Stage>, remote: crate::target::RemoteFile) -> Arc<Self> {
+        let of = Self::new(stage, false);
+        *of.unloaded_lock() = Some(remote);
+        of
+    }
+
+    fn unloaded_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<crate::target::RemoteFile>> {
+        self.unloaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The remote content still to fetch, if any.
+    pub fn unloaded(&self) -> Option<crate::target::RemoteFile> {
+        self.unloaded_lock().clone()
+    }
+
+    /// The content was fetched (stage version `version` equals the remote) or is no longer
+    /// needed (truncated to zero).
+    pub fn set_loaded(&self, version: Option<u64>) {
+        *self.unloaded_lock() = None;
+        if let Some(v) = version {
+            self.committed_version.store(v, Ordering::SeqCst);
+        }
+    }
+
+    /// The size the file has for its users.
+    pub fn size(&self) -> u64 {
+        match &*self.unloaded_lock() {
+            Some(r) => r.size,
+            None => self.stage.size(),
+        }
     }
 
     /// Bytes were written or the size changed since the last commit.

@@ -42,7 +42,7 @@ impl Node {
     /// Size as the user sees it: the stage's while there is one.
     pub fn size(&self) -> u64 {
         match &self.open {
-            Some(o) => o.stage.size(),
+            Some(o) => o.size(),
             None => self.row.size,
         }
     }

@@ -617,10 +617,7 @@ impl Fs {
         };
         if let Some(of) = of {
             let writers = of.writers.load(Ordering::SeqCst);
-            {
-                let _g = of.gate.read().await;
-                of.stage.truncate(size).map_err(|e| io_errno(&e))?;
-            }
+            self.truncate_stage(&of, size).await?;
             self.mark_modified(ino);
             if writers == 0 {
                 // Nobody will close this file for writing: commit now.
@@ -640,10 +637,7 @@ impl Fs {
         let of = self.open_for_write(ino, size == 0).await?;
         of.handles.fetch_add(1, Ordering::SeqCst);
         let r = async {
-            {
-                let _g = of.gate.read().await;
-                of.stage.truncate(size).map_err(|e| io_errno(&e))?;
-            }
+            self.truncate_stage(&of, size).await?;
             of.mark_needs_commit();
             self.mark_modified(ino);
             self.commit(ino, &of).await
@@ -652,6 +646,21 @@ impl Fs {
         of.handles.fetch_sub(1, Ordering::SeqCst);
         self.cleanup(ino, &of);
         r
+    }
+
+    /// Truncate a stage; a not yet fetched one is fetched first unless it becomes empty.
+    async fn truncate_stage(&self, of: &OpenFile, size: u64) -> FsResult<()> {
+        if size > 0 {
+            self.ensure_loaded(of).await?;
+        }
+        let _l = of.load_lock.lock().await;
+        let _g = of.gate.read().await;
+        of.stage.truncate(size).map_err(|e| io_errno(&e))?;
+        if of.unloaded().is_some() {
+            of.set_loaded(None);
+            of.mark_needs_commit();
+        }
+        Ok(())
     }
 
     pub async fn mkdir(
@@ -939,6 +948,25 @@ impl Fs {
         Ok(())
     }
 
+    /// Fetch the remote content a lazily opened stage stands for.
+    async fn ensure_loaded(&self, of: &OpenFile) -> FsResult<()> {
+        if of.unloaded().is_none() {
+            return Ok(());
+        }
+        let _l = of.load_lock.lock().await;
+        let Some(remote) = of.unloaded() else {
+            return Ok(());
+        };
+        let _g = of.gate.read().await;
+        if let Err(e) = self.load_remote(&of.stage, &remote).await {
+            tracing::warn!(name = %remote.name, error = %e, "cannot fetch the file for editing");
+            let _ = of.stage.truncate(0);
+            return Err(e.kind.errno());
+        }
+        of.set_loaded(Some(of.stage.version()));
+        Ok(())
+    }
+
     /// The inode's write state, creating its stage if needed (fetching the current content
     /// unless `trunc`).
     async fn open_for_write(&self, ino: u64, trunc: bool) -> FsResult<Arc<OpenFile>> {
@@ -958,8 +986,10 @@ impl Fs {
             };
             if let Some(of) = existing {
                 if trunc {
+                    let _l = of.load_lock.lock().await;
                     let _g = of.gate.read().await;
                     of.stage.truncate(0).map_err(|e| io_errno(&e))?;
+                    of.set_loaded(None);
                     of.mark_needs_commit();
                 }
                 return Ok(of);
@@ -977,19 +1007,15 @@ impl Fs {
                     let path = self.new_stage_path(ino);
                     let s = Arc::new(Stage::create(&path, md5).map_err(|e| io_errno(&e))?);
                     match (&remote, trunc) {
-                        (Some(r), false) => {
-                            if let Err(e) = self.load_remote(&s, r).await {
-                                s.remove_file();
-                                tracing::warn!(name = %r.name, error = %e, "cannot fetch the file for editing");
-                                return Err(e.kind.errno());
-                            }
-                            (s, false, false)
-                        }
+                        (Some(_), false) => (s, false, false),
                         _ => (s, true, false),
                     }
                 }
             };
-            let of = OpenFile::new(stage.clone(), needs_commit);
+            let of = match (&remote, needs_commit) {
+                (Some(r), false) => OpenFile::lazy(stage.clone(), r.clone()),
+                _ => OpenFile::new(stage.clone(), needs_commit),
+            };
             let mut t = self.tree();
             let Some(n) = t.get_mut(ino) else {
                 if !reused {
@@ -1158,10 +1184,12 @@ impl Fs {
                     })
             }
             _ => match &h.open {
-                Some(of) => of
-                    .stage
-                    .read_at(offset, size as usize)
-                    .map_err(|e| io_errno(&e)),
+                Some(of) => {
+                    self.ensure_loaded(of).await?;
+                    of.stage
+                        .read_at(offset, size as usize)
+                        .map_err(|e| io_errno(&e))
+                }
                 None => Ok(Bytes::new()),
             },
         }
@@ -1202,6 +1230,7 @@ impl Fs {
                 return Err(libc::EFBIG);
             }
         }
+        self.ensure_loaded(&of).await?;
         {
             let _g = of.gate.read().await;
             of.stage.write_at(offset, data).map_err(|e| io_errno(&e))?;
@@ -1324,7 +1353,7 @@ impl Fs {
             return;
         }
         n.open = None;
-        n.row.size = of.stage.size();
+        n.row.size = of.size();
         if !of.dirty() && n.row.state == NodeState::Committed {
             of.stage.remove_file();
             n.row.stage = None;
