@@ -273,9 +273,21 @@ pub(super) async fn post_message(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    let mut mp = match multipart {
-        Ok(m) => m,
-        Err(e) => {
+    let early = auth(&state, &headers)
+        .map(|_| ())
+        .and_then(|_| check_channel(&cid))
+        .and_then(|_| super::ensure_loaded(&state));
+    let mut mp = match (early, multipart) {
+        (Ok(()), Ok(m)) => m,
+        (Err(r), Ok(mut m)) => {
+            // Read the body anyway, so the client gets the answer rather than a reset.
+            while let Ok(Some(mut f)) = m.next_field().await {
+                drain_field(&mut f).await;
+            }
+            return r;
+        }
+        (Err(r), Err(_)) => return r,
+        (Ok(()), Err(e)) => {
             return form_error(
                 "",
                 "INVALID_MULTIPART",
@@ -283,16 +295,6 @@ pub(super) async fn post_message(
             )
         }
     };
-    let early = auth(&state, &headers)
-        .map(|_| ())
-        .and_then(|_| check_channel(&cid))
-        .and_then(|_| super::ensure_loaded(&state));
-    if let Err(r) = early {
-        while let Ok(Some(mut f)) = mp.next_field().await {
-            drain_field(&mut f).await;
-        }
-        return r;
-    }
     let limit = max_size(&state);
     let mut temps = Temps::default();
     let mut payload: Option<String> = None;
