@@ -23,7 +23,7 @@ use super::super::faults::{Fault, FaultOp};
 use super::super::{AppState, ConnKill, ServerState};
 use super::{
     auth_user, bad_filename, check_channel, ensure_loaded, error, fault_response, form_error, lock,
-    max_size, too_large, Uploaded, CHUNK_SIZE, MAX_CHUNKS, PROTO,
+    max_size, too_large, ApiError, Uploaded, CHUNK_SIZE, MAX_CHUNKS, PROTO,
 };
 
 /// Longest `upload_id` the path schema accepts.
@@ -52,7 +52,7 @@ impl Session {
     }
 }
 
-fn not_found() -> Response {
+fn not_found() -> ApiError {
     error(
         StatusCode::NOT_FOUND,
         "CHUNKED_UPLOAD_NOT_FOUND",
@@ -60,7 +60,7 @@ fn not_found() -> Response {
     )
 }
 
-fn out_of_range() -> Response {
+fn out_of_range() -> ApiError {
     error(
         StatusCode::BAD_REQUEST,
         "CHUNKED_UPLOAD_CHUNK_INDEX_OUT_OF_RANGE",
@@ -68,7 +68,7 @@ fn out_of_range() -> Response {
     )
 }
 
-fn incomplete() -> Response {
+fn incomplete() -> ApiError {
     error(
         StatusCode::BAD_REQUEST,
         "CHUNKED_UPLOAD_INCOMPLETE",
@@ -76,7 +76,7 @@ fn incomplete() -> Response {
     )
 }
 
-fn check_upload_id(uid: &str) -> Result<(), Response> {
+fn check_upload_id(uid: &str) -> Result<(), ApiError> {
     if uid.is_empty() || uid.chars().count() > MAX_UPLOAD_ID_LEN {
         return Err(form_error(
             "upload_id",
@@ -88,7 +88,7 @@ fn check_upload_id(uid: &str) -> Result<(), Response> {
 }
 
 /// Parse a JSON body, or answer `INVALID_FORM_BODY`.
-fn parse_body(body: &Bytes) -> Result<Value, Response> {
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice::<Value>(body)
         .ok()
         .filter(Value::is_object)
@@ -96,7 +96,7 @@ fn parse_body(body: &Bytes) -> Result<Value, Response> {
 }
 
 /// A non-negative integer field (accepting only JSON integers).
-fn uint_field(v: &Value, path: &str) -> Result<u64, Response> {
+fn uint_field(v: &Value, path: &str) -> Result<u64, ApiError> {
     match v {
         Value::Null => Err(form_error(
             path,
@@ -129,9 +129,7 @@ pub(super) async fn create_upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match create_inner(&state, &cid, &headers, &body) {
-        Ok(r) | Err(r) => r,
-    }
+    create_inner(&state, &cid, &headers, &body).unwrap_or_else(IntoResponse::into_response)
 }
 
 fn create_inner(
@@ -139,7 +137,7 @@ fn create_inner(
     cid: &str,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<Response, Response> {
+) -> Result<Response, ApiError> {
     auth_user(state, headers)?;
     check_channel(cid)?;
     let v = parse_body(body)?;
@@ -227,8 +225,8 @@ fn sweep_expired(sessions: &mut HashMap<String, Session>) {
 fn with_session<T>(
     state: &ServerState,
     uid: &str,
-    f: impl FnOnce(&mut Session) -> Result<T, Response>,
-) -> Result<T, Response> {
+    f: impl FnOnce(&mut Session) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
     let mut sessions = lock(&state.fluxer.sessions);
     sweep_expired(&mut sessions);
     match sessions.get_mut(uid) {
@@ -276,7 +274,7 @@ pub(super) async fn put_chunk(
         Ok(v) => v,
         Err(r) => {
             drain(stream).await;
-            return r;
+            return r.into_response();
         }
     };
     let fault = state.fault(FaultOp::Upload);
@@ -284,7 +282,7 @@ pub(super) async fn put_chunk(
         Some(Fault::DropBefore) => return kill.drop_connection().await,
         Some(f @ (Fault::Unavailable | Fault::TooMany)) => {
             drain(stream).await;
-            return fault_response(f).unwrap_or_else(super::internal);
+            return fault_response(f).unwrap_or_else(|| super::internal().into_response());
         }
         _ => {}
     }
@@ -296,7 +294,7 @@ pub(super) async fn put_chunk(
         Ok(r) => r,
         Err(r) => {
             let _ = tokio::fs::remove_file(&temp).await;
-            return r;
+            return r.into_response();
         }
     };
     let etag = format!("\"{}\"", received.md5);
@@ -312,7 +310,7 @@ pub(super) async fn put_chunk(
     });
     if let Err(r) = published {
         let _ = tokio::fs::remove_file(&temp).await;
-        return r;
+        return r.into_response();
     }
     tracing::debug!(%uid, index, len = received.len, "fluxer: chunk stored");
     if fault == Some(Fault::DropAfter) {
@@ -331,7 +329,7 @@ async fn receive(
     mut stream: axum::body::BodyDataStream,
     path: &Path,
     want: u64,
-) -> Result<super::BodyInfo, Response> {
+) -> Result<super::BodyInfo, ApiError> {
     let io_err = |e: std::io::Error| {
         tracing::error!(error = %e, "fluxer: writing chunk");
         super::internal()
@@ -380,7 +378,7 @@ pub(super) async fn complete_upload(
 ) -> Response {
     let session = match complete_check(&state, &cid, &uid, &headers, &body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let temp = state.store.temp_path();
     let assembled = {
@@ -395,7 +393,7 @@ pub(super) async fn complete_upload(
         other => {
             tracing::error!(?other, "fluxer: assembling chunks failed");
             let _ = tokio::fs::remove_file(&temp).await;
-            return super::internal();
+            return super::internal().into_response();
         }
     };
     let content_type = content_type_for(&session.filename);
@@ -423,7 +421,7 @@ fn complete_check(
     uid: &str,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<Session, Response> {
+) -> Result<Session, ApiError> {
     auth_user(state, headers)?;
     check_channel(cid)?;
     check_upload_id(uid)?;

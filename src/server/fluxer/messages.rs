@@ -27,7 +27,7 @@ use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill, ServerState};
 use super::{
     auth, bad_filename, book, check_channel, error, fault_response, form_error, internal, lock,
-    max_size, parse_snowflake, too_large, PROTO,
+    max_size, parse_snowflake, too_large, ApiError, PROTO,
 };
 
 /// Longest message content, characters.
@@ -110,11 +110,11 @@ impl Book {
     }
 }
 
-fn unknown_message() -> Response {
+fn unknown_message() -> ApiError {
     error(StatusCode::NOT_FOUND, "UNKNOWN_MESSAGE", "Unknown Message")
 }
 
-fn io_500(what: &'static str) -> impl Fn(std::io::Error) -> Response {
+fn io_500(what: &'static str) -> impl Fn(std::io::Error) -> ApiError {
     move |e| {
         tracing::error!(error = %e, what, "fluxer: I/O failure");
         internal()
@@ -218,7 +218,7 @@ async fn field_to_file(
     field: &mut Field<'_>,
     path: &std::path::Path,
     limit: u64,
-) -> Result<FileOutcome, Response> {
+) -> Result<FileOutcome, ApiError> {
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(io_500("inline file"))?;
@@ -284,27 +284,28 @@ pub(super) async fn post_message(
             while let Ok(Some(mut f)) = m.next_field().await {
                 drain_field(&mut f).await;
             }
-            return r;
+            return r.into_response();
         }
-        (Err(r), Err(_)) => return r,
+        (Err(r), Err(_)) => return r.into_response(),
         (Ok(()), Err(e)) => {
             return form_error(
                 "",
                 "INVALID_MULTIPART",
                 format!("Expected a multipart/form-data body: {}", e.body_text()),
             )
+            .into_response()
         }
     };
     let limit = max_size(&state);
     let mut temps = Temps::default();
     let mut payload: Option<String> = None;
     let mut files: BTreeMap<u64, Inline> = BTreeMap::new();
-    let mut refusal: Option<Response> = None;
+    let mut refusal: Option<ApiError> = None;
     loop {
         let mut field = match mp.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => return form_error("", "INVALID_MULTIPART", e.body_text()),
+            Err(e) => return form_error("", "INVALID_MULTIPART", e.body_text()).into_response(),
         };
         let name = field.name().unwrap_or_default().to_string();
         if refusal.is_some() {
@@ -321,7 +322,10 @@ pub(super) async fn post_message(
                         "payload_json given twice.",
                     ))
                 }
-                Err(e) => return form_error("payload_json", "INVALID_MULTIPART", e.body_text()),
+                Err(e) => {
+                    return form_error("payload_json", "INVALID_MULTIPART", e.body_text())
+                        .into_response()
+                }
             }
         } else if let Some(n) = files_index(&name) {
             if files.contains_key(&n) {
@@ -340,7 +344,7 @@ pub(super) async fn post_message(
                     files.insert(n, f);
                 }
                 Ok(FileOutcome::TooLarge) => refusal = Some(too_large(limit)),
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             }
         } else {
             // Other form fields carry nothing this emulator uses.
@@ -348,11 +352,11 @@ pub(super) async fn post_message(
         }
     }
     if let Some(r) = refusal {
-        return r;
+        return r.into_response();
     }
     let (content, attachments) = match parse_payload(payload.as_deref(), files) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     // Every referenced upload must exist before anything is committed.
     {
@@ -365,7 +369,8 @@ pub(super) async fn post_message(
                         &format!("attachments.{n}.uploaded_filename"),
                         "UPLOADED_FILE_NOT_FOUND",
                         "The uploaded file was not found.",
-                    );
+                    )
+                    .into_response();
                 }
             }
         }
@@ -381,13 +386,13 @@ pub(super) async fn post_message(
     match fault {
         Some(Fault::DropBefore) => return kill.drop_connection().await,
         Some(f @ (Fault::Unavailable | Fault::TooMany)) => {
-            return fault_response(f).unwrap_or_else(internal)
+            return fault_response(f).unwrap_or_else(|| internal().into_response())
         }
         _ => {}
     }
     let msg = match commit(&state, &cid, content, attachments) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     drop(temps);
     tracing::info!(
@@ -405,7 +410,7 @@ pub(super) async fn post_message(
 fn parse_payload(
     payload: Option<&str>,
     mut files: BTreeMap<u64, Inline>,
-) -> Result<(String, Vec<NewAttachment>), Response> {
+) -> Result<(String, Vec<NewAttachment>), ApiError> {
     let Some(payload) = payload else {
         return Err(form_error(
             "payload_json",
@@ -530,7 +535,7 @@ fn commit(
     cid: &str,
     content: String,
     attachments: Vec<NewAttachment>,
-) -> Result<MessageRec, Response> {
+) -> Result<MessageRec, ApiError> {
     let mid = state.fluxer.next_id();
     let mut ids = Vec::with_capacity(attachments.len());
     let rollback = |ids: &[String]| {
@@ -599,9 +604,7 @@ pub(super) async fn list_messages(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    match list_inner(&state, &cid, &q, &headers) {
-        Ok(r) | Err(r) => r,
-    }
+    list_inner(&state, &cid, &q, &headers).unwrap_or_else(IntoResponse::into_response)
 }
 
 fn list_inner(
@@ -609,7 +612,7 @@ fn list_inner(
     cid: &str,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
-) -> Result<Response, Response> {
+) -> Result<Response, ApiError> {
     auth(state, headers)?;
     check_channel(cid)?;
     let limit = match q.get("limit") {
@@ -625,7 +628,7 @@ fn list_inner(
             }
         },
     };
-    let snow = |k: &str| -> Result<Option<u64>, Response> {
+    let snow = |k: &str| -> Result<Option<u64>, ApiError> {
         match q.get(k) {
             None => Ok(None),
             Some(s) => parse_snowflake(s).map(Some).ok_or_else(|| {
@@ -650,12 +653,12 @@ fn list_inner(
     } else {
         range.rev().take(limit).collect()
     };
-    page.sort_by(|a, b| b.id.cmp(&a.id));
+    page.sort_by_key(|m| std::cmp::Reverse(m.id));
     let out: Vec<Value> = page.into_iter().map(|m| message_json(state, m)).collect();
     Ok(Json(out).into_response())
 }
 
-fn parse_mid(mid: &str) -> Result<u64, Response> {
+fn parse_mid(mid: &str) -> Result<u64, ApiError> {
     parse_snowflake(mid).ok_or_else(|| {
         form_error(
             "message_id",
@@ -671,7 +674,7 @@ pub(super) async fn get_message(
     UrlPath((cid, mid)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let r = (|| {
+    let r = (|| -> Result<Response, ApiError> {
         auth(&state, &headers)?;
         check_channel(&cid)?;
         let mid = parse_mid(&mid)?;
@@ -683,9 +686,7 @@ pub(super) async fn get_message(
             .ok_or_else(unknown_message)?;
         Ok(Json(message_json(&state, m)).into_response())
     })();
-    match r {
-        Ok(r) | Err(r) => r,
-    }
+    r.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `DELETE /channels/{cid}/messages/{mid}` → 204; its attachments go with it.
@@ -694,13 +695,13 @@ pub(super) async fn delete_message(
     UrlPath((cid, mid)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let r = (|| {
+    let r = (|| -> Result<Response, ApiError> {
         auth(&state, &headers)?;
         check_channel(&cid)?;
         let mid = parse_mid(&mid)?;
         let mut g = book(&state)?;
         let b = g.as_mut().ok_or_else(internal)?;
-        if b.map.get(&mid).is_none_or(|m| m.channel_id != cid) {
+        if b.map.get(&mid).map_or(true, |m| m.channel_id != cid) {
             return Err(unknown_message());
         }
         let m = b.remove(mid).map_err(io_500("message record"))?;
@@ -712,9 +713,7 @@ pub(super) async fn delete_message(
         }
         Ok(StatusCode::NO_CONTENT.into_response())
     })();
-    match r {
-        Ok(r) | Err(r) => r,
-    }
+    r.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `DELETE /channels/{cid}/messages/{mid}/attachments/{aid}` → 204. The message stays,
@@ -724,7 +723,7 @@ pub(super) async fn delete_attachment(
     UrlPath((cid, mid, aid)): UrlPath<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let r = (|| {
+    let r = (|| -> Result<Response, ApiError> {
         auth(&state, &headers)?;
         check_channel(&cid)?;
         let mid = parse_mid(&mid)?;
@@ -751,9 +750,7 @@ pub(super) async fn delete_attachment(
         })?;
         Ok(StatusCode::NO_CONTENT.into_response())
     })();
-    match r {
-        Ok(r) | Err(r) => r,
-    }
+    r.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// CDN `GET /attachments/{cid}/{aid}/{filename}`: no auth; single ranges → 206, anything
@@ -773,7 +770,7 @@ pub(super) async fn cdn_download(
     };
     match state.fault(FaultOp::Download) {
         Some(Fault::DropBefore | Fault::DropAfter) => return kill.drop_connection().await,
-        Some(f) => return fault_response(f).unwrap_or_else(internal),
+        Some(f) => return fault_response(f).unwrap_or_else(|| internal().into_response()),
         None => {}
     }
     let extra = [

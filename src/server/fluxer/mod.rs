@@ -154,30 +154,40 @@ pub fn cdn_router() -> Router<AppState> {
     )
 }
 
-/// A Fluxer error answer `{"code","message"}`.
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
+/// A Fluxer error answer: a status and `{"code","message", ...}`.
+#[derive(Debug)]
+pub(super) struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+    ApiError {
         status,
-        Json(json!({ "code": code, "message": message.into() })),
-    )
-        .into_response()
+        body: json!({ "code": code, "message": message.into() }),
+    }
 }
 
 /// `400 INVALID_FORM_BODY` with one field error.
-fn form_error(path: &str, code: &str, message: impl Into<String>) -> Response {
+fn form_error(path: &str, code: &str, message: impl Into<String>) -> ApiError {
     let message = message.into();
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        body: json!({
             "code": "INVALID_FORM_BODY",
             "message": "Input Validation Error",
             "errors": [{ "path": path, "message": message, "code": code }],
-        })),
-    )
-        .into_response()
+        }),
+    }
 }
 
-fn too_large(max: u64) -> Response {
+fn too_large(max: u64) -> ApiError {
     error(
         StatusCode::BAD_REQUEST,
         "FILE_SIZE_TOO_LARGE",
@@ -214,7 +224,7 @@ enum Caller {
 }
 
 /// `Authorization: <token>`, `Bearer <token>` (users) or `Bot <token>` (bots).
-fn auth(state: &ServerState, headers: &HeaderMap) -> Result<Caller, Response> {
+fn auth(state: &ServerState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let v = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -242,7 +252,7 @@ fn auth(state: &ServerState, headers: &HeaderMap) -> Result<Caller, Response> {
 }
 
 /// Users only (the chunked-upload routes refuse bots with 403 `ACCESS_DENIED`).
-fn auth_user(state: &ServerState, headers: &HeaderMap) -> Result<(), Response> {
+fn auth_user(state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
     match auth(state, headers)? {
         Caller::User => Ok(()),
         Caller::Bot => Err(error(
@@ -262,7 +272,7 @@ fn parse_snowflake(v: &str) -> Option<u64> {
 }
 
 /// The channel must be a snowflake and the one channel this server hosts.
-fn check_channel(cid: &str) -> Result<(), Response> {
+fn check_channel(cid: &str) -> Result<(), ApiError> {
     if parse_snowflake(cid).is_none() {
         return Err(form_error(
             "channel_id",
@@ -298,7 +308,7 @@ fn bad_filename(name: &str) -> Option<&'static str> {
 }
 
 /// The message book, loaded from disk on first use.
-fn book<'a>(state: &'a ServerState) -> Result<MutexGuard<'a, Option<messages::Book>>, Response> {
+fn book<'a>(state: &'a ServerState) -> Result<MutexGuard<'a, Option<messages::Book>>, ApiError> {
     let mut g = lock(&state.fluxer.book);
     if g.is_none() {
         let b = messages::Book::load(state.store.root().join("fluxer-messages")).map_err(|e| {
@@ -313,7 +323,7 @@ fn book<'a>(state: &'a ServerState) -> Result<MutexGuard<'a, Option<messages::Bo
     Ok(g)
 }
 
-fn internal() -> Response {
+fn internal() -> ApiError {
     error(
         StatusCode::INTERNAL_SERVER_ERROR,
         "INTERNAL_SERVER_ERROR",
@@ -322,6 +332,6 @@ fn internal() -> Response {
 }
 
 /// Ensures the lazily loaded parts exist before the first session (ids, stale parts).
-fn ensure_loaded(state: &ServerState) -> Result<(), Response> {
+fn ensure_loaded(state: &ServerState) -> Result<(), ApiError> {
     book(state).map(|_| ())
 }
