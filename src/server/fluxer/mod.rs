@@ -32,6 +32,10 @@
 //! small JSON record under `fluxer-messages/` in the data directory, and each attachment is
 //! a [`Store`](super::store::Store) object (parent = channel id, `extra` = message and
 //! channel ids) inserted only once its blob is committed.
+//!
+//! Not emulated: the per-channel rate-limit buckets (only injected 429s occur, with the
+//! real body `{"code":"RATE_LIMITED",...,"retry_after":0.1}`), and `--discard` (bytes are
+//! always stored).
 
 mod chunked;
 mod messages;
@@ -316,6 +320,12 @@ fn book<'a>(state: &'a ServerState) -> Result<MutexGuard<'a, Option<messages::Bo
             internal()
         })?;
         state.fluxer.bump_ids(b.max_id());
+        // Attachment ids come from the same sequence; never hand one out twice.
+        if let Ok(objects) = state.store.all(PROTO) {
+            for o in objects {
+                state.fluxer.bump_ids(o.id.parse().unwrap_or(0));
+            }
+        }
         // Session parts left from before a restart belong to sessions that are gone.
         let _ = std::fs::remove_dir_all(state.store.root().join("sessions").join(PROTO));
         *g = Some(b);
