@@ -117,6 +117,24 @@ fn api_error_json(status: StatusCode, code: &str, message: &str, detail: Option<
     v
 }
 
+/// The error body of an injected 503/429, with the matching status inside.
+fn fault_json(f: Fault) -> Value {
+    match f {
+        Fault::TooMany => api_error_json(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_REQUESTS",
+            "Too many requests.",
+            None,
+        ),
+        _ => api_error_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            "The service is temporarily unavailable.",
+            None,
+        ),
+    }
+}
+
 fn not_found(what: &str) -> Response {
     api_error(
         StatusCode::NOT_FOUND,
@@ -506,15 +524,7 @@ async fn chunk(
     }
     let mut drop_after = false;
     if let Some(f) = state.fault(FaultOp::Upload) {
-        if let Some(r) = fault_status(
-            f,
-            api_error_json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SERVICE_UNAVAILABLE",
-                "The service is temporarily unavailable.",
-                None,
-            ),
-        ) {
+        if let Some(r) = fault_status(f, fault_json(f)) {
             return r;
         }
         if f == Fault::DropBefore {
@@ -756,15 +766,7 @@ async fn download(
         Err(r) => return r,
     };
     if let Some(f) = state.fault(FaultOp::Download) {
-        if let Some(r) = fault_status(
-            f,
-            api_error_json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SERVICE_UNAVAILABLE",
-                "The service is temporarily unavailable.",
-                None,
-            ),
-        ) {
+        if let Some(r) = fault_status(f, fault_json(f)) {
             return r;
         }
         return kill.drop_connection().await;

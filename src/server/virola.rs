@@ -109,6 +109,17 @@ fn error_json(status: StatusCode, text: &str) -> Value {
     json!({"errorText": text, "httpStatusCode": status.as_u16()})
 }
 
+/// The error body of an injected 503/429, with the matching status inside.
+fn fault_json(f: Fault) -> Value {
+    match f {
+        Fault::TooMany => error_json(StatusCode::TOO_MANY_REQUESTS, "Too many requests, slow down"),
+        _ => error_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server is busy, try again later",
+        ),
+    }
+}
+
 /// A success without payload.
 fn ok() -> Response {
     Json(json!({"httpStatusCode": 200})).into_response()
@@ -494,13 +505,7 @@ async fn upload(
     };
     let mut drop_after = false;
     if let Some(f) = state.fault(FaultOp::Upload) {
-        if let Some(r) = fault_status(
-            f,
-            error_json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Server is busy, try again later",
-            ),
-        ) {
+        if let Some(r) = fault_status(f, fault_json(f)) {
             return r;
         }
         if f == Fault::DropBefore {
@@ -692,13 +697,7 @@ async fn download(
         return error(StatusCode::NOT_FOUND, NOT_FOUND_ATTACHMENT);
     }
     if let Some(f) = state.fault(FaultOp::Download) {
-        if let Some(r) = fault_status(
-            f,
-            error_json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Server is busy, try again later",
-            ),
-        ) {
+        if let Some(r) = fault_status(f, fault_json(f)) {
             return r;
         }
         return kill.drop_connection().await;
