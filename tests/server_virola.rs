@@ -312,6 +312,9 @@ fn upload_rules_refuse_and_store_nothing() {
         let c = Client::new();
         let (st, v) = upload(&c, &s, &[("big.bin", &pattern(1001, 3))]).await;
         assert_error(st, &v, 413, None);
+        // A large refused body still gets its answer (the rest is drained, not reset).
+        let (st, v) = upload(&c, &s, &[("huge.bin", &pattern(8 << 20, 3))]).await;
+        assert_error(st, &v, 413, None);
         let (st, _) = upload(&c, &s, &[("fits.bin", &pattern(1000, 3))]).await;
         assert_eq!(st, 200);
     });

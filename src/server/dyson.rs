@@ -59,6 +59,9 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 5 * 1024 * 1024;
 /// `[RequestSizeLimit(DefaultChunkSize + 1 MiB)]` on the chunk action: the whole request,
 /// multipart overhead included.
 pub const MAX_CHUNK_REQUEST: u64 = DEFAULT_CHUNK_SIZE + 1024 * 1024;
+/// An oversized chunk request is still read (and dropped) up to this many bytes, so the
+/// client sees the 413 instead of a broken pipe while it is still sending.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 /// Longest file name accepted, bytes.
 const MAX_NAME_BYTES: usize = 255;
 /// Length of a nanoid (task and file ids).
@@ -495,7 +498,11 @@ async fn chunk(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_CHUNK_REQUEST) {
+    if let Some(n) = declared.filter(|n| *n > MAX_CHUNK_REQUEST) {
+        if n <= DRAIN_LIMIT {
+            let mut body = req.into_body().into_data_stream();
+            while let Some(Ok(_)) = body.next().await {}
+        }
         return too_large();
     }
     let dir = match load_task(&state, &task).await {
@@ -540,21 +547,27 @@ async fn chunk(
         let over = over.clone();
         let state = state.clone();
         let mut total = 0u64;
-        body.into_data_stream().map(move |r| match r {
-            Ok(b) => {
-                total += b.len() as u64;
-                state
-                    .counters
-                    .bytes_received
-                    .fetch_add(b.len() as u64, Ordering::Relaxed);
-                if total > MAX_CHUNK_REQUEST {
-                    over.store(true, Ordering::Relaxed);
-                    Err(std::io::Error::other("request body too large"))
-                } else {
-                    Ok(b)
+        // Past the limit the rest is drained and dropped (the multipart parser then sees
+        // a truncated body), up to DRAIN_LIMIT where the stream fails outright.
+        body.into_data_stream().filter_map(move |r| {
+            let item = match r {
+                Ok(b) => {
+                    total += b.len() as u64;
+                    state
+                        .counters
+                        .bytes_received
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                    if total <= MAX_CHUNK_REQUEST {
+                        Some(Ok(b))
+                    } else {
+                        over.store(true, Ordering::Relaxed);
+                        (total > DRAIN_LIMIT)
+                            .then(|| Err(std::io::Error::other("request body too large")))
+                    }
                 }
-            }
-            Err(e) => Err(std::io::Error::other(e)),
+                Err(e) => Some(Err(std::io::Error::other(e))),
+            };
+            std::future::ready(item)
         })
     };
     let req = Request::from_parts(parts, Body::from_stream(counted));

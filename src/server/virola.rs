@@ -55,6 +55,8 @@ pub const SESSION_COOKIE: &str = "VirolaUserSessionId";
 /// Default and largest page of `GET /rooms/{id}/messages` (emulator choice).
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 200;
+/// How much of a refused upload is still read and dropped (see [`drain`]).
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 /// Longest file name accepted, bytes.
 const MAX_NAME_BYTES: usize = 255;
 
@@ -529,6 +531,7 @@ async fn upload(
         for r in &received {
             let _ = tokio::fs::remove_file(&r.temp).await;
         }
+        drain(&mut mp).await;
         return r;
     }
     if received.is_empty() {
@@ -556,6 +559,20 @@ async fn upload(
         return kill.drop_connection().await;
     }
     ok()
+}
+
+/// Read and drop what is left of a refused request (bounded), so that a client still
+/// sending sees the error answer instead of a broken pipe.
+async fn drain(mp: &mut Multipart) {
+    let mut left = DRAIN_LIMIT;
+    while let Ok(Some(mut f)) = mp.next_field().await {
+        while let Ok(Some(c)) = f.chunk().await {
+            left = left.saturating_sub(c.len() as u64);
+            if left == 0 {
+                return;
+            }
+        }
+    }
 }
 
 /// Read every part; `files` parts go to temp files (pushed to `out` as they complete, so
