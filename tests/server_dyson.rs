@@ -118,9 +118,11 @@ fn auth_schemes() {
         }
         for req in [
             c.get(&me).bearer_auth(TOKEN),
-            c.get(&me).header("authorization", format!("AtField {TOKEN}")),
+            c.get(&me)
+                .header("authorization", format!("AtField {TOKEN}")),
             c.get(format!("{me}?tk={TOKEN}")),
-            c.get(&me).header("cookie", format!("other=1; AuthToken={TOKEN}")),
+            c.get(&me)
+                .header("cookie", format!("other=1; AuthToken={TOKEN}")),
             // The public gateway prefix.
             c.get(s.url("/dyson/drive/files/me")).bearer_auth(TOKEN),
         ] {
@@ -190,7 +192,9 @@ fn create_validation_and_task_shape() {
         assert!(v["file"].is_null());
         let task = v["task_id"].as_str().unwrap();
         assert_eq!(task.len(), 21);
-        assert!(task.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        assert!(task
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
         assert_eq!(v["chunk_size"], 5_242_880);
         assert_eq!(v["chunks_count"], 3);
         // The client's chunk size; and the explicit pool.
@@ -199,7 +203,10 @@ fn create_validation_and_task_shape() {
         body["chunk_size"] = json!(3);
         body["pool_id"] = json!(uploadfs::server::dyson::POOL_ID);
         let (_, v) = create(&c, &s, body).await;
-        assert_eq!((v["chunk_size"].clone(), v["chunks_count"].clone()), (json!(3), json!(4)));
+        assert_eq!(
+            (v["chunk_size"].clone(), v["chunks_count"].clone()),
+            (json!(3), json!(4))
+        );
         let mut body = good.clone();
         body["file_size"] = json!(0);
         let (_, v) = create(&c, &s, body).await;
@@ -213,7 +220,12 @@ fn create_validation_and_task_shape() {
         body["file_size"] = json!(101);
         assert_api_error_of(create(&c, &s, body).await, 403, "FORBIDDEN");
     });
-    assert!(s.state()["protocols"]["dyson"]["open_sessions"].as_u64().unwrap() >= 3);
+    assert!(
+        s.state()["protocols"]["dyson"]["open_sessions"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
 }
 
 fn assert_api_error_of((st, v): (StatusCode, Value), status: u16, code: &str) {
@@ -245,7 +257,10 @@ fn chunks_complete_read_list_rename_delete() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        assert!(r.bytes().await.unwrap().is_empty(), "chunk answer has an empty body");
+        assert!(
+            r.bytes().await.unwrap().is_empty(),
+            "chunk answer has an empty body"
+        );
         let (st, f) = complete(&c, &s, &task).await;
         assert_eq!(st, 200, "{f}");
         let id = f["id"].as_str().unwrap().to_string();
@@ -265,54 +280,157 @@ fn chunks_complete_read_list_rename_delete() {
         assert_api_error(st, &v, 404, "NOT_FOUND");
         assert_eq!(v["detail"], "Upload task");
         // Content, ranges, the `.ext` form.
-        let r = c.get(api(&s, &format!("/files/{id}"))).bearer_auth(TOKEN).send().await.unwrap();
+        let r = c
+            .get(api(&s, &format!("/files/{id}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-type"], "video/mp4");
         assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
-        let r = c.get(api(&s, &format!("/files/{id}.mp4"))).bearer_auth(TOKEN).header("range", "bytes=1048570-1048579").send().await.unwrap();
+        let r = c
+            .get(api(&s, &format!("/files/{id}.mp4")))
+            .bearer_auth(TOKEN)
+            .header("range", "bytes=1048570-1048579")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 206);
-        assert_eq!(r.headers()["content-range"], format!("bytes 1048570-1048579/{}", data.len()).as_str());
-        assert_eq!(r.bytes().await.unwrap().as_ref(), &data[1_048_570..1_048_580]);
-        let r = c.get(api(&s, &format!("/files/{id}"))).bearer_auth(TOKEN).header("range", format!("bytes={}-", data.len())).send().await.unwrap();
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes 1048570-1048579/{}", data.len()).as_str()
+        );
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            &data[1_048_570..1_048_580]
+        );
+        let r = c
+            .get(api(&s, &format!("/files/{id}")))
+            .bearer_auth(TOKEN)
+            .header("range", format!("bytes={}-", data.len()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 416);
         for path in ["/files/nope", "/files/nope/info"] {
-            let r = c.get(api(&s, path)).bearer_auth(TOKEN).send().await.unwrap();
+            let r = c
+                .get(api(&s, path))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 404);
             assert_eq!(r.text().await.unwrap(), "File not found.");
         }
-        let (st, info) = answer(c.get(api(&s, &format!("/files/{id}/info"))).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, info) = answer(
+            c.get(api(&s, &format!("/files/{id}/info")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(st, 200);
         assert_eq!(info["hash"], f["hash"]);
         assert_eq!(info["pool_id"], uploadfs::server::dyson::POOL_ID);
         // Two more files; listing is newest first with paging and X-Total.
         upload_whole(&c, &s, "b.txt", b"bee", 5).await;
         upload_whole(&c, &s, "c.txt", b"sea", 5).await;
-        let r = c.get(api(&s, "/files/me?offset=1&take=1")).bearer_auth(TOKEN).send().await.unwrap();
+        let r = c
+            .get(api(&s, "/files/me?offset=1&take=1"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.headers()["x-total"], "3");
         let (_, page) = answer(r).await;
         assert_eq!(page.as_array().unwrap().len(), 1);
         assert_eq!(page[0]["name"], "b.txt");
-        let (_, all) = answer(c.get(api(&s, "/files/me")).bearer_auth(TOKEN).send().await.unwrap()).await;
-        let names: Vec<_> = all.as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_string()).collect();
+        let (_, all) = answer(
+            c.get(api(&s, "/files/me"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let names: Vec<_> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(names, ["c.txt", "b.txt", "movie.mp4"]);
-        let (st, v) = answer(c.get(api(&s, "/files/me?take=x")).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.get(api(&s, "/files/me?take=x"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(st, 400);
         assert!(v["errors"]["take"].is_array(), "{v}");
         // Rename with a JSON string body.
-        let (st, r) = answer(c.patch(api(&s, &format!("/files/{id}/name"))).bearer_auth(TOKEN).json(&json!("film.mp4")).send().await.unwrap()).await;
+        let (st, r) = answer(
+            c.patch(api(&s, &format!("/files/{id}/name")))
+                .bearer_auth(TOKEN)
+                .json(&json!("film.mp4"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(st, 200, "{r}");
         assert_eq!(r["name"], "film.mp4");
         assert_eq!(r["id"], id.as_str());
-        let (st, v) = answer(c.patch(api(&s, &format!("/files/{id}/name"))).bearer_auth(TOKEN).json(&json!("a/b")).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.patch(api(&s, &format!("/files/{id}/name")))
+                .bearer_auth(TOKEN)
+                .json(&json!("a/b"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_api_error(st, &v, 400, "VALIDATION_ERROR");
-        let (st, _) = answer(c.patch(api(&s, &format!("/files/{id}/name"))).bearer_auth(TOKEN).json(&json!({"name": "x"})).send().await.unwrap()).await;
+        let (st, _) = answer(
+            c.patch(api(&s, &format!("/files/{id}/name")))
+                .bearer_auth(TOKEN)
+                .json(&json!({"name": "x"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(st, 400);
-        let (st, v) = answer(c.patch(api(&s, "/files/nope/name")).bearer_auth(TOKEN).json(&json!("x")).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.patch(api(&s, "/files/nope/name"))
+                .bearer_auth(TOKEN)
+                .json(&json!("x"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_api_error(st, &v, 404, "NOT_FOUND");
         // Delete: 204, then 404.
-        let r = c.delete(api(&s, &format!("/files/{id}"))).bearer_auth(TOKEN).send().await.unwrap();
+        let r = c
+            .delete(api(&s, &format!("/files/{id}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 204);
-        let (st, v) = answer(c.delete(api(&s, &format!("/files/{id}"))).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.delete(api(&s, &format!("/files/{id}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_api_error(st, &v, 404, "NOT_FOUND");
     });
     let names: Vec<String> = s.files("dyson").into_iter().map(|f| f.0).collect();
@@ -332,7 +450,10 @@ fn dedupe_by_md5() {
         assert_eq!(v["file"]["id"], f["id"]);
         assert_eq!(v["file"]["name"], "one.txt");
         for k in ["task_id", "chunk_size", "chunks_count"] {
-            assert!(v.get(k).is_some_and(Value::is_null), "{k} present and null: {v}");
+            assert!(
+                v.get(k).is_some_and(Value::is_null),
+                "{k} present and null: {v}"
+            );
         }
     });
     assert_eq!(s.files("dyson").len(), 1);
@@ -402,7 +523,8 @@ fn injected_faults_on_chunks_and_downloads() {
         let f = upload_whole(&c, &s, "x.bin", b"payload", 7).await;
         f["id"].as_str().unwrap().to_string()
     });
-    let (_, v) = s.rt.block_on(async { create(&Client::new(), &s, create_body(b"other", "o")).await });
+    let (_, v) =
+        s.rt.block_on(async { create(&Client::new(), &s, create_body(b"other", "o")).await });
     let task = v["task_id"].as_str().unwrap().to_string();
     s.control(json!({"fail_rate": 1.0}));
     s.rt.block_on(async {
@@ -410,7 +532,13 @@ fn injected_faults_on_chunks_and_downloads() {
         let mut answered = 0;
         for i in 0..10 {
             let form = Form::new().part("chunk", Part::bytes(b"other".to_vec()).file_name("c"));
-            match c.post(api(&s, &format!("/files/upload/chunk/{task}/0"))).bearer_auth(TOKEN).multipart(form).send().await {
+            match c
+                .post(api(&s, &format!("/files/upload/chunk/{task}/0")))
+                .bearer_auth(TOKEN)
+                .multipart(form)
+                .send()
+                .await
+            {
                 Ok(r) => {
                     assert!(r.headers().contains_key("retry-after"));
                     let (st, v) = answer(r).await;
@@ -421,7 +549,12 @@ fn injected_faults_on_chunks_and_downloads() {
                 }
                 Err(e) => assert!(!e.is_status(), "{e}"),
             }
-            match c.get(api(&s, &format!("/files/{id}"))).bearer_auth(TOKEN).send().await {
+            match c
+                .get(api(&s, &format!("/files/{id}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+            {
                 Ok(r) => assert!(r.status() == 503 || r.status() == 429, "{}", r.status()),
                 Err(e) => assert!(!e.is_status(), "{e}"),
             }
@@ -447,15 +580,22 @@ fn files_and_open_tasks_survive_restart() {
     });
     let old = s.server.take().unwrap();
     s.rt.block_on(old.stop());
-    let server = s
-        .rt
-        .block_on(uploadfs::server::start(ServeOptions::ephemeral(s.dir.path().join("data"), TOKEN)))
+    let server =
+        s.rt.block_on(uploadfs::server::start(ServeOptions::ephemeral(
+            s.dir.path().join("data"),
+            TOKEN,
+        )))
         .unwrap();
     s.base = server.base_url();
     s.server = Some(server);
     s.rt.block_on(async {
         let c = Client::new();
-        let r = c.get(api(&s, &format!("/files/{id}"))).bearer_auth(TOKEN).send().await.unwrap();
+        let r = c
+            .get(api(&s, &format!("/files/{id}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
         assert_eq!(put_chunk(&c, &s, &task, 1, b"56789").await, 200);
         let (st, f) = complete(&c, &s, &task).await;
@@ -513,10 +653,20 @@ fn client_sends_no_chunks_for_known_content() {
     let second_parts = Arc::new(Parts::default());
     let second = up("second.bin", second_parts.clone());
     assert_eq!(second_parts.0.load(Ordering::Relaxed), 0, "no chunk sent");
-    assert_eq!(s.state()["bytes_received"].as_u64().unwrap(), received, "no chunk bytes arrived");
+    assert_eq!(
+        s.state()["bytes_received"].as_u64().unwrap(),
+        received,
+        "no chunk bytes arrived"
+    );
     assert_eq!(second.id, first.id, "the stored file is reused");
-    assert_eq!(second.name, "second.bin", "reported under the requested name");
+    assert_eq!(
+        second.name, "second.bin",
+        "reported under the requested name"
+    );
     assert_eq!(second.size, data.len() as u64);
     let stored = s.files("dyson");
-    assert_eq!(stored, vec![("first.bin".to_string(), data.len() as u64, sha1_hex(&data))]);
+    assert_eq!(
+        stored,
+        vec![("first.bin".to_string(), data.len() as u64, sha1_hex(&data))]
+    );
 }

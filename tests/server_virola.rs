@@ -1,7 +1,8 @@
 //! The Virola emulation of `uploadfs serve`, over raw HTTP: authentication (token, login
 //! cookie), the error and success envelopes, attachment upload rules, metadata, download
 //! with ranges, delete, room message listing with cursors, fault injection, and that
-//! everything survives a restart.
+//! everything survives a restart; and how the client finds its attachment and reports
+//! refusals.
 
 mod common;
 
@@ -9,7 +10,12 @@ use common::{pattern, sha1_hex, TestServer, TOKEN};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
+use std::sync::Arc;
+use uploadfs::config::TargetKind;
 use uploadfs::server::{ServeOptions, VIROLA_MESSAGE_ID, VIROLA_ROOM_ID};
+use uploadfs::target::{
+    ByteCounter, Digests, ErrorKind, FileSource, RemoteFile, Target, TargetError, UploadRequest,
+};
 
 fn api(s: &TestServer, path: &str) -> String {
     s.url(&format!("/virola/api/v1{path}"))
@@ -47,12 +53,15 @@ fn files_form(files: &[(&str, &[u8])]) -> Form {
 
 async fn upload(c: &Client, s: &TestServer, files: &[(&str, &[u8])]) -> (StatusCode, Value) {
     answer(
-        c.post(api(s, &format!("/messages/{VIROLA_MESSAGE_ID}/attachments")))
-            .bearer_auth(TOKEN)
-            .multipart(files_form(files))
-            .send()
-            .await
-            .unwrap(),
+        c.post(api(
+            s,
+            &format!("/messages/{VIROLA_MESSAGE_ID}/attachments"),
+        ))
+        .bearer_auth(TOKEN)
+        .multipart(files_form(files))
+        .send()
+        .await
+        .unwrap(),
     )
     .await
 }
@@ -68,17 +77,23 @@ async fn stored(c: &Client, s: &TestServer) -> Vec<Value> {
         .json()
         .await
         .unwrap();
-    v["protocols"]["virola"]["files"].as_array().unwrap().clone()
+    v["protocols"]["virola"]["files"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// Attachments of the seed message, from the room listing.
 async fn attachments(c: &Client, s: &TestServer) -> Vec<Value> {
     let (st, v) = answer(
-        c.get(api(s, &format!("/rooms/{VIROLA_ROOM_ID}/messages?limit=200")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
+        c.get(api(
+            s,
+            &format!("/rooms/{VIROLA_ROOM_ID}/messages?limit=200"),
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap(),
     )
     .await;
     assert_eq!(st, 200, "{v}");
@@ -110,8 +125,11 @@ fn auth_token_login_cookie_logout() {
             c.get(api(&s, &format!("/rooms/{VIROLA_ROOM_ID}/messages"))),
             c.get(api(&s, "/attachments/1000")),
             c.delete(api(&s, "/attachments/1000")),
-            c.post(api(&s, &format!("/messages/{VIROLA_MESSAGE_ID}/attachments")))
-                .multipart(files_form(&[("a.txt", b"x")])),
+            c.post(api(
+                &s,
+                &format!("/messages/{VIROLA_MESSAGE_ID}/attachments"),
+            ))
+            .multipart(files_form(&[("a.txt", b"x")])),
         ] {
             let (st, v) = answer(req.bearer_auth("wrong").send().await.unwrap()).await;
             assert_error(
@@ -121,9 +139,19 @@ fn auth_token_login_cookie_logout() {
                 Some("Wrong Bearer, please renew Web API Access Token"),
             );
         }
-        assert!(stored(&c, &s).await.is_empty(), "nothing stored without auth");
+        assert!(
+            stored(&c, &s).await.is_empty(),
+            "nothing stored without auth"
+        );
         // The right bearer.
-        let (st, v) = answer(c.get(api(&s, "/status")).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.get(api(&s, "/status"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(st, 200);
         assert_eq!(v["httpStatusCode"], 200);
         // Login: wrong password, then the right one.
@@ -167,26 +195,58 @@ fn auth_token_login_cookie_logout() {
         assert!(v["userId"].is_u64());
         let cookie_hdr = format!("VirolaUserSessionId={sid}");
         // The cookie authenticates uploads and reads.
-        let (st, v) = answer(c.get(api(&s, "/status")).header("cookie", &cookie_hdr).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.get(api(&s, "/status"))
+                .header("cookie", &cookie_hdr)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(st, 200);
         assert_eq!(v["userSessionId"], sid.as_str());
         let (st, v) = answer(
-            c.post(api(&s, &format!("/messages/{VIROLA_MESSAGE_ID}/attachments")))
+            c.post(api(
+                &s,
+                &format!("/messages/{VIROLA_MESSAGE_ID}/attachments"),
+            ))
+            .header("cookie", &cookie_hdr)
+            .multipart(files_form(&[("via-cookie.txt", b"hello")]))
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!((st.as_u16(), v), (200, json!({"httpStatusCode": 200})));
+        // A bad cookie is refused.
+        let (st, v) = answer(
+            c.get(api(&s, "/status"))
+                .header("cookie", "VirolaUserSessionId=forged")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_error(st, &v, 401, None);
+        // Logout ends the session.
+        let (st, v) = answer(
+            c.post(api(&s, "/logout"))
                 .header("cookie", &cookie_hdr)
-                .multipart(files_form(&[("via-cookie.txt", b"hello")]))
+                .json(&json!({}))
                 .send()
                 .await
                 .unwrap(),
         )
         .await;
         assert_eq!((st.as_u16(), v), (200, json!({"httpStatusCode": 200})));
-        // A bad cookie is refused.
-        let (st, v) = answer(c.get(api(&s, "/status")).header("cookie", "VirolaUserSessionId=forged").send().await.unwrap()).await;
-        assert_error(st, &v, 401, None);
-        // Logout ends the session.
-        let (st, v) = answer(c.post(api(&s, "/logout")).header("cookie", &cookie_hdr).json(&json!({})).send().await.unwrap()).await;
-        assert_eq!((st.as_u16(), v), (200, json!({"httpStatusCode": 200})));
-        let (st, v) = answer(c.get(api(&s, "/status")).header("cookie", &cookie_hdr).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.get(api(&s, "/status"))
+                .header("cookie", &cookie_hdr)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error(st, &v, 401, None);
     });
     assert_eq!(s.files("virola").len(), 1);
@@ -205,62 +265,153 @@ fn upload_metadata_download_delete() {
         assert_eq!((st.as_u16(), v), (200, json!({"httpStatusCode": 200})));
         let atts = attachments(&c, &s).await;
         assert_eq!(atts.len(), 2, "{atts:?}");
-        let meta_a = atts.iter().find(|x| x["fileName"] == "a.bin").unwrap().clone();
-        let meta_b = atts.iter().find(|x| x["fileName"] == name_b).unwrap().clone();
+        let meta_a = atts
+            .iter()
+            .find(|x| x["fileName"] == "a.bin")
+            .unwrap()
+            .clone();
+        let meta_b = atts
+            .iter()
+            .find(|x| x["fileName"] == name_b)
+            .unwrap()
+            .clone();
         assert_eq!(meta_a["fileSize"], a.len() as u64);
         assert_eq!(meta_a["fileChecksum"], sha1_hex(&a));
         assert_eq!(meta_b["fileChecksum"], sha1_hex(&b));
         let id_a = meta_a["attachmentId"].as_u64().unwrap();
         let id_b = meta_b["attachmentId"].as_u64().unwrap();
         // Metadata endpoint.
-        let (st, m) = answer(c.get(api(&s, &format!("/attachments/{id_a}"))).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, m) = answer(
+            c.get(api(&s, &format!("/attachments/{id_a}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(st, 200);
         assert_eq!(m["attachmentState"], "ReadyForDownloadFromServerToClient");
         assert_eq!(m["roomId"], VIROLA_ROOM_ID);
         assert_eq!(m["textMessageId"], VIROLA_MESSAGE_ID);
         assert_eq!(m["hasThumbnail"], false);
-        assert!(m["createdUtc"].as_i64().unwrap() > 1_600_000_000_000, "ms timestamps");
+        assert!(
+            m["createdUtc"].as_i64().unwrap() > 1_600_000_000_000,
+            "ms timestamps"
+        );
         assert!(m["lastModifiedUtc"].is_i64());
         assert_eq!(m, meta_a);
         // Download: whole, raw-ish and percent-encoded names.
-        let r = c.get(api(&s, &format!("/attachments/{id_a}/a.bin"))).bearer_auth(TOKEN).send().await.unwrap();
+        let r = c
+            .get(api(&s, &format!("/attachments/{id_a}/a.bin")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-length"], a.len().to_string().as_str());
-        let cd = r.headers()["content-disposition"].to_str().unwrap().to_string();
+        let cd = r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(cd.contains("a.bin"), "{cd}");
         assert_eq!(r.bytes().await.unwrap().as_ref(), &a[..]);
         let enc = "b%20%C3%A9%20x.txt";
-        let r = c.get(api(&s, &format!("/attachments/{id_b}/{enc}"))).bearer_auth(TOKEN).send().await.unwrap();
+        let r = c
+            .get(api(&s, &format!("/attachments/{id_b}/{enc}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.unwrap().as_ref(), &b[..]);
         // A name that does not match.
-        let (st, v) = answer(c.get(api(&s, &format!("/attachments/{id_a}/other.bin"))).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.get(api(&s, &format!("/attachments/{id_a}/other.bin")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error(st, &v, 404, Some("Attachment not found"));
         // Ranges.
-        let r = c.get(api(&s, &format!("/attachments/{id_a}/a.bin"))).bearer_auth(TOKEN).header("range", "bytes=10-19").send().await.unwrap();
+        let r = c
+            .get(api(&s, &format!("/attachments/{id_a}/a.bin")))
+            .bearer_auth(TOKEN)
+            .header("range", "bytes=10-19")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 206);
-        assert_eq!(r.headers()["content-range"], format!("bytes 10-19/{}", a.len()).as_str());
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes 10-19/{}", a.len()).as_str()
+        );
         assert_eq!(r.bytes().await.unwrap().as_ref(), &a[10..20]);
-        let r = c.get(api(&s, &format!("/attachments/{id_a}/a.bin"))).bearer_auth(TOKEN).header("range", "bytes=999999-").send().await.unwrap();
-        assert_eq!(r.headers()["content-range"], format!("bytes */{}", a.len()).as_str());
+        let r = c
+            .get(api(&s, &format!("/attachments/{id_a}/a.bin")))
+            .bearer_auth(TOKEN)
+            .header("range", "bytes=999999-")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes */{}", a.len()).as_str()
+        );
         let (st, v) = answer(r).await;
         assert_error(st, &v, 416, None);
         // Unknown ids.
-        for path in ["/attachments/999999", "/attachments/abc", "/attachments/999999/a.bin"] {
-            let (st, v) = answer(c.get(api(&s, path)).bearer_auth(TOKEN).send().await.unwrap()).await;
+        for path in [
+            "/attachments/999999",
+            "/attachments/abc",
+            "/attachments/999999/a.bin",
+        ] {
+            let (st, v) = answer(
+                c.get(api(&s, path))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
             assert_error(st, &v, 404, Some("Attachment not found"));
         }
         // Delete.
-        let (st, v) = answer(c.delete(api(&s, &format!("/attachments/{id_a}"))).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.delete(api(&s, &format!("/attachments/{id_a}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!((st.as_u16(), v), (200, json!({"httpStatusCode": 200})));
-        let (st, v) = answer(c.get(api(&s, &format!("/attachments/{id_a}"))).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.get(api(&s, &format!("/attachments/{id_a}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error(st, &v, 404, Some("Attachment not found"));
-        let (st, v) = answer(c.delete(api(&s, &format!("/attachments/{id_a}"))).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.delete(api(&s, &format!("/attachments/{id_a}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error(st, &v, 404, None);
         assert_eq!(attachments(&c, &s).await.len(), 1);
     });
     let stored = s.files("virola");
-    assert_eq!(stored, vec![(name_b.to_string(), b.len() as u64, sha1_hex(&b))]);
+    assert_eq!(
+        stored,
+        vec![(name_b.to_string(), b.len() as u64, sha1_hex(&b))]
+    );
 }
 
 #[test]
@@ -282,23 +433,62 @@ fn upload_rules_refuse_and_store_nothing() {
         assert_error(st, &v, 404, None);
         // A part with another name.
         let form = Form::new().part("file", Part::bytes(b"x".to_vec()).file_name("a.txt"));
-        let (st, v) = answer(c.post(&url).bearer_auth(TOKEN).multipart(form).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.post(&url)
+                .bearer_auth(TOKEN)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error(st, &v, 400, None);
         // A good part followed by a bad one: the request stores nothing.
-        let form = files_form(&[("good.txt", b"x")])
-            .part("other", Part::text("y"));
-        let (st, v) = answer(c.post(&url).bearer_auth(TOKEN).multipart(form).send().await.unwrap()).await;
+        let form = files_form(&[("good.txt", b"x")]).part("other", Part::text("y"));
+        let (st, v) = answer(
+            c.post(&url)
+                .bearer_auth(TOKEN)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error(st, &v, 400, None);
         // Bad names.
         let long = "n".repeat(256);
-        for name in ["", "a/b.txt", "a\\b.txt", "..", ".", long.as_str(), "nul\0.txt"] {
+        for name in [
+            "",
+            "a/b.txt",
+            "a\\b.txt",
+            "..",
+            ".",
+            long.as_str(),
+            "nul\0.txt",
+        ] {
             let (st, v) = upload(&c, &s, &[(name, b"x")]).await;
             assert_error(st, &v, 400, None);
         }
         // Not multipart, and no files at all.
-        let (st, v) = answer(c.post(&url).bearer_auth(TOKEN).body("raw").send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.post(&url)
+                .bearer_auth(TOKEN)
+                .body("raw")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error(st, &v, 400, None);
-        let (st, v) = answer(c.post(&url).bearer_auth(TOKEN).multipart(Form::new()).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.post(&url)
+                .bearer_auth(TOKEN)
+                .multipart(Form::new())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error(st, &v, 400, None);
         // A 255-byte name is fine.
         let ok_name = "n".repeat(255);
@@ -329,13 +519,36 @@ fn room_messages_cursor_paging_and_delete() {
         let c = Client::new();
         let room = api(&s, &format!("/rooms/{VIROLA_ROOM_ID}/messages"));
         for content in ["one", "two"] {
-            let (st, v) = answer(c.post(&room).bearer_auth(TOKEN).json(&json!({"content": content})).send().await.unwrap()).await;
+            let (st, v) = answer(
+                c.post(&room)
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"content": content}))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
             assert_eq!((st.as_u16(), v), (200, json!({"httpStatusCode": 200})));
         }
-        let (st, v) = answer(c.post(&room).bearer_auth(TOKEN).json(&json!({"text": 1})).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.post(&room)
+                .bearer_auth(TOKEN)
+                .json(&json!({"text": 1}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error(st, &v, 400, None);
         // Newest first.
-        let (st, v) = answer(c.get(format!("{room}?direction=backward&limit=1")).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.get(format!("{room}?direction=backward&limit=1"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(st, 200);
         assert_eq!(v["httpStatusCode"], 200);
         assert_eq!(v["roomId"], VIROLA_ROOM_ID);
@@ -349,26 +562,62 @@ fn room_messages_cursor_paging_and_delete() {
             let c = c.clone();
             let room = room.clone();
             async move {
-                let (st, v) = answer(c.get(format!("{room}?{q}")).bearer_auth(TOKEN).send().await.unwrap()).await;
+                let (st, v) = answer(
+                    c.get(format!("{room}?{q}"))
+                        .bearer_auth(TOKEN)
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await;
                 assert_eq!(st, 200, "{v}");
-                v["messages"].as_array().unwrap().iter().map(|m| m["messageId"].as_u64().unwrap()).collect::<Vec<_>>()
+                v["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["messageId"].as_u64().unwrap())
+                    .collect::<Vec<_>>()
             }
         };
         let p1 = page(format!("direction=backward&limit=1&cursor={newest}")).await;
         assert_eq!(p1.len(), 1);
         let p2 = page(format!("direction=backward&limit=5&cursor={}", p1[0])).await;
         assert_eq!(p2, vec![VIROLA_MESSAGE_ID]);
-        assert!(page(format!("direction=backward&cursor={VIROLA_MESSAGE_ID}")).await.is_empty());
+        assert!(
+            page(format!("direction=backward&cursor={VIROLA_MESSAGE_ID}"))
+                .await
+                .is_empty()
+        );
         // Forward is oldest first.
         let all = page("direction=forward&limit=10".into()).await;
         assert_eq!(all, vec![VIROLA_MESSAGE_ID, p1[0], newest]);
-        assert_eq!(page(format!("direction=forward&cursor={VIROLA_MESSAGE_ID}&limit=1")).await, vec![p1[0]]);
+        assert_eq!(
+            page(format!(
+                "direction=forward&cursor={VIROLA_MESSAGE_ID}&limit=1"
+            ))
+            .await,
+            vec![p1[0]]
+        );
         // Bad parameters and unknown rooms.
         for q in ["direction=sideways", "limit=0", "limit=x", "cursor=abc"] {
-            let (st, v) = answer(c.get(format!("{room}?{q}")).bearer_auth(TOKEN).send().await.unwrap()).await;
+            let (st, v) = answer(
+                c.get(format!("{room}?{q}"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
             assert_error(st, &v, 400, None);
         }
-        let (st, v) = answer(c.get(api(&s, "/rooms/99/messages")).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.get(api(&s, "/rooms/99/messages"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error(st, &v, 404, None);
         // Attachments on a new message; deleting the message deletes them.
         let (st, _) = answer(
@@ -382,12 +631,29 @@ fn room_messages_cursor_paging_and_delete() {
         .await;
         assert_eq!(st, 200);
         assert_eq!(stored(&c, &s).await.len(), 1);
-        let (st, v) = answer(c.delete(api(&s, &format!("/messages/{newest}"))).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.delete(api(&s, &format!("/messages/{newest}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!((st.as_u16(), v), (200, json!({"httpStatusCode": 200})));
         assert!(stored(&c, &s).await.is_empty());
-        let (st, v) = answer(c.delete(api(&s, &format!("/messages/{newest}"))).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (st, v) = answer(
+            c.delete(api(&s, &format!("/messages/{newest}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error(st, &v, 404, None);
-        assert_eq!(page("direction=forward".into()).await, vec![VIROLA_MESSAGE_ID, p1[0]]);
+        assert_eq!(
+            page("direction=forward".into()).await,
+            vec![VIROLA_MESSAGE_ID, p1[0]]
+        );
     });
 }
 
@@ -401,7 +667,10 @@ fn injected_faults_use_virola_shape_or_drop() {
         for i in 0..12 {
             let name = format!("f{i}.txt");
             match c
-                .post(api(&s, &format!("/messages/{VIROLA_MESSAGE_ID}/attachments")))
+                .post(api(
+                    &s,
+                    &format!("/messages/{VIROLA_MESSAGE_ID}/attachments"),
+                ))
                 .bearer_auth(TOKEN)
                 .multipart(files_form(&[(name.as_str(), b"data")]))
                 .send()
@@ -446,13 +715,14 @@ fn attachments_and_messages_survive_restart() {
         )
         .await;
         assert_eq!(st, 200);
-        attachments(&c, &s).await[0]["attachmentId"].as_u64().unwrap()
+        attachments(&c, &s).await[0]["attachmentId"]
+            .as_u64()
+            .unwrap()
     });
     let old = s.server.take().unwrap();
     s.rt.block_on(old.stop());
-    let server = s
-        .rt
-        .block_on(uploadfs::server::start(ServeOptions::ephemeral(
+    let server =
+        s.rt.block_on(uploadfs::server::start(ServeOptions::ephemeral(
             s.dir.path().join("data"),
             TOKEN,
         )))
@@ -464,9 +734,24 @@ fn attachments_and_messages_survive_restart() {
         let atts = attachments(&c, &s).await;
         assert_eq!(atts.len(), 1);
         assert_eq!(atts[0]["attachmentId"], id);
-        let r = c.get(api(&s, &format!("/attachments/{id}/keep.bin"))).bearer_auth(TOKEN).send().await.unwrap();
+        let r = c
+            .get(api(&s, &format!("/attachments/{id}/keep.bin")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
-        let (_, v) = answer(c.get(api(&s, &format!("/rooms/{VIROLA_ROOM_ID}/messages?limit=1"))).bearer_auth(TOKEN).send().await.unwrap()).await;
+        let (_, v) = answer(
+            c.get(api(
+                &s,
+                &format!("/rooms/{VIROLA_ROOM_ID}/messages?limit=1"),
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await;
         assert_eq!(v["messages"][0]["content"], "persisted");
         // New attachment ids keep growing after the restart.
         let (st, _) = upload(&c, &s, &[("after.bin", b"x")]).await;
@@ -475,4 +760,56 @@ fn attachments_and_messages_survive_restart() {
         let after = atts.iter().find(|a| a["fileName"] == "after.bin").unwrap();
         assert!(after["attachmentId"].as_u64().unwrap() > id);
     });
+}
+
+fn client_upload(
+    s: &TestServer,
+    t: &Arc<dyn Target>,
+    name: &str,
+    data: &[u8],
+) -> Result<RemoteFile, TargetError> {
+    let path = s.dir.path().join("client-src");
+    std::fs::write(&path, data).unwrap();
+    let req = UploadRequest {
+        parent: None,
+        name: name.to_string(),
+        size: data.len() as u64,
+        // No digests: the client computes the SHA-1 it matches on.
+        digests: Digests::default(),
+        mtime_ms: 0,
+        replaces: None,
+        resume_session: None,
+        source: Arc::new(FileSource::open(&path).unwrap()),
+        observer: Arc::new(ByteCounter::default()),
+    };
+    s.rt.block_on(t.upload(req))
+}
+
+#[test]
+fn client_identifies_its_attachment_and_maps_refusals() {
+    let s = TestServer::new();
+    let t = s.target(TargetKind::Virola);
+    // Same name twice: each upload gets its own, new attachment.
+    let a = client_upload(&s, &t, "same.txt", b"first").unwrap();
+    let b = client_upload(&s, &t, "same.txt", b"second!").unwrap();
+    assert_ne!(a.id, b.id);
+    assert_eq!((a.size, b.size), (5, 7));
+    assert_eq!(b.sha1.as_deref(), Some(sha1_hex(b"second!").as_str()));
+    assert_eq!(
+        s.rt.block_on(t.read_range(&b, 0, 100)).unwrap().as_ref(),
+        b"second!"
+    );
+    // Names the server refuses are refused before sending.
+    let e = client_upload(&s, &t, "a/b", b"x").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidName);
+    // Too large: TooLarge, not retried into a timeout.
+    s.control(json!({"max_file_size": 10}));
+    let e = client_upload(&s, &t, "big.bin", &pattern(11, 1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::TooLarge, "{e}");
+    // A revoked token: Auth, with a message that says so and no token in it.
+    s.control(json!({"token": "rotated", "max_file_size": 1000}));
+    let e = s.rt.block_on(t.list(&None)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Auth);
+    assert!(e.message.contains("token was refused"), "{}", e.message);
+    assert!(!e.message.contains(TOKEN));
 }

@@ -27,6 +27,11 @@
 //! directly (200/206, 416) instead of redirecting to storage; files belong to the one
 //! account [`ACCOUNT_ID`] that the server token stands for.
 
+// Helpers return ready-made error responses (`Result<_, Response>`) so handlers can
+// answer with `?`-style early returns; those errors are the cold path, so their size
+// does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashSet;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,12 +153,7 @@ fn not_found(what: &str) -> Response {
 }
 
 fn validation(field: &str, message: &str) -> Response {
-    let mut v = api_error_json(
-        StatusCode::BAD_REQUEST,
-        "VALIDATION_ERROR",
-        message,
-        None,
-    );
+    let mut v = api_error_json(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message, None);
     v["errors"] = json!({ field: [message] });
     (StatusCode::BAD_REQUEST, Json(v)).into_response()
 }
@@ -488,10 +488,7 @@ async fn chunk(
 ) -> Response {
     auth!(state, req.headers(), req.uri());
     let Ok(index) = index.parse::<i64>() else {
-        return problem(
-            "chunkIndex",
-            &format!("The value '{index}' is not valid."),
-        );
+        return problem("chunkIndex", &format!("The value '{index}' is not valid."));
     };
     let declared = req
         .headers()
@@ -622,7 +619,12 @@ async fn receive_chunk(
         let mut field = match mp.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(got),
-            Err(e) => return Err(problem("Chunk", &format!("The multipart body is invalid: {e}"))),
+            Err(e) => {
+                return Err(problem(
+                    "Chunk",
+                    &format!("The multipart body is invalid: {e}"),
+                ))
+            }
         };
         let wanted = !got
             && field.file_name().is_some()
@@ -644,7 +646,10 @@ async fn receive_chunk(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(problem("Chunk", &format!("The multipart body is invalid: {e}")))
+                    return Err(problem(
+                        "Chunk",
+                        &format!("The multipart body is invalid: {e}"),
+                    ))
                 }
             }
         }
@@ -668,7 +673,10 @@ async fn complete(
         Err(r) => return r,
     };
     // Take the task out of reach first: concurrent completes and late chunks now see 404.
-    let work = dir.with_file_name(format!(".completing-{task_id}-{}", uuid::Uuid::new_v4().simple()));
+    let work = dir.with_file_name(format!(
+        ".completing-{task_id}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     if tokio::fs::rename(&dir, &work).await.is_err() {
         return not_found("Upload task");
     }
@@ -869,7 +877,10 @@ async fn list_mine(
     let mut mine: Vec<Object> = tri!(state.store.all(PROTO))
         .into_iter()
         .filter(owned)
-        .filter(|o| pool.as_deref().is_none_or(|p| o.extra["pool_id"].as_str() == Some(p)))
+        .filter(|o| {
+            pool.as_deref()
+                .map_or(true, |p| o.extra["pool_id"].as_str() == Some(p))
+        })
         .collect();
     // Insertion order reversed = newest first, stable for equal timestamps.
     mine.reverse();

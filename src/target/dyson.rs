@@ -72,7 +72,10 @@ impl DysonTarget {
         match status {
             StatusCode::UNAUTHORIZED => TargetError::new(
                 ErrorKind::Auth,
-                format!("{what}: the token was refused ({status}: {}); renew it", excerpt(&text)),
+                format!(
+                    "{what}: the token was refused ({status}: {}); renew it",
+                    excerpt(&text)
+                ),
             ),
             // FORBIDDEN covers permissions, pool policy (size) and quota alike.
             StatusCode::FORBIDDEN => {
@@ -84,7 +87,10 @@ impl DysonTarget {
                 } else {
                     ErrorKind::Auth
                 };
-                TargetError::new(kind, format!("{what}: refused ({status}): {}", excerpt(&text)))
+                TargetError::new(
+                    kind,
+                    format!("{what}: refused ({status}): {}", excerpt(&text)),
+                )
             }
             StatusCode::BAD_REQUEST
                 if err
@@ -115,7 +121,9 @@ impl DysonTarget {
         let url = self.url("/files/upload/create");
         let resp = self
             .http
-            .send(&what, || self.http.auth(self.http.client.post(&url)).json(&body))
+            .send(&what, || {
+                self.http.auth(self.http.client.post(&url)).json(&body)
+            })
             .await?;
         let status = resp.status();
         if !status.is_success() {
@@ -243,7 +251,10 @@ impl DysonTarget {
         let body = resp.bytes().await.map_err(|e| {
             TargetError::new(
                 ErrorKind::Unavailable,
-                format!("{what}: reading the answer failed: {}", super::http::describe_reqwest(e)),
+                format!(
+                    "{what}: reading the answer failed: {}",
+                    super::http::describe_reqwest(e)
+                ),
             )
         })?;
         if status.is_success() {
@@ -392,7 +403,10 @@ impl Target for DysonTarget {
         if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(TargetError::new(
                 ErrorKind::LocalIo,
-                format!("{}: the MD5 given for the upload is not 32 hex digits", req.name),
+                format!(
+                    "{}: the MD5 given for the upload is not 32 hex digits",
+                    req.name
+                ),
             ));
         }
         for round in 1..=MAX_ROUNDS {

@@ -161,7 +161,7 @@ impl VirolaTarget {
                     && a.file_size == size
                     && a.file_checksum
                         .as_deref()
-                        .is_none_or(|c| c.eq_ignore_ascii_case(sha1))
+                        .map_or(true, |c| c.eq_ignore_ascii_case(sha1))
             })
             .max_by_key(|a| a.attachment_id);
         if let Some(a) = &hit {
@@ -356,7 +356,13 @@ impl Target for VirolaTarget {
                     Ok(f) => f,
                     Err(e) => return Attempt::Fail(e),
                 };
-                let resp = match self.http.auth(self.http.client.post(&url)).multipart(form).send().await {
+                let resp = match self
+                    .http
+                    .auth(self.http.client.post(&url))
+                    .multipart(form)
+                    .send()
+                    .await
+                {
                     Ok(r) => r,
                     Err(e) => {
                         return Attempt::Retry {
@@ -388,7 +394,10 @@ impl Target for VirolaTarget {
         req.observer.part_done(0, req.size);
         // The answer has no id: find the attachment in the message (listing may lag).
         for n in 0..FIND_ATTEMPTS {
-            if let Some(a) = self.find_landed(&before, &req.name, req.size, &sha1).await? {
+            if let Some(a) = self
+                .find_landed(&before, &req.name, req.size, &sha1)
+                .await?
+            {
                 tracing::debug!(name = %req.name, id = a.attachment_id, "virola: uploaded");
                 return Ok(self.to_remote(a));
             }
@@ -405,7 +414,8 @@ impl Target for VirolaTarget {
             return Ok(Bytes::new());
         }
         let what = format!("reading {}", file.name);
-        let name = percent_encoding::utf8_percent_encode(&file.name, percent_encoding::NON_ALPHANUMERIC);
+        let name =
+            percent_encoding::utf8_percent_encode(&file.name, percent_encoding::NON_ALPHANUMERIC);
         let url = self.url(&format!("/attachments/{}/{name}", file.id));
         let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
         let (status, _, body) = self
