@@ -813,3 +813,50 @@ fn client_identifies_its_attachment_and_maps_refusals() {
     assert!(e.message.contains("token was refused"), "{}", e.message);
     assert!(!e.message.contains(TOKEN));
 }
+
+/// Data without a path on disk: the client streams it through `read_at`.
+struct InMemory(Vec<u8>);
+
+impl uploadfs::target::PartSource for InMemory {
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<bytes::Bytes> {
+        let start = (offset as usize).min(self.0.len());
+        let end = (start + len).min(self.0.len());
+        Ok(bytes::Bytes::copy_from_slice(&self.0[start..end]))
+    }
+}
+
+#[test]
+fn client_streams_sources_without_a_path_and_unknown_routes_use_the_envelope() {
+    let s = TestServer::new();
+    let t = s.target(TargetKind::Virola);
+    let data = pattern(3 * 1024 * 1024 + 5, 8);
+    let req = UploadRequest {
+        parent: None,
+        name: "mem.bin".to_string(),
+        size: data.len() as u64,
+        digests: Digests::default(),
+        mtime_ms: 0,
+        replaces: None,
+        resume_session: None,
+        source: Arc::new(InMemory(data.clone())),
+        observer: Arc::new(ByteCounter::default()),
+    };
+    let f = s.rt.block_on(t.upload(req)).unwrap();
+    assert_eq!(f.sha1.as_deref(), Some(sha1_hex(&data).as_str()));
+    assert_eq!(
+        s.files("virola"),
+        vec![("mem.bin".to_string(), data.len() as u64, sha1_hex(&data))]
+    );
+    s.rt.block_on(async {
+        let (st, v) = answer(
+            Client::new()
+                .get(api(&s, "/no/such/route"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_error(st, &v, 404, None);
+    });
+}
