@@ -75,6 +75,9 @@ pub struct ServeOptions {
     /// Fluxer account upload limit in bytes (non-premium default: 25 MiB).
     #[arg(long, default_value_t = 25 * 1024 * 1024)]
     pub fluxer_max_size: u64,
+    /// Lifetime of a Fluxer chunked-upload session in seconds, counted from creation.
+    #[arg(long, default_value_t = 3600, hide = true)]
+    pub fluxer_session_ttl: u64,
     /// Largest file any protocol accepts, bytes (each answers in its own error shape).
     #[arg(long, default_value_t = 64 * 1024 * 1024 * 1024)]
     pub max_file_size: u64,
@@ -100,6 +103,7 @@ impl ServeOptions {
             bandwidth: 0,
             box_commit_202: 0,
             fluxer_max_size: 25 * 1024 * 1024,
+            fluxer_session_ttl: 3600,
             max_file_size: 64 * 1024 * 1024 * 1024,
             cloudreve_chunk_size: 25 * 1024 * 1024,
             discard: false,

@@ -1,21 +1,378 @@
-//! The dyson client (not implemented yet).
+//! The Solar Network / DysonNetwork Drive client (`url` = the part before `/files`, e.g.
+//! `https://HOST/api` or the gateway's `https://HOST/drive`).
+//!
+//! Upload: `POST /files/upload/create` with the lowercase hex MD5 of the whole file as
+//! `hash`. The server dedupes globally on that hash: `file_exists: true` means nothing is
+//! uploaded and the existing file is returned. Otherwise the file goes as chunks of at
+//! most [`CHUNK_SIZE`] (multipart file part `chunk`, up to [`PARALLEL`] at once, each
+//! retried on its own), then `POST /files/upload/complete/{task}`. The server refuses any
+//! chunk request over 6 MiB including multipart overhead, so the client always asks for
+//! 5 MiB chunks and refuses a task that wants larger ones. A `CHUNK_MISSING` answer (or a
+//! task that vanished, 404) deletes the task on the server, so the upload starts again
+//! from `create` — which also recovers a completion whose answer was lost: the retried
+//! create finds the stored file by its hash.
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
 
-use super::http::HttpClient;
-use super::{Capabilities, DirRef, RemoteFile, Result, Target, TargetError, UploadRequest};
+use super::http::{excerpt, json, parse_json, status_error, HttpClient};
+use super::{
+    Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Target, TargetError,
+    UploadRequest,
+};
 use crate::config::TargetConfig;
 
+/// Chunk size asked for and never exceeded: the server's default, which keeps every
+/// chunk request (chunk + multipart overhead) under its 6 MiB request limit.
+pub const CHUNK_SIZE: u64 = 5 * 1024 * 1024;
+/// Chunks in flight at once (the server accepts any order and parallelism).
+const PARALLEL: usize = 4;
+/// How many times an upload starts over from `create` after the task was lost.
+const MAX_ROUNDS: u32 = 3;
+/// Files asked for per page of `GET /files/me`.
+const PAGE: u64 = 100;
+/// Longest file name accepted, bytes.
+const MAX_NAME_BYTES: usize = 255;
+/// Read size when hashing the source.
+const HASH_CHUNK: usize = 1024 * 1024;
+
 pub struct DysonTarget {
-    #[allow(dead_code)]
     http: HttpClient,
+    base: String,
+    pool_id: Option<String>,
 }
 
 impl DysonTarget {
-    pub fn new(http: HttpClient, _cfg: &TargetConfig) -> anyhow::Result<Self> {
-        Ok(Self { http })
+    pub fn new(http: HttpClient, cfg: &TargetConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            http,
+            base: cfg.url.trim_end_matches('/').to_string(),
+            pool_id: cfg.pool_id.clone(),
+        })
     }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Map a non-success answer, using the `ApiError` body when there is one.
+    fn fail(&self, what: &str, status: StatusCode, body: &[u8]) -> TargetError {
+        let err: Option<ApiError> = serde_json::from_slice(body).ok();
+        let text = err
+            .as_ref()
+            .map(|e| format!("{} {}", e.code, e.message))
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+        match status {
+            StatusCode::UNAUTHORIZED => TargetError::new(
+                ErrorKind::Auth,
+                format!(
+                    "{what}: the token was refused ({status}: {}); renew it",
+                    excerpt(&text)
+                ),
+            ),
+            // FORBIDDEN covers permissions, pool policy (size) and quota alike.
+            StatusCode::FORBIDDEN => {
+                let lower = text.to_ascii_lowercase();
+                let kind = if lower.contains("quota") {
+                    ErrorKind::Quota
+                } else if lower.contains("size") {
+                    ErrorKind::TooLarge
+                } else {
+                    ErrorKind::Auth
+                };
+                TargetError::new(
+                    kind,
+                    format!("{what}: refused ({status}): {}", excerpt(&text)),
+                )
+            }
+            StatusCode::BAD_REQUEST
+                if err
+                    .as_ref()
+                    .is_some_and(|e| e.message.to_ascii_lowercase().contains("name")) =>
+            {
+                TargetError::new(
+                    ErrorKind::InvalidName,
+                    format!("{what}: name refused: {}", excerpt(&text)),
+                )
+            }
+            _ => status_error(what, status, &text),
+        }
+    }
+
+    async fn create(&self, req: &UploadRequest, md5: &str) -> Result<CreateAnswer> {
+        let what = format!("creating the upload of {}", req.name);
+        let mut body = json!({
+            "hash": md5,
+            "file_name": req.name,
+            "file_size": req.size,
+            "content_type": crate::server::body::content_type_for(&req.name),
+            "chunk_size": CHUNK_SIZE,
+        });
+        if let Some(p) = &self.pool_id {
+            body["pool_id"] = json!(p);
+        }
+        let url = self.url("/files/upload/create");
+        let resp = self
+            .http
+            .send(&what, || {
+                self.http.auth(self.http.client.post(&url)).json(&body)
+            })
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let b = resp.bytes().await.unwrap_or_default();
+            return Err(self.fail(&what, status, &b));
+        }
+        json(&what, resp).await
+    }
+
+    /// Send chunk `index`; `Ok(false)` when the task is gone (404).
+    async fn send_chunk(
+        &self,
+        req: &UploadRequest,
+        task: &str,
+        index: u64,
+        chunk_size: u64,
+    ) -> Result<bool> {
+        let offset = index * chunk_size;
+        let len = (req.size - offset).min(chunk_size);
+        let src = req.source.clone();
+        let data = tokio::task::spawn_blocking(move || src.read_at(offset, len as usize))
+            .await
+            .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("reading: {e}")))??;
+        if data.len() as u64 != len {
+            return Err(TargetError::new(
+                ErrorKind::LocalIo,
+                format!(
+                    "{}: staged data ended at {} bytes, expected {}",
+                    req.name,
+                    offset + data.len() as u64,
+                    req.size
+                ),
+            ));
+        }
+        let what = format!("uploading chunk {index} of {}", req.name);
+        let url = self.url(&format!("/files/upload/chunk/{task}/{index}"));
+        let resp = self
+            .http
+            .send(&what, || {
+                let mut headers = reqwest::header::HeaderMap::new();
+                headers.insert(
+                    reqwest::header::CONTENT_TYPE,
+                    reqwest::header::HeaderValue::from_static("application/octet-stream"),
+                );
+                let part = reqwest::multipart::Part::stream_with_length(
+                    reqwest::Body::from(data.clone()),
+                    len,
+                )
+                .file_name(format!("chunk_{index}"))
+                .headers(headers);
+                let form = reqwest::multipart::Form::new().part("chunk", part);
+                self.http.auth(self.http.client.post(&url)).multipart(form)
+            })
+            .await?;
+        let status = resp.status();
+        if status.is_success() {
+            req.observer.part_done(index, len);
+            return Ok(true);
+        }
+        let b = resp.bytes().await.unwrap_or_default();
+        if status == StatusCode::NOT_FOUND {
+            tracing::warn!(name = %req.name, index, "dyson: upload task vanished");
+            return Ok(false);
+        }
+        Err(self.fail(&what, status, &b))
+    }
+
+    /// One round: create, chunks, complete. `Ok(None)`: the task was lost, start over.
+    async fn round(&self, req: &UploadRequest, md5: &str) -> Result<Option<RemoteFile>> {
+        let created = self.create(req, md5).await?;
+        if created.file_exists {
+            let f = created.file.ok_or_else(|| {
+                TargetError::protocol(format!(
+                    "creating the upload of {}: file_exists without a file",
+                    req.name
+                ))
+            })?;
+            tracing::info!(name = %req.name, id = %f.id, "dyson: content already stored, nothing uploaded");
+            // The server keeps one file per content; the caller maps its own name onto it,
+            // so report the requested name (the remote one may belong to another path).
+            let mut r = to_remote(f);
+            r.name = req.name.clone();
+            if r.size != req.size {
+                return Err(TargetError::protocol(format!(
+                    "{}: the server's deduplicated file has {} bytes, expected {}",
+                    req.name, r.size, req.size
+                )));
+            }
+            return Ok(Some(r));
+        }
+        let bad = |why: &str| {
+            TargetError::protocol(format!("creating the upload of {}: {why}", req.name))
+        };
+        let task = created.task_id.ok_or_else(|| bad("no task_id"))?;
+        let chunk_size = created.chunk_size.unwrap_or(CHUNK_SIZE);
+        if chunk_size == 0 || chunk_size > CHUNK_SIZE {
+            return Err(bad(&format!(
+                "the server asks for {chunk_size}-byte chunks; over {CHUNK_SIZE} a chunk request exceeds its 6 MiB limit"
+            )));
+        }
+        let count = req.size.div_ceil(chunk_size);
+        if created.chunks_count.is_some_and(|c| c != count) {
+            return Err(bad(&format!(
+                "chunks_count {:?} does not match {count} chunks of {chunk_size} bytes",
+                created.chunks_count
+            )));
+        }
+        req.observer.session_started(&task);
+        let mut chunks = futures_util::stream::iter(0..count)
+            .map(|i| self.send_chunk(req, &task, i, chunk_size))
+            .buffer_unordered(PARALLEL);
+        while let Some(r) = chunks.next().await {
+            if !r? {
+                return Ok(None);
+            }
+        }
+        drop(chunks);
+        let what = format!("completing the upload of {}", req.name);
+        let url = self.url(&format!("/files/upload/complete/{task}"));
+        let resp = self
+            .http
+            .send(&what, || self.http.auth(self.http.client.post(&url)))
+            .await?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| {
+            TargetError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{what}: reading the answer failed: {}",
+                    super::http::describe_reqwest(e)
+                ),
+            )
+        })?;
+        if status.is_success() {
+            let f: CloudFile = parse_json(&what, &body)?;
+            let r = to_remote(f);
+            if r.size != req.size {
+                return Err(TargetError::protocol(format!(
+                    "{what}: the server stored {} bytes, expected {}",
+                    r.size, req.size
+                )));
+            }
+            if r.md5.as_deref().is_some_and(|h| h != md5) {
+                return Err(TargetError::protocol(format!(
+                    "{what}: the stored file's MD5 differs from the data sent"
+                )));
+            }
+            return Ok(Some(r));
+        }
+        let err: Option<ApiError> = serde_json::from_slice(&body).ok();
+        let missing = err.as_ref().is_some_and(|e| e.code == "CHUNK_MISSING");
+        if missing || status == StatusCode::NOT_FOUND {
+            // Either way the task is gone on the server; a lost completion answer also
+            // ends here, and the next create finds the file by its hash.
+            tracing::warn!(name = %req.name, status = %status, "dyson: task lost at completion, starting over");
+            return Ok(None);
+        }
+        Err(self.fail(&what, status, &body))
+    }
+}
+
+fn to_remote(f: CloudFile) -> RemoteFile {
+    let mtime_ms = f
+        .updated_at
+        .as_deref()
+        .or(f.created_at.as_deref())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(0);
+    RemoteFile {
+        id: f.id,
+        name: f.name,
+        size: f.size,
+        mtime_ms,
+        is_dir: false,
+        sha1: None,
+        md5: f
+            .hash
+            .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|h| h.to_ascii_lowercase()),
+        url: None,
+        extra: None,
+    }
+}
+
+/// Lowercase hex MD5 of the whole source, read on the blocking pool.
+async fn md5_of(src: Arc<dyn PartSource>, size: u64) -> Result<String> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        use md5::Digest;
+        let mut h = md5::Md5::new();
+        let mut off = 0u64;
+        while off < size {
+            let b = src.read_at(off, (size - off).min(HASH_CHUNK as u64) as usize)?;
+            if b.is_empty() {
+                break;
+            }
+            h.update(&b);
+            off += b.len() as u64;
+        }
+        Ok(hex::encode(h.finalize()))
+    })
+    .await
+    .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("hashing: {e}")))?
+    .map_err(Into::into)
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        "the name is empty"
+    } else if name.len() > MAX_NAME_BYTES {
+        "the name is longer than 255 bytes"
+    } else if name.contains(['/', '\\', '\0']) {
+        "the name contains '/', '\\' or NUL"
+    } else if name == "." || name == ".." {
+        "the name is '.' or '..'"
+    } else {
+        return Ok(());
+    };
+    Err(TargetError::new(
+        ErrorKind::InvalidName,
+        format!("{name:?}: Dyson Drive refuses this file name: {why}"),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct CreateAnswer {
+    file_exists: bool,
+    file: Option<CloudFile>,
+    task_id: Option<String>,
+    chunk_size: Option<u64>,
+    chunks_count: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CloudFile {
+    id: String,
+    name: String,
+    size: u64,
+    hash: Option<String>,
+    created_at: Option<String>,
+    updated_at: Option<String>,
 }
 
 #[async_trait]
@@ -23,34 +380,150 @@ impl Target for DysonTarget {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kind: "dyson",
-            part_size: 8 * 1024 * 1024,
-            max_parallel_parts: 1,
+            part_size: CHUNK_SIZE,
+            max_parallel_parts: PARALLEL,
             max_file_size: None,
             range_reads: true,
             folders: false,
-            rename: false,
-            delete: false,
-            needs_md5: false,
+            rename: true,
+            delete: true,
+            needs_md5: true,
             wants_sha1: false,
             case_insensitive_names: false,
             replaces_in_place: false,
         }
     }
-    async fn upload(&self, _req: UploadRequest) -> Result<RemoteFile> {
-        Err(TargetError::unsupported("upload"))
+
+    async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
+        check_name(&req.name)?;
+        let md5 = match &req.digests.md5 {
+            Some(m) => m.to_ascii_lowercase(),
+            None => md5_of(req.source.clone(), req.size).await?,
+        };
+        if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(TargetError::new(
+                ErrorKind::LocalIo,
+                format!(
+                    "{}: the MD5 given for the upload is not 32 hex digits",
+                    req.name
+                ),
+            ));
+        }
+        for round in 1..=MAX_ROUNDS {
+            if let Some(f) = self.round(&req, &md5).await? {
+                return Ok(f);
+            }
+            tracing::info!(name = %req.name, round, "dyson: restarting upload from create");
+        }
+        Err(TargetError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "uploading {}: the server lost the upload task {MAX_ROUNDS} times (chunks missing at completion)",
+                req.name
+            ),
+        ))
     }
-    async fn read_range(&self, _file: &RemoteFile, _offset: u64, _len: u64) -> Result<Bytes> {
-        Err(TargetError::unsupported("read"))
+
+    async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let what = format!("reading {}", file.name);
+        let url = self.url(&format!("/files/{}", file.id));
+        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
+        // Stored files answer with a redirect to storage; reqwest follows it.
+        let (status, _, body) = self
+            .http
+            .send_bytes(&what, || {
+                self.http
+                    .auth(self.http.client.get(&url))
+                    .header(reqwest::header::RANGE, &range)
+            })
+            .await?;
+        match status {
+            StatusCode::PARTIAL_CONTENT => Ok(body),
+            StatusCode::OK => {
+                let start = offset.min(body.len() as u64) as usize;
+                let end = offset.saturating_add(len).min(body.len() as u64) as usize;
+                Ok(body.slice(start..end))
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
+            s => Err(self.fail(&what, s, &body)),
+        }
     }
-    async fn list(&self, _dir: &DirRef) -> Result<Vec<RemoteFile>> {
-        Err(TargetError::unsupported("list"))
+
+    async fn list(&self, dir: &DirRef) -> Result<Vec<RemoteFile>> {
+        if dir.is_some() {
+            return Err(TargetError::new(
+                ErrorKind::NotFound,
+                "Dyson Drive has no folders; only the account's files exist",
+            ));
+        }
+        let what = "listing files";
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut offset = 0u64;
+        loop {
+            let mut url = format!("{}?offset={offset}&take={PAGE}", self.url("/files/me"));
+            if let Some(p) = &self.pool_id {
+                url.push_str(&format!("&pool={p}"));
+            }
+            let (status, headers, body) = self
+                .http
+                .send_bytes(what, || self.http.auth(self.http.client.get(&url)))
+                .await?;
+            if !status.is_success() {
+                return Err(self.fail(what, status, &body));
+            }
+            let page: Vec<CloudFile> = parse_json(what, &body)?;
+            let total = headers
+                .get("x-total")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let n = page.len() as u64;
+            for f in page {
+                if seen.insert(f.id.clone()) {
+                    out.push(to_remote(f));
+                }
+            }
+            offset += n;
+            if n == 0 || total.is_some_and(|t| offset >= t) {
+                return Ok(out);
+            }
+        }
     }
-    async fn delete(&self, _file: &RemoteFile) -> Result<()> {
-        Err(TargetError::unsupported("delete"))
+
+    async fn delete(&self, file: &RemoteFile) -> Result<()> {
+        let what = format!("deleting {}", file.name);
+        let url = self.url(&format!("/files/{}", file.id));
+        let (status, _, body) = self
+            .http
+            .send_bytes(&what, || self.http.auth(self.http.client.delete(&url)))
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(self.fail(&what, status, &body))
+        }
     }
-    async fn rename(&self, _file: &RemoteFile, _p: &DirRef, _n: &str) -> Result<RemoteFile> {
-        Err(TargetError::unsupported("rename"))
+
+    async fn rename(&self, file: &RemoteFile, _p: &DirRef, new_name: &str) -> Result<RemoteFile> {
+        check_name(new_name)?;
+        let what = format!("renaming {} to {new_name}", file.name);
+        let url = self.url(&format!("/files/{}/name", file.id));
+        let body = json!(new_name);
+        let (status, _, answer) = self
+            .http
+            .send_bytes(&what, || {
+                self.http.auth(self.http.client.patch(&url)).json(&body)
+            })
+            .await?;
+        if !status.is_success() {
+            return Err(self.fail(&what, status, &answer));
+        }
+        Ok(to_remote(parse_json(&what, &answer)?))
     }
+
     async fn mkdir(&self, _parent: &DirRef, _name: &str) -> Result<RemoteFile> {
         Err(TargetError::unsupported("mkdir"))
     }

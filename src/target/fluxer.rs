@@ -1,20 +1,636 @@
-//! The fluxer client (not implemented yet).
+//! The Fluxer client: files are attachments of messages in one channel.
+//!
+//! Upload: a file of at most 8 MiB (including an empty one, which the chunked API refuses)
+//! goes inline as `files[0]` of a `multipart/form-data` message post, streamed from the
+//! source. A larger one uses a chunked upload: create a session, PUT chunks of exactly the
+//! returned `chunk_size` (up to [`PARALLEL_CHUNKS`] at once, each retried on its own, ETags
+//! kept verbatim), complete with every `{chunk_index, etag}`, then post a message whose
+//! attachment names the `uploaded_filename`. A session that expires mid-upload
+//! (`404 CHUNKED_UPLOAD_NOT_FOUND`) is restarted once.
+//!
+//! Posting a message is not idempotent, so an attempt whose answer was lost (connection
+//! dropped, 5xx other than 503) is followed by a look at the messages posted since the
+//! upload began: an attachment with our name and size, in a message without content, is
+//! taken as ours instead of posting again. A lost `complete` answer followed by `404` on
+//! the retry likewise means the first attempt completed.
+//!
+//! Reads GET the attachment's CDN `url` (no token: the CDN is another host) with `Range`;
+//! the CDN ignores ranges it does not like and answers 200 with the whole body, which is
+//! then sliced. Listing pages through all messages (newest first, `before` = oldest id
+//! seen). Delete removes the attachment, then the message if nothing is left in it.
+//! Rate limits: a 429's JSON `retry_after` (fractional seconds) is honoured.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use reqwest::{RequestBuilder, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
 
-use super::http::HttpClient;
-use super::{Capabilities, DirRef, RemoteFile, Result, Target, TargetError, UploadRequest};
+use super::http::{
+    describe_reqwest, excerpt, parse_json, retry_after, status_error, Attempt, HttpClient,
+};
+use super::{
+    Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Target, TargetError,
+    UploadRequest,
+};
 use crate::config::TargetConfig;
 
+/// Files up to this size go inline in the message post (the official client's threshold
+/// for chunking is `size > 8 MiB`).
+const INLINE_MAX: u64 = 8 * 1024 * 1024;
+/// The chunk size the service announces (informational; the create answer decides).
+const PART_SIZE: u64 = 8 * 1024 * 1024;
+/// Chunks in flight at once (the official client's `MAX_CONCURRENT_CHUNKS`).
+const PARALLEL_CHUNKS: usize = 4;
+/// Largest `limit` of a message listing.
+const PAGE: usize = 100;
+/// Read size when streaming an inline file from the source.
+const STREAM_PIECE: usize = 256 * 1024;
+/// Longest file name the service accepts, bytes.
+const MAX_NAME_BYTES: usize = 255;
+
 pub struct FluxerTarget {
-    #[allow(dead_code)]
     http: HttpClient,
+    /// API base, e.g. `https://api.fluxer.app/v1`.
+    base: String,
+    channel: String,
+    max_file_size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateResp {
+    upload_id: String,
+    upload_filename: String,
+    chunk_size: u64,
+    chunk_count: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChunkResp {
+    etag: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompleteResp {
+    upload_filename: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Message {
+    id: String,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    timestamp: Option<String>,
+    #[serde(default)]
+    attachments: Vec<Attachment>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Attachment {
+    id: String,
+    filename: String,
+    size: u64,
+    #[serde(default)]
+    url: Option<String>,
+}
+
+/// Fluxer's error body `{code, message, errors?, retry_after?}`.
+#[derive(Debug, Default, Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    retry_after: Option<f64>,
+    #[serde(default)]
+    errors: Vec<FieldError>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FieldError {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    code: String,
+}
+
+fn api_error_of(body: &[u8]) -> ApiError {
+    serde_json::from_slice(body).unwrap_or_default()
+}
+
+/// Map a non-success answer to an error naming the cause.
+fn api_error(what: &str, status: StatusCode, body: &[u8]) -> TargetError {
+    let e = api_error_of(body);
+    let code = e.code.as_deref().unwrap_or("");
+    let text = e
+        .message
+        .clone()
+        .unwrap_or_else(|| excerpt(&String::from_utf8_lossy(body)));
+    let kind = match code {
+        "FILE_SIZE_TOO_LARGE" => Some(ErrorKind::TooLarge),
+        "INVALID_FORM_BODY"
+            if e.errors
+                .iter()
+                .any(|f| f.path.contains("filename") || f.code == "FILENAME_INVALID") =>
+        {
+            Some(ErrorKind::InvalidName)
+        }
+        "CHUNKED_UPLOAD_NOT_FOUND" | "UNKNOWN_MESSAGE" | "UNKNOWN_ATTACHMENT" => {
+            Some(ErrorKind::NotFound)
+        }
+        _ => None,
+    };
+    match kind {
+        Some(kind) => TargetError::new(
+            kind,
+            format!(
+                "{what}: server answered {status} {code}: {}",
+                excerpt(&text)
+            ),
+        ),
+        None => {
+            let detail = if code.is_empty() {
+                text
+            } else {
+                format!("{code}: {text}")
+            };
+            status_error(what, status, &detail)
+        }
+    }
+}
+
+/// Why a name cannot be a Fluxer attachment name (it becomes a CDN URL path segment).
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("the name is empty")
+    } else if name.len() > MAX_NAME_BYTES {
+        Some("the name is longer than 255 bytes")
+    } else if name.contains(['/', '\\']) {
+        Some("the name contains a slash or backslash")
+    } else if name.chars().any(char::is_control) {
+        Some("the name contains control characters")
+    } else if name == "." || name == ".." {
+        Some("the name is a relative path")
+    } else {
+        None
+    }
+}
+
+/// Read `len` bytes at `offset` off the async runtime; short data is an error.
+async fn read_part(source: &Arc<dyn PartSource>, offset: u64, len: usize) -> Result<Bytes> {
+    let src = source.clone();
+    let data = tokio::task::spawn_blocking(move || src.read_at(offset, len))
+        .await
+        .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("reading the source: {e}")))??;
+    if data.len() != len {
+        return Err(TargetError::new(
+            ErrorKind::LocalIo,
+            format!(
+                "the source ended early: {} of {len} bytes at offset {offset}",
+                data.len()
+            ),
+        ));
+    }
+    Ok(data)
+}
+
+/// How to wait after a retryable answer: a 429's JSON `retry_after`, else `Retry-After`.
+fn wait_for(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> Option<Duration> {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        if let Some(s) = api_error_of(body).retry_after {
+            if s.is_finite() && s >= 0.0 {
+                return Some(Duration::from_secs_f64(s));
+            }
+        }
+    }
+    retry_after(headers)
+}
+
+/// One request's outcome before classification.
+enum Raw {
+    /// No (complete) answer: the request may or may not have been processed.
+    Lost(String),
+    Answer(StatusCode, reqwest::header::HeaderMap, Bytes),
+}
+
+async fn send_once(rb: RequestBuilder) -> Raw {
+    match rb.send().await {
+        Err(e) => Raw::Lost(format!("connection error: {}", describe_reqwest(e))),
+        Ok(resp) => {
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            match resp.bytes().await {
+                Ok(b) => Raw::Answer(status, headers, b),
+                Err(e) => Raw::Lost(format!("answer cut short: {}", describe_reqwest(e))),
+            }
+        }
+    }
+}
+
+/// 429 and 503 mean "not done, try later"; other 5xx may come after the work was done.
+fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
 impl FluxerTarget {
-    pub fn new(http: HttpClient, _cfg: &TargetConfig) -> anyhow::Result<Self> {
-        Ok(Self { http })
+    pub fn new(http: HttpClient, cfg: &TargetConfig) -> anyhow::Result<Self> {
+        let channel = cfg
+            .channel_id
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("a fluxer target needs `channel_id`"))?;
+        Ok(Self {
+            http,
+            base: cfg.url.trim_end_matches('/').to_string(),
+            channel,
+            max_file_size: cfg.max_file_size,
+        })
+    }
+
+    fn channel_url(&self, rest: &str) -> String {
+        format!("{}/channels/{}{rest}", self.base, self.channel)
+    }
+
+    /// Send with retries of 429/5xx/connection errors; any other answer is returned.
+    async fn call<F>(&self, what: &str, build: F) -> Result<(StatusCode, Bytes)>
+    where
+        F: Fn() -> RequestBuilder,
+    {
+        self.http
+            .retry(what, || async {
+                match send_once(self.http.auth(build())).await {
+                    Raw::Lost(reason) => Attempt::Retry {
+                        after: None,
+                        reason,
+                    },
+                    Raw::Answer(status, headers, body) if retryable(status) => Attempt::Retry {
+                        after: wait_for(status, &headers, &body),
+                        reason: format!("server answered {status}"),
+                    },
+                    Raw::Answer(status, _, body) => Attempt::Done((status, body)),
+                }
+            })
+            .await
+    }
+
+    /// GET one page of messages (newest first).
+    async fn messages_page(&self, what: &str, query: &[(&str, String)]) -> Result<Vec<Message>> {
+        let url = self.channel_url("/messages");
+        let (status, body) = self
+            .call(what, || self.http.client.get(&url).query(query))
+            .await?;
+        if status != StatusCode::OK {
+            return Err(api_error(what, status, &body));
+        }
+        parse_json(what, &body)
+    }
+
+    /// Id of the newest message in the channel, if any.
+    async fn newest_message_id(&self, what: &str) -> Result<Option<u64>> {
+        let page = self
+            .messages_page(what, &[("limit", "1".to_string())])
+            .await?;
+        Ok(page.iter().filter_map(|m| m.id.parse::<u64>().ok()).max())
+    }
+
+    /// Find an attachment named `name` of `size` bytes in a content-less message posted
+    /// after `baseline` (the newest message before our first post attempt).
+    async fn find_posted(
+        &self,
+        what: &str,
+        baseline: Option<u64>,
+        name: &str,
+        size: u64,
+    ) -> Result<Option<(Message, Attachment)>> {
+        let mut after = baseline.unwrap_or(0);
+        let mut hit = None;
+        loop {
+            let page = self
+                .messages_page(
+                    what,
+                    &[("limit", PAGE.to_string()), ("after", after.to_string())],
+                )
+                .await?;
+            for m in &page {
+                if m.content.as_deref().unwrap_or("").is_empty() {
+                    if let Some(a) = m
+                        .attachments
+                        .iter()
+                        .find(|a| a.filename == name && a.size == size)
+                    {
+                        let id = m.id.parse::<u64>().unwrap_or(0);
+                        if hit.as_ref().map_or(true, |(hid, _, _)| id > *hid) {
+                            hit = Some((id, m.clone(), a.clone()));
+                        }
+                    }
+                }
+            }
+            let newest = page.iter().filter_map(|m| m.id.parse::<u64>().ok()).max();
+            match newest {
+                Some(n) if page.len() >= PAGE && n > after => after = n,
+                _ => break,
+            }
+        }
+        Ok(hit.map(|(_, m, a)| (m, a)))
+    }
+
+    /// Post the message carrying the file; `form` builds the multipart body for each
+    /// attempt. A lost answer is resolved by looking for the message before posting again.
+    async fn post_message<F>(
+        &self,
+        req: &UploadRequest,
+        baseline: Option<u64>,
+        form: F,
+    ) -> Result<(Message, Attachment)>
+    where
+        F: Fn() -> Result<reqwest::multipart::Form>,
+    {
+        let what = format!("fluxer: posting the message for {}", req.name);
+        let url = self.channel_url("/messages");
+        let ambiguous = AtomicBool::new(false);
+        self.http
+            .retry(&what, || async {
+                if ambiguous.swap(false, Ordering::SeqCst) {
+                    match self.find_posted(&what, baseline, &req.name, req.size).await {
+                        Ok(Some(hit)) => {
+                            tracing::info!(name = %req.name, "fluxer: the lost post had landed");
+                            return Attempt::Done(hit);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Attempt::Fail(e),
+                    }
+                }
+                let form = match form() {
+                    Ok(f) => f,
+                    Err(e) => return Attempt::Fail(e),
+                };
+                let rb = self.http.auth(self.http.client.post(&url)).multipart(form);
+                match send_once(rb).await {
+                    Raw::Lost(reason) => {
+                        ambiguous.store(true, Ordering::SeqCst);
+                        Attempt::Retry {
+                            after: None,
+                            reason,
+                        }
+                    }
+                    Raw::Answer(status, headers, body) if retryable(status) => {
+                        if status != StatusCode::TOO_MANY_REQUESTS
+                            && status != StatusCode::SERVICE_UNAVAILABLE
+                        {
+                            ambiguous.store(true, Ordering::SeqCst);
+                        }
+                        Attempt::Retry {
+                            after: wait_for(status, &headers, &body),
+                            reason: format!("server answered {status}"),
+                        }
+                    }
+                    Raw::Answer(StatusCode::OK, _, body) => {
+                        let m: Message = match parse_json(&what, &body) {
+                            Ok(m) => m,
+                            Err(e) => return Attempt::Fail(e),
+                        };
+                        match m.attachments.first().cloned() {
+                            Some(a) => Attempt::Done((m, a)),
+                            None => Attempt::Fail(TargetError::protocol(format!(
+                                "{what}: the posted message has no attachment"
+                            ))),
+                        }
+                    }
+                    Raw::Answer(status, _, body) => Attempt::Fail(api_error(&what, status, &body)),
+                }
+            })
+            .await
+    }
+
+    /// Small file: one message with the bytes inline as `files[0]`.
+    async fn upload_inline(
+        &self,
+        req: &UploadRequest,
+        baseline: Option<u64>,
+    ) -> Result<(Message, Attachment)> {
+        let payload = json!({ "attachments": [{ "id": 0, "filename": req.name }] }).to_string();
+        let size = req.size;
+        let source = req.source.clone();
+        let name = req.name.clone();
+        let observer = req.observer.clone();
+        let r = self
+            .post_message(req, baseline, || {
+                let src = source.clone();
+                let stream = futures_util::stream::try_unfold(0u64, move |off| {
+                    let src = src.clone();
+                    async move {
+                        if off >= size {
+                            return Ok::<_, TargetError>(None);
+                        }
+                        let n = (size - off).min(STREAM_PIECE as u64) as usize;
+                        let data = read_part(&src, off, n).await?;
+                        Ok(Some((data, off + n as u64)))
+                    }
+                });
+                let body = reqwest::Body::wrap_stream(stream);
+                let part = reqwest::multipart::Part::stream_with_length(body, size)
+                    .file_name(name.clone())
+                    .mime_str("application/octet-stream")
+                    .map_err(|e| TargetError::protocol(format!("building the form: {e}")))?;
+                Ok(reqwest::multipart::Form::new()
+                    .text("payload_json", payload.clone())
+                    .part("files[0]", part))
+            })
+            .await?;
+        observer.part_done(0, size);
+        Ok(r)
+    }
+
+    /// Large file: chunked upload, then a message naming the uploaded file.
+    async fn upload_chunked(
+        &self,
+        req: &UploadRequest,
+        baseline: Option<u64>,
+    ) -> Result<(Message, Attachment)> {
+        let mut restarted = false;
+        let upload_filename = loop {
+            match self.chunked_session(req).await {
+                Ok(uf) => break uf,
+                Err(e) if e.kind == ErrorKind::NotFound && !restarted => {
+                    tracing::warn!(name = %req.name, error = %e, "fluxer: upload session expired; starting again");
+                    restarted = true;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let payload = json!({
+            "attachments": [{ "id": 0, "filename": req.name, "uploaded_filename": upload_filename }]
+        })
+        .to_string();
+        self.post_message(req, baseline, || {
+            Ok(reqwest::multipart::Form::new().text("payload_json", payload.clone()))
+        })
+        .await
+    }
+
+    /// Create → chunks → complete; returns the `upload_filename`.
+    async fn chunked_session(&self, req: &UploadRequest) -> Result<String> {
+        let what = format!("fluxer: starting the upload of {}", req.name);
+        let url = self.channel_url("/chunked-uploads");
+        let body = json!({ "filename": req.name, "file_size": req.size });
+        let (status, answer) = self
+            .call(&what, || self.http.client.post(&url).json(&body))
+            .await?;
+        if status != StatusCode::CREATED && status != StatusCode::OK {
+            return Err(api_error(&what, status, &answer));
+        }
+        let s: CreateResp = parse_json(&what, &answer)?;
+        if s.chunk_size == 0 || s.chunk_count != req.size.div_ceil(s.chunk_size) {
+            return Err(TargetError::protocol(format!(
+                "{what}: the server announced {} chunks of {} bytes for {} bytes",
+                s.chunk_count, s.chunk_size, req.size
+            )));
+        }
+        req.observer.session_started(&s.upload_id);
+        tracing::debug!(name = %req.name, upload_id = %s.upload_id, chunks = s.chunk_count, "fluxer: session created");
+        let mut etags: Vec<(u64, String)> = futures_util::stream::iter(0..s.chunk_count)
+            .map(|i| self.put_chunk(req, &s, i))
+            .buffer_unordered(PARALLEL_CHUNKS)
+            .try_collect()
+            .await?;
+        etags.sort_by_key(|(i, _)| *i);
+        self.complete(req, &s, &etags).await
+    }
+
+    async fn put_chunk(
+        &self,
+        req: &UploadRequest,
+        s: &CreateResp,
+        i: u64,
+    ) -> Result<(u64, String)> {
+        let what = format!("fluxer: uploading chunk {i} of {}", req.name);
+        let offset = i * s.chunk_size;
+        let len = (req.size - offset).min(s.chunk_size);
+        let data = read_part(&req.source, offset, len as usize).await?;
+        let url = self.channel_url(&format!("/chunked-uploads/{}/chunks/{i}", s.upload_id));
+        let (status, body) = self
+            .call(&what, || {
+                self.http
+                    .client
+                    .put(&url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .body(data.clone())
+            })
+            .await?;
+        if status != StatusCode::OK {
+            return Err(api_error(&what, status, &body));
+        }
+        let r: ChunkResp = parse_json(&what, &body)?;
+        if r.etag.is_empty() {
+            return Err(TargetError::protocol(format!("{what}: empty etag")));
+        }
+        req.observer.part_done(i, len);
+        Ok((i, r.etag))
+    }
+
+    async fn complete(
+        &self,
+        req: &UploadRequest,
+        s: &CreateResp,
+        etags: &[(u64, String)],
+    ) -> Result<String> {
+        let what = format!("fluxer: completing the upload of {}", req.name);
+        let url = self.channel_url(&format!("/chunked-uploads/{}/complete", s.upload_id));
+        let body = json!({
+            "etags": etags.iter().map(|(i, e)| json!({ "chunk_index": i, "etag": e })).collect::<Vec<_>>()
+        });
+        let lost_once = AtomicBool::new(false);
+        let (status, answer) = self
+            .http
+            .retry(&what, || async {
+                match send_once(self.http.auth(self.http.client.post(&url).json(&body))).await {
+                    Raw::Lost(reason) => {
+                        lost_once.store(true, Ordering::SeqCst);
+                        Attempt::Retry {
+                            after: None,
+                            reason,
+                        }
+                    }
+                    Raw::Answer(status, headers, b) if retryable(status) => {
+                        if status != StatusCode::TOO_MANY_REQUESTS
+                            && status != StatusCode::SERVICE_UNAVAILABLE
+                        {
+                            lost_once.store(true, Ordering::SeqCst);
+                        }
+                        Attempt::Retry {
+                            after: wait_for(status, &headers, &b),
+                            reason: format!("server answered {status}"),
+                        }
+                    }
+                    Raw::Answer(status, _, b) => Attempt::Done((status, b)),
+                }
+            })
+            .await?;
+        if status == StatusCode::NOT_FOUND && lost_once.load(Ordering::SeqCst) {
+            // The earlier attempt completed the session; its upload is ours.
+            return Ok(s.upload_filename.clone());
+        }
+        if status != StatusCode::OK {
+            return Err(api_error(&what, status, &answer));
+        }
+        let r: CompleteResp = parse_json(&what, &answer)?;
+        Ok(r.upload_filename)
+    }
+
+    async fn get_message(&self, what: &str, mid: &str) -> Result<Option<Message>> {
+        let url = self.channel_url(&format!("/messages/{mid}"));
+        let (status, body) = self.call(what, || self.http.client.get(&url)).await?;
+        match status {
+            StatusCode::OK => parse_json(what, &body).map(Some),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(api_error(what, status, &body)),
+        }
+    }
+
+    /// DELETE; a 404 after a lost first attempt counts as done.
+    async fn delete_url(&self, what: &str, url: &str) -> Result<()> {
+        let attempts = AtomicU32::new(0);
+        let (status, body) = self
+            .call(what, || {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                self.http.client.delete(url)
+            })
+            .await?;
+        match status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND if attempts.load(Ordering::SeqCst) > 1 => Ok(()),
+            _ => Err(api_error(what, status, &body)),
+        }
+    }
+}
+
+fn to_remote(m: &Message, a: &Attachment) -> RemoteFile {
+    let mtime_ms = m
+        .timestamp
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(0);
+    RemoteFile {
+        id: a.id.clone(),
+        name: a.filename.clone(),
+        size: a.size,
+        mtime_ms,
+        is_dir: false,
+        sha1: None,
+        md5: None,
+        url: a.url.clone(),
+        extra: Some(m.id.clone()),
     }
 }
 
@@ -23,35 +639,178 @@ impl Target for FluxerTarget {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kind: "fluxer",
-            part_size: 8 * 1024 * 1024,
-            max_parallel_parts: 1,
-            max_file_size: None,
+            part_size: PART_SIZE,
+            max_parallel_parts: PARALLEL_CHUNKS,
+            max_file_size: self.max_file_size,
             range_reads: true,
             folders: false,
             rename: false,
-            delete: false,
+            delete: true,
             needs_md5: false,
             wants_sha1: false,
             case_insensitive_names: false,
             replaces_in_place: false,
         }
     }
-    async fn upload(&self, _req: UploadRequest) -> Result<RemoteFile> {
-        Err(TargetError::unsupported("upload"))
+
+    async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
+        if let Some(why) = name_problem(&req.name) {
+            return Err(TargetError::new(
+                ErrorKind::InvalidName,
+                format!("fluxer: cannot upload {:?}: {why}", req.name),
+            ));
+        }
+        if let Some(max) = self.max_file_size {
+            if req.size > max {
+                return Err(TargetError::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "fluxer: {} is {} bytes, over the configured limit of {max} bytes",
+                        req.name, req.size
+                    ),
+                ));
+            }
+        }
+        let what = format!("fluxer: uploading {}", req.name);
+        let baseline = self.newest_message_id(&what).await?;
+        let (m, a) = if req.size <= INLINE_MAX {
+            self.upload_inline(&req, baseline).await?
+        } else {
+            self.upload_chunked(&req, baseline).await?
+        };
+        if a.size != req.size {
+            return Err(TargetError::protocol(format!(
+                "{what}: the server stored {} bytes instead of {}",
+                a.size, req.size
+            )));
+        }
+        if a.filename != req.name {
+            tracing::warn!(name = %req.name, stored = %a.filename, "fluxer: the server changed the file name");
+        }
+        Ok(to_remote(&m, &a))
     }
-    async fn read_range(&self, _file: &RemoteFile, _offset: u64, _len: u64) -> Result<Bytes> {
-        Err(TargetError::unsupported("read"))
+
+    async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
+        let what = format!("fluxer: reading {}", file.name);
+        if len == 0 || offset >= file.size {
+            return Ok(Bytes::new());
+        }
+        let url = match &file.url {
+            Some(u) => u.clone(),
+            None => {
+                let mid = file.extra.as_deref().ok_or_else(|| {
+                    TargetError::protocol(format!("{what}: no download URL and no message id"))
+                })?;
+                self.get_message(&what, mid)
+                    .await?
+                    .and_then(|m| m.attachments.into_iter().find(|a| a.id == file.id))
+                    .and_then(|a| a.url)
+                    .ok_or_else(|| {
+                        TargetError::new(
+                            ErrorKind::NotFound,
+                            format!("{what}: the attachment is gone"),
+                        )
+                    })?
+            }
+        };
+        let end = (offset + len).min(file.size) - 1;
+        let range = format!("bytes={offset}-{end}");
+        // No token here: the CDN needs none and is another host.
+        let (status, headers, body) = self
+            .http
+            .send_bytes(&what, || {
+                self.http
+                    .client
+                    .get(&url)
+                    .header(reqwest::header::RANGE, &range)
+            })
+            .await?;
+        let want = (end - offset + 1) as usize;
+        match status {
+            StatusCode::PARTIAL_CONTENT => {
+                let start = headers
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if start != Some(offset) {
+                    return Err(TargetError::protocol(format!(
+                        "{what}: the server sent a different range than asked ({range})"
+                    )));
+                }
+                Ok(body.slice(..want.min(body.len())))
+            }
+            StatusCode::OK => {
+                // The CDN ignored the range: cut ours out of the whole body.
+                let from = (offset as usize).min(body.len());
+                let to = (from + want).min(body.len());
+                Ok(body.slice(from..to))
+            }
+            _ => Err(status_error(&what, status, &String::from_utf8_lossy(&body))),
+        }
     }
+
     async fn list(&self, _dir: &DirRef) -> Result<Vec<RemoteFile>> {
-        Err(TargetError::unsupported("list"))
+        let what = "fluxer: listing the channel";
+        let mut out = Vec::new();
+        let mut before: Option<u64> = None;
+        loop {
+            let mut query = vec![("limit", PAGE.to_string())];
+            if let Some(b) = before {
+                query.push(("before", b.to_string()));
+            }
+            let page = self.messages_page(what, &query).await?;
+            for m in &page {
+                for a in &m.attachments {
+                    out.push(to_remote(m, a));
+                }
+            }
+            let oldest = page.iter().filter_map(|m| m.id.parse::<u64>().ok()).min();
+            match oldest {
+                Some(o) if page.len() >= PAGE && before.map_or(true, |b| o < b) => before = Some(o),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
-    async fn delete(&self, _file: &RemoteFile) -> Result<()> {
-        Err(TargetError::unsupported("delete"))
+
+    async fn delete(&self, file: &RemoteFile) -> Result<()> {
+        let what = format!("fluxer: deleting {}", file.name);
+        let mid = file
+            .extra
+            .as_deref()
+            .ok_or_else(|| TargetError::protocol(format!("{what}: no message id")))?;
+        let url = self.channel_url(&format!("/messages/{mid}/attachments/{}", file.id));
+        self.delete_url(&what, &url).await?;
+        // A message left with nothing in it is removed too.
+        if let Some(m) = self.get_message(&what, mid).await? {
+            if m.attachments.is_empty() && m.content.as_deref().unwrap_or("").is_empty() {
+                self.delete_url(&what, &self.channel_url(&format!("/messages/{mid}")))
+                    .await
+                    .or_else(|e| {
+                        if e.kind == ErrorKind::NotFound {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })?;
+            }
+        }
+        Ok(())
     }
+
     async fn rename(&self, _file: &RemoteFile, _p: &DirRef, _n: &str) -> Result<RemoteFile> {
         Err(TargetError::unsupported("rename"))
     }
+
     async fn mkdir(&self, _parent: &DirRef, _name: &str) -> Result<RemoteFile> {
         Err(TargetError::unsupported("mkdir"))
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.newest_message_id("fluxer: checking the token")
+            .await
+            .map(|_| ())
     }
 }

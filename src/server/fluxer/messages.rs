@@ -1,0 +1,801 @@
+//! Fluxer messages and the CDN: posting a message turns inline `files[N]` parts and
+//! completed chunked uploads into attachments (store objects), listing and reading
+//! messages, deleting attachments or messages, and serving attachment bytes.
+//!
+//! Each message is a JSON record (`fluxer-messages/<id>.json`, written to a temp name,
+//! fsynced and renamed); it is saved only after all its attachments are in the store, so a
+//! listing never shows an attachment whose bytes are incomplete.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::{Multipart, Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use super::super::body::{content_type_for, serve_file, BadRange, BodyInfo, Hashers};
+use super::super::faults::{Fault, FaultOp};
+use super::super::store::{now_ms, Object};
+use super::super::{AppState, ConnKill, ServerState};
+use super::{
+    auth, bad_filename, book, check_channel, error, fault_response, form_error, internal, lock,
+    max_size, parse_snowflake, too_large, ApiError, PROTO,
+};
+
+/// Longest message content, characters.
+const MAX_CONTENT_CHARS: usize = 2000;
+/// Most attachments one message may carry.
+const MAX_ATTACHMENTS: usize = 10;
+/// Default and largest `limit` of a message listing.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 100;
+
+/// Characters left as they are in a URL path segment (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// One stored message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MessageRec {
+    id: u64,
+    channel_id: String,
+    content: String,
+    created_ms: i64,
+    /// Attachment ids, in the order they were posted.
+    attachments: Vec<String>,
+}
+
+/// All messages, by id (snowflakes sort by time), mirrored on disk.
+pub(crate) struct Book {
+    dir: PathBuf,
+    map: BTreeMap<u64, MessageRec>,
+}
+
+impl Book {
+    pub(super) fn load(dir: PathBuf) -> std::io::Result<Book> {
+        std::fs::create_dir_all(&dir)?;
+        let mut map = BTreeMap::new();
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                // A record that was being written when the server stopped.
+                let _ = std::fs::remove_file(&p);
+                continue;
+            }
+            match serde_json::from_slice::<MessageRec>(&std::fs::read(&p)?) {
+                Ok(m) => {
+                    map.insert(m.id, m);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "fluxer: bad message record")
+                }
+            }
+        }
+        Ok(Book { dir, map })
+    }
+
+    pub(super) fn max_id(&self) -> u64 {
+        self.map.keys().next_back().copied().unwrap_or(0)
+    }
+
+    fn save(&mut self, m: MessageRec) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!("{}.tmp", m.id));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(&m).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.dir.join(format!("{}.json", m.id)))?;
+        self.map.insert(m.id, m);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: u64) -> std::io::Result<Option<MessageRec>> {
+        let m = self.map.remove(&id);
+        if m.is_some() {
+            std::fs::remove_file(self.dir.join(format!("{id}.json")))?;
+        }
+        Ok(m)
+    }
+}
+
+fn unknown_message() -> ApiError {
+    error(StatusCode::NOT_FOUND, "UNKNOWN_MESSAGE", "Unknown Message")
+}
+
+fn io_500(what: &'static str) -> impl Fn(std::io::Error) -> ApiError {
+    move |e| {
+        tracing::error!(error = %e, what, "fluxer: I/O failure");
+        internal()
+    }
+}
+
+/// `{base}/fluxer/cdn/attachments/{cid}/{aid}/{filename}` with the name percent-encoded.
+fn attachment_url(state: &ServerState, cid: &str, aid: &str, name: &str) -> String {
+    format!(
+        "{}/fluxer/cdn/attachments/{cid}/{aid}/{}",
+        state.base_url(),
+        utf8_percent_encode(name, SEGMENT)
+    )
+}
+
+fn attachment_json(state: &ServerState, o: &Object) -> Value {
+    let cid = o.parent.as_str();
+    let url = attachment_url(state, cid, &o.id, &o.name);
+    json!({
+        "id": o.id,
+        "filename": o.name,
+        "size": o.size,
+        "content_type": content_type_for(&o.name),
+        "url": url,
+        "proxy_url": url,
+        "flags": 0,
+    })
+}
+
+fn timestamp(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A `MessageResponse`. Attachments missing from the store (deleted concurrently) are
+/// left out.
+fn message_json(state: &ServerState, m: &MessageRec) -> Value {
+    let attachments: Vec<Value> = m
+        .attachments
+        .iter()
+        .filter_map(|aid| state.store.get(PROTO, aid).ok().flatten())
+        .map(|o| attachment_json(state, &o))
+        .collect();
+    json!({
+        "id": m.id.to_string(),
+        "channel_id": m.channel_id,
+        "type": 0,
+        "content": m.content,
+        "timestamp": timestamp(m.created_ms),
+        "edited_timestamp": null,
+        "pinned": false,
+        "mention_everyone": false,
+        "attachments": attachments,
+        "embeds": [],
+        "flags": 0,
+    })
+}
+
+/// Temp files of a request, removed unless consumed (renamed into blobs).
+#[derive(Default)]
+struct Temps(Vec<PathBuf>);
+
+impl Drop for Temps {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// An inline `files[N]` part, on disk.
+struct Inline {
+    path: PathBuf,
+    info: BodyInfo,
+}
+
+/// `files[N]` → N.
+fn files_index(name: &str) -> Option<u64> {
+    name.strip_prefix("files[")?
+        .strip_suffix(']')
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()
+}
+
+async fn drain_field(field: &mut Field<'_>) {
+    while let Ok(Some(_)) = field.chunk().await {}
+}
+
+/// What one multipart field turned out to be.
+enum FileOutcome {
+    Stored(Inline),
+    TooLarge,
+}
+
+/// Stream one file part to `path`, refusing more than `limit` bytes (the rest of the
+/// part is still read, so the client gets the 400 instead of a reset).
+async fn field_to_file(
+    state: &ServerState,
+    field: &mut Field<'_>,
+    path: &std::path::Path,
+    limit: u64,
+) -> Result<FileOutcome, ApiError> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(io_500("inline file"))?;
+    let mut h = Hashers::default();
+    let mut total = 0u64;
+    loop {
+        let piece = match field.chunk().await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => return Err(form_error("files", "INVALID_MULTIPART", e.body_text())),
+        };
+        total += piece.len() as u64;
+        state
+            .counters
+            .bytes_received
+            .fetch_add(piece.len() as u64, Ordering::Relaxed);
+        if total > limit {
+            continue;
+        }
+        state.throttle.take(piece.len() as u64).await;
+        h.update(&piece);
+        file.write_all(&piece)
+            .await
+            .map_err(io_500("inline file"))?;
+    }
+    if total > limit {
+        return Ok(FileOutcome::TooLarge);
+    }
+    file.flush().await.map_err(io_500("inline file"))?;
+    Ok(FileOutcome::Stored(Inline {
+        path: path.to_path_buf(),
+        info: h.finish(),
+    }))
+}
+
+/// Where an attachment's bytes come from.
+enum Source {
+    Inline(Inline),
+    Uploaded(String),
+}
+
+struct NewAttachment {
+    filename: String,
+    source: Source,
+}
+
+/// `POST /channels/{cid}/messages` (multipart: `payload_json` + `files[N]`).
+pub(super) async fn post_message(
+    State(state): State<AppState>,
+    UrlPath(cid): UrlPath<String>,
+    Extension(kill): Extension<ConnKill>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    let early = auth(&state, &headers)
+        .map(|_| ())
+        .and_then(|_| check_channel(&cid))
+        .and_then(|_| super::ensure_loaded(&state));
+    let mut mp = match (early, multipart) {
+        (Ok(()), Ok(m)) => m,
+        (Err(r), Ok(mut m)) => {
+            // Read the body anyway, so the client gets the answer rather than a reset.
+            while let Ok(Some(mut f)) = m.next_field().await {
+                drain_field(&mut f).await;
+            }
+            return r.into_response();
+        }
+        (Err(r), Err(_)) => return r.into_response(),
+        (Ok(()), Err(e)) => {
+            return form_error(
+                "",
+                "INVALID_MULTIPART",
+                format!("Expected a multipart/form-data body: {}", e.body_text()),
+            )
+            .into_response()
+        }
+    };
+    let limit = max_size(&state);
+    let mut temps = Temps::default();
+    let mut payload: Option<String> = None;
+    let mut files: BTreeMap<u64, Inline> = BTreeMap::new();
+    let mut refusal: Option<ApiError> = None;
+    loop {
+        let mut field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return form_error("", "INVALID_MULTIPART", e.body_text()).into_response(),
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        if refusal.is_some() {
+            drain_field(&mut field).await;
+            continue;
+        }
+        if name == "payload_json" {
+            match field.text().await {
+                Ok(t) if payload.is_none() => payload = Some(t),
+                Ok(_) => {
+                    refusal = Some(form_error(
+                        "payload_json",
+                        "DUPLICATE_FIELD",
+                        "payload_json given twice.",
+                    ))
+                }
+                Err(e) => {
+                    return form_error("payload_json", "INVALID_MULTIPART", e.body_text())
+                        .into_response()
+                }
+            }
+        } else if let Some(n) = files_index(&name) {
+            if files.contains_key(&n) {
+                refusal = Some(form_error(
+                    &format!("files[{n}]"),
+                    "DUPLICATE_FIELD",
+                    "File part given twice.",
+                ));
+                drain_field(&mut field).await;
+                continue;
+            }
+            let path = state.store.temp_path();
+            temps.0.push(path.clone());
+            match field_to_file(&state, &mut field, &path, limit).await {
+                Ok(FileOutcome::Stored(f)) => {
+                    files.insert(n, f);
+                }
+                Ok(FileOutcome::TooLarge) => refusal = Some(too_large(limit)),
+                Err(r) => return r.into_response(),
+            }
+        } else {
+            // Other form fields carry nothing this emulator uses.
+            drain_field(&mut field).await;
+        }
+    }
+    if let Some(r) = refusal {
+        return r.into_response();
+    }
+    let (content, attachments) = match parse_payload(payload.as_deref(), files) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    // Every referenced upload must exist before anything is committed.
+    {
+        let uploads = lock(&state.fluxer.uploads);
+        let mut seen = std::collections::HashSet::new();
+        for (n, a) in attachments.iter().enumerate() {
+            if let Source::Uploaded(uf) = &a.source {
+                if !uploads.contains_key(uf) || !seen.insert(uf.clone()) {
+                    return form_error(
+                        &format!("attachments.{n}.uploaded_filename"),
+                        "UPLOADED_FILE_NOT_FOUND",
+                        "The uploaded file was not found.",
+                    )
+                    .into_response();
+                }
+            }
+        }
+    }
+    let has_inline = attachments
+        .iter()
+        .any(|a| matches!(a.source, Source::Inline(_)));
+    let fault = if has_inline {
+        state.fault(FaultOp::Upload)
+    } else {
+        None
+    };
+    match fault {
+        Some(Fault::DropBefore) => return kill.drop_connection().await,
+        Some(f @ (Fault::Unavailable | Fault::TooMany)) => {
+            return fault_response(f).unwrap_or_else(|| internal().into_response())
+        }
+        _ => {}
+    }
+    let msg = match commit(&state, &cid, content, attachments) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    drop(temps);
+    tracing::info!(
+        message_id = msg.id,
+        attachments = msg.attachments.len(),
+        "fluxer: message posted"
+    );
+    if fault == Some(Fault::DropAfter) {
+        return kill.drop_connection().await;
+    }
+    Json(message_json(&state, &msg)).into_response()
+}
+
+/// Validate `payload_json` against the inline files received.
+fn parse_payload(
+    payload: Option<&str>,
+    mut files: BTreeMap<u64, Inline>,
+) -> Result<(String, Vec<NewAttachment>), ApiError> {
+    let Some(payload) = payload else {
+        return Err(form_error(
+            "payload_json",
+            "BASE_TYPE_REQUIRED",
+            "This field is required.",
+        ));
+    };
+    let v: Value = serde_json::from_str(payload)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| form_error("payload_json", "INVALID_JSON", "Must be a JSON object."))?;
+    let content = match &v["content"] {
+        Value::Null => String::new(),
+        Value::String(s) if s.chars().count() <= MAX_CONTENT_CHARS => s.clone(),
+        Value::String(_) => {
+            return Err(form_error(
+                "content",
+                "BASE_TYPE_BAD_LENGTH",
+                "Must be at most 2000 characters.",
+            ))
+        }
+        _ => {
+            return Err(form_error(
+                "content",
+                "BASE_TYPE_STRING",
+                "Must be a string.",
+            ))
+        }
+    };
+    let list = match &v["attachments"] {
+        Value::Null => Vec::new(),
+        Value::Array(a) if a.len() <= MAX_ATTACHMENTS => a.clone(),
+        Value::Array(_) => {
+            return Err(form_error(
+                "attachments",
+                "ARRAY_TOO_LONG",
+                "Must contain at most 10 elements.",
+            ))
+        }
+        _ => {
+            return Err(form_error(
+                "attachments",
+                "BASE_TYPE_ARRAY",
+                "Must be an array.",
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(list.len());
+    let mut ids = std::collections::HashSet::new();
+    for (n, a) in list.iter().enumerate() {
+        let at = |f: &str| format!("attachments.{n}.{f}");
+        let id = match &a["id"] {
+            Value::Number(x) => x.as_u64(),
+            Value::String(s) => parse_snowflake(s),
+            _ => None,
+        }
+        .ok_or_else(|| form_error(&at("id"), "NUMBER_TYPE_COERCE", "Must be an integer."))?;
+        if !ids.insert(id) {
+            return Err(form_error(
+                &at("id"),
+                "DUPLICATE_ID",
+                "Attachment ids must be unique.",
+            ));
+        }
+        let filename = a["filename"]
+            .as_str()
+            .ok_or_else(|| {
+                form_error(
+                    &at("filename"),
+                    "BASE_TYPE_REQUIRED",
+                    "This field is required.",
+                )
+            })?
+            .to_string();
+        if let Some(why) = bad_filename(&filename) {
+            return Err(form_error(&at("filename"), "FILENAME_INVALID", why));
+        }
+        let uploaded = match &a["uploaded_filename"] {
+            Value::Null => None,
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            _ => {
+                return Err(form_error(
+                    &at("uploaded_filename"),
+                    "BASE_TYPE_STRING",
+                    "Must be a non-empty string.",
+                ))
+            }
+        };
+        let source = match (files.remove(&id), uploaded) {
+            (Some(f), _) => Source::Inline(f),
+            (None, Some(uf)) => Source::Uploaded(uf),
+            (None, None) => {
+                return Err(form_error(
+                    &format!("attachments.{n}"),
+                    "NO_FILE_FOR_ATTACHMENT_METADATA",
+                    "No file was sent for this attachment.",
+                ))
+            }
+        };
+        out.push(NewAttachment { filename, source });
+    }
+    if let Some(n) = files.keys().next() {
+        return Err(form_error(
+            &format!("files[{n}]"),
+            "NO_ATTACHMENT_METADATA_FOR_FILE",
+            "Every file needs an entry in attachments.",
+        ));
+    }
+    if content.is_empty() && out.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "CANNOT_SEND_EMPTY_MESSAGE",
+            "Cannot send an empty message.",
+        ));
+    }
+    Ok((content, out))
+}
+
+/// Turn the attachments into store objects (blob first, then row) and save the message.
+fn commit(
+    state: &ServerState,
+    cid: &str,
+    content: String,
+    attachments: Vec<NewAttachment>,
+) -> Result<MessageRec, ApiError> {
+    let mid = state.fluxer.next_id();
+    let mut ids = Vec::with_capacity(attachments.len());
+    let rollback = |ids: &[String]| {
+        for id in ids {
+            let _ = state.store.delete(PROTO, id);
+        }
+    };
+    for a in attachments {
+        let (path, info, _keep) = match a.source {
+            Source::Inline(f) => (f.path, f.info, None),
+            Source::Uploaded(uf) => match lock(&state.fluxer.uploads).remove(&uf) {
+                Some(u) => (u.path.clone(), u.info.clone(), Some(u)),
+                None => {
+                    rollback(&ids);
+                    return Err(form_error(
+                        "attachments",
+                        "UPLOADED_FILE_NOT_FOUND",
+                        "The uploaded file was not found.",
+                    ));
+                }
+            },
+        };
+        let aid = state.fluxer.next_id().to_string();
+        let stored = state.store.commit_blob(&path).and_then(|blob| {
+            let mut o = Object::file(
+                PROTO,
+                aid.clone(),
+                cid.to_string(),
+                a.filename.clone(),
+                &info,
+                blob,
+            );
+            o.extra = json!({ "message_id": mid.to_string(), "channel_id": cid });
+            state.store.insert(&o)
+        });
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "fluxer: storing attachment");
+            rollback(&ids);
+            return Err(internal());
+        }
+        ids.push(aid);
+    }
+    let rec = MessageRec {
+        id: mid,
+        channel_id: cid.to_string(),
+        content,
+        created_ms: now_ms(),
+        attachments: ids.clone(),
+    };
+    let mut g = book(state)?;
+    let Some(b) = g.as_mut() else {
+        return Err(internal());
+    };
+    if let Err(e) = b.save(rec.clone()) {
+        tracing::error!(error = %e, "fluxer: saving message");
+        rollback(&ids);
+        return Err(internal());
+    }
+    Ok(rec)
+}
+
+/// `GET /channels/{cid}/messages?limit=&before=&after=`: newest first.
+pub(super) async fn list_messages(
+    State(state): State<AppState>,
+    UrlPath(cid): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    list_inner(&state, &cid, &q, &headers).unwrap_or_else(IntoResponse::into_response)
+}
+
+fn list_inner(
+    state: &ServerState,
+    cid: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    auth(state, headers)?;
+    check_channel(cid)?;
+    let limit = match q.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(form_error(
+                    "limit",
+                    "NUMBER_TYPE_RANGE",
+                    "Must be between 1 and 100.",
+                ))
+            }
+        },
+    };
+    let snow = |k: &str| -> Result<Option<u64>, ApiError> {
+        match q.get(k) {
+            None => Ok(None),
+            Some(s) => parse_snowflake(s).map(Some).ok_or_else(|| {
+                form_error(k, "SNOWFLAKE_TYPE_INVALID", "Value is not a snowflake.")
+            }),
+        }
+    };
+    let before = snow("before")?;
+    let after = snow("after")?;
+    let g = book(state)?;
+    let Some(b) = g.as_ref() else {
+        return Err(internal());
+    };
+    let range = b
+        .map
+        .range(after.map_or(0, |a| a.saturating_add(1))..before.unwrap_or(u64::MAX))
+        .filter(|(_, m)| m.channel_id == cid)
+        .map(|(_, m)| m);
+    // With only `after`, the messages right after it; otherwise the newest ones.
+    let mut page: Vec<&MessageRec> = if after.is_some() && before.is_none() {
+        range.take(limit).collect()
+    } else {
+        range.rev().take(limit).collect()
+    };
+    page.sort_by_key(|m| std::cmp::Reverse(m.id));
+    let out: Vec<Value> = page.into_iter().map(|m| message_json(state, m)).collect();
+    Ok(Json(out).into_response())
+}
+
+fn parse_mid(mid: &str) -> Result<u64, ApiError> {
+    parse_snowflake(mid).ok_or_else(|| {
+        form_error(
+            "message_id",
+            "SNOWFLAKE_TYPE_INVALID",
+            "Value is not a snowflake.",
+        )
+    })
+}
+
+/// `GET /channels/{cid}/messages/{mid}`.
+pub(super) async fn get_message(
+    State(state): State<AppState>,
+    UrlPath((cid, mid)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let r = (|| -> Result<Response, ApiError> {
+        auth(&state, &headers)?;
+        check_channel(&cid)?;
+        let mid = parse_mid(&mid)?;
+        let g = book(&state)?;
+        let m = g
+            .as_ref()
+            .and_then(|b| b.map.get(&mid))
+            .filter(|m| m.channel_id == cid)
+            .ok_or_else(unknown_message)?;
+        Ok(Json(message_json(&state, m)).into_response())
+    })();
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `DELETE /channels/{cid}/messages/{mid}` → 204; its attachments go with it.
+pub(super) async fn delete_message(
+    State(state): State<AppState>,
+    UrlPath((cid, mid)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let r = (|| -> Result<Response, ApiError> {
+        auth(&state, &headers)?;
+        check_channel(&cid)?;
+        let mid = parse_mid(&mid)?;
+        let mut g = book(&state)?;
+        let b = g.as_mut().ok_or_else(internal)?;
+        if b.map.get(&mid).map_or(true, |m| m.channel_id != cid) {
+            return Err(unknown_message());
+        }
+        let m = b.remove(mid).map_err(io_500("message record"))?;
+        for aid in m.iter().flat_map(|m| &m.attachments) {
+            state.store.delete(PROTO, aid).map_err(|e| {
+                tracing::error!(error = %e, "fluxer: deleting attachment");
+                internal()
+            })?;
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })();
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `DELETE /channels/{cid}/messages/{mid}/attachments/{aid}` → 204. The message stays,
+/// even when it has no attachments and no content left.
+pub(super) async fn delete_attachment(
+    State(state): State<AppState>,
+    UrlPath((cid, mid, aid)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let r = (|| -> Result<Response, ApiError> {
+        auth(&state, &headers)?;
+        check_channel(&cid)?;
+        let mid = parse_mid(&mid)?;
+        let mut g = book(&state)?;
+        let b = g.as_mut().ok_or_else(internal)?;
+        let mut m = b
+            .map
+            .get(&mid)
+            .filter(|m| m.channel_id == cid)
+            .cloned()
+            .ok_or_else(unknown_message)?;
+        let Some(pos) = m.attachments.iter().position(|a| *a == aid) else {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "UNKNOWN_ATTACHMENT",
+                "Unknown Attachment",
+            ));
+        };
+        m.attachments.remove(pos);
+        b.save(m).map_err(io_500("message record"))?;
+        state.store.delete(PROTO, &aid).map_err(|e| {
+            tracing::error!(error = %e, "fluxer: deleting attachment");
+            internal()
+        })?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })();
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// CDN `GET /attachments/{cid}/{aid}/{filename}`: no auth; single ranges → 206, anything
+/// else about `Range` is ignored (200, whole body).
+pub(super) async fn cdn_download(
+    State(state): State<AppState>,
+    UrlPath((cid, aid, filename)): UrlPath<(String, String, String)>,
+    Extension(kill): Extension<ConnKill>,
+    headers: HeaderMap,
+) -> Response {
+    let found = parse_snowflake(&aid)
+        .and_then(|_| state.store.get(PROTO, &aid).ok().flatten())
+        .filter(|o| o.parent == cid && o.name == filename && !o.is_dir);
+    let (Some(o), Some(blob)) = (found.as_ref(), found.as_ref().and_then(|o| o.blob.clone()))
+    else {
+        return (StatusCode::NOT_FOUND, "Not Found").into_response();
+    };
+    match state.fault(FaultOp::Download) {
+        Some(Fault::DropBefore | Fault::DropAfter) => return kill.drop_connection().await,
+        Some(f) => return fault_response(f).unwrap_or_else(|| internal().into_response()),
+        None => {}
+    }
+    let extra = [
+        (
+            header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"{}\"",
+                utf8_percent_encode(&o.name, SEGMENT)
+            ),
+        ),
+        (
+            header::CACHE_CONTROL,
+            "public, max-age=31536000".to_string(),
+        ),
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*".to_string()),
+    ];
+    serve_file(
+        &state.store.blob_path(&blob),
+        o.size,
+        &headers,
+        BadRange::Ignore,
+        content_type_for(&o.name),
+        &extra,
+        state.throttle.clone(),
+        false,
+    )
+    .await
+}
