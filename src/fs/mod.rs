@@ -611,40 +611,35 @@ impl Fs {
         if self.max_size().is_some_and(|m| size > m) {
             return Err(libc::EFBIG);
         }
-        let of = match fh.map(|f| self.handle(f)).transpose()? {
-            Some(h) if h.open.is_some() => h.open.clone(),
-            _ => self.tree().get(ino).and_then(|n| n.open.clone()),
-        };
-        if let Some(of) = of {
-            let writers = of.writers.load(Ordering::SeqCst);
-            self.truncate_stage(&of, size).await?;
-            self.mark_modified(ino);
-            if writers == 0 {
-                // Nobody will close this file for writing: commit now.
-                self.commit(ino, &of).await?;
-                self.cleanup(ino, &of);
-            }
-            return Ok(());
-        }
-        // A committed file without local data: same size is a no-op; else rewrite it.
+        // A committed file without local data: the same size is a no-op.
         {
             let t = self.tree();
             let n = t.get(ino).ok_or(libc::ENOENT)?;
-            if n.row.size == size && n.row.state == NodeState::Committed {
+            if n.open.is_none() && n.row.size == size && n.row.state == NodeState::Committed {
                 return Ok(());
             }
         }
-        let of = self.open_for_write(ino, size == 0).await?;
-        of.handles.fetch_add(1, Ordering::SeqCst);
+        let from_handle = fh
+            .and_then(|f| self.handle(f).ok())
+            .and_then(|h| h.open.clone());
+        let (of, counted) = match from_handle {
+            Some(of) => (of, false),
+            None => (self.open_for_write(ino, size == 0, false).await?, true),
+        };
         let r = async {
             self.truncate_stage(&of, size).await?;
-            of.mark_needs_commit();
             self.mark_modified(ino);
-            self.commit(ino, &of).await
+            if of.writers.load(Ordering::SeqCst) == 0 {
+                // Nobody will close this file for writing: commit now.
+                self.commit(ino, &of).await
+            } else {
+                Ok(())
+            }
         }
         .await;
-        of.handles.fetch_sub(1, Ordering::SeqCst);
-        self.cleanup(ino, &of);
+        if counted {
+            self.put_open(ino, &of, false);
+        }
         r
     }
 
@@ -829,7 +824,7 @@ impl Fs {
         let new_name = check_new_name(new_name)?;
         self.refresh(new_parent, false).await;
         // Look at source and destination.
-        let (src, dst, src_remote, src_is_dir, src_pending_only) = {
+        let (src, dst, src_remote, src_is_dir, src_pending_only, src_shared) = {
             let t = self.tree();
             let src = t.child(parent, name).ok_or(libc::ENOENT)?;
             let np = t.get(new_parent).ok_or(libc::ENOENT)?;
@@ -857,12 +852,20 @@ impl Fs {
                 .open
                 .as_ref()
                 .is_some_and(|o| o.committing.load(Ordering::SeqCst));
+            // A remote file that other paths share (Dyson's content dedupe) keeps its
+            // remote name: only this path moves.
+            let shared = s
+                .row
+                .remote
+                .as_ref()
+                .is_some_and(|r| t.by_remote(&r.id).len() > 1);
             (
                 src,
                 dst,
                 s.row.remote.clone(),
                 s.is_dir(),
                 s.row.remote.is_none() || committing,
+                shared,
             )
         };
         // The replaced destination: a pending source's upload replaces its remote file
@@ -890,7 +893,7 @@ impl Fs {
         // Remote rename/move of a committed node.
         let mut new_remote = None;
         if let Some(r) = &src_remote {
-            if !src_pending_only {
+            if !src_pending_only && !src_shared {
                 let (old_pref, new_pref) = {
                     let t = self.tree();
                     (self.dir_ref(&t, parent), self.dir_ref(&t, new_parent))
@@ -967,15 +970,32 @@ impl Fs {
         Ok(())
     }
 
-    /// The inode's write state, creating its stage if needed (fetching the current content
-    /// unless `trunc`).
-    async fn open_for_write(&self, ino: u64, trunc: bool) -> FsResult<Arc<OpenFile>> {
+    /// The inode's write state, creating its stage if needed (an existing file's content is
+    /// fetched lazily unless `trunc`). The returned state already counts the caller as one
+    /// more handle (and writer, if `writer`): the counts move under the tree lock, so a
+    /// concurrent release can never drop a stage that is being handed out. Undo with
+    /// [`Fs::put_open`].
+    async fn open_for_write(
+        &self,
+        ino: u64,
+        trunc: bool,
+        writer: bool,
+    ) -> FsResult<Arc<OpenFile>> {
+        let take = |of: &OpenFile| {
+            of.handles.fetch_add(1, Ordering::SeqCst);
+            if writer {
+                of.writers.fetch_add(1, Ordering::SeqCst);
+            }
+        };
         loop {
             let (existing, remote, stage_path, state) = {
                 let t = self.tree();
                 let n = t.get(ino).ok_or(libc::ENOENT)?;
                 if n.is_dir() {
                     return Err(libc::EISDIR);
+                }
+                if let Some(of) = &n.open {
+                    take(of);
                 }
                 (
                     n.open.clone(),
@@ -986,17 +1006,25 @@ impl Fs {
             };
             if let Some(of) = existing {
                 if trunc {
-                    let _l = of.load_lock.lock().await;
-                    let _g = of.gate.read().await;
-                    of.stage.truncate(0).map_err(|e| io_errno(&e))?;
-                    of.set_loaded(None);
-                    of.mark_needs_commit();
+                    let r = async {
+                        let _l = of.load_lock.lock().await;
+                        let _g = of.gate.read().await;
+                        of.stage.truncate(0).map_err(|e| io_errno(&e))?;
+                        of.set_loaded(None);
+                        of.mark_needs_commit();
+                        Ok(())
+                    }
+                    .await;
+                    if let Err(e) = r {
+                        self.put_open(ino, &of, writer);
+                        return Err(e);
+                    }
                 }
                 return Ok(of);
             }
             let md5 = self.caps.needs_md5;
-            let (stage, needs_commit, reused) = match (&stage_path, trunc) {
-                (Some(p), _) if state != NodeState::Committed && p.exists() => {
+            let (stage, needs_commit, reused) = match &stage_path {
+                Some(p) if state != NodeState::Committed && p.exists() => {
                     let s = Stage::open_existing(p, md5).map_err(|e| io_errno(&e))?;
                     if trunc {
                         s.truncate(0).map_err(|e| io_errno(&e))?;
@@ -1006,10 +1034,8 @@ impl Fs {
                 _ => {
                     let path = self.new_stage_path(ino);
                     let s = Arc::new(Stage::create(&path, md5).map_err(|e| io_errno(&e))?);
-                    match (&remote, trunc) {
-                        (Some(_), false) => (s, false, false),
-                        _ => (s, true, false),
-                    }
+                    let needs_commit = remote.is_none() || trunc;
+                    (s, needs_commit, false)
                 }
             };
             let of = match (&remote, needs_commit) {
@@ -1029,6 +1055,7 @@ impl Fs {
                 }
                 continue;
             }
+            take(&of);
             n.open = Some(of.clone());
             n.row.stage = Some(stage.path().to_path_buf());
             if needs_commit {
@@ -1038,6 +1065,15 @@ impl Fs {
             self.persist(&row)?;
             return Ok(of);
         }
+    }
+
+    /// Give back what [`Fs::open_for_write`] counted, dropping the stage if it was the last.
+    fn put_open(&self, ino: u64, of: &Arc<OpenFile>, writer: bool) {
+        if writer {
+            of.writers.fetch_sub(1, Ordering::SeqCst);
+        }
+        of.handles.fetch_sub(1, Ordering::SeqCst);
+        self.cleanup(ino, of);
     }
 
     fn register(&self, h: Handle) -> u64 {
@@ -1054,9 +1090,7 @@ impl Fs {
         let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let trunc = writable && flags & libc::O_TRUNC != 0;
         if writable {
-            let of = self.open_for_write(ino, trunc).await?;
-            of.writers.fetch_add(1, Ordering::SeqCst);
-            of.handles.fetch_add(1, Ordering::SeqCst);
+            let of = self.open_for_write(ino, trunc, true).await?;
             return Ok(self.register(Handle {
                 ino,
                 writable: true,
@@ -1065,26 +1099,24 @@ impl Fs {
                 state: tokio::sync::Mutex::new(HandleState::Writing),
             }));
         }
-        let (open, remote, stage_path, state) = {
+        let (local, remote) = {
             let t = self.tree();
             let n = t.get(ino).ok_or(libc::ENOENT)?;
             if n.is_dir() {
                 return Err(libc::EISDIR);
             }
-            (n.open.clone(), n.row.remote.clone(), n.row.stage.clone(), n.row.state)
+            let local = n.open.is_some()
+                || (n.row.stage.is_some() && n.row.state != NodeState::Committed);
+            (local, n.row.remote.clone())
         };
-        let open = match (open, stage_path) {
-            (Some(of), _) => Some(of),
-            (None, Some(_)) if state != NodeState::Committed => {
-                Some(self.open_for_write(ino, false).await?)
-            }
-            _ => None,
+        // Local data (being written, or pending): read the stage.
+        let open = if local {
+            Some(self.open_for_write(ino, false, false).await?)
+        } else {
+            None
         };
         let hstate = match (&open, remote) {
-            (Some(of), _) => {
-                of.handles.fetch_add(1, Ordering::SeqCst);
-                HandleState::Local
-            }
+            (Some(_), _) => HandleState::Local,
             (None, Some(r)) => HandleState::Reading(Box::new(ReadAhead::new(r))),
             (None, None) => HandleState::Local,
         };
@@ -1330,13 +1362,16 @@ impl Fs {
                 }
             }
         }
-        of.handles.fetch_sub(1, Ordering::SeqCst);
-        self.cleanup(h.ino, &of);
+        // The writer count already went down above.
+        self.put_open(h.ino, &of, false);
         result
     }
 
     /// Drop an inode's write state once no handle uses it.
     fn cleanup(&self, ino: u64, of: &Arc<OpenFile>) {
+        // Counts only go up under the tree lock (open_for_write), so checking under it
+        // is final.
+        let mut t = self.tree();
         if of.handles.load(Ordering::SeqCst) != 0 {
             return;
         }
@@ -1344,7 +1379,6 @@ impl Fs {
             of.stage.remove_file();
             return;
         }
-        let mut t = self.tree();
         let Some(n) = t.get_mut(ino) else {
             of.stage.remove_file();
             return;
