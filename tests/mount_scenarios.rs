@@ -251,16 +251,18 @@ impl Drop for Mount {
             return;
         }
         let pid = self.daemon_pid();
-        let ok = [("fusermount3", "-u"), ("umount", "-v")].iter().any(|(bin, flag)| {
-            Command::new(bin)
-                .arg(flag)
-                .arg(&self.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        });
+        let ok = [("fusermount3", "-u"), ("umount", "-v")]
+            .iter()
+            .any(|(bin, flag)| {
+                Command::new(bin)
+                    .arg(flag)
+                    .arg(&self.dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            });
         if !ok {
             let _ = Command::new("fusermount3")
                 .arg("-uz")
@@ -328,7 +330,11 @@ fn snapshot(root: &Path) -> BTreeMap<String, Option<String>> {
             for e in std::fs::read_dir(&d).unwrap() {
                 let e = e.unwrap();
                 let p = e.path();
-                let rel = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+                let rel = p
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 if e.file_type().unwrap().is_dir() {
                     out.insert(rel, None);
                     stack.push(p);
@@ -451,7 +457,9 @@ fn scenario(kind: TargetKind) {
     let out = sh(&work, "rsync -a --itemize-changes rs/ mnt/rs/");
     let changes = String::from_utf8_lossy(&out.stdout);
     assert!(
-        !changes.lines().any(|l| l.starts_with('>') || l.starts_with('<')),
+        !changes
+            .lines()
+            .any(|l| l.starts_with('>') || l.starts_with('<')),
         "second rsync transferred files:\n{changes}"
     );
     assert_eq!(
@@ -462,8 +470,14 @@ fn scenario(kind: TargetKind) {
     assert_eq!(server_files(&s, proto), files_after_first);
 
     // 4. mv of a file and of a folder.
-    sh(&work, "mv mnt/f1.bin mnt/f1-moved.bin && mv mnt/tree mnt/tree-moved");
-    sh(&work, "diff -r tree mnt/tree-moved && test ! -e mnt/tree && test ! -e mnt/f1.bin");
+    sh(
+        &work,
+        "mv mnt/f1.bin mnt/f1-moved.bin && mv mnt/tree mnt/tree-moved",
+    );
+    sh(
+        &work,
+        "diff -r tree mnt/tree-moved && test ! -e mnt/tree && test ! -e mnt/f1.bin",
+    );
     sh(&work, "cmp src/f1.bin mnt/f1-moved.bin");
     if caps.rename {
         let files = server_files(&s, proto);
@@ -484,7 +498,10 @@ fn scenario(kind: TargetKind) {
     }
 
     // 5. rm removes the remote file.
-    sh(&work, "rm mnt/f0.bin mnt/f1-moved.bin && test ! -e mnt/f0.bin");
+    sh(
+        &work,
+        "rm mnt/f0.bin mnt/f1-moved.bin && test ! -e mnt/f0.bin",
+    );
     if caps.delete {
         let files = server_files(&s, proto);
         let f1 = pattern(1, 2);
@@ -516,7 +533,10 @@ fn scenario(kind: TargetKind) {
     );
     f3[1000..1005].copy_from_slice(b"XXXXX");
     assert_on_server(&s, proto, "f3.bin", &f3);
-    assert_eq!(std::fs::metadata(mnt.join("f3.bin")).unwrap().len(), f3.len() as u64);
+    assert_eq!(
+        std::fs::metadata(mnt.join("f3.bin")).unwrap().len(),
+        f3.len() as u64
+    );
 
     // 9. Random-order writes before close (pwrite), plus an overwrite and a seek past EOF.
     let rnd = pattern(3 * 1024 * 1024 + 17, 9);
@@ -549,7 +569,12 @@ fn scenario(kind: TargetKind) {
 
     // 11. Eight parallel writers.
     let par: Vec<(String, Vec<u8>)> = (0..8)
-        .map(|i| (format!("par{i}.bin"), pattern(300 * 1024 + i, 200 + i as u64)))
+        .map(|i| {
+            (
+                format!("par{i}.bin"),
+                pattern(300 * 1024 + i, 200 + i as u64),
+            )
+        })
         .collect();
     {
         let jobs: Vec<_> = par
@@ -640,7 +665,10 @@ fn scenario(kind: TargetKind) {
         Duration::from_secs(30),
     );
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("status --json: {e}: {}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "status --json: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     let pending = st["mounts"][0]["pending"].as_array().unwrap();
     assert!(
@@ -760,7 +788,10 @@ fn limits_and_foreign_files(kind: TargetKind) {
     sh(&work, "cmp other.bin mnt/foreign.bin");
     // Case-insensitive names (Box): looking up a.txt finds A.TXT.
     if s.target(kind).capabilities().case_insensitive_names {
-        sh(&work, "echo hi > mnt/CASE.TXT && test \"$(cat mnt/case.txt)\" = hi");
+        sh(
+            &work,
+            "echo hi > mnt/CASE.TXT && test \"$(cat mnt/case.txt)\" = hi",
+        );
         let out = sh_status(&work, "ls mnt | grep -ic '^case.txt$'");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
     }
@@ -808,9 +839,15 @@ fn local_target_needs_no_config() {
     std::fs::create_dir_all(h.join("src")).unwrap();
     let data = pattern(3 * 1024 * 1024 + 5, 11);
     std::fs::write(h.join("src/hello.bin"), &data).unwrap();
-    sh(&h, "cp src/hello.bin mnt/ && mkdir mnt/sub && echo x > mnt/sub/x.txt");
+    sh(
+        &h,
+        "cp src/hello.bin mnt/ && mkdir mnt/sub && echo x > mnt/sub/x.txt",
+    );
     m.remount();
-    sh(&h, "cmp src/hello.bin mnt/hello.bin && test \"$(cat mnt/sub/x.txt)\" = x");
+    sh(
+        &h,
+        "cmp src/hello.bin mnt/hello.bin && test \"$(cat mnt/sub/x.txt)\" = x",
+    );
     assert!(h.join(".local/state/uploadfs/local/catalog.db").exists());
     assert!(h.join(".local/share/uploadfs/local").is_dir());
     let mut f = std::fs::OpenOptions::new()
@@ -829,6 +866,9 @@ fn local_target_needs_no_config() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mi.contains(&*m.dir.to_string_lossy()), "still mounted after SIGTERM");
+    assert!(
+        !mi.contains(&*m.dir.to_string_lossy()),
+        "still mounted after SIGTERM"
+    );
     m.mounted = false;
 }

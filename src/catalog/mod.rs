@@ -153,9 +153,7 @@ pub struct Catalog {
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog")
-            .field("path", &self.path)
-            .finish()
+        f.debug_struct("Catalog").field("path", &self.path).finish()
     }
 }
 
@@ -249,7 +247,8 @@ impl Catalog {
         };
         // WAL + NORMAL: a namespace change costs one small append, not an fsync per row;
         // a crash can lose the last few changes but never corrupts the file.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -296,10 +295,7 @@ impl Catalog {
         }
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T> {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn).map_err(|e| self.sql_err(e))
     }
@@ -392,10 +388,11 @@ impl Catalog {
             )
             .map(|_| ())
         })?;
-        self.get_node(ROOT_INO)?.ok_or_else(|| CatalogError::Invalid {
-            path: self.path.clone(),
-            message: "root row missing after insert".to_string(),
-        })
+        self.get_node(ROOT_INO)?
+            .ok_or_else(|| CatalogError::Invalid {
+                path: self.path.clone(),
+                message: "root row missing after insert".to_string(),
+            })
     }
 
     /// Write every column of an existing node.

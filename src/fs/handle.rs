@@ -64,9 +64,7 @@ impl OpenFile {
         of
     }
 
-    fn unloaded_lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Option<crate::target::RemoteFile>> {
+    fn unloaded_lock(&self) -> std::sync::MutexGuard<'_, Option<crate::target::RemoteFile>> {
         self.unloaded.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -302,7 +302,8 @@ impl Fs {
         if !self.caps.folders || dir == ROOT_INO {
             return None;
         }
-        t.get(dir).and_then(|n| n.row.remote.as_ref().map(|r| r.id.clone()))
+        t.get(dir)
+            .and_then(|n| n.row.remote.as_ref().map(|r| r.id.clone()))
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
@@ -329,7 +330,15 @@ impl Fs {
         t.insert(id.to_string(), Instant::now());
     }
 
-    fn new_row(&self, parent: u64, name: &str, kind: NodeKind, mode: u32, uid: u32, gid: u32) -> NodeRow {
+    fn new_row(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: NodeKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> NodeRow {
         NodeRow {
             ino: 0,
             parent,
@@ -414,7 +423,9 @@ impl Fs {
                 let home = if self.caps.folders { dir } else { ROOT_INO };
                 self.merge(home, entries, started);
             }
-            Err(e) => tracing::warn!(dir, error = %e, "listing the target failed; showing the local view"),
+            Err(e) => {
+                tracing::warn!(dir, error = %e, "listing the target failed; showing the local view")
+            }
         }
         self.listed
             .lock()
@@ -433,8 +444,7 @@ impl Fs {
         let ids: HashSet<String> = entries.iter().map(|e| e.id.clone()).collect();
         let mut dirty: Vec<u64> = vec![];
         let mut inserts: Vec<RemoteFile> = vec![];
-        let untouchable =
-            |n: &Node| n.synced > started || n.is_pending() || n.open.is_some();
+        let untouchable = |n: &Node| n.synced > started || n.is_pending() || n.open.is_some();
         for e in &entries {
             if flat && e.is_dir {
                 continue;
@@ -975,12 +985,7 @@ impl Fs {
     /// more handle (and writer, if `writer`): the counts move under the tree lock, so a
     /// concurrent release can never drop a stage that is being handed out. Undo with
     /// [`Fs::put_open`].
-    async fn open_for_write(
-        &self,
-        ino: u64,
-        trunc: bool,
-        writer: bool,
-    ) -> FsResult<Arc<OpenFile>> {
+    async fn open_for_write(&self, ino: u64, trunc: bool, writer: bool) -> FsResult<Arc<OpenFile>> {
         let take = |of: &OpenFile| {
             of.handles.fetch_add(1, Ordering::SeqCst);
             if writer {
@@ -1105,8 +1110,8 @@ impl Fs {
             if n.is_dir() {
                 return Err(libc::EISDIR);
             }
-            let local = n.open.is_some()
-                || (n.row.stage.is_some() && n.row.state != NodeState::Committed);
+            let local =
+                n.open.is_some() || (n.row.stage.is_some() && n.row.state != NodeState::Committed);
             (local, n.row.remote.clone())
         };
         // Local data (being written, or pending): read the stage.
@@ -1516,13 +1521,13 @@ impl Fs {
                 }
             }
         }
-        if remote.name != cur_name || (self.caps.folders && cur_parent != parent_ref) {
-            if self.caps.rename {
-                match self.target.rename(&remote, &cur_parent, &cur_name).await {
-                    Ok(r) => self.tree().set_remote(ino, Some(r)),
-                    Err(e) => {
-                        tracing::warn!(from = %remote.name, to = %cur_name, error = %e, "rename after upload failed")
-                    }
+        let moved = remote.name != cur_name || (self.caps.folders && cur_parent != parent_ref);
+        if moved && self.caps.rename {
+            // Renamed while the upload ran: move the new remote file after it.
+            match self.target.rename(&remote, &cur_parent, &cur_name).await {
+                Ok(r) => self.tree().set_remote(ino, Some(r)),
+                Err(e) => {
+                    tracing::warn!(from = %remote.name, to = %cur_name, error = %e, "rename after upload failed")
                 }
             }
         }

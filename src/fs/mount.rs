@@ -59,7 +59,9 @@ fn registry_dir() -> PathBuf {
 
 fn registry_file(mountpoint: &Path) -> PathBuf {
     use sha1::Digest;
-    let h = hex::encode(sha1::Sha1::digest(mountpoint.as_os_str().as_encoded_bytes()));
+    let h = hex::encode(sha1::Sha1::digest(
+        mountpoint.as_os_str().as_encoded_bytes(),
+    ));
     registry_dir().join(format!("{}.json", &h[..16]))
 }
 
@@ -346,7 +348,10 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
         .clone()
         .unwrap_or_else(|| default_dir(dirs::cache_dir(), &args.target));
     let state_dir = args.state_dir.clone().unwrap_or_else(|| {
-        default_dir(dirs::state_dir().or_else(dirs::data_local_dir), &args.target)
+        default_dir(
+            dirs::state_dir().or_else(dirs::data_local_dir),
+            &args.target,
+        )
     });
     for d in [&cache_dir, &state_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -406,9 +411,10 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
     let mp = mountpoint.clone();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {
@@ -518,7 +524,10 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
         let mut last_note = Instant::now();
         while pid_alive(r.pid) {
             if last_note.elapsed() > Duration::from_secs(5) {
-                eprintln!("waiting for pending uploads of {} to finish...", mp.display());
+                eprintln!(
+                    "waiting for pending uploads of {} to finish...",
+                    mp.display()
+                );
                 last_note = Instant::now();
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -599,7 +608,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         });
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "mounts": mounts }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "mounts": mounts }))?
+        );
         return Ok(());
     }
     if mounts.is_empty() {

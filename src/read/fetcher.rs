@@ -25,7 +25,10 @@ pub const MAX_WINDOW: u64 = 16 * BLOCK_SIZE;
 pub enum ReadError {
     Target(TargetError),
     /// The whole file was read and its SHA-1 differs from the remote's.
-    Corrupt { expected: String, actual: String },
+    Corrupt {
+        expected: String,
+        actual: String,
+    },
 }
 
 struct Verify {

@@ -90,8 +90,14 @@ mod tests {
         d.write(6, b"world");
         let g = d.finish(11).unwrap();
         assert_eq!(g.sha1.unwrap(), sha1_hex(b"hello world"));
-        assert_eq!(g.md5.unwrap(), hex::encode(md5::Md5::digest(b"hello world")));
-        assert!(d.finish(12).is_none(), "size mismatch must not give digests");
+        assert_eq!(
+            g.md5.unwrap(),
+            hex::encode(md5::Md5::digest(b"hello world"))
+        );
+        assert!(
+            d.finish(12).is_none(),
+            "size mismatch must not give digests"
+        );
     }
 
     #[test]

@@ -227,7 +227,10 @@ mod tests {
         assert_eq!(s.version(), 2);
         assert_eq!(&s.read_at(0, 100).unwrap()[..], b"helloworld");
         let d = s.digests().unwrap();
-        assert_eq!(d.sha1.unwrap(), hex::encode(sha1::Sha1::digest(b"helloworld")));
+        assert_eq!(
+            d.sha1.unwrap(),
+            hex::encode(sha1::Sha1::digest(b"helloworld"))
+        );
         assert_eq!(d.md5.unwrap(), hex::encode(md5::Md5::digest(b"helloworld")));
         s.truncate(3).unwrap();
         assert_eq!(&s.read_at(0, 100).unwrap()[..], b"hel");
