@@ -10,6 +10,8 @@
 //! - `journal`: one row per upload that has started and not finished: stage path, target,
 //!   remote parent, name, size, digests, the protocol's session id and the parts done. It
 //!   is what a write-back mode and crash recovery need to resume or restart an upload.
+//! - `hidden`: remote ids removed locally but kept remotely (`--keep-remote`, or a target
+//!   without delete), so later listings do not bring them back.
 //!
 //! The filesystem keeps its own in-memory tree and writes through to the catalog on every
 //! namespace change; the catalog is read in full only at mount time. All statements run on
@@ -180,6 +182,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 CREATE INDEX IF NOT EXISTS nodes_parent ON nodes(parent);
 CREATE INDEX IF NOT EXISTS nodes_remote ON nodes(remote_id);
+CREATE TABLE IF NOT EXISTS hidden (remote_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS journal (
     ino           INTEGER PRIMARY KEY,
     stage         TEXT NOT NULL,
@@ -450,6 +453,32 @@ impl Catalog {
         rows.into_iter().map(|r| self.decode(r)).collect()
     }
 
+    /// Remote ids that listings must not show again.
+    pub fn hidden(&self) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT remote_id FROM hidden")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    pub fn hide(&self, remote_id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO hidden(remote_id) VALUES (?1)",
+                [remote_id],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn unhide(&self, remote_id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM hidden WHERE remote_id = ?1", [remote_id])
+                .map(|_| ())
+        })
+    }
+
     /// Record that an upload started (replacing any earlier row for the inode).
     pub fn journal_begin(&self, row: &JournalRow) -> Result<()> {
         self.with(|c| {
@@ -709,5 +738,10 @@ mod tests {
         assert_eq!((j[0].parts_done, j[0].bytes_done), (2, 100));
         c.journal_end(7).unwrap();
         assert!(c.journal().unwrap().is_empty());
+        c.hide("r1").unwrap();
+        c.hide("r1").unwrap();
+        assert_eq!(c.hidden().unwrap(), vec!["r1".to_string()]);
+        c.unhide("r1").unwrap();
+        assert!(c.hidden().unwrap().is_empty());
     }
 }

@@ -139,6 +139,8 @@ pub struct Fs {
     list_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Remote ids deleted from this mount, and when.
     tombstones: Mutex<HashMap<String, Instant>>,
+    /// Remote ids removed locally but kept remotely (mirrors the catalog's `hidden`).
+    hidden: Mutex<HashSet<String>>,
     stage_dir: PathBuf,
 }
 
@@ -242,6 +244,7 @@ impl Fs {
         for j in catalog.journal()? {
             catalog.journal_end(j.ino)?;
         }
+        let hidden = catalog.hidden()?.into_iter().collect();
         Ok(Fs {
             cache: BlockCache::new(opts.cache_size),
             target,
@@ -255,6 +258,7 @@ impl Fs {
             listed: Mutex::new(HashMap::new()),
             list_locks: Mutex::new(HashMap::new()),
             tombstones: Mutex::new(HashMap::new()),
+            hidden: Mutex::new(hidden),
             stage_dir,
         })
     }
@@ -440,6 +444,11 @@ impl Fs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let hidden = self
+            .hidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut t = self.tree();
         let ids: HashSet<String> = entries.iter().map(|e| e.id.clone()).collect();
         let mut dirty: Vec<u64> = vec![];
@@ -449,10 +458,12 @@ impl Fs {
             if flat && e.is_dir {
                 continue;
             }
-            if tomb.get(&e.id).is_some_and(|at| *at > started) {
+            let known = t.by_remote(&e.id);
+            if known.is_empty()
+                && (tomb.get(&e.id).is_some_and(|at| *at > started) || hidden.contains(&e.id))
+            {
                 continue;
             }
-            let known = t.by_remote(&e.id);
             if !known.is_empty() {
                 for ino in known {
                     let Some(n) = t.get(ino) else { continue };
@@ -719,6 +730,14 @@ impl Fs {
     /// Delete a remote file unless another path still uses it or the mount keeps remotes.
     async fn delete_remote(&self, remote: &RemoteFile, except: u64) -> FsResult<()> {
         if self.opts.keep_remote || !self.caps.delete {
+            // The remote keeps it; later listings must not bring it back.
+            self.hidden
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(remote.id.clone());
+            if let Err(e) = self.catalog.hide(&remote.id) {
+                tracing::error!(error = %e, "catalog update failed");
+            }
             return Ok(());
         }
         let shared = self
@@ -1479,6 +1498,15 @@ impl Fs {
             }
         };
         of.mark_committed(version);
+        if self
+            .hidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&remote.id)
+        {
+            // A deduplicating target handed back an id hidden earlier: it is in use again.
+            let _ = self.catalog.unhide(&remote.id);
+        }
         // Where the node is now (a rename may have happened during the upload).
         let now = {
             let mut t = self.tree();
