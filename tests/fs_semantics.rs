@@ -363,3 +363,50 @@ fn truncate_without_handle_rewrites_and_edit_keeps_the_rest() {
     rt.block_on(fs.release(fh)).unwrap();
     assert_eq!(e.requests(), before);
 }
+
+#[test]
+fn corrupted_remote_content_fails_a_whole_read_with_eio() {
+    let e = Env::new();
+    let rt = &e.s.rt;
+    let fs = e.fs(false);
+    let data = pattern(3 * 1024 * 1024 + 5, 3);
+    let (ino, fh) = create(&e, &fs, "v.bin");
+    rt.block_on(fs.write(fh, 0, &data)).unwrap();
+    rt.block_on(fs.release(fh)).unwrap();
+    // A clean sequential read passes the SHA-1 check.
+    let read_all = |fs: &Fs| -> Result<Vec<u8>, i32> {
+        let fh = rt.block_on(fs.open(ino, libc::O_RDONLY, me()))?;
+        let mut out = vec![];
+        let r = loop {
+            match rt.block_on(fs.read(fh, out.len() as u64, 1 << 20)) {
+                Ok(b) if b.is_empty() => break Ok(()),
+                Ok(b) => out.extend_from_slice(&b),
+                Err(e) => break Err(e),
+            }
+        };
+        rt.block_on(fs.release(fh)).unwrap();
+        r.map(|_| out)
+    };
+    assert_eq!(read_all(&fs).unwrap(), data);
+    // Flip bytes in the stored blob behind the server's back (same size).
+    let mut stack = vec![e.s.dir.path().join("data").join("blobs")];
+    let mut path = None;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.metadata().unwrap().len() == data.len() as u64 {
+                path = Some(p);
+            }
+        }
+    }
+    let path = path.expect("the stored blob");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[2 * 1024 * 1024] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    // A fresh mount instance (empty block cache) must refuse to hand out the bad file.
+    drop(fs);
+    let fs = e.fs(false);
+    assert_eq!(read_all(&fs), Err(libc::EIO));
+}
