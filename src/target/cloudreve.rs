@@ -28,7 +28,9 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{describe_reqwest, excerpt, parse_json, retry_after, status_error, Attempt, HttpClient};
+use super::http::{
+    describe_reqwest, excerpt, parse_json, retry_after, status_error, Attempt, HttpClient,
+};
 use super::{
     Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Target, TargetError,
     UploadRequest,
@@ -185,10 +187,7 @@ pub struct CloudreveTarget {
 impl CloudreveTarget {
     pub fn new(http: HttpClient, cfg: &TargetConfig) -> anyhow::Result<Self> {
         let api = cfg.url.trim_end_matches('/').to_string();
-        let site = api
-            .strip_suffix("/api/v4")
-            .unwrap_or(&api)
-            .to_string();
+        let site = api.strip_suffix("/api/v4").unwrap_or(&api).to_string();
         let root = cfg
             .root
             .clone()
@@ -223,21 +222,34 @@ impl CloudreveTarget {
         let resp = match rb.send().await {
             Ok(r) => r,
             Err(e) => {
-                return Outcome::Transient(None, format!("connection error: {}", describe_reqwest(e)))
+                return Outcome::Transient(
+                    None,
+                    format!("connection error: {}", describe_reqwest(e)),
+                )
             }
         };
         let status = resp.status();
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            return Outcome::Transient(retry_after(resp.headers()), format!("server answered {status}"));
+            return Outcome::Transient(
+                retry_after(resp.headers()),
+                format!("server answered {status}"),
+            );
         }
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                return Outcome::Transient(None, format!("answer cut short: {}", describe_reqwest(e)))
+                return Outcome::Transient(
+                    None,
+                    format!("answer cut short: {}", describe_reqwest(e)),
+                )
             }
         };
         if !status.is_success() {
-            return Outcome::Fatal(status_error("request", status, &String::from_utf8_lossy(&body)));
+            return Outcome::Fatal(status_error(
+                "request",
+                status,
+                &String::from_utf8_lossy(&body),
+            ));
         }
         match parse_json::<Envelope>("request", &body) {
             Ok(env) if env.code == 0 => Outcome::Data(env.data.unwrap_or(Value::Null)),
@@ -331,6 +343,8 @@ impl CloudreveTarget {
                     .put(self.endpoint("/file/content"))
                     .query(&[("uri", uri)])
                     .header(CONTENT_TYPE, "application/octet-stream")
+                    // Explicit: an empty body would otherwise go without a length.
+                    .header(CONTENT_LENGTH, data.len())
                     .body(data.clone())
             })
             .await?;
@@ -355,7 +369,10 @@ impl CloudreveTarget {
             }
             let r = self
                 .call_code(&what, || {
-                    self.http.client.put(self.endpoint("/file/upload")).json(&body)
+                    self.http
+                        .client
+                        .put(self.endpoint("/file/upload"))
+                        .json(&body)
                 })
                 .await?;
             match r {
@@ -372,7 +389,10 @@ impl CloudreveTarget {
         let body = json!({"id": session_id, "uri": uri});
         if let Err(e) = self
             .call(&what, || {
-                self.http.client.delete(self.endpoint("/file/upload")).json(&body)
+                self.http
+                    .client
+                    .delete(self.endpoint("/file/upload"))
+                    .json(&body)
             })
             .await
         {
@@ -399,6 +419,7 @@ impl CloudreveTarget {
             let url = self.endpoint(&format!("/file/upload/{}/{index}", s.session_id));
             // Set once an attempt may have reached the server without us seeing the answer.
             let ambiguous = std::sync::atomic::AtomicBool::new(false);
+            let failure: LocalFailure = Arc::default();
             self.http
                 .retry(&what, || async {
                     let rb = self
@@ -406,8 +427,15 @@ impl CloudreveTarget {
                         .auth(self.http.client.post(&url))
                         .header(CONTENT_LENGTH, len)
                         .header(CONTENT_TYPE, "application/octet-stream")
-                        .body(source_body(req.source.clone(), offset, len));
-                    match self.attempt(rb).await {
+                        .body(source_body(req.source.clone(), offset, len, failure.clone()));
+                    let outcome = self.attempt(rb).await;
+                    if let Some(cause) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        return Attempt::Fail(TargetError::new(
+                            ErrorKind::LocalIo,
+                            format!("{what}: {cause}"),
+                        ));
+                    }
+                    match outcome {
                         Outcome::Data(_) => Attempt::Done(()),
                         Outcome::Transient(after, reason) => {
                             ambiguous.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -454,7 +482,12 @@ impl CloudreveTarget {
         let what = format!("read of {}: getting a download URL", file.name);
         let body = json!({"uris": [file.id], "download": true});
         let v = self
-            .call(&what, || self.http.client.post(self.endpoint("/file/url")).json(&body))
+            .call(&what, || {
+                self.http
+                    .client
+                    .post(self.endpoint("/file/url"))
+                    .json(&body)
+            })
             .await?;
         let url = v["urls"][0]["url"]
             .as_str()
@@ -487,27 +520,46 @@ impl CloudreveTarget {
 }
 
 /// The request body of one chunk, streamed from the source in pieces.
-fn source_body(src: Arc<dyn PartSource>, offset: u64, len: u64) -> reqwest::Body {
-    let stream = futures_util::stream::unfold((src, offset, len), |(src, pos, left)| async move {
-        if left == 0 {
-            return None;
-        }
-        let want = left.min(STREAM_PIECE as u64) as usize;
-        let s = src.clone();
-        let r = tokio::task::spawn_blocking(move || s.read_at(pos, want))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
-        match r {
-            Ok(b) if b.len() == want => Some((Ok(b), (src, pos + want as u64, left - want as u64))),
-            Ok(_) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "source shorter than the declared size",
-                )),
-                (src, pos, 0),
-            )),
-            Err(e) => Some((Err(e), (src, pos, 0))),
+/// A local read failure inside a streamed body, kept so it is not mistaken for (and
+/// retried as) a network error.
+type LocalFailure = Arc<Mutex<Option<String>>>;
+
+fn source_body(
+    src: Arc<dyn PartSource>,
+    offset: u64,
+    len: u64,
+    failure: LocalFailure,
+) -> reqwest::Body {
+    let stream = futures_util::stream::unfold((src, offset, len), move |(src, pos, left)| {
+        let failure = failure.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let want = left.min(STREAM_PIECE as u64) as usize;
+            let s = src.clone();
+            let r = tokio::task::spawn_blocking(move || s.read_at(pos, want))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+            match r {
+                Ok(b) if b.len() == want => {
+                    Some((Ok(b), (src, pos + want as u64, left - want as u64)))
+                }
+                Ok(_) => {
+                    let msg = "the staged data is shorter than its size".to_string();
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
+                    Some((
+                        Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, msg)),
+                        (src, pos, 0),
+                    ))
+                }
+                Err(e) => {
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(format!("reading the staged data: {e}"));
+                    Some((Err(e), (src, pos, 0)))
+                }
+            }
         }
     });
     reqwest::Body::wrap_stream(stream)
@@ -668,7 +720,9 @@ impl Target for CloudreveTarget {
                 }
             }
         }
-        Err(TargetError::protocol(format!("{what}: no usable download URL")))
+        Err(TargetError::protocol(format!(
+            "{what}: no usable download URL"
+        )))
     }
 
     async fn list(&self, dir: &DirRef) -> Result<Vec<RemoteFile>> {
@@ -731,8 +785,10 @@ impl Target for CloudreveTarget {
         let what = format!("delete of {}", file.name);
         self.forget_urls(&file.id);
         let body = json!({"uris": [file.id], "unlink": false, "skip_soft_delete": true});
-        self.call(&what, || self.http.client.delete(self.endpoint("/file")).json(&body))
-            .await?;
+        self.call(&what, || {
+            self.http.client.delete(self.endpoint("/file")).json(&body)
+        })
+        .await?;
         Ok(())
     }
 
@@ -748,8 +804,13 @@ impl Target for CloudreveTarget {
         let mut uri = file.id.clone();
         if decoded(&dst) != decoded(&parent_uri(&file.id)) {
             let body = json!({"uris": [uri], "dst": dst, "copy": false});
-            self.call(&what, || self.http.client.post(self.endpoint("/file/move")).json(&body))
-                .await?;
+            self.call(&what, || {
+                self.http
+                    .client
+                    .post(self.endpoint("/file/move"))
+                    .json(&body)
+            })
+            .await?;
             uri = format!("{dst}/{}", escape(&file.name));
         }
         if new_name == file.name {
@@ -757,7 +818,12 @@ impl Target for CloudreveTarget {
         }
         let body = json!({"uri": uri, "new_name": new_name});
         let v = self
-            .call(&what, || self.http.client.post(self.endpoint("/file/rename")).json(&body))
+            .call(&what, || {
+                self.http
+                    .client
+                    .post(self.endpoint("/file/rename"))
+                    .json(&body)
+            })
             .await?;
         let f: FileResp = from_value(&what, v)?;
         Ok(f.into_remote(&dst))
@@ -768,7 +834,12 @@ impl Target for CloudreveTarget {
         let what = format!("mkdir of {name}");
         let body = json!({"uri": format!("{dir}/{}", escape(name)), "type": "folder", "err_on_conflict": true});
         let v = self
-            .call(&what, || self.http.client.post(self.endpoint("/file/create")).json(&body))
+            .call(&what, || {
+                self.http
+                    .client
+                    .post(self.endpoint("/file/create"))
+                    .json(&body)
+            })
             .await?;
         let f: FileResp = from_value(&what, v)?;
         Ok(f.into_remote(&dir))

@@ -5,7 +5,6 @@
 //! HMAC covers the entity id and the expiry, so a URL names one content version and dies
 //! at `exp` (or when the server restarts, the key being per process).
 
-
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -23,9 +22,9 @@ use super::super::{fault_status, AppState, ConnKill, ServerState};
 use super::paths::{check_name, escape, CrPath};
 use super::upload::{placeholder_at, placeholders_in};
 use super::{
-    auth, bind, code, file_json, new_folder, new_id, ok, ok_empty, query_map, resolve,
-    root_json, storage_policy, ApiError, ApiResult, Node, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
-    PREFIX, PROTO, URL_TTL_SECS,
+    auth, bind, code, file_json, new_folder, new_id, ok, ok_empty, query_map, resolve, root_json,
+    storage_policy, ApiError, ApiResult, Node, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PREFIX, PROTO,
+    URL_TTL_SECS,
 };
 
 #[derive(Deserialize)]
@@ -79,7 +78,10 @@ pub async fn refresh(State(state): State<AppState>, body: Bytes) -> ApiResult {
         .refresh_token
         .ok_or_else(|| ApiError::param("refresh_token is required"))?;
     if !state.token_matches(&t) {
-        return Err(ApiError::new(code::CREDENTIAL_INVALID, "Invalid refresh token"));
+        return Err(ApiError::new(
+            code::CREDENTIAL_INVALID,
+            "Invalid refresh token",
+        ));
     }
     Ok(ok(token_answer(&state)))
 }
@@ -142,7 +144,10 @@ fn parse_page_token(t: &str) -> Option<u64> {
         .ok()
 }
 
-fn num_param(q: &std::collections::HashMap<String, String>, k: &str) -> Result<Option<u64>, ApiError> {
+fn num_param(
+    q: &std::collections::HashMap<String, String>,
+    k: &str,
+) -> Result<Option<u64>, ApiError> {
     match q.get(k).filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(v) => v
@@ -187,7 +192,11 @@ pub async fn list(
             .into_iter()
             .map(Entry::Placeholder),
     );
-    let desc = q.get("order_direction").or_else(|| q.get("order")).map(String::as_str) == Some("desc");
+    let desc = q
+        .get("order_direction")
+        .or_else(|| q.get("order"))
+        .map(String::as_str)
+        == Some("desc");
     let order_by = q.get("order_by").map(String::as_str).unwrap_or("name");
     // Folders first (mixed_type false), then the asked order, name breaking ties.
     entries.sort_by(|a, b| {
@@ -303,7 +312,10 @@ pub async fn delete(State(state): State<AppState>, headers: HeaderMap, body: Byt
         None => Ok(ok_empty()),
         Some(e) if uris.len() == 1 => Err(e),
         Some(_) => {
-            let mut e = ApiError::new(code::BATCH_INCOMPLETE, "Batch operation not fully completed");
+            let mut e = ApiError::new(
+                code::BATCH_INCOMPLETE,
+                "Batch operation not fully completed",
+            );
             e.aggregated = Some(Value::Object(failures));
             Err(e)
         }
@@ -391,7 +403,11 @@ pub async fn rename(State(state): State<AppState>, headers: HeaderMap, body: Byt
         return Err(ApiError::not_found());
     };
     if new_name != o.name {
-        if state.store.find_child(PROTO, &o.parent, &new_name, false)?.is_some() {
+        if state
+            .store
+            .find_child(PROTO, &o.parent, &new_name, false)?
+            .is_some()
+        {
             return Err(ApiError::exists());
         }
         o.name = new_name;
@@ -443,7 +459,10 @@ pub async fn move_or_copy(
     let dst = CrPath::parse(&dst)?;
     let target = resolve(&state, &dst)?.ok_or_else(ApiError::not_found)?;
     if !target.is_dir() {
-        return Err(ApiError::new(code::PATH_NOT_EXIST, "Destination is not a folder"));
+        return Err(ApiError::new(
+            code::PATH_NOT_EXIST,
+            "Destination is not a folder",
+        ));
     }
     for uri in &uris {
         let path = CrPath::parse(uri)?;
@@ -462,7 +481,11 @@ pub async fn move_or_copy(
         let Some(Node::Obj(mut o)) = resolve(&state, &path)? else {
             return Err(ApiError::not_found());
         };
-        if state.store.find_child(PROTO, target.id(), &o.name, false)?.is_some() {
+        if state
+            .store
+            .find_child(PROTO, target.id(), &o.name, false)?
+            .is_some()
+        {
             if o.parent == target.id() && !req.copy {
                 continue;
             }
@@ -568,7 +591,10 @@ pub async fn content(
             let want = sign(&state, &entity, exp);
             q.get("sign").is_some_and(|s| {
                 s.len() == want.len()
-                    && s.bytes().zip(want.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+                    && s.bytes()
+                        .zip(want.bytes())
+                        .fold(0u8, |a, (x, y)| a | (x ^ y))
+                        == 0
             })
         });
     if !valid {
@@ -577,22 +603,30 @@ pub async fn content(
     match state.fault(FaultOp::Download) {
         Some(Fault::DropBefore) | Some(Fault::DropAfter) => return kill.drop_connection().await,
         Some(f) => {
-            if let Some(r) = fault_status(f, json!({"code": 503, "msg": "Service temporarily unavailable"})) {
+            if let Some(r) = fault_status(
+                f,
+                json!({"code": 503, "msg": "Service temporarily unavailable"}),
+            ) {
                 return r;
             }
         }
         None => {}
     }
     let found = state.store.all(PROTO).map(|all| {
-        all.into_iter()
-            .find(|o| !o.is_dir && o.extra.get("entity").and_then(Value::as_str) == Some(entity.as_str()))
+        all.into_iter().find(|o| {
+            !o.is_dir && o.extra.get("entity").and_then(Value::as_str) == Some(entity.as_str())
+        })
     });
     let o = match found {
         Ok(Some(o)) => o,
         Ok(None) => return refuse(StatusCode::NOT_FOUND, code::NOT_FOUND, "Entity not exist"),
         Err(e) => {
             tracing::error!(error = %e, "cloudreve content lookup");
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, code::DB_ERROR, "Database error");
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                code::DB_ERROR,
+                "Database error",
+            );
         }
     };
     let Some(blob) = o.blob.as_deref() else {

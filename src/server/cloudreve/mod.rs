@@ -130,14 +130,8 @@ pub fn router() -> Router<AppState> {
         .route("/file/rename", post(files::rename))
         .route("/file/move", post(files::move_or_copy))
         .route("/file/url", post(files::url))
-        .route(
-            "/file/content",
-            put(upload::put_content),
-        )
-        .route(
-            "/file/content/{entity}/{speed}/{name}",
-            get(files::content),
-        )
+        .route("/file/content", put(upload::put_content))
+        .route("/file/content/{entity}/{speed}/{name}", get(files::content))
         .route(
             "/file/upload",
             put(upload::create_session).delete(upload::cancel_session),
@@ -299,7 +293,11 @@ pub fn file_json(o: &Object, path: &CrPath) -> Value {
         "owned": true,
         "capability": CAPABILITY,
     });
-    if let Some(m) = o.extra.get("metadata").filter(|m| m.as_object().is_some_and(|m| !m.is_empty())) {
+    if let Some(m) = o
+        .extra
+        .get("metadata")
+        .filter(|m| m.as_object().is_some_and(|m| !m.is_empty()))
+    {
         v["metadata"] = m.clone();
     }
     if let Some(e) = o.extra.get("entity").and_then(Value::as_str) {

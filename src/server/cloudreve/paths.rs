@@ -128,14 +128,27 @@ mod tests {
         assert_eq!(p.uri(), "cloudreve://my/Inspirations/archive%20(3).zip");
         assert_eq!(CrPath::parse("cloudreve://my").unwrap(), CrPath::root());
         assert_eq!(CrPath::parse("cloudreve://my/").unwrap(), CrPath::root());
-        assert_eq!(CrPath::parse("cloudreve://my/a?x=1").unwrap().segs, vec!["a"]);
+        assert_eq!(
+            CrPath::parse("cloudreve://my/a?x=1").unwrap().segs,
+            vec!["a"]
+        );
         assert_eq!(escape("a%b#c?d"), "a%25b%23c%3Fd");
     }
 
     #[test]
     fn refuses_bad_names_and_uris() {
-        for bad in ["cloudreve://my/..", "cloudreve://my/a/.", "cloudreve://my/a%2Fb", "cloudreve://my/a%5Cb", "cloudreve://my/a%00b"] {
-            assert_eq!(CrPath::parse(bad).unwrap_err().code, code::ILLEGAL_NAME, "{bad}");
+        for bad in [
+            "cloudreve://my/..",
+            "cloudreve://my/a/.",
+            "cloudreve://my/a%2Fb",
+            "cloudreve://my/a%5Cb",
+            "cloudreve://my/a%00b",
+        ] {
+            assert_eq!(
+                CrPath::parse(bad).unwrap_err().code,
+                code::ILLEGAL_NAME,
+                "{bad}"
+            );
         }
         let long = format!("cloudreve://my/{}", "x".repeat(256));
         assert_eq!(CrPath::parse(&long).unwrap_err().code, code::ILLEGAL_NAME);

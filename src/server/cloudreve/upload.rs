@@ -27,9 +27,8 @@ use super::super::store::{now_ms, Object};
 use super::super::{fault_status, AppState, ConnKill, ServerState};
 use super::paths::CrPath;
 use super::{
-    auth, bind, code, ensure_dirs, file_json, new_entity, new_id, ok, ok_empty, query_map,
-    resolve, storage_policy, ApiError, ApiResult, Node, META_SESSION, POLICY_ID, PROTO,
-    SESSION_TTL_SECS,
+    auth, bind, code, ensure_dirs, file_json, new_entity, new_id, ok, ok_empty, query_map, resolve,
+    storage_policy, ApiError, ApiResult, Node, META_SESSION, POLICY_ID, PROTO, SESSION_TTL_SECS,
 };
 
 /// Most metadata entries one session may carry (the real binding limit).
@@ -165,7 +164,11 @@ pub async fn create_session(
     }
 }
 
-fn create_inner(state: &ServerState, headers: &HeaderMap, body: &[u8]) -> Result<Response, Response> {
+fn create_inner(
+    state: &ServerState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Response> {
     use axum::response::IntoResponse;
     let e = |e: ApiError| e.into_response();
     auth(state, headers).map_err(e)?;
@@ -321,7 +324,10 @@ async fn fault_before(fault: Option<Fault>, kill: &ConnKill) -> Option<Response>
     match fault? {
         Fault::DropBefore => Some(kill.drop_connection().await),
         Fault::DropAfter => None,
-        f => fault_status(f, json!({"code": 503, "msg": "Service temporarily unavailable"})),
+        f => fault_status(
+            f,
+            json!({"code": 503, "msg": "Service temporarily unavailable"}),
+        ),
     }
 }
 
@@ -362,11 +368,14 @@ async fn chunk_inner(
     let index: u64 = index
         .parse()
         .map_err(|_| e(ApiError::param("invalid chunk index")))?;
-    let entry = session(state, session_id)
-        .ok_or_else(|| e(ApiError::new(code::SESSION_EXPIRED, "")))?;
+    let entry =
+        session(state, session_id).ok_or_else(|| e(ApiError::new(code::SESSION_EXPIRED, "")))?;
     let info = entry.info.clone();
-    let declared = declared_length(headers)
-        .ok_or_else(|| e(ApiError::param("invalid content length: Content-Length is required")))?;
+    let declared = declared_length(headers).ok_or_else(|| {
+        e(ApiError::param(
+            "invalid content length: Content-Length is required",
+        ))
+    })?;
     if info.chunk_size == 0 && index > 0 {
         return Err(e(ApiError::new(
             code::INVALID_CHUNK_INDEX,
