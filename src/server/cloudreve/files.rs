@@ -88,7 +88,7 @@ pub async fn refresh(State(state): State<AppState>, body: Bytes) -> ApiResult {
 
 /// One child in a listing: a stored object or a placeholder.
 enum Entry {
-    Obj(Object),
+    Obj(Box<Object>),
     Placeholder(std::sync::Arc<super::upload::SessionInfo>),
 }
 
@@ -186,7 +186,7 @@ pub async fn list(
         Node::Obj(_) => return Err(ApiError::new(code::PATH_NOT_EXIST, "Not a folder")),
     };
     let (objs, _) = state.store.list(PROTO, dir.id(), 0, u64::MAX)?;
-    let mut entries: Vec<Entry> = objs.into_iter().map(Entry::Obj).collect();
+    let mut entries: Vec<Entry> = objs.into_iter().map(|o| Entry::Obj(Box::new(o))).collect();
     entries.extend(
         placeholders_in(&state, dir.id())
             .into_iter()

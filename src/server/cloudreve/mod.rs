@@ -324,7 +324,7 @@ pub fn root_json(created_ms: i64) -> Value {
 /// What a path names.
 pub enum Node {
     Root,
-    Obj(Object),
+    Obj(Box<Object>),
 }
 
 impl Node {
@@ -359,7 +359,7 @@ pub fn resolve(state: &ServerState, path: &CrPath) -> Result<Option<Node>, ApiEr
     }
     Ok(Some(match found {
         None => Node::Root,
-        Some(o) => Node::Obj(o),
+        Some(o) => Node::Obj(Box::new(o)),
     }))
 }
 

@@ -159,56 +159,49 @@ pub async fn create_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match create_inner(&state, &headers, &body) {
-        Ok(r) | Err(r) => r,
-    }
+    use axum::response::IntoResponse;
+    create_inner(&state, &headers, &body).unwrap_or_else(IntoResponse::into_response)
 }
 
-fn create_inner(
-    state: &ServerState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, Response> {
-    use axum::response::IntoResponse;
-    let e = |e: ApiError| e.into_response();
-    auth(state, headers).map_err(e)?;
-    let req: CreateBody = bind(body).map_err(e)?;
+fn create_inner(state: &ServerState, headers: &HeaderMap, body: &[u8]) -> ApiResult {
+    auth(state, headers)?;
+    let req: CreateBody = bind(body)?;
     let uri = req
         .uri
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| e(ApiError::param("uri is required")))?;
+        .ok_or_else(|| ApiError::param("uri is required"))?;
     let size = req.size.unwrap_or(0);
     if size < 0 {
-        return Err(e(ApiError::param("size must not be negative")));
+        return Err(ApiError::param("size must not be negative"));
     }
     let size = size as u64;
     let version = match req.entity_type.as_deref().unwrap_or("") {
         "" => false,
         "version" => true,
         other => {
-            return Err(e(ApiError::param(format!(
+            return Err(ApiError::param(format!(
                 "entity_type {other:?} is not supported by this server"
-            ))))
+            )))
         }
     };
     if let Some(p) = req.policy_id.as_deref().filter(|p| !p.is_empty()) {
         if p != POLICY_ID {
-            return Err(e(ApiError::new(
+            return Err(ApiError::new(
                 code::POLICY_NOT_ALLOWED,
                 "Storage policy not allowed",
-            )));
+            ));
         }
     }
     let metadata = req.metadata.unwrap_or_default();
     if metadata.len() > MAX_METADATA {
-        return Err(e(ApiError::param("too many metadata entries")));
+        return Err(ApiError::param("too many metadata entries"));
     }
-    let path = CrPath::parse(&uri).map_err(e)?;
+    let path = CrPath::parse(&uri)?;
     let (Some(name), Some(parent)) = (path.name().map(str::to_string), path.parent()) else {
-        return Err(e(ApiError::param("cannot upload to the root folder")));
+        return Err(ApiError::param("cannot upload to the root folder"));
     };
     if size > state.max_file_size() {
-        return Err(e(ApiError::new(code::FILE_TOO_LARGE, "File is too large")));
+        return Err(ApiError::new(code::FILE_TOO_LARGE, "File is too large"));
     }
     let chunk_size = state.opts.cloudreve_chunk_size;
 
@@ -221,20 +214,16 @@ fn create_inner(
         .find(|s| s.info.expires > now && s.info.path == path)
     {
         // The second session meets the placeholder (40004), or the lock of a version.
-        return Err(e(if version || open.info.version {
+        return Err(if version || open.info.version {
             ApiError::locked()
         } else {
             ApiError::exists()
-        }));
+        });
     }
-    let parent_id = ensure_dirs(state, &parent).map_err(e)?;
-    match state
-        .store
-        .find_child(PROTO, &parent_id, &name, false)
-        .map_err(|x| e(x.into()))?
-    {
-        Some(o) if o.is_dir => return Err(e(ApiError::exists())),
-        Some(_) if !version => return Err(e(ApiError::exists())),
+    let parent_id = ensure_dirs(state, &parent)?;
+    match state.store.find_child(PROTO, &parent_id, &name, false)? {
+        Some(o) if o.is_dir => return Err(ApiError::exists()),
+        Some(_) if !version => return Err(ApiError::exists()),
         _ => {}
     }
     let id = uuid::Uuid::new_v4().to_string();
@@ -250,7 +239,7 @@ fn create_inner(
         metadata: metadata.into_iter().map(|(k, v)| (k, json!(v))).collect(),
         last_modified_ms: req.last_modified.filter(|&t| t > 0).unwrap_or_else(now_ms),
         version,
-        placeholder_id: new_id(state).map_err(e)?,
+        placeholder_id: new_id(state)?,
         created_ms: now_ms(),
     };
     let answer = json!({
