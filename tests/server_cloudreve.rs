@@ -1087,3 +1087,43 @@ fn client_lists_all_pages_and_skips_placeholders() {
         b"x"
     );
 }
+
+#[test]
+fn client_session_upload_over_existing_name_becomes_a_version() {
+    let s = server();
+    let t = s.target(TargetKind::Cloudreve);
+    put_content(&s, "cloudreve://my/over.bin", b"old");
+    let before = info(&s, "cloudreve://my/over.bin")["data"]["id"].clone();
+    let data = pattern(5 * MIB + 3, 6);
+    let path = s.dir.path().join("over.src");
+    std::fs::write(&path, &data).unwrap();
+    let counter = Arc::new(ByteCounter::default());
+    let req = UploadRequest {
+        parent: None,
+        name: "over.bin".into(),
+        size: data.len() as u64,
+        digests: Digests::default(),
+        mtime_ms: 1_700_000_000_000,
+        replaces: None,
+        resume_session: None,
+        source: Arc::new(uploadfs::target::FileSource::open(&path).unwrap()),
+        observer: counter.clone(),
+    };
+    let f =
+        s.rt.block_on(t.upload(req))
+            .expect("upload as a new version");
+    assert_eq!(f.size, data.len() as u64);
+    assert_eq!(f.id, "cloudreve://my/over.bin");
+    assert_eq!(
+        counter.0.load(std::sync::atomic::Ordering::Relaxed),
+        data.len() as u64,
+        "every chunk reported"
+    );
+    assert_eq!(info(&s, "cloudreve://my/over.bin")["data"]["id"], before);
+    assert_eq!(
+        s.files("cloudreve"),
+        vec![("over.bin".into(), data.len() as u64, sha1_hex(&data))]
+    );
+    let back = s.rt.block_on(t.read_range(&f, MIB as u64 - 2, 4)).unwrap();
+    assert_eq!(back.as_ref(), &data[MIB - 2..MIB + 2]);
+}

@@ -1,6 +1,13 @@
 //! File management: login, listing (paged), info, delete, create folder/file, rename,
 //! move/copy, signed download URLs and the content endpoint they point at.
 //!
+//! Shapes follow the v4 source (`service/explorer/file.go`): rename is
+//! `POST /file/rename {uri, new_name}` answering the renamed `FileResponse`; move/copy is
+//! `POST /file/move {uris, dst, copy}` into the folder `dst`, answering no data. Choices
+//! where the real server depends on settings: deletes are permanent (no trash bin), a
+//! listing is cursor-paged (`pagination.next_token`) with folders first, and `page_size`
+//! is clamped to 2000.
+//!
 //! Signed URLs are `/file/content/{entity}/0/{name}?sign=<b64url HMAC-SHA1>:<exp>`: the
 //! HMAC covers the entity id and the expiry, so a URL names one content version and dies
 //! at `exp` (or when the server restarts, the key being per process).
@@ -574,6 +581,9 @@ fn refuse(status: StatusCode, code: i64, msg: &str) -> Response {
 }
 
 /// `GET|HEAD /file/content/{entity}/{speed}/{name}?sign=…`: no auth, the sign is checked.
+/// A bad or expired sign answers HTTP 403 with `{"code":40071}` (the real server sends
+/// the envelope with 200; a real status keeps a careless client from saving the error
+/// JSON as file content).
 pub async fn content(
     State(state): State<AppState>,
     Extension(kill): Extension<ConnKill>,

@@ -7,6 +7,11 @@
 //! is streamed to `sessions/cloudreve/<id>/<index>`; after the last one the chunks are
 //! concatenated into a temp file while hashing, committed as a blob, and only then is the
 //! object row inserted (or updated in place for a new version) and the placeholder gone.
+//!
+//! Choices where the source leaves room: a missing `Content-Length` (and no
+//! `X-Expected-Entity-Length`) is a parameter error 40001; `entity_type: "live_photo"`
+//! is refused with 40001; cancelling an unknown session succeeds (it is already gone),
+//! cancelling with a uri other than the session's is 40016.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
