@@ -176,7 +176,14 @@ fn items_page(state: &ServerState, folder_id: &str, q: &HashMap<String, String>)
         query_u64(q, "offset", "invalid_offset")?.unwrap_or(0)
     };
     let (rows, total) = state.store.list(PROTO, folder_id, offset, limit)?;
-    let entries: Vec<Value> = rows.iter().map(|o| fields_json(state, o, fields)).collect();
+    // Listings are the mini form unless fields are asked for.
+    let entries: Vec<Value> = rows
+        .iter()
+        .map(|o| match fields {
+            Some(_) => fields_json(state, o, fields),
+            None => mini_json(o),
+        })
+        .collect();
     if use_marker {
         let next = offset + rows.len() as u64;
         let next_marker = if next < total {

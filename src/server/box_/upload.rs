@@ -36,6 +36,8 @@ const MULTIPART_SLACK: u64 = 256 * 1024;
 const MAX_PARTS_OFFSET: u64 = 10_000;
 /// `Retry-After` of a 202 commit answer, seconds.
 const COMMIT_RETRY_AFTER: &str = "1";
+/// Most bytes read and thrown away to deliver an error answer (a part is at most 128 MiB).
+const DRAIN_LIMIT: u64 = 160 * 1024 * 1024;
 
 /// What an injected fault asks the handler to do.
 pub(super) enum Faulted {
@@ -246,6 +248,32 @@ fn files_answer(state: &ServerState, o: &Object) -> Response {
         .into_response()
 }
 
+/// Read and discard what is left of a request body before answering an error: a client
+/// still sending would otherwise see a broken pipe instead of the answer.
+async fn drain(body: Body) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+        seen += chunk.len() as u64;
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+}
+
+/// [`drain`] for a multipart body.
+async fn drain_multipart(mp: &mut Multipart) {
+    let mut seen = 0u64;
+    while let Ok(Some(mut field)) = mp.next_field().await {
+        while let Ok(Some(chunk)) = field.chunk().await {
+            seen += chunk.len() as u64;
+            if seen > DRAIN_LIMIT {
+                return;
+            }
+        }
+    }
+}
+
 async fn direct_upload(
     state: AppState,
     headers: HeaderMap,
@@ -253,6 +281,25 @@ async fn direct_upload(
     mp: Result<Multipart, MultipartRejection>,
     version_of: Option<String>,
 ) -> BoxResult {
+    let mut mp = mp.map_err(|e| {
+        BoxError::bad_request(format!("The body must be multipart/form-data: {e}"))
+    });
+    let r = direct_upload_inner(&state, &headers, &kill, &mut mp, version_of).await;
+    if let Ok(mp) = &mut mp {
+        drain_multipart(mp).await;
+    }
+    r
+}
+
+async fn direct_upload_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    kill: &ConnKill,
+    mp: &mut BoxResult<Multipart>,
+    version_of: Option<String>,
+) -> BoxResult {
+    let state = state.clone();
+    let headers = headers.clone();
     check_auth(&state, &headers)?;
     let drop_after = match roll(&state, FaultOp::Upload) {
         Faulted::Answer(r) => return Ok(r),
@@ -275,9 +322,10 @@ async fn direct_upload(
         }
         None => None,
     };
-    let mut mp = mp.map_err(|e| {
-        BoxError::bad_request(format!("The body must be multipart/form-data: {e}"))
-    })?;
+    let mp = match mp {
+        Ok(mp) => mp,
+        Err(e) => return Err(BoxError::bad_request(e.message.clone())),
+    };
 
     // The attributes part must come before the file part.
     let attributes: Value = loop {
@@ -695,6 +743,34 @@ impl Drop for InFlight {
     }
 }
 
+/// The session, digest, offset and size of a part upload, and its range reservation.
+fn check_part(
+    state: &ServerState,
+    id: &str,
+    headers: &HeaderMap,
+) -> BoxResult<(Arc<Session>, String, u64, u64, InFlight)> {
+    let s = session_or_404(state, id)?;
+    let digest = parse_digest(headers)?;
+    let (offset, size) = parse_part_range(headers, &s)?;
+    let mut inner = s.lock();
+    if inner.parts.contains_key(&offset) || inner.in_flight.contains(&offset) {
+        return Err(range_error(
+            "range_overlaps_existing_part",
+            format!(
+                "Part range {offset}-{} overlaps with another part",
+                offset + size - 1
+            ),
+        ));
+    }
+    inner.in_flight.insert(offset);
+    drop(inner);
+    let reservation = InFlight {
+        session: s.clone(),
+        offset,
+    };
+    Ok((s, digest, offset, size, reservation))
+}
+
 /// `PUT /files/upload_sessions/{id}`: one part, raw body.
 pub(super) async fn upload_part(
     State(state): State<AppState>,
@@ -703,31 +779,24 @@ pub(super) async fn upload_part(
     Extension(kill): Extension<ConnKill>,
     body: Body,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    if let Err(e) = check_auth(&state, &headers) {
+        drain(body).await;
+        return Err(e);
+    }
     let drop_after = match roll(&state, FaultOp::Upload) {
-        Faulted::Answer(r) => return Ok(r),
+        Faulted::Answer(r) => {
+            drain(body).await;
+            return Ok(r);
+        }
         Faulted::DropNow => return Ok(kill.drop_connection().await),
         Faulted::DropAfter => true,
         Faulted::None => false,
     };
-    let s = session_or_404(&state, &id)?;
-    let digest = parse_digest(&headers)?;
-    let (offset, size) = parse_part_range(&headers, &s)?;
-    let _reservation = {
-        let mut inner = s.lock();
-        if inner.parts.contains_key(&offset) || inner.in_flight.contains(&offset) {
-            return Err(range_error(
-                "range_overlaps_existing_part",
-                format!(
-                    "Part range {offset}-{} overlaps with another part",
-                    offset + size - 1
-                ),
-            ));
-        }
-        inner.in_flight.insert(offset);
-        InFlight {
-            session: s.clone(),
-            offset,
+    let (s, digest, offset, size, _reservation) = match check_part(&state, &id, &headers) {
+        Ok(v) => v,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
         }
     };
     let dir = state.store.session_dir(PROTO, &id)?;
