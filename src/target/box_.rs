@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha1::Digest as _;
 
-use super::http::{describe_reqwest, excerpt, parse_json, retry_after, status_error, Attempt, HttpClient};
+use super::http::{
+    describe_reqwest, excerpt, parse_json, retry_after, status_error, Attempt, HttpClient,
+};
 use super::{
     Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Target, TargetError,
     UploadRequest,
@@ -705,7 +707,10 @@ impl BoxTarget {
                 return Ok(None);
             }
             let (_, sha) = read_part(&req.source, p.offset, len as usize).await?;
-            if p.sha1.as_deref().is_some_and(|h| !h.eq_ignore_ascii_case(&sha)) {
+            if p.sha1
+                .as_deref()
+                .is_some_and(|h| !h.eq_ignore_ascii_case(&sha))
+            {
                 return Ok(None);
             }
             out.push((index, p));
@@ -809,7 +814,10 @@ impl Target for BoxTarget {
             if req.size > max {
                 return Err(TargetError::new(
                     ErrorKind::TooLarge,
-                    format!("{what}: {} bytes is over the target's limit of {max}", req.size),
+                    format!(
+                        "{what}: {} bytes is over the target's limit of {max}",
+                        req.size
+                    ),
                 ));
             }
         }
@@ -838,7 +846,10 @@ impl Target for BoxTarget {
                 },
             };
         }
-        match self.session_upload(&req, &parent, version_of.as_deref()).await {
+        match self
+            .session_upload(&req, &parent, version_of.as_deref())
+            .await
+        {
             Err(e) if e.kind == ErrorKind::NotFound && version_of.is_some() => {
                 // The replaced file vanished before the session was created.
                 self.session_upload(&req, &parent, None).await
@@ -857,7 +868,10 @@ impl Target for BoxTarget {
         self.http
             .retry(&what, || async {
                 // reqwest follows the 302 to the download link (Range is kept).
-                let rb = self.http.auth(self.http.client.get(&url)).header(RANGE, &range);
+                let rb = self
+                    .http
+                    .auth(self.http.client.get(&url))
+                    .header(RANGE, &range);
                 let resp = match rb.send().await {
                     Ok(r) => r,
                     Err(e) => {
@@ -898,7 +912,7 @@ impl Target for BoxTarget {
                     return Attempt::Done(Bytes::new());
                 }
                 let body = match resp.bytes().await {
-                    Ok(b) if expected.is_none_or(|n| n == b.len() as u64) => b,
+                    Ok(b) if expected.map_or(true, |n| n == b.len() as u64) => b,
                     Ok(b) => {
                         return Attempt::Retry {
                             after: None,
@@ -1012,8 +1026,10 @@ impl Target for BoxTarget {
     async fn check(&self) -> Result<()> {
         let what = format!("box check of folder {}", self.root);
         let url = format!("{}/folders/{}", self.api, self.root);
-        self.call_ok(&what, || self.http.client.get(&url).query(&[("fields", "id")]))
-            .await
-            .map(|_| ())
+        self.call_ok(&what, || {
+            self.http.client.get(&url).query(&[("fields", "id")])
+        })
+        .await
+        .map(|_| ())
     }
 }

@@ -160,7 +160,11 @@ pub(super) async fn download_signed(
 }
 
 /// A page of a folder's children as Box `Items`, mini form plus `fields`.
-fn items_page(state: &ServerState, folder_id: &str, q: &HashMap<String, String>) -> BoxResult<Value> {
+fn items_page(
+    state: &ServerState,
+    folder_id: &str,
+    q: &HashMap<String, String>,
+) -> BoxResult<Value> {
     let limit = query_u64(q, "limit", "invalid_limit")?
         .unwrap_or(DEFAULT_PAGE)
         .clamp(1, MAX_PAGE);

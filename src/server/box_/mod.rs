@@ -301,7 +301,11 @@ impl BoxError {
         BoxError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
     pub fn not_found(what: &str) -> BoxError {
-        BoxError::new(StatusCode::NOT_FOUND, "not_found", format!("Not Found: {what}"))
+        BoxError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("Not Found: {what}"),
+        )
     }
     pub fn internal(e: impl std::fmt::Display) -> BoxError {
         tracing::error!(error = %e, "box: internal error");

@@ -73,7 +73,6 @@ pub(super) fn roll(state: &ServerState, op: FaultOp) -> Faulted {
     }
 }
 
-
 fn parse_json_body(body: &Bytes) -> BoxResult<Value> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| BoxError::bad_request(format!("Invalid JSON body: {e}")))?;
@@ -281,9 +280,8 @@ async fn direct_upload(
     mp: Result<Multipart, MultipartRejection>,
     version_of: Option<String>,
 ) -> BoxResult {
-    let mut mp = mp.map_err(|e| {
-        BoxError::bad_request(format!("The body must be multipart/form-data: {e}"))
-    });
+    let mut mp =
+        mp.map_err(|e| BoxError::bad_request(format!("The body must be multipart/form-data: {e}")));
     let r = direct_upload_inner(&state, &headers, &kill, &mut mp, version_of).await;
     if let Ok(mp) = &mut mp {
         drain_multipart(mp).await;
@@ -336,9 +334,10 @@ async fn direct_upload_inner(
             .ok_or_else(|| BoxError::bad_request("The attributes part is missing"))?;
         match field.name() {
             Some("attributes") => {
-                let text = field.bytes().await.map_err(|e| {
-                    BoxError::bad_request(format!("Malformed multipart body: {e}"))
-                })?;
+                let text = field
+                    .bytes()
+                    .await
+                    .map_err(|e| BoxError::bad_request(format!("Malformed multipart body: {e}")))?;
                 if text.len() > MAX_ATTRIBUTES_BYTES {
                     return Err(BoxError::bad_request("The attributes part is too large"));
                 }
@@ -372,10 +371,7 @@ async fn direct_upload_inner(
                 .to_string(),
         },
     };
-    let content_modified = parse_time(
-        "content_modified_at",
-        &attributes["content_modified_at"],
-    )?;
+    let content_modified = parse_time("content_modified_at", &attributes["content_modified_at"])?;
     let content_created = parse_time("content_created_at", &attributes["content_created_at"])?;
     resolve_dest(&state, &dest)?;
 
@@ -437,7 +433,14 @@ async fn direct_upload_inner(
         return Err(e);
     }
     let blob = state.store.commit_blob(&temp)?;
-    let o = store_upload(&state, &dest, &info, blob, content_modified, content_created)?;
+    let o = store_upload(
+        &state,
+        &dest,
+        &info,
+        blob,
+        content_modified,
+        content_created,
+    )?;
     tracing::info!(id = %o.id, name = %o.name, size = o.size, "box: direct upload stored");
     if drop_after {
         return Ok(kill.drop_connection().await);
@@ -800,7 +803,10 @@ pub(super) async fn upload_part(
         }
     };
     let dir = state.store.session_dir(PROTO, &id)?;
-    let temp = dir.join(format!("{offset}.{}.partial", uuid::Uuid::new_v4().simple()));
+    let temp = dir.join(format!(
+        "{offset}.{}.partial",
+        uuid::Uuid::new_v4().simple()
+    ));
     let info = match body_to_file(body, &temp, size, &state.throttle).await {
         Ok(i) => i,
         Err(BodyError::TooLarge(_)) => {
@@ -809,7 +815,9 @@ pub(super) async fn upload_part(
             )))
         }
         Err(BodyError::Aborted(e)) => {
-            return Err(BoxError::bad_request(format!("The part body broke off: {e}")))
+            return Err(BoxError::bad_request(format!(
+                "The part body broke off: {e}"
+            )))
         }
         Err(BodyError::Io(e)) => return Err(BoxError::internal(e)),
     };
@@ -967,7 +975,12 @@ pub(super) async fn commit(
                 "Every part needs part_id, offset and size",
             ));
         };
-        listed.push((pid.to_string(), off, size, g["sha1"].as_str().map(str::to_string)));
+        listed.push((
+            pid.to_string(),
+            off,
+            size,
+            g["sha1"].as_str().map(str::to_string),
+        ));
     }
     listed.sort_by_key(|p| p.1);
     let matches = listed.len() == parts.len()
@@ -975,7 +988,9 @@ pub(super) async fn commit(
             g.0 == p.part_id
                 && g.1 == p.offset
                 && g.2 == p.size
-                && g.3.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(&p.sha1))
+                && g.3
+                    .as_deref()
+                    .map_or(true, |h| h.eq_ignore_ascii_case(&p.sha1))
         });
     if !matches {
         return Err(BoxError::new(
