@@ -912,7 +912,7 @@ impl Target for BoxTarget {
                     return Attempt::Done(Bytes::new());
                 }
                 let body = match resp.bytes().await {
-                    Ok(b) if expected.map_or(true, |n| n == b.len() as u64) => b,
+                    Ok(b) if expected.is_none_or(|n| n == b.len() as u64) => b,
                     Ok(b) => {
                         return Attempt::Retry {
                             after: None,

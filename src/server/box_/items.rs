@@ -12,7 +12,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::super::body::{content_type_for, serve_file, BadRange};
+use super::super::body::{content_type_for, serve_file, BadRange, FileAnswer};
 use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill, ServerState};
@@ -147,14 +147,16 @@ pub(super) async fn download_signed(
     };
     let etag = format!("\"{}\"", etag_of(&f));
     Ok(serve_file(
-        &state.store.blob_path(blob),
-        f.size,
         &headers,
-        BadRange::Refuse,
-        content_type_for(&f.name),
-        &[(header::ETAG, etag)],
+        FileAnswer {
+            path: &state.store.blob_path(blob),
+            size: f.size,
+            content_type: content_type_for(&f.name),
+            extra: &[(header::ETAG, etag)],
+            bad_range: BadRange::Refuse,
+            drop_midway,
+        },
         state.throttle.clone(),
-        drop_midway,
     )
     .await)
 }

@@ -990,7 +990,7 @@ pub(super) async fn commit(
                 && g.2 == p.size
                 && g.3
                     .as_deref()
-                    .map_or(true, |h| h.eq_ignore_ascii_case(&p.sha1))
+                    .is_none_or(|h| h.eq_ignore_ascii_case(&p.sha1))
         });
     if !matches {
         return Err(BoxError::new(

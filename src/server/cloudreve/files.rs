@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
-use super::super::body::{serve_file, BadRange};
+use super::super::body::{serve_file, BadRange, FileAnswer};
 use super::super::faults::{Fault, FaultOp};
 use super::super::store::{now_ms, Object};
 use super::super::{fault_status, AppState, ConnKill, ServerState};
@@ -657,14 +657,16 @@ pub async fn content(
         .unwrap_or_else(|| super::super::body::content_type_for(&o.name))
         .to_string();
     serve_file(
-        &state.store.blob_path(blob),
-        o.size,
         &headers,
-        BadRange::Refuse,
-        &ct,
-        &extra,
+        FileAnswer {
+            path: &state.store.blob_path(blob),
+            size: o.size,
+            content_type: &ct,
+            extra: &extra,
+            bad_range: BadRange::Refuse,
+            drop_midway: false,
+        },
         state.throttle.clone(),
-        false,
     )
     .await
 }
