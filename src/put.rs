@@ -315,8 +315,7 @@ pub async fn find_remote(target: &dyn Target, path: &str) -> anyhow::Result<Remo
         .list(&dir)
         .await?
         .into_iter()
-        .filter(|e| !e.is_dir && names_equal(&e.name, name, caps.case_insensitive_names))
-        .last()
+        .rfind(|e| !e.is_dir && names_equal(&e.name, name, caps.case_insensitive_names))
         .ok_or_else(|| anyhow!("no file named {path}"))
 }
 

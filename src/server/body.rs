@@ -119,63 +119,82 @@ pub enum BadRange {
     Ignore,
 }
 
-/// Parse a single `bytes=` range against `size`. `Ok(None)`: no header. `Err(())`: the
-/// header is present but unsatisfiable or malformed.
-pub fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+/// A `Range` header that is malformed or cannot be satisfied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadRangeHeader;
+
+/// Parse a single `bytes=` range against `size`. `Ok(None)`: no header. `Err`: the header
+/// is present but unsatisfiable or malformed.
+pub fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, BadRangeHeader> {
     let Some(v) = headers.get(header::RANGE) else {
         return Ok(None);
     };
-    let v = v.to_str().map_err(|_| ())?.trim();
-    let spec = v.strip_prefix("bytes=").ok_or(())?;
+    let v = v.to_str().map_err(|_| BadRangeHeader)?.trim();
+    let spec = v.strip_prefix("bytes=").ok_or(BadRangeHeader)?;
     if spec.contains(',') {
-        return Err(());
+        return Err(BadRangeHeader);
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = spec.split_once('-').ok_or(BadRangeHeader)?;
     let (start, end) = match (a.trim(), b.trim()) {
-        ("", "") => return Err(()),
+        ("", "") => return Err(BadRangeHeader),
         ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| ())?;
+            let n: u64 = suffix.parse().map_err(|_| BadRangeHeader)?;
             if n == 0 || size == 0 {
-                return Err(());
+                return Err(BadRangeHeader);
             }
             (size.saturating_sub(n), size - 1)
         }
         (s, "") => {
-            let s: u64 = s.parse().map_err(|_| ())?;
+            let s: u64 = s.parse().map_err(|_| BadRangeHeader)?;
             if size == 0 {
-                return Err(());
+                return Err(BadRangeHeader);
             }
             (s, size - 1)
         }
         (s, e) => {
-            let s: u64 = s.parse().map_err(|_| ())?;
-            let e: u64 = e.parse().map_err(|_| ())?;
+            let s: u64 = s.parse().map_err(|_| BadRangeHeader)?;
+            let e: u64 = e.parse().map_err(|_| BadRangeHeader)?;
             if e < s || size == 0 {
-                return Err(());
+                return Err(BadRangeHeader);
             }
             (s, e.min(size - 1))
         }
     };
     if start >= size {
-        return Err(());
+        return Err(BadRangeHeader);
     }
     Ok(Some((start, end)))
 }
 
-/// Serve a blob with optional single-range support. `extra` headers are added as given.
+/// What to send for a file download.
+pub struct FileAnswer<'a> {
+    pub path: &'a Path,
+    pub size: u64,
+    pub content_type: &'a str,
+    /// Extra headers, added as given.
+    pub extra: &'a [(header::HeaderName, String)],
+    pub bad_range: BadRange,
+    /// Fail the body halfway (an injected connection drop mid-download).
+    pub drop_midway: bool,
+}
+
+/// Serve a blob with optional single-range support.
 pub async fn serve_file(
-    path: &Path,
-    size: u64,
     req_headers: &HeaderMap,
-    bad_range: BadRange,
-    content_type: &str,
-    extra: &[(header::HeaderName, String)],
+    answer: FileAnswer<'_>,
     throttle: std::sync::Arc<Throttle>,
-    drop_midway: bool,
 ) -> Response {
+    let FileAnswer {
+        path,
+        size,
+        content_type,
+        extra,
+        bad_range,
+        drop_midway,
+    } = answer;
     let range = match parse_range(req_headers, size) {
         Ok(r) => r,
-        Err(()) => match bad_range {
+        Err(BadRangeHeader) => match bad_range {
             BadRange::Ignore => None,
             BadRange::Refuse => {
                 return (

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::body::{serve_file, BadRange, Hashers};
+use super::body::{serve_file, BadRange, FileAnswer, Hashers};
 use super::faults::{Fault, FaultOp};
 use super::store::{now_ms, Object};
 use super::{fault_status, AppState, ConnKill, ServerState};
@@ -806,17 +806,19 @@ async fn download(
     };
     let enc = percent_encoding::utf8_percent_encode(&o.name, percent_encoding::NON_ALPHANUMERIC);
     serve_file(
-        &state.store.blob_path(blob),
-        o.size,
         &headers,
-        BadRange::Refuse,
-        &mime,
-        &[(
-            header::CONTENT_DISPOSITION,
-            format!("{kind}; filename*=UTF-8''{enc}"),
-        )],
+        FileAnswer {
+            path: &state.store.blob_path(blob),
+            size: o.size,
+            content_type: &mime,
+            extra: &[(
+                header::CONTENT_DISPOSITION,
+                format!("{kind}; filename*=UTF-8''{enc}"),
+            )],
+            bad_range: BadRange::Refuse,
+            drop_midway: false,
+        },
         Arc::clone(&state.throttle),
-        false,
     )
     .await
 }
@@ -879,7 +881,7 @@ async fn list_mine(
         .filter(owned)
         .filter(|o| {
             pool.as_deref()
-                .map_or(true, |p| o.extra["pool_id"].as_str() == Some(p))
+                .is_none_or(|p| o.extra["pool_id"].as_str() == Some(p))
         })
         .collect();
     // Insertion order reversed = newest first, stable for equal timestamps.

@@ -84,10 +84,6 @@ pub struct ServeOptions {
     /// Cloudreve storage policy chunk size in bytes (default policy: 25 MiB; 0 = one chunk).
     #[arg(long, default_value_t = 25 * 1024 * 1024)]
     pub cloudreve_chunk_size: u64,
-    /// Accept and discard uploaded bytes without storing them (benchmarks of the client
-    /// side only); listings and downloads of such files answer as empty.
-    #[arg(long)]
-    pub discard: bool,
 }
 
 impl ServeOptions {
@@ -106,7 +102,6 @@ impl ServeOptions {
             fluxer_session_ttl: 3600,
             max_file_size: 64 * 1024 * 1024 * 1024,
             cloudreve_chunk_size: 25 * 1024 * 1024,
-            discard: false,
         }
     }
 }
@@ -266,18 +261,19 @@ async fn common_layer(State(state): State<AppState>, req: Request, next: Next) -
     next.run(req).await
 }
 
-fn check_test_auth(state: &ServerState, headers: &HeaderMap) -> Result<(), Response> {
+/// The 401 answer of the test endpoints when the token is missing or wrong.
+fn check_test_auth(state: &ServerState, headers: &HeaderMap) -> Option<Response> {
     if state.bearer_ok(headers) {
-        Ok(())
+        None
     } else {
-        Err((StatusCode::UNAUTHORIZED, "token required").into_response())
+        Some((StatusCode::UNAUTHORIZED, "token required").into_response())
     }
 }
 
 /// `GET /_uploadfs/state`: stored files per protocol (name, size, SHA-1), open sessions,
 /// counters.
 async fn introspect(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = check_test_auth(&state, &headers) {
+    if let Some(r) = check_test_auth(&state, &headers) {
         return r;
     }
     let mut protocols = serde_json::Map::new();
@@ -328,7 +324,7 @@ async fn control(
     headers: HeaderMap,
     Json(body): Json<ControlBody>,
 ) -> Response {
-    if let Err(r) = check_test_auth(&state, &headers) {
+    if let Some(r) = check_test_auth(&state, &headers) {
         return r;
     }
     if let Some(r) = body.fail_rate {

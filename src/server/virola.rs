@@ -41,7 +41,9 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::body::{content_type_for, parse_range, serve_file, BadRange, BodyInfo, Hashers};
+use super::body::{
+    content_type_for, parse_range, serve_file, BadRange, BodyInfo, FileAnswer, Hashers,
+};
 use super::faults::{Fault, FaultOp};
 use super::store::{now_ms, Object};
 use super::{fault_status, AppState, ConnKill, ServerState, VIROLA_MESSAGE_ID, VIROLA_ROOM_ID};
@@ -745,14 +747,16 @@ async fn download(
     };
     let disposition = content_disposition(&o.name);
     serve_file(
-        &state.store.blob_path(blob),
-        o.size,
         &headers,
-        BadRange::Refuse,
-        content_type_for(&o.name),
-        &[(header::CONTENT_DISPOSITION, disposition)],
+        FileAnswer {
+            path: &state.store.blob_path(blob),
+            size: o.size,
+            content_type: content_type_for(&o.name),
+            extra: &[(header::CONTENT_DISPOSITION, disposition)],
+            bad_range: BadRange::Refuse,
+            drop_midway: false,
+        },
         Arc::clone(&state.throttle),
-        false,
     )
     .await
 }

@@ -329,7 +329,7 @@ impl FluxerTarget {
                         .find(|a| a.filename == name && a.size == size)
                     {
                         let id = m.id.parse::<u64>().unwrap_or(0);
-                        if hit.as_ref().map_or(true, |(hid, _, _)| id > *hid) {
+                        if hit.as_ref().is_none_or(|(hid, _, _)| id > *hid) {
                             hit = Some((id, m.clone(), a.clone()));
                         }
                     }
@@ -768,7 +768,7 @@ impl Target for FluxerTarget {
             }
             let oldest = page.iter().filter_map(|m| m.id.parse::<u64>().ok()).min();
             match oldest {
-                Some(o) if page.len() >= PAGE && before.map_or(true, |b| o < b) => before = Some(o),
+                Some(o) if page.len() >= PAGE && before.is_none_or(|b| o < b) => before = Some(o),
                 _ => break,
             }
         }

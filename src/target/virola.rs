@@ -161,7 +161,7 @@ impl VirolaTarget {
                     && a.file_size == size
                     && a.file_checksum
                         .as_deref()
-                        .map_or(true, |c| c.eq_ignore_ascii_case(sha1))
+                        .is_none_or(|c| c.eq_ignore_ascii_case(sha1))
             })
             .max_by_key(|a| a.attachment_id);
         if let Some(a) = &hit {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use super::super::body::{content_type_for, serve_file, BadRange, BodyInfo, Hashers};
+use super::super::body::{content_type_for, serve_file, BadRange, BodyInfo, FileAnswer, Hashers};
 use super::super::faults::{Fault, FaultOp};
 use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill, ServerState};
@@ -701,7 +701,7 @@ pub(super) async fn delete_message(
         let mid = parse_mid(&mid)?;
         let mut g = book(&state)?;
         let b = g.as_mut().ok_or_else(internal)?;
-        if b.map.get(&mid).map_or(true, |m| m.channel_id != cid) {
+        if b.map.get(&mid).is_none_or(|m| m.channel_id != cid) {
             return Err(unknown_message());
         }
         let m = b.remove(mid).map_err(io_500("message record"))?;
@@ -788,14 +788,16 @@ pub(super) async fn cdn_download(
         (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*".to_string()),
     ];
     serve_file(
-        &state.store.blob_path(&blob),
-        o.size,
         &headers,
-        BadRange::Ignore,
-        content_type_for(&o.name),
-        &extra,
+        FileAnswer {
+            path: &state.store.blob_path(&blob),
+            size: o.size,
+            content_type: content_type_for(&o.name),
+            extra: &extra,
+            bad_range: BadRange::Ignore,
+            drop_midway: false,
+        },
         state.throttle.clone(),
-        false,
     )
     .await
 }

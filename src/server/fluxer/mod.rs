@@ -34,8 +34,7 @@
 //! channel ids) inserted only once its blob is committed.
 //!
 //! Not emulated: the per-channel rate-limit buckets (only injected 429s occur, with the
-//! real body `{"code":"RATE_LIMITED",...,"retry_after":0.1}`), and `--discard` (bytes are
-//! always stored).
+//! real body `{"code":"RATE_LIMITED",...,"retry_after":0.1}`).
 
 mod chunked;
 mod messages;
