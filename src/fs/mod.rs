@@ -1704,7 +1704,7 @@ impl Fs {
 /// Take a listed remote entry's facts into a node that already uses it. The local mtime
 /// stays when the content did not change (`utimens` after upload is only local).
 fn apply_remote(row: &mut NodeRow, e: &RemoteFile) {
-    let changed = row.remote.as_ref().map_or(true, |r| {
+    let changed = row.remote.as_ref().is_none_or(|r| {
         r.size != e.size || (r.sha1.is_some() && e.sha1.is_some() && r.sha1 != e.sha1)
     });
     if changed && !e.is_dir {
