@@ -256,8 +256,18 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = debug_span!("open", ino = ino.0, flags = flags.0).entered();
-        match self.rt.block_on(self.fs.open(ino.0, flags.0, req.pid())) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        match self
+            .rt
+            .block_on(self.fs.open_ext(ino.0, flags.0, req.pid()))
+        {
+            Ok(o) => reply.opened(
+                FileHandle(o.fh),
+                if o.keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                },
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }

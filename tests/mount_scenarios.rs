@@ -796,7 +796,51 @@ fn limits_and_foreign_files(kind: TargetKind) {
         assert!(Instant::now() < deadline, "foreign.bin never appeared");
         std::thread::sleep(Duration::from_millis(500));
     }
-    sh(&work, "cmp other.bin mnt/foreign.bin");
+    sh(
+        &work,
+        "cmp other.bin mnt/foreign.bin && cmp other.bin mnt/foreign.bin",
+    );
+    // Replaced remotely (same name, new content): a later read shows the new content,
+    // never pages the kernel cached from the old version.
+    let newer = pattern(7000, 9);
+    std::fs::write(&path, &newer).unwrap();
+    let old =
+        s.rt.block_on(t.list(&None))
+            .unwrap()
+            .into_iter()
+            .find(|f| f.name == "foreign.bin")
+            .unwrap();
+    let caps = t.capabilities();
+    let replaced =
+        s.rt.block_on(t.upload(uploadfs::target::UploadRequest {
+            parent: None,
+            name: "foreign.bin".into(),
+            size: newer.len() as u64,
+            digests: uploadfs::target::Digests {
+                sha1: Some(sha1_hex(&newer)),
+                md5: Some(common::md5_hex(&newer)),
+            },
+            mtime_ms: 1_700_000_100_000,
+            replaces: Some(old.clone()),
+            resume_session: None,
+            source: std::sync::Arc::new(uploadfs::target::FileSource::open(&path).unwrap()),
+            observer: std::sync::Arc::new(uploadfs::target::ByteCounter::default()),
+        }))
+        .expect("direct replacing upload");
+    if !caps.replaces_in_place && replaced.id != old.id {
+        s.rt.block_on(t.delete(&old)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sh_status(&work, "cmp other.bin mnt/foreign.bin")
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new remote content never showed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // Case-insensitive names (Box): looking up a.txt finds A.TXT.
     if s.target(kind).capabilities().case_insensitive_names {
         sh(

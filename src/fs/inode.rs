@@ -22,6 +22,9 @@ pub struct Node {
     /// When the remote state was last set from this mount (a listing that started earlier
     /// must not undo it).
     pub synced: Instant,
+    /// The remote version whose pages the kernel may still cache from an earlier
+    /// read-only open (so the next one can keep them).
+    pub page_cache: Option<Arc<str>>,
 }
 
 impl Node {
@@ -30,6 +33,7 @@ impl Node {
             row,
             open: None,
             synced: Instant::now(),
+            page_cache: None,
         }
     }
     pub fn is_dir(&self) -> bool {

@@ -95,6 +95,14 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
+/// An opened file.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel may keep its cached pages of the file.
+    pub keep_cache: bool,
+}
+
 /// Changes requested by `setattr`.
 #[derive(Debug, Default, Clone)]
 pub struct SetAttr {
@@ -567,26 +575,21 @@ impl Fs {
 
     // ----- namespace -----------------------------------------------------------------
 
+    /// Look a name up, merging the directory's remote listing first when it is older than
+    /// the TTL (so files changed, added or deleted elsewhere show within the TTL).
     pub async fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<Attr> {
         let name = check_lookup_name(name)?;
-        for attempt in 0..2 {
-            {
-                let t = self.tree();
-                let p = t.get(parent).ok_or(libc::ENOENT)?;
-                if !p.is_dir() {
-                    return Err(libc::ENOTDIR);
-                }
-                if let Some(c) = t.child(parent, name) {
-                    if let Some(n) = t.get(c) {
-                        return Ok(self.attr_of(n));
-                    }
-                }
-            }
-            if attempt == 0 {
-                self.refresh(parent, false).await;
+        {
+            let t = self.tree();
+            let p = t.get(parent).ok_or(libc::ENOENT)?;
+            if !p.is_dir() {
+                return Err(libc::ENOTDIR);
             }
         }
-        Err(libc::ENOENT)
+        self.refresh(parent, false).await;
+        let t = self.tree();
+        let c = t.child(parent, name).ok_or(libc::ENOENT)?;
+        t.get(c).map(|n| self.attr_of(n)).ok_or(libc::ENOENT)
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
@@ -1013,7 +1016,12 @@ impl Fs {
         };
         loop {
             let (existing, remote, stage_path, state) = {
-                let t = self.tree();
+                let mut t = self.tree();
+                if let Some(n) = t.get_mut(ino) {
+                    // The content may change: the kernel's cached pages must go at the
+                    // next read-only open.
+                    n.page_cache = None;
+                }
                 let n = t.get(ino).ok_or(libc::ENOENT)?;
                 if n.is_dir() {
                     return Err(libc::EISDIR);
@@ -1110,18 +1118,28 @@ impl Fs {
     }
 
     pub async fn open(&self, ino: u64, flags: i32, pid: u32) -> FsResult<u64> {
+        self.open_ext(ino, flags, pid).await.map(|o| o.fh)
+    }
+
+    /// `open`, also telling whether the kernel may keep the file's cached pages (a
+    /// read-only open of the same remote version as the previous read-only open).
+    pub async fn open_ext(&self, ino: u64, flags: i32, pid: u32) -> FsResult<Opened> {
         let acc = flags & libc::O_ACCMODE;
         let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let trunc = writable && flags & libc::O_TRUNC != 0;
         if writable {
             let of = self.open_for_write(ino, trunc, true).await?;
-            return Ok(self.register(Handle {
+            let fh = self.register(Handle {
                 ino,
                 writable: true,
                 open: Some(of),
                 opener_tgid: tgid_of(pid),
                 state: tokio::sync::Mutex::new(HandleState::Writing),
-            }));
+            });
+            return Ok(Opened {
+                fh,
+                keep_cache: false,
+            });
         }
         let (local, remote) = {
             let t = self.tree();
@@ -1139,18 +1157,27 @@ impl Fs {
         } else {
             None
         };
+        let mut keep_cache = false;
         let hstate = match (&open, remote) {
             (Some(_), _) => HandleState::Local,
-            (None, Some(r)) => HandleState::Reading(Box::new(ReadAhead::new(r))),
+            (None, Some(r)) => {
+                let tag = crate::read::cache::file_tag(&r);
+                if let Some(n) = self.tree().get_mut(ino) {
+                    keep_cache = n.page_cache.as_ref() == Some(&tag);
+                    n.page_cache = Some(tag);
+                }
+                HandleState::Reading(Box::new(ReadAhead::new(r)))
+            }
             (None, None) => HandleState::Local,
         };
-        Ok(self.register(Handle {
+        let fh = self.register(Handle {
             ino,
             writable: false,
             open,
             opener_tgid: tgid_of(pid),
             state: tokio::sync::Mutex::new(hstate),
-        }))
+        });
+        Ok(Opened { fh, keep_cache })
     }
 
     #[allow(clippy::too_many_arguments)]
