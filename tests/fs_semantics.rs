@@ -41,6 +41,10 @@ impl Env {
     }
 
     fn fs(&self, keep_remote: bool) -> Arc<Fs> {
+        self.fs_limited(keep_remote, None)
+    }
+
+    fn fs_limited(&self, keep_remote: bool, max_file_size: Option<u64>) -> Arc<Fs> {
         let catalog =
             Arc::new(Catalog::open(&self.state.path().join("catalog.db")).expect("catalog"));
         Arc::new(
@@ -54,7 +58,7 @@ impl Env {
                     keep_remote,
                     uid: 0,
                     gid: 0,
-                    max_file_size: None,
+                    max_file_size,
                     list_ttl: Duration::from_secs(5),
                 },
             )
@@ -409,4 +413,42 @@ fn corrupted_remote_content_fails_a_whole_read_with_eio() {
     drop(fs);
     let fs = e.fs(false);
     assert_eq!(read_all(&fs), Err(libc::EIO));
+}
+
+#[test]
+fn failed_uploads_are_retried_by_the_next_mount_but_incomplete_ones_never() {
+    let e = Env::new();
+    let rt = &e.s.rt;
+    e.s.control(serde_json::json!({ "max_file_size": 100 }));
+    let fs = e.fs_limited(false, Some(1000));
+    // Fails remotely (server limit): complete data, state failed.
+    let (_, fh) = create(&e, &fs, "retry.bin");
+    rt.block_on(fs.write(fh, 0, &pattern(500, 1))).unwrap();
+    assert_eq!(rt.block_on(fs.flush(fh, me())), Err(libc::EFBIG));
+    rt.block_on(fs.release(fh)).unwrap();
+    // Over the configured limit while writing: EFBIG at write, only a prefix staged.
+    let (ino, fh) = create(&e, &fs, "partial.bin");
+    rt.block_on(fs.write(fh, 0, &pattern(800, 2))).unwrap();
+    assert_eq!(
+        rt.block_on(fs.write(fh, 800, &[0u8; 400])),
+        Err(libc::EFBIG)
+    );
+    assert_eq!(rt.block_on(fs.flush(fh, me())), Err(libc::EFBIG));
+    rt.block_on(fs.release(fh)).unwrap();
+    assert_eq!(
+        fs.getxattr(ino, OsStr::new("user.uploadfs.state")).unwrap(),
+        b"incomplete"
+    );
+    drop(fs);
+    e.s.control(serde_json::json!({ "max_file_size": 1u64 << 40 }));
+    let fs = e.fs_limited(false, Some(1000));
+    assert_eq!(rt.block_on(fs.retry_failed()), 1);
+    assert_eq!(
+        e.files(),
+        vec![("retry.bin".into(), 500, sha1_hex(&pattern(500, 1)))],
+        "the failed file is uploaded; the incomplete one never"
+    );
+    let pending = fs.pending();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1.state, NodeState::Incomplete);
 }

@@ -1061,7 +1061,9 @@ impl Fs {
                     if trunc {
                         s.truncate(0).map_err(|e| io_errno(&e))?;
                     }
-                    (Arc::new(s), true, true)
+                    // Pending data is uploaded at the next close; an incomplete stage
+                    // only once something is written to it.
+                    (Arc::new(s), trunc || state != NodeState::Incomplete, true)
                 }
                 _ => {
                     let path = self.new_stage_path(ino);
@@ -1306,9 +1308,11 @@ impl Fs {
             if end > max {
                 // Nothing of this file may reach the target: fail the handle for good.
                 *st = HandleState::Failed(libc::EFBIG);
-                self.set_failed(
+                // The stage now holds only the first part: never upload it on its own.
+                self.set_state(
                     h.ino,
-                    &format!("the file grew past the target's limit of {max} bytes"),
+                    NodeState::Incomplete,
+                    &format!("the file grew past the target's limit of {max} bytes; only the first part is kept locally"),
                 );
                 return Err(libc::EFBIG);
             }
@@ -1325,9 +1329,13 @@ impl Fs {
     }
 
     fn set_failed(&self, ino: u64, message: &str) {
+        self.set_state(ino, NodeState::Failed, message);
+    }
+
+    fn set_state(&self, ino: u64, state: NodeState, message: &str) {
         let mut t = self.tree();
         if let Some(n) = t.get_mut(ino) {
-            n.row.state = NodeState::Failed;
+            n.row.state = state;
             n.row.last_error = Some(message.to_string());
             let row = n.row.clone();
             let _ = self.persist(&row);
@@ -1716,6 +1724,30 @@ impl Fs {
             out.push(0);
         }
         Ok(out)
+    }
+
+    /// Upload again every file whose last upload failed (at mount time, in the
+    /// background). Returns how many are in sync afterwards.
+    pub async fn retry_failed(&self) -> usize {
+        let failed: Vec<u64> = self
+            .tree()
+            .all()
+            .filter(|n| n.row.state == NodeState::Failed && n.row.stage.is_some())
+            .map(|n| n.row.ino)
+            .collect();
+        let mut ok = 0;
+        for ino in failed {
+            let Ok(of) = self.open_for_write(ino, false, true).await else {
+                continue;
+            };
+            let r = self.commit(ino, &of).await;
+            self.put_open(ino, &of, true);
+            match r {
+                Ok(()) => ok += 1,
+                Err(e) => tracing::warn!(ino, errno = e, "retrying a failed upload failed again"),
+            }
+        }
+        ok
     }
 
     /// Nodes not in sync with the remote, with their paths (for `status` and tests).

@@ -406,6 +406,16 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
     if let Some(mut f) = ready.take() {
         let _ = f.write_all(b"ok\n");
     }
+    // Uploads that failed in an earlier run are tried again, without delaying the mount.
+    {
+        let fs = fs.clone();
+        rt.spawn(async move {
+            let n = fs.retry_failed().await;
+            if n > 0 {
+                tracing::info!(files = n, "uploaded files that had failed before");
+            }
+        });
+    }
     // SIGTERM / SIGINT: unmount (retrying while the mount is busy), which ends the session.
     let unmounter = session.unmount_callable();
     let mp = mountpoint.clone();
