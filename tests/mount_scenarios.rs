@@ -912,6 +912,17 @@ fn local_target_needs_no_config() {
     f.write_all(b"y\n").unwrap();
     drop(f);
     sh(&h, "test \"$(cat mnt/sub/x.txt)\" = \"$(printf 'x\\ny')\"");
+    // A second mount on top of a running one is refused.
+    let out = run_bounded(
+        m.command().args(["mount", "local"]).arg(&m.dir),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already mounted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // SIGTERM makes the daemon unmount cleanly.
     let pid = m.daemon_pid().expect("daemon registered");
     unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -150,6 +150,21 @@ pub fn run(args: MountArgs, log_file: Option<PathBuf>) -> anyhow::Result<()> {
     spawn_daemon(&args, log_file)
 }
 
+/// Refuse to stack a second uploadfs mount on a running one.
+fn check_not_mounted(mountpoint: &Path) -> anyhow::Result<()> {
+    if let Some(r) = read_record(mountpoint) {
+        if pid_alive(r.pid) && mounted_fstype(mountpoint).is_some() {
+            bail!(
+                "{} is already mounted by uploadfs (target {}, pid {}); unmount it first",
+                mountpoint.display(),
+                r.target,
+                r.pid
+            );
+        }
+    }
+    Ok(())
+}
+
 fn spawn_daemon(args: &MountArgs, log_file: Option<PathBuf>) -> anyhow::Result<()> {
     let mountpoint = args
         .mountpoint
@@ -157,6 +172,10 @@ fn spawn_daemon(args: &MountArgs, log_file: Option<PathBuf>) -> anyhow::Result<(
         .with_context(|| format!("mountpoint {} does not exist", args.mountpoint.display()))?;
     if !mountpoint.is_dir() {
         bail!("mountpoint {} is not a directory", mountpoint.display());
+    }
+    check_not_mounted(&mountpoint)?;
+    if args.write_back {
+        eprintln!("uploadfs: --write-back is not implemented yet; close() waits for each upload");
     }
     let exe = std::env::current_exe().context("cannot find the uploadfs executable")?;
     let mut fds = [0 as RawFd; 2];
@@ -331,6 +350,7 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
         .mountpoint
         .canonicalize()
         .with_context(|| format!("mountpoint {} does not exist", args.mountpoint.display()))?;
+    check_not_mounted(&mountpoint)?;
     if args.write_back {
         tracing::warn!("--write-back is not implemented yet: close() waits for the upload");
     }
