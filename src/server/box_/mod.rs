@@ -122,8 +122,11 @@ pub(crate) struct Session {
     pub part_size: u64,
     pub created_ms: i64,
     pub inner: Mutex<SessionInner>,
-    /// Serializes commits and aborts of this session (held across the concatenation).
+    /// Serializes commits and aborts of this session (held across the final hashing).
     pub commit_lock: tokio::sync::Mutex<()>,
+    /// The file being assembled: parts land at their offsets, hashed as they become
+    /// contiguous.
+    pub data: Arc<crate::server::body::AssembledFile>,
 }
 
 impl Session {
