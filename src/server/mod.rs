@@ -326,6 +326,8 @@ async fn bad_answer_layer(State(state): State<AppState>, req: Request, next: Nex
 /// The page a captive portal or a login proxy answers instead of the service.
 const PORTAL_PAGE: &str = "<!DOCTYPE html><html><head><title>Sign in to the network</title>\
     </head><body><h1>Network login required</h1><p>Please sign in to continue.</p></body></html>";
+/// How long a truncated answer waits after its first half before the connection ends.
+const TRUNCATE_PAUSE: Duration = Duration::from_millis(50);
 /// Largest answer body [`spoil`] reads into memory to cut or flip it (test sizes only).
 const MAX_SPOILED_BODY: usize = 256 * 1024 * 1024;
 
@@ -358,18 +360,18 @@ async fn spoil(mode: BadMode, resp: Response) -> Response {
         }
         _ => {
             // Promise the whole body (at least a few bytes), send half, then fail the
-            // stream: hyper closes the connection mid-body.
+            // stream: hyper closes the connection mid-body. The failure waits a moment so
+            // the head and the first half really leave (else hyper drops them unsent).
+            use futures_util::StreamExt as _;
             let promised = bytes.len().max(16);
             let half = bytes.slice(..bytes.len() / 2);
             parts.headers.insert(header::CONTENT_LENGTH, length(promised));
-            let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
-                Ok(half),
-                Err(std::io::Error::other("bad answer: connection cut mid-body")),
-            ];
-            Response::from_parts(
-                parts,
-                axum::body::Body::from_stream(futures_util::stream::iter(chunks)),
-            )
+            let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(half) });
+            let cut = futures_util::stream::once(async {
+                tokio::time::sleep(TRUNCATE_PAUSE).await;
+                Err(std::io::Error::other("bad answer: connection cut mid-body"))
+            });
+            Response::from_parts(parts, axum::body::Body::from_stream(first.chain(cut)))
         }
     }
 }

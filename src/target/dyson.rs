@@ -425,31 +425,8 @@ impl Target for DysonTarget {
     }
 
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let what = format!("reading {}", file.name);
-        let url = self.url(&format!("/files/{}", file.id));
-        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
-        // Stored files answer with a redirect to storage; reqwest follows it.
-        let (status, _, body) = self
-            .http
-            .send_bytes(&what, || {
-                self.http
-                    .auth(self.http.client.get(&url))
-                    .header(reqwest::header::RANGE, &range)
-            })
-            .await?;
-        match status {
-            StatusCode::PARTIAL_CONTENT => Ok(body),
-            StatusCode::OK => {
-                let start = offset.min(body.len() as u64) as usize;
-                let end = offset.saturating_add(len).min(body.len() as u64) as usize;
-                Ok(body.slice(start..end))
-            }
-            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
-            s => Err(self.fail(&what, s, &body)),
-        }
+        let data = self.read_unchecked(file, offset, len).await?;
+        super::http::check_read(&read_what(file), file, offset, len, data)
     }
 
     async fn list(&self, dir: &DirRef) -> Result<Vec<RemoteFile>> {
@@ -527,4 +504,40 @@ impl Target for DysonTarget {
     async fn mkdir(&self, _parent: &DirRef, _name: &str) -> Result<RemoteFile> {
         Err(TargetError::unsupported("mkdir"))
     }
+}
+
+impl DysonTarget {
+    /// A ranged read as the server answered it ([`super::http::check_read`] checks it).
+    async fn read_unchecked(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let what = read_what(file);
+        let url = self.url(&format!("/files/{}", file.id));
+        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
+        // Stored files answer with a redirect to storage; reqwest follows it.
+        let (status, _, body) = self
+            .http
+            .send_bytes(&what, || {
+                self.http
+                    .auth(self.http.client.get(&url))
+                    .header(reqwest::header::RANGE, &range)
+            })
+            .await?;
+        match status {
+            StatusCode::PARTIAL_CONTENT => Ok(body),
+            StatusCode::OK => {
+                let start = offset.min(body.len() as u64) as usize;
+                let end = offset.saturating_add(len).min(body.len() as u64) as usize;
+                Ok(body.slice(start..end))
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
+            s => Err(self.fail(&what, s, &body)),
+        }
+    }
+}
+
+/// How reads of `file` are named in messages.
+fn read_what(file: &RemoteFile) -> String {
+    format!("reading {}", file.name)
 }
