@@ -328,15 +328,11 @@ impl BoxTarget {
     where
         F: Fn() -> RequestBuilder,
     {
-        let resp = self.http.send(what, || self.http.auth(build())).await?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|e| {
-            TargetError::new(
-                ErrorKind::Unavailable,
-                format!("{what}: reading the answer failed: {}", describe_reqwest(e)),
-            )
-        })?;
+        // An answer cut short is retried like a lost one (`send_bytes`).
+        let (status, headers, body) = self
+            .http
+            .send_bytes(what, || self.http.auth(build()))
+            .await?;
         if status.is_success() {
             Ok(Ok((status, headers, body)))
         } else {

@@ -22,7 +22,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{excerpt, json, parse_json, status_error, HttpClient};
+use super::http::{excerpt, parse_json, status_error, HttpClient};
 use super::{
     Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Target, TargetError,
     UploadRequest,
@@ -119,18 +119,17 @@ impl DysonTarget {
             body["pool_id"] = json!(p);
         }
         let url = self.url("/files/upload/create");
-        let resp = self
+        // An answer cut short is retried (`send_bytes`): creating a task twice is harmless.
+        let (status, _, answer) = self
             .http
-            .send(&what, || {
+            .send_bytes(&what, || {
                 self.http.auth(self.http.client.post(&url)).json(&body)
             })
             .await?;
-        let status = resp.status();
         if !status.is_success() {
-            let b = resp.bytes().await.unwrap_or_default();
-            return Err(self.fail(&what, status, &b));
+            return Err(self.fail(&what, status, &answer));
         }
-        json(&what, resp).await
+        parse_json(&what, &answer)
     }
 
     /// Send chunk `index`; `Ok(false)` when the task is gone (404).
@@ -243,20 +242,12 @@ impl DysonTarget {
         drop(chunks);
         let what = format!("completing the upload of {}", req.name);
         let url = self.url(&format!("/files/upload/complete/{task}"));
-        let resp = self
+        // A completion answer cut short is sent again; the task is gone by then (404), so
+        // the next round's create finds the stored file by its hash.
+        let (status, _, body) = self
             .http
-            .send(&what, || self.http.auth(self.http.client.post(&url)))
+            .send_bytes(&what, || self.http.auth(self.http.client.post(&url)))
             .await?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| {
-            TargetError::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "{what}: reading the answer failed: {}",
-                    super::http::describe_reqwest(e)
-                ),
-            )
-        })?;
         if status.is_success() {
             let f: CloudFile = parse_json(&what, &body)?;
             let r = to_remote(f);
