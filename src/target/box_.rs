@@ -55,6 +55,8 @@ const DEFAULT_NOT_READY_WAIT: Duration = Duration::from_secs(1);
 /// Chunk size when streaming a direct upload body or hashing the source.
 const READ_CHUNK: usize = 1024 * 1024;
 
+/// `Debug` shows no token (the [`HttpClient`] keeps it as a `Secret`).
+#[derive(Debug)]
 pub struct BoxTarget {
     http: HttpClient,
     api: String,

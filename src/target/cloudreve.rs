@@ -184,6 +184,19 @@ pub struct CloudreveTarget {
     urls: Mutex<HashMap<String, (String, Instant)>>,
 }
 
+/// `Debug` shows no token and no signed URL (they carry signatures).
+impl std::fmt::Debug for CloudreveTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cached = self.urls.lock().map(|u| u.len()).unwrap_or(0);
+        f.debug_struct("CloudreveTarget")
+            .field("http", &self.http)
+            .field("api", &self.api)
+            .field("root", &self.root)
+            .field("cached_urls", &cached)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CloudreveTarget {
     pub fn new(http: HttpClient, cfg: &TargetConfig) -> anyhow::Result<Self> {
         let api = cfg.url.trim_end_matches('/').to_string();

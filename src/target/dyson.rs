@@ -43,6 +43,8 @@ const MAX_NAME_BYTES: usize = 255;
 /// Read size when hashing the source.
 const HASH_CHUNK: usize = 1024 * 1024;
 
+/// `Debug` shows no token (the [`HttpClient`] keeps it as a `Secret`).
+#[derive(Debug)]
 pub struct DysonTarget {
     http: HttpClient,
     base: String,

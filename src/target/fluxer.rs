@@ -54,6 +54,8 @@ const STREAM_PIECE: usize = 256 * 1024;
 /// Longest file name the service accepts, bytes.
 const MAX_NAME_BYTES: usize = 255;
 
+/// `Debug` shows no token (the [`HttpClient`] keeps it as a `Secret`).
+#[derive(Debug)]
 pub struct FluxerTarget {
     http: HttpClient,
     /// API base, e.g. `https://api.fluxer.app/v1`.

@@ -42,6 +42,8 @@ const STREAM_CHUNK: usize = 1024 * 1024;
 /// How often to look again for an accepted upload that is not listed yet.
 const FIND_ATTEMPTS: u32 = 5;
 
+/// `Debug` shows no token (the [`HttpClient`] keeps it as a `Secret`).
+#[derive(Debug)]
 pub struct VirolaTarget {
     http: HttpClient,
     base: String,
