@@ -114,12 +114,7 @@ fn client(s: &TestServer, kind: TargetKind, retry_seconds: u64) -> Arc<dyn Targe
     uploadfs::target::build(kind.as_str(), &c).expect("client builds")
 }
 
-fn request(
-    s: &TestServer,
-    name: &str,
-    data: &[u8],
-    replaces: Option<RemoteFile>,
-) -> UploadRequest {
+fn request(s: &TestServer, name: &str, data: &[u8], replaces: Option<RemoteFile>) -> UploadRequest {
     let path = s.dir.path().join(format!("src-{name}"));
     std::fs::write(&path, data).unwrap();
     UploadRequest {
@@ -187,12 +182,11 @@ fn stored_copies(s: &TestServer, kind: TargetKind, name: &str, data: &[u8]) -> u
 /// file is stored and listed exactly once, byte-identical.
 fn settle(s: &TestServer, t: &Arc<dyn Target>, kind: TargetKind, name: &str, data: &[u8]) {
     let caps = t.capabilities();
-    let old = s
-        .rt
-        .block_on(t.list(&None))
-        .expect("list")
-        .into_iter()
-        .find(|e| e.name == name);
+    let old =
+        s.rt.block_on(t.list(&None))
+            .expect("list")
+            .into_iter()
+            .find(|e| e.name == name);
     let new =
         s.rt.block_on(t.upload(request(s, name, data, old.clone())))
             .unwrap_or_else(|e| panic!("{name}: upload on a healthy server failed: {e}"));
@@ -223,10 +217,9 @@ fn listing(s: &TestServer, t: &Arc<dyn Target>, c: &Calls) {
         ("empty", "json"),
     ] {
         spoil(s, mode, 1000, c.list);
-        let e = s
-            .rt
-            .block_on(t.list(&None))
-            .expect_err("a spoiled listing must fail");
+        let e =
+            s.rt.block_on(t.list(&None))
+                .expect_err("a spoiled listing must fail");
         check_error(
             &e,
             &[ErrorKind::Protocol],
@@ -260,7 +253,10 @@ fn small_uploads(s: &TestServer, t: &Arc<dyn Target>, kind: TargetKind, c: &Call
             ),
         }
         heal(s);
-        assert!(stored_copies(s, kind, &name, &data) <= 1, "{name}: stored twice");
+        assert!(
+            stored_copies(s, kind, &name, &data) <= 1,
+            "{name}: stored twice"
+        );
         settle(s, t, kind, &name, &data);
     }
     let name = "small-truncated.bin";
@@ -268,7 +264,11 @@ fn small_uploads(s: &TestServer, t: &Arc<dyn Target>, kind: TargetKind, c: &Call
     spoil(s, "truncate", 1, c.upload);
     let f = upload(s, t, name, &data).expect("an upload answer cut short once is recovered");
     assert_eq!(f.size, data.len() as u64);
-    assert_eq!(stored_copies(s, kind, name, &data), 1, "{name}: stored once");
+    assert_eq!(
+        stored_copies(s, kind, name, &data),
+        1,
+        "{name}: stored once"
+    );
 }
 
 /// Bad downloads: short, cut, HTML or corrupted bodies are errors, never data handed back
@@ -315,7 +315,12 @@ fn downloads(s: &TestServer, t: &Arc<dyn Target>, kind: TargetKind, c: &Calls) {
     heal(s);
     if f.sha1.is_some() || f.md5.is_some() {
         let e = whole.expect_err("a corrupted download of a file with a known digest");
-        check_error(&e, &[ErrorKind::Protocol], &[name, "digest"], "flipped download");
+        check_error(
+            &e,
+            &[ErrorKind::Protocol],
+            &[name, "digest"],
+            "flipped download",
+        );
     } else {
         // No digest to check against (Cloudreve, Fluxer): the bytes cannot be verified.
         let got = whole.expect("a corrupted download without a digest is not detectable");
@@ -342,13 +347,15 @@ fn disturbed_upload(
     let t2 = t.clone();
     let task = s.rt.spawn(async move { t2.upload(req).await });
     std::thread::sleep(MID_WAY);
-    assert!(!task.is_finished(), "{name}: the upload ended before mid-way");
+    assert!(
+        !task.is_finished(),
+        "{name}: the upload ended before mid-way"
+    );
     disturb();
-    let r = s
-        .rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(15), task).await })
-        .expect("the disturbed upload ends in time")
-        .expect("upload task");
+    let r =
+        s.rt.block_on(async { tokio::time::timeout(Duration::from_secs(15), task).await })
+            .expect("the disturbed upload ends in time")
+            .expect("upload task");
     r
 }
 
@@ -361,7 +368,11 @@ fn large_uploads(s: &TestServer, t: &Arc<dyn Target>, kind: TargetKind, c: &Call
     let f = upload(s, t, name, &data).expect("a commit answer cut short once is recovered");
     heal(s);
     assert_eq!(f.size, data.len() as u64);
-    assert_eq!(stored_copies(s, kind, name, &data), 1, "{name}: stored once");
+    assert_eq!(
+        stored_copies(s, kind, name, &data),
+        1,
+        "{name}: stored once"
+    );
 
     // The server forgets every open session mid-upload: the client starts again.
     let name = "large-session-lost.bin";
@@ -377,7 +388,11 @@ fn large_uploads(s: &TestServer, t: &Arc<dyn Target>, kind: TargetKind, c: &Call
         let after = s.state()["sessions_forgotten"].as_u64().unwrap_or(0);
         assert!(after > before, "{name}: a session was open and forgotten");
     }
-    assert_eq!(stored_copies(s, kind, name, &data), 1, "{name}: stored once");
+    assert_eq!(
+        stored_copies(s, kind, name, &data),
+        1,
+        "{name}: stored once"
+    );
     assert_eq!(
         s.rt.block_on(t.read_range(&f, 0, data.len() as u64))
             .expect("read back")

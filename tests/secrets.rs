@@ -105,9 +105,9 @@ fn no_token_in_logs(kind: TargetKind) {
     );
     let stored = s.files(k);
     assert!(
-        stored
-            .iter()
-            .any(|(n, size, h)| n == "secret.bin" && *size == data.len() as u64 && *h == sha1_hex(&data)),
+        stored.iter().any(|(n, size, h)| n == "secret.bin"
+            && *size == data.len() as u64
+            && *h == sha1_hex(&data)),
         "the file landed: {stored:?}"
     );
     assert_clean(TOKEN, &log, &out, "put");
@@ -187,10 +187,7 @@ fn debug_output_has_no_token() {
         shown.push(match kind {
             TargetKind::Box => format!("{:?}", box_::BoxTarget::new(http, &cfg).unwrap()),
             TargetKind::Cloudreve => {
-                format!(
-                    "{:?}",
-                    cloudreve::CloudreveTarget::new(http, &cfg).unwrap()
-                )
+                format!("{:?}", cloudreve::CloudreveTarget::new(http, &cfg).unwrap())
             }
             TargetKind::Fluxer => format!("{:?}", fluxer::FluxerTarget::new(http, &cfg).unwrap()),
             TargetKind::Virola => format!("{:?}", virola::VirolaTarget::new(http, &cfg).unwrap()),

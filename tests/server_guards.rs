@@ -43,9 +43,7 @@ fn upload(s: &TestServer, kind: TargetKind, name: &str, data: &[u8], auth: Auth)
             .header("content-type", "application/octet-stream")
             .body(data.to_vec()),
         TargetKind::Fluxer => c
-            .post(s.url(&format!(
-                "/fluxer/v1/channels/{FLUXER_CHANNEL_ID}/messages"
-            )))
+            .post(s.url(&format!("/fluxer/v1/channels/{FLUXER_CHANNEL_ID}/messages")))
             .multipart(
                 reqwest::multipart::Form::new()
                     .text(
@@ -60,10 +58,12 @@ fn upload(s: &TestServer, kind: TargetKind, name: &str, data: &[u8], auth: Auth)
             )))
             .multipart(reqwest::multipart::Form::new().part("files", part())),
         // The declared size decides; the chunks come after.
-        TargetKind::Dyson => c.post(s.url("/dyson/api/files/upload/create")).json(&json!({
-            "hash": md5_hex(data), "file_name": name, "file_size": data.len(),
-            "chunk_size": 5 * 1024 * 1024,
-        })),
+        TargetKind::Dyson => c
+            .post(s.url("/dyson/api/files/upload/create"))
+            .json(&json!({
+                "hash": md5_hex(data), "file_name": name, "file_size": data.len(),
+                "chunk_size": 5 * 1024 * 1024,
+            })),
         TargetKind::Null => unreachable!("not a protocol"),
     };
     let rb = match auth {

@@ -350,12 +350,16 @@ async fn spoil(mode: BadMode, resp: Response) -> Response {
     match mode {
         BadMode::Flip => {
             let flipped: Vec<u8> = bytes.iter().map(|b| !b).collect();
-            parts.headers.insert(header::CONTENT_LENGTH, length(flipped.len()));
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, length(flipped.len()));
             Response::from_parts(parts, axum::body::Body::from(flipped))
         }
         BadMode::WrongLength => {
             let half = bytes.slice(..bytes.len() / 2);
-            parts.headers.insert(header::CONTENT_LENGTH, length(half.len()));
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, length(half.len()));
             Response::from_parts(parts, axum::body::Body::from(half))
         }
         _ => {
@@ -365,7 +369,9 @@ async fn spoil(mode: BadMode, resp: Response) -> Response {
             use futures_util::StreamExt as _;
             let promised = bytes.len().max(16);
             let half = bytes.slice(..bytes.len() / 2);
-            parts.headers.insert(header::CONTENT_LENGTH, length(promised));
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, length(promised));
             let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(half) });
             let cut = futures_util::stream::once(async {
                 tokio::time::sleep(TRUNCATE_PAUSE).await;

@@ -832,7 +832,6 @@ impl Target for CloudreveTarget {
     }
 }
 
-
 impl CloudreveTarget {
     /// A ranged read as the server answered it ([`super::http::check_read`] checks it).
     async fn read_unchecked(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
@@ -887,6 +886,11 @@ impl CloudreveTarget {
     }
 }
 
+/// How reads of `file` are named in messages.
+fn read_what(file: &RemoteFile) -> String {
+    format!("read of {}", file.name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -908,9 +912,4 @@ mod tests {
         assert_eq!(code_error("x", 40016, "").kind, ErrorKind::NotFound);
         assert_eq!(code_error("x", 12345, "").kind, ErrorKind::Protocol);
     }
-}
-
-/// How reads of `file` are named in messages.
-fn read_what(file: &RemoteFile) -> String {
-    format!("read of {}", file.name)
 }
