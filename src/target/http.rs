@@ -82,7 +82,8 @@ impl HttpClient {
         &self.token
     }
 
-    /// `Authorization: Bearer <token>` on a request.
+    /// `Authorization: Bearer <token>` on a request. `bearer_auth` marks the header value
+    /// sensitive, so HTTP-level debug and trace output never prints it.
     pub fn auth(&self, rb: RequestBuilder) -> RequestBuilder {
         rb.bearer_auth(self.token.expose())
     }
