@@ -171,6 +171,19 @@ impl ProtoState {
             .count()
     }
 
+    /// Forget every open session (control `forget_sessions`): later requests for them get
+    /// 404 and parts still streaming in are refused. Returns their ids.
+    pub fn clear_sessions(&self) -> Vec<String> {
+        let drained: Vec<(String, Arc<Session>)> = self.lock_sessions().drain().collect();
+        drained
+            .into_iter()
+            .map(|(id, s)| {
+                s.lock().closed = true;
+                id
+            })
+            .collect()
+    }
+
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
