@@ -34,7 +34,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Mount(args) => uploadfs::fs::mount::run(args, cli.log_file),
+        Command::Mount(args) => {
+            // Only the daemon logs; the parent that starts it reports through its exit.
+            if args.foreground {
+                init_tracing(cli.log_file.as_deref())?;
+            }
+            uploadfs::fs::mount::run(args, cli.log_file)
+        }
         Command::Unmount(args) => uploadfs::fs::mount::unmount(args),
         Command::Status(args) => uploadfs::fs::mount::status(args),
         Command::Serve(opts) => {

@@ -1,17 +1,669 @@
-//! `uploadfs mount`, `unmount` and `status` (being built).
+//! `uploadfs mount`, `unmount` and `status`.
+//!
+//! `mount` without `--foreground` re-executes itself with `--foreground` as a detached
+//! child (new session, stdio to `/dev/null` or `--log-file`) and waits on a ready pipe:
+//! the child writes `ok` once the kernel has answered the FUSE handshake, or `error: ...`
+//! if it cannot mount; a child that dies first is reported with its exit status.
+//!
+//! The daemon records itself in a small registry file per mountpoint (runtime dir, else
+//! state dir) so `unmount` can wait for it to exit and `status` can find its catalog.
+//! Uploads run inside `close()` (write-back is not implemented yet), so once the kernel
+//! lets the mountpoint go only in-flight releases remain: `unmount` waits for the daemon
+//! to finish them and exit. SIGTERM/SIGINT make the daemon unmount itself the same way.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, NodeRow, ROOT_INO};
 use crate::cli::{MountArgs, StatusArgs, UnmountArgs};
+use crate::fs::{Fs, FsOptions};
 
-pub fn run(_args: MountArgs, _log_file: Option<PathBuf>) -> anyhow::Result<()> {
-    anyhow::bail!("mount is not implemented yet")
+/// Environment variable carrying the ready pipe's descriptor to the daemon.
+const READY_FD_ENV: &str = "UPLOADFS_READY_FD";
+
+/// How long `mount` waits for the daemon to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Listing cache lifetime: files uploaded elsewhere show up within this time.
+const LIST_TTL: Duration = Duration::from_secs(5);
+
+/// FUSE dispatch threads: enough that slow commits never block lookups and listings.
+const FUSE_THREADS: usize = 8;
+
+/// What a running daemon records about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub pid: u32,
+    pub mountpoint: PathBuf,
+    pub target: String,
+    pub state_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub started_ms: i64,
 }
 
-pub fn unmount(_args: UnmountArgs) -> anyhow::Result<()> {
-    anyhow::bail!("unmount is not implemented yet")
+fn registry_dir() -> PathBuf {
+    dirs::runtime_dir()
+        .or_else(dirs::state_dir)
+        .or_else(dirs::data_local_dir)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("uploadfs")
+        .join("mounts")
 }
 
-pub fn status(_args: StatusArgs) -> anyhow::Result<()> {
-    anyhow::bail!("status is not implemented yet")
+fn registry_file(mountpoint: &Path) -> PathBuf {
+    use sha1::Digest;
+    let h = hex::encode(sha1::Sha1::digest(
+        mountpoint.as_os_str().as_encoded_bytes(),
+    ));
+    registry_dir().join(format!("{}.json", &h[..16]))
+}
+
+fn read_record(mountpoint: &Path) -> Option<MountRecord> {
+    let text = std::fs::read_to_string(registry_file(mountpoint)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn all_records() -> Vec<MountRecord> {
+    let Ok(rd) = std::fs::read_dir(registry_dir()) else {
+        return vec![];
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str::<MountRecord>(&t).ok())
+        .filter(|r| pid_alive(r.pid))
+        .collect()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // Signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// Unescape a mountinfo path field (`\040` for space, ...).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The filesystem type mounted at `mountpoint`, if any (from /proc/self/mountinfo).
+pub fn mounted_fstype(mountpoint: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.to_string_lossy();
+    let mut found = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() < 5 || unescape_mountinfo(fields[4]) != want {
+            continue;
+        }
+        let fstype = fields
+            .iter()
+            .position(|f| *f == "-")
+            .and_then(|i| fields.get(i + 1))
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        // The last matching line is the mount on top.
+        found = Some(fstype);
+    }
+    found
+}
+
+fn default_dir(base: Option<PathBuf>, target: &str) -> PathBuf {
+    base.unwrap_or_else(|| PathBuf::from("."))
+        .join("uploadfs")
+        .join(target)
+}
+
+/// `uploadfs mount`.
+pub fn run(args: MountArgs, log_file: Option<PathBuf>) -> anyhow::Result<()> {
+    if args.foreground {
+        let ready = std::env::var(READY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<RawFd>().ok());
+        std::env::remove_var(READY_FD_ENV);
+        let mut ready = ready.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
+        let r = foreground(&args, &mut ready);
+        if let (Err(e), Some(f)) = (&r, ready.as_mut()) {
+            let _ = writeln!(f, "error: {e:#}");
+        }
+        return r;
+    }
+    spawn_daemon(&args, log_file)
+}
+
+/// Refuse to stack a second uploadfs mount on a running one.
+fn check_not_mounted(mountpoint: &Path) -> anyhow::Result<()> {
+    if let Some(r) = read_record(mountpoint) {
+        if pid_alive(r.pid) && mounted_fstype(mountpoint).is_some() {
+            bail!(
+                "{} is already mounted by uploadfs (target {}, pid {}); unmount it first",
+                mountpoint.display(),
+                r.target,
+                r.pid
+            );
+        }
+    }
+    Ok(())
+}
+
+fn spawn_daemon(args: &MountArgs, log_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mountpoint {} does not exist", args.mountpoint.display()))?;
+    if !mountpoint.is_dir() {
+        bail!("mountpoint {} is not a directory", mountpoint.display());
+    }
+    check_not_mounted(&mountpoint)?;
+    if args.write_back {
+        eprintln!("uploadfs: --write-back is not implemented yet; close() waits for each upload");
+    }
+    let exe = std::env::current_exe().context("cannot find the uploadfs executable")?;
+    let mut fds = [0 as RawFd; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating the ready pipe");
+    }
+    let (rfd, wfd) = (fds[0], fds[1]);
+    // The write end must survive exec in the child.
+    unsafe { libc::fcntl(wfd, libc::F_SETFD, 0) };
+    let mut cmd = Command::new(exe);
+    if let Some(l) = &log_file {
+        cmd.arg("--log-file").arg(l);
+    }
+    cmd.arg("mount")
+        .arg(&args.target)
+        .arg(&mountpoint)
+        .arg("--foreground");
+    if let Some(c) = &args.config {
+        cmd.arg("--config").arg(c);
+    }
+    if args.write_back {
+        cmd.arg("--write-back");
+    }
+    if let Some(d) = &args.cache_dir {
+        cmd.arg("--cache-dir").arg(d);
+    }
+    if let Some(d) = &args.state_dir {
+        cmd.arg("--state-dir").arg(d);
+    }
+    cmd.arg("--cache-size").arg(args.cache_size.to_string());
+    if args.keep_remote {
+        cmd.arg("--keep-remote");
+    }
+    if args.insecure {
+        cmd.arg("--insecure");
+    }
+    if !args.options.is_empty() {
+        cmd.arg("-o").arg(args.options.join(","));
+    }
+    cmd.env(READY_FD_ENV, wfd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
+    unsafe { libc::close(wfd) };
+    let mut reader = unsafe { std::fs::File::from_raw_fd(rfd) };
+    let mut child = spawned.context("cannot start the mount daemon")?;
+    // Wait for "ok", "error: ...", or EOF (the daemon died), polling so that a hung
+    // daemon cannot hang `mount`.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut msg = Vec::new();
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: rfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let n = unsafe { libc::poll(&mut pfd, 1, 500) };
+        if n > 0 {
+            let mut buf = [0u8; 4096];
+            let got = reader.read(&mut buf).unwrap_or(0);
+            if got == 0 {
+                break;
+            }
+            msg.extend_from_slice(&buf[..got]);
+            if msg.ends_with(b"\n") {
+                break;
+            }
+        } else if Instant::now() > deadline {
+            bail!(
+                "the mount daemon (pid {}) did not become ready within {}s",
+                child.id(),
+                READY_TIMEOUT.as_secs()
+            );
+        }
+    }
+    let msg = String::from_utf8_lossy(&msg).trim().to_string();
+    if msg == "ok" {
+        return Ok(());
+    }
+    if let Some(e) = msg.strip_prefix("error: ") {
+        let _ = child.wait();
+        bail!("{e}");
+    }
+    let status = child.wait().context("waiting for the mount daemon")?;
+    bail!(
+        "the mount daemon exited before the mount was ready ({status}){}",
+        log_file
+            .map(|l| format!("; see {}", l.display()))
+            .unwrap_or_else(|| "; run with --foreground or --log-file to see why".to_string())
+    )
+}
+
+/// Parse `-o` options into fuser's mount options and access mode.
+fn mount_config(target: &str, options: &[String]) -> anyhow::Result<fuser::Config> {
+    use fuser::{MountOption as M, SessionACL};
+    let mut cfg = fuser::Config::default();
+    let mut opts = vec![
+        M::FSName(format!("uploadfs:{target}")),
+        M::Subtype("uploadfs".to_string()),
+        M::NoDev,
+        M::NoSuid,
+    ];
+    for o in options.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        match o {
+            "allow_other" => cfg.acl = SessionACL::All,
+            "allow_root" => cfg.acl = SessionACL::RootAndOwner,
+            "ro" => opts.push(M::RO),
+            "rw" => opts.push(M::RW),
+            "noatime" => opts.push(M::NoAtime),
+            "noexec" => opts.push(M::NoExec),
+            "exec" => opts.push(M::Exec),
+            "default_permissions" => opts.push(M::DefaultPermissions),
+            "auto_unmount" => opts.push(M::AutoUnmount),
+            o if o.starts_with("fsname=") || o.starts_with("subtype=") => {
+                bail!("-o {o}: the file system name and type are set by uploadfs")
+            }
+            o => opts.push(M::CUSTOM(o.to_string())),
+        }
+    }
+    cfg.mount_options = opts;
+    cfg.n_threads = Some(FUSE_THREADS);
+    cfg.clone_fd = true;
+    Ok(cfg)
+}
+
+/// Hold an exclusive lock on the state directory for the daemon's lifetime.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "state directory {} is in use by another uploadfs mount; give this mount its own --state-dir",
+            dir.display()
+        );
+    }
+    Ok(f)
+}
+
+/// Identity of a target, so a catalog is never used against a different remote.
+fn target_identity(name: &str, cfg: &crate::config::TargetConfig) -> String {
+    let where_ = if name == "local" { "local" } else { &cfg.url };
+    format!(
+        "{}|{}|{}|{}|{}|{}|{}",
+        cfg.kind.as_str(),
+        where_,
+        cfg.folder_id.as_deref().unwrap_or(""),
+        cfg.root.as_deref().unwrap_or(""),
+        cfg.channel_id.as_deref().unwrap_or(""),
+        cfg.room_id
+            .map(|r| format!("{r}/{}", cfg.message_id.unwrap_or(0)))
+            .unwrap_or_default(),
+        cfg.pool_id.as_deref().unwrap_or(""),
+    )
+}
+
+fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Result<()> {
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mountpoint {} does not exist", args.mountpoint.display()))?;
+    check_not_mounted(&mountpoint)?;
+    if args.write_back {
+        tracing::warn!("--write-back is not implemented yet: close() waits for the upload");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("uploadfs-rt")
+        .build()?;
+    let open = rt.block_on(crate::open::open_target(
+        &args.target,
+        args.config.as_deref(),
+        args.insecure,
+    ))?;
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_dir(dirs::cache_dir(), &args.target));
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        default_dir(
+            dirs::state_dir().or_else(dirs::data_local_dir),
+            &args.target,
+        )
+    });
+    for d in [&cache_dir, &state_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let _lock = lock_state_dir(&state_dir)?;
+    let catalog = Arc::new(Catalog::open(&state_dir.join("catalog.db"))?);
+    let identity = target_identity(&args.target, &open.config);
+    match catalog.meta("target")? {
+        Some(id) if id != identity => bail!(
+            "the catalog in {} belongs to another target ({}); use another --state-dir",
+            state_dir.display(),
+            id.split('|').take(2).collect::<Vec<_>>().join(" at ")
+        ),
+        Some(_) => {}
+        None => catalog.set_meta("target", &identity)?,
+    }
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let fs = Arc::new(Fs::new(
+        open.target.clone(),
+        catalog,
+        FsOptions {
+            target_name: args.target.clone(),
+            cache_dir: cache_dir.clone(),
+            cache_size: args.cache_size,
+            keep_remote: args.keep_remote,
+            uid,
+            gid,
+            max_file_size: open.config.max_file_size,
+            list_ttl: LIST_TTL,
+        },
+    )?);
+    let config = mount_config(&args.target, &args.options)?;
+    let adapter = crate::fuse::FuseAdapter::new(fs.clone(), rt.handle().clone());
+    let mut session = fuser::Session::new(adapter, &mountpoint, &config)
+        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+    let record = MountRecord {
+        pid: std::process::id(),
+        mountpoint: mountpoint.clone(),
+        target: args.target.clone(),
+        state_dir: state_dir.clone(),
+        cache_dir,
+        started_ms: crate::fs::now_ms(),
+    };
+    let reg = registry_file(&mountpoint);
+    if let Some(parent) = reg.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    if let Ok(text) = serde_json::to_string(&record) {
+        let _ = std::fs::write(&reg, text);
+    }
+    tracing::info!(target = %args.target, mountpoint = %mountpoint.display(), "mounted");
+    if let Some(mut f) = ready.take() {
+        let _ = f.write_all(b"ok\n");
+    }
+    // Uploads that failed in an earlier run are tried again, without delaying the mount.
+    {
+        let fs = fs.clone();
+        rt.spawn(async move {
+            let n = fs.retry_failed().await;
+            if n > 0 {
+                tracing::info!(files = n, "uploaded files that had failed before");
+            }
+        });
+    }
+    // SIGTERM / SIGINT: unmount (retrying while the mount is busy), which ends the session.
+    let unmounter = session.unmount_callable();
+    let mp = mountpoint.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received; unmounting");
+        let _ = tokio::task::spawn_blocking(move || unmount_on_signal(unmounter, &mp)).await;
+    });
+    let result = session.run();
+    let _ = std::fs::remove_file(&reg);
+    drop(fs);
+    if let Some(server) = open.server {
+        rt.block_on(server.stop());
+    }
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    result.context("FUSE session failed")
+}
+
+/// Unmount from inside the daemon; a busy mount is retried, then detached lazily.
+fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: &Path) {
+    /// Attempts (one per second) before falling back to a lazy unmount.
+    const TRIES: u32 = 30;
+    for i in 0..TRIES {
+        match unmounter.unmount() {
+            Ok(()) => return,
+            Err(e) => {
+                if i % 10 == 0 {
+                    tracing::warn!(error = %e, "unmount failed (busy?); retrying");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .status();
+}
+
+fn run_unmount(mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
+    let mut fm = Command::new("fusermount3");
+    fm.arg("-u");
+    if lazy {
+        fm.arg("-z");
+    }
+    let out = fm.arg(mountpoint).output();
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => {
+            // fusermount3 refuses mounts it did not make (root mounts directly): umount(8).
+            let mut um = Command::new("umount");
+            if lazy {
+                um.arg("-l");
+            }
+            let o2 = um.arg(mountpoint).output()?;
+            if o2.status.success() {
+                Ok(())
+            } else {
+                bail!(
+                    "cannot unmount {}: {}{}",
+                    mountpoint.display(),
+                    String::from_utf8_lossy(&o.stderr).trim(),
+                    if String::from_utf8_lossy(&o2.stderr).contains("busy") {
+                        " (files are still open; close them or use --force)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+        }
+        Err(_) => {
+            let o2 = Command::new("umount").arg(mountpoint).output()?;
+            if o2.status.success() {
+                Ok(())
+            } else {
+                bail!(
+                    "cannot unmount {}: {}",
+                    mountpoint.display(),
+                    String::from_utf8_lossy(&o2.stderr).trim()
+                )
+            }
+        }
+    }
+}
+
+/// `uploadfs unmount`.
+pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
+    let mp = args
+        .mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| args.mountpoint.clone());
+    match mounted_fstype(&mp) {
+        Some(t) if t == "fuse.uploadfs" || t == "fuse" => {}
+        Some(t) => bail!("{} is a {t} mount, not uploadfs", mp.display()),
+        None => bail!("{} is not mounted", mp.display()),
+    }
+    let record = read_record(&mp);
+    run_unmount(&mp, args.force)?;
+    if args.force {
+        return Ok(());
+    }
+    // Uploads finish inside close(); what may remain are releases the daemon is still
+    // committing. Wait for the daemon to finish them and exit.
+    if let Some(r) = record {
+        let mut last_note = Instant::now();
+        while pid_alive(r.pid) {
+            if last_note.elapsed() > Duration::from_secs(5) {
+                eprintln!(
+                    "waiting for pending uploads of {} to finish...",
+                    mp.display()
+                );
+                last_note = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct StatusEntry {
+    path: String,
+    state: String,
+    size: u64,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StatusMount {
+    mountpoint: PathBuf,
+    target: String,
+    pid: u32,
+    pending: Vec<StatusEntry>,
+}
+
+fn node_paths(nodes: &[NodeRow]) -> std::collections::HashMap<u64, String> {
+    let by_ino: std::collections::HashMap<u64, &NodeRow> =
+        nodes.iter().map(|n| (n.ino, n)).collect();
+    let mut out = std::collections::HashMap::new();
+    for n in nodes {
+        let mut parts = vec![];
+        let mut cur = n;
+        let mut guard = 0;
+        while cur.ino != ROOT_INO && guard < 4096 {
+            parts.push(cur.name.clone());
+            match by_ino.get(&cur.parent) {
+                Some(p) => cur = p,
+                None => break,
+            }
+            guard += 1;
+        }
+        parts.reverse();
+        out.insert(n.ino, format!("/{}", parts.join("/")));
+    }
+    out
+}
+
+/// `uploadfs status`: files of running mounts that are not in sync with the remote.
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let records: Vec<MountRecord> = match &args.mountpoint {
+        Some(m) => {
+            let mp = m.canonicalize().unwrap_or_else(|_| m.clone());
+            vec![read_record(&mp)
+                .filter(|r| pid_alive(r.pid))
+                .ok_or_else(|| anyhow!("{} is not a running uploadfs mount", mp.display()))?]
+        }
+        None => all_records(),
+    };
+    let mut mounts = vec![];
+    for r in records {
+        let catalog = Catalog::open_read_only(&r.state_dir.join("catalog.db"))?;
+        let nodes = catalog.load_nodes()?;
+        let paths = node_paths(&nodes);
+        let pending = catalog
+            .pending_nodes()?
+            .into_iter()
+            .map(|n| StatusEntry {
+                path: paths.get(&n.ino).cloned().unwrap_or_default(),
+                state: n.state.as_str().to_string(),
+                size: n.size,
+                error: n.last_error,
+            })
+            .collect();
+        mounts.push(StatusMount {
+            mountpoint: r.mountpoint,
+            target: r.target,
+            pid: r.pid,
+            pending,
+        });
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "mounts": mounts }))?
+        );
+        return Ok(());
+    }
+    if mounts.is_empty() {
+        println!("no uploadfs mounts running");
+    }
+    for m in mounts {
+        println!(
+            "{} ({}, pid {}): {} file(s) not in sync",
+            m.mountpoint.display(),
+            m.target,
+            m.pid,
+            m.pending.len()
+        );
+        for p in m.pending {
+            println!(
+                "  {:<10} {:>12}  {}{}",
+                p.state,
+                p.size,
+                p.path,
+                p.error.map(|e| format!("  ({e})")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }

@@ -1,1 +1,10 @@
-//! The read path: block cache and range fetcher (not implemented yet).
+//! The read path for committed files: a block cache with a byte budget, filled by ranged
+//! reads from the target, and a per-handle read-ahead that grows while the reader stays
+//! sequential. Files with local data (pending or being written) are read from their stage
+//! by the filesystem instead.
+
+pub mod cache;
+pub mod fetcher;
+
+pub use cache::{BlockCache, BlockKey, BLOCK_SIZE};
+pub use fetcher::ReadAhead;

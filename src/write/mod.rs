@@ -1,1 +1,13 @@
-//! The write path: stage files, digests, uploader, journal (not implemented yet).
+//! The write path: every written inode gets a stage (one spool file under the cache
+//! directory, written at any offset, so memory never grows with file size), digests are
+//! computed while writes arrive in order (else recomputed from the stage at commit), and
+//! the uploader turns a stage into one [`crate::target::UploadRequest`] whose progress is
+//! journaled in the catalog.
+
+pub mod digests;
+pub mod stage;
+pub mod uploader;
+
+pub use digests::SeqDigest;
+pub use stage::{Stage, StageSource};
+pub use uploader::JournalObserver;

@@ -1,0 +1,256 @@
+//! The in-memory inode table: every catalog row plus the runtime state of open files, with
+//! a per-directory name index (case-folded on targets that compare names
+//! case-insensitively) and an index from remote id to the nodes that use it.
+//!
+//! The table lives behind one mutex that is never held across an await; every change is
+//! written through to the catalog by the caller.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::catalog::{NodeKind, NodeRow, NodeState};
+use crate::target::RemoteFile;
+
+use super::handle::OpenFile;
+
+/// One file or directory.
+pub struct Node {
+    pub row: NodeRow,
+    /// The stage and write state while the file has local data.
+    pub open: Option<Arc<OpenFile>>,
+    /// When the remote state was last set from this mount (a listing that started earlier
+    /// must not undo it).
+    pub synced: Instant,
+    /// The remote version whose pages the kernel may still cache from an earlier
+    /// read-only open (so the next one can keep them).
+    pub page_cache: Option<Arc<str>>,
+}
+
+impl Node {
+    pub fn new(row: NodeRow) -> Self {
+        Self {
+            row,
+            open: None,
+            synced: Instant::now(),
+            page_cache: None,
+        }
+    }
+    pub fn is_dir(&self) -> bool {
+        self.row.kind == NodeKind::Dir
+    }
+    /// Local data that the remote does not have (or may not have) yet.
+    pub fn is_pending(&self) -> bool {
+        self.row.state != NodeState::Committed || self.open.as_ref().is_some_and(|o| o.dirty())
+    }
+    /// Size as the user sees it: the stage's while there is one.
+    pub fn size(&self) -> u64 {
+        match &self.open {
+            Some(o) => o.size(),
+            None => self.row.size,
+        }
+    }
+}
+
+/// The inode table.
+pub struct Tree {
+    nodes: HashMap<u64, Node>,
+    children: HashMap<u64, BTreeMap<String, u64>>,
+    by_remote: HashMap<String, Vec<u64>>,
+    case_insensitive: bool,
+}
+
+impl Tree {
+    pub fn new(case_insensitive: bool) -> Self {
+        Self {
+            nodes: HashMap::new(),
+            children: HashMap::new(),
+            by_remote: HashMap::new(),
+            case_insensitive,
+        }
+    }
+
+    /// The index key of a name.
+    pub fn key(&self, name: &str) -> String {
+        if self.case_insensitive {
+            name.to_lowercase()
+        } else {
+            name.to_string()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        self.nodes.get_mut(&ino)
+    }
+
+    pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
+        self.children
+            .get(&parent)
+            .and_then(|c| c.get(&self.key(name)))
+            .copied()
+    }
+
+    /// Children of a directory, in name order.
+    pub fn children(&self, parent: u64) -> Vec<u64> {
+        self.children
+            .get(&parent)
+            .map(|c| c.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn has_children(&self, parent: u64) -> bool {
+        self.children.get(&parent).is_some_and(|c| !c.is_empty())
+    }
+
+    /// Nodes that use a remote id.
+    pub fn by_remote(&self, id: &str) -> Vec<u64> {
+        self.by_remote.get(id).cloned().unwrap_or_default()
+    }
+
+    /// Every node (for flat-target listings, which cover the whole tree).
+    pub fn all(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// Add a node (its row must carry its final inode number).
+    pub fn insert(&mut self, node: Node) {
+        let ino = node.row.ino;
+        if ino != node.row.parent {
+            let key = self.key(&node.row.name);
+            self.children
+                .entry(node.row.parent)
+                .or_default()
+                .insert(key, ino);
+        }
+        if let Some(r) = &node.row.remote {
+            self.by_remote.entry(r.id.clone()).or_default().push(ino);
+        }
+        self.nodes.insert(ino, node);
+    }
+
+    /// Remove a node (not its children).
+    pub fn remove(&mut self, ino: u64) -> Option<Node> {
+        let node = self.nodes.remove(&ino)?;
+        let key = self.key(&node.row.name);
+        if let Some(c) = self.children.get_mut(&node.row.parent) {
+            if c.get(&key) == Some(&ino) {
+                c.remove(&key);
+            }
+        }
+        if let Some(r) = &node.row.remote {
+            self.unindex_remote(&r.id, ino);
+        }
+        self.children.remove(&ino);
+        Some(node)
+    }
+
+    fn unindex_remote(&mut self, id: &str, ino: u64) {
+        if let Some(v) = self.by_remote.get_mut(id) {
+            v.retain(|i| *i != ino);
+            if v.is_empty() {
+                self.by_remote.remove(id);
+            }
+        }
+    }
+
+    /// Move and/or rename a node (the destination name must be free).
+    pub fn relink(&mut self, ino: u64, new_parent: u64, new_name: &str) {
+        let Some(node) = self.nodes.get(&ino) else {
+            return;
+        };
+        let (old_parent, old_key) = (node.row.parent, self.key(&node.row.name));
+        if let Some(c) = self.children.get_mut(&old_parent) {
+            if c.get(&old_key) == Some(&ino) {
+                c.remove(&old_key);
+            }
+        }
+        let key = self.key(new_name);
+        self.children
+            .entry(new_parent)
+            .or_default()
+            .insert(key, ino);
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.row.parent = new_parent;
+            node.row.name = new_name.to_string();
+        }
+    }
+
+    /// Set a node's remote file, keeping the remote index right.
+    pub fn set_remote(&mut self, ino: u64, remote: Option<RemoteFile>) {
+        let old = self.nodes.get(&ino).and_then(|n| n.row.remote.clone());
+        if let Some(o) = &old {
+            self.unindex_remote(&o.id, ino);
+        }
+        if let Some(r) = &remote {
+            self.by_remote.entry(r.id.clone()).or_default().push(ino);
+        }
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.row.remote = remote;
+            n.synced = Instant::now();
+        }
+    }
+
+    /// Is `ino` (or anything below it) holding local data?
+    pub fn subtree_pending(&self, ino: u64) -> bool {
+        let mut stack = vec![ino];
+        while let Some(i) = stack.pop() {
+            if let Some(n) = self.nodes.get(&i) {
+                if n.is_pending() || n.open.is_some() {
+                    return true;
+                }
+            }
+            stack.extend(self.children(i));
+        }
+        false
+    }
+
+    /// `ino` and everything below it, parents first.
+    pub fn subtree(&self, ino: u64) -> Vec<u64> {
+        let mut out = vec![];
+        let mut stack = vec![ino];
+        while let Some(i) = stack.pop() {
+            out.push(i);
+            stack.extend(self.children(i));
+        }
+        out
+    }
+
+    /// Is `a` equal to `b` or one of its ancestors?
+    pub fn is_ancestor(&self, a: u64, mut b: u64) -> bool {
+        loop {
+            if a == b {
+                return true;
+            }
+            match self.nodes.get(&b) {
+                Some(n) if n.row.parent != b => b = n.row.parent,
+                _ => return false,
+            }
+        }
+    }
+
+    /// The path of a node below the mount root (for messages).
+    pub fn path(&self, mut ino: u64) -> String {
+        let mut parts = vec![];
+        while let Some(n) = self.nodes.get(&ino) {
+            if n.row.parent == ino {
+                break;
+            }
+            parts.push(n.row.name.clone());
+            ino = n.row.parent;
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+}

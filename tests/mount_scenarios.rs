@@ -1,0 +1,940 @@
+//! Real-mount scenarios, written once and run for every target kind: the `uploadfs`
+//! binary mounts a FUSE filesystem against `uploadfs serve` on loopback, and ordinary tools
+//! (cp, cp -r, rsync -a, diff -r, mv, rm, touch, shell redirection, dd conv=notrunc, find)
+//! drive it. What landed is checked on the server side through introspection, not only
+//! through the mount. Needs root (or fuse permissions), /dev/fuse and fusermount3; where
+//! they are missing the tests say so loudly and fail.
+//!
+//! Every mount is owned by a guard that unmounts (and, if that fails, detaches the mount
+//! and kills the daemon) when the test ends, so a failing test never leaves a stale mount.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{pattern, sha1_hex, TestServer, TOKEN};
+use uploadfs::config::TargetKind;
+
+const BIN: &str = env!("CARGO_BIN_EXE_uploadfs");
+
+/// Bound on any single tool run through the mount.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "REAL-MOUNT TESTS CANNOT RUN: /dev/fuse is missing (needs root or a FUSE-enabled host)"
+    );
+    let found = Command::new("sh")
+        .args(["-c", "command -v fusermount3"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    // Root mounts and unmounts directly; everyone else needs the setuid helper.
+    assert!(
+        found || unsafe { libc::geteuid() } == 0,
+        "REAL-MOUNT TESTS CANNOT RUN: fusermount3 is missing (apt-get install fuse3)"
+    );
+}
+
+/// Run a command with a timeout; kill it when the time is up.
+fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    // Drain output in threads so a chatty child cannot block on a full pipe.
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let to = std::thread::spawn(move || {
+        let mut v = vec![];
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let te = std::thread::spawn(move || {
+        let mut v = vec![];
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Output {
+                status,
+                stdout: to.join().unwrap(),
+                stderr: te.join().unwrap(),
+            };
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command timed out after {timeout:?}: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `sh -c script` in `dir`; panics with the output unless it succeeds.
+fn sh(dir: &Path, script: &str) -> Output {
+    let out = sh_status(dir, script);
+    assert!(
+        out.status.success(),
+        "`{script}` failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn sh_status(dir: &Path, script: &str) -> Output {
+    run_bounded(
+        Command::new("sh").arg("-c").arg(script).current_dir(dir),
+        TOOL_TIMEOUT,
+    )
+}
+
+/// Run `f` on another thread, failing the test if it takes longer than `timeout` (a hung
+/// FUSE call is then released by the mount guard killing the daemon).
+fn bounded<T: Send + 'static>(timeout: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(v)) => v,
+        Ok(Err(p)) => std::panic::resume_unwind(p),
+        Err(_) => panic!("operation through the mount timed out after {timeout:?}"),
+    }
+}
+
+/// A config file naming one target `t` of `kind` at the test server (mode 600).
+fn write_config(s: &TestServer, kind: TargetKind, extra: &str) -> PathBuf {
+    let c = s.config(kind);
+    let mut text = format!(
+        "[targets.t]\nkind = \"{}\"\nurl = \"{}\"\ntoken = \"{TOKEN}\"\nretry_seconds = 20\n",
+        kind.as_str(),
+        c.url
+    );
+    if let Some(u) = &c.upload_url {
+        text.push_str(&format!("upload_url = \"{u}\"\n"));
+    }
+    match kind {
+        TargetKind::Fluxer => text.push_str(&format!(
+            "channel_id = \"{}\"\n",
+            c.channel_id.as_deref().unwrap_or_default()
+        )),
+        TargetKind::Virola => text.push_str(&format!(
+            "room_id = {}\nmessage_id = {}\n",
+            c.room_id.unwrap_or_default(),
+            c.message_id.unwrap_or_default()
+        )),
+        _ => {}
+    }
+    text.push_str(extra);
+    let path = s.dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A running mount, unmounted on drop.
+struct Mount {
+    dir: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, PathBuf)>,
+    run_dir: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    /// `uploadfs mount <args...> <dir>` with the registry under `work/run`.
+    fn start(work: &Path, target: &str, extra: &[&str], env: Vec<(String, PathBuf)>) -> Mount {
+        require_fuse();
+        let dir = work.join("mnt");
+        std::fs::create_dir_all(&dir).unwrap();
+        let run_dir = work.join("run");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let mut args = vec![
+            "--log-file".to_string(),
+            work.join("daemon.log").to_string_lossy().into_owned(),
+            "mount".to_string(),
+            target.to_string(),
+            dir.to_string_lossy().into_owned(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut m = Mount {
+            dir,
+            args,
+            env,
+            run_dir,
+            mounted: false,
+        };
+        m.mount();
+        m
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("XDG_RUNTIME_DIR", &self.run_dir)
+            .env("UPLOADFS_LOG", "uploadfs=debug");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn mount(&mut self) {
+        let out = run_bounded(self.command().args(&self.args), Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mounted = true;
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            mi.contains(&*self.dir.to_string_lossy()),
+            "mount returned but {} is not in mountinfo",
+            self.dir.display()
+        );
+    }
+
+    fn daemon_pid(&self) -> Option<i32> {
+        let dir = self.run_dir.join("uploadfs").join("mounts");
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            if v["mountpoint"].as_str() == Some(&*self.dir.to_string_lossy()) {
+                return v["pid"].as_i64().map(|p| p as i32);
+            }
+        }
+        None
+    }
+
+    /// `uploadfs unmount`, which waits for the daemon to finish.
+    fn unmount(&mut self) {
+        let out = run_bounded(
+            self.command().arg("unmount").arg(&self.dir),
+            Duration::from_secs(120),
+        );
+        assert!(
+            out.status.success(),
+            "unmount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mounted = false;
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mi.contains(&format!(" {} ", self.dir.to_string_lossy())));
+    }
+
+    fn remount(&mut self) {
+        self.unmount();
+        self.mount();
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        let pid = self.daemon_pid();
+        let ok = [("fusermount3", "-u"), ("umount", "-v")]
+            .iter()
+            .any(|(bin, flag)| {
+                Command::new(bin)
+                    .arg(flag)
+                    .arg(&self.dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            });
+        if !ok {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.dir)
+                .stderr(Stdio::null())
+                .status();
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+        if let Some(pid) = pid {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Stored files of `proto` on the server: name → (size, sha1), asserting unique names.
+fn server_files(s: &TestServer, proto: &str) -> BTreeMap<String, (u64, String)> {
+    let mut m = BTreeMap::new();
+    for (name, size, sha1) in s.files(proto) {
+        assert!(
+            m.insert(name.clone(), (size, sha1)).is_none(),
+            "{proto}: the server holds two files named {name}"
+        );
+    }
+    m
+}
+
+fn assert_on_server(s: &TestServer, proto: &str, name: &str, data: &[u8]) {
+    let files = server_files(s, proto);
+    let want = (data.len() as u64, sha1_hex(data));
+    if proto == "dyson" && !files.contains_key(name) && files.values().any(|v| *v == want) {
+        // Dyson stores one file per content (MD5 dedupe): this path shares it.
+        return;
+    }
+    let got = files
+        .get(name)
+        .unwrap_or_else(|| panic!("{proto}: {name} is not on the server; it has {files:?}"));
+    assert_eq!(
+        got,
+        &(data.len() as u64, sha1_hex(data)),
+        "{proto}: {name} on the server differs"
+    );
+}
+
+/// Like [`assert_on_server`], for work done in `release`, which the kernel sends after
+/// `close()` has returned (e.g. the upload of a file that was created and never written).
+fn wait_on_server(s: &TestServer, proto: &str, name: &str, data: &[u8]) {
+    let want = (data.len() as u64, sha1_hex(data));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let files = server_files(s, proto);
+        let landed = files.get(name) == Some(&want)
+            || (proto == "dyson" && files.values().any(|v| *v == want));
+        if landed || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_on_server(s, proto, name, data);
+}
+
+/// Every path below `root` → `None` for a directory, the SHA-1 for a file.
+fn snapshot(root: &Path) -> BTreeMap<String, Option<String>> {
+    let root = root.to_path_buf();
+    bounded(TOOL_TIMEOUT, move || {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let p = e.path();
+                let rel = p
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if e.file_type().unwrap().is_dir() {
+                    out.insert(rel, None);
+                    stack.push(p);
+                } else {
+                    out.insert(rel, Some(sha1_hex(&std::fs::read(&p).unwrap())));
+                }
+            }
+        }
+        out
+    })
+}
+
+/// A small tree: nested folders, names unique across the tree (flat targets keep every
+/// file in one remote folder), sizes from 0 to 200 KiB.
+fn make_tree(root: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let files = [
+        ("top.txt", 11usize),
+        ("a/one.bin", 200 * 1024),
+        ("a/b/two.txt", 0),
+        ("a/b/c/three.bin", 70_001),
+        ("d/four.txt", 1),
+        ("d/five.bin", 4096),
+    ];
+    let mut v = vec![];
+    for (i, (rel, len)) in files.iter().enumerate() {
+        let rel = match rel.rsplit_once('/') {
+            Some((d, f)) => format!("{d}/{prefix}{f}"),
+            None => format!("{prefix}{rel}"),
+        };
+        let p = root.join(&rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let data = pattern(*len, 100 + i as u64);
+        std::fs::write(&p, &data).unwrap();
+        v.push((rel, data));
+    }
+    v
+}
+
+fn part_size(kind: TargetKind, s: &TestServer) -> usize {
+    match kind {
+        // The server is started with 4 MiB Cloudreve chunks to keep the test quick.
+        TargetKind::Cloudreve => CLOUDREVE_CHUNK as usize,
+        _ => s.target(kind).capabilities().part_size as usize,
+    }
+}
+
+const CLOUDREVE_CHUNK: u64 = 4 * 1024 * 1024;
+
+/// The whole scenario for one kind.
+fn scenario(kind: TargetKind) {
+    let s = TestServer::start(|o| {
+        o.cloudreve_chunk_size = CLOUDREVE_CHUNK;
+    });
+    let proto = kind.as_str();
+    let caps = s.target(kind).capabilities();
+    let part = part_size(kind, &s);
+    let work = s.dir.path().to_path_buf();
+    let cfg = write_config(&s, kind, "");
+    let src = work.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut m = Mount::start(
+        &work,
+        "t",
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--cache-dir",
+            work.join("cache").to_str().unwrap(),
+            "--state-dir",
+            work.join("state").to_str().unwrap(),
+        ],
+        vec![],
+    );
+    let mnt = m.dir.clone();
+
+    // 1. cp of files around the part size; content checked on the server and read back.
+    let sizes = [0, 1, part - 1, part + 1, 3 * part + 7];
+    for (i, &size) in sizes.iter().enumerate() {
+        let name = format!("f{i}.bin");
+        let data = pattern(size, i as u64 + 1);
+        std::fs::write(src.join(&name), &data).unwrap();
+        sh(&work, &format!("cp src/{name} mnt/{name}"));
+        // An empty file is committed by the release that follows close().
+        wait_on_server(&s, proto, &name, &data);
+        sh(&work, &format!("cmp src/{name} mnt/{name}"));
+        let st = std::fs::metadata(mnt.join(&name)).unwrap();
+        assert_eq!(st.len(), size as u64, "{name}: size through the mount");
+    }
+
+    // 2. cp -r of a small tree, compared with diff -r.
+    let tree_src = work.join("tree");
+    let tree = make_tree(&tree_src, "cp-");
+    sh(&work, "cp -r tree mnt/tree");
+    sh(&work, "diff -r tree mnt/tree");
+    for (rel, data) in &tree {
+        let name = rel.rsplit('/').next().unwrap();
+        wait_on_server(&s, proto, name, data);
+    }
+
+    // 3. rsync -a (temp file + rename, chmod, utimes) exits 0; a second run sends nothing.
+    let rs_src = work.join("rs");
+    let rs = make_tree(&rs_src, "rs-");
+    sh(&work, "rsync -a rs/ mnt/rs/");
+    sh(&work, "diff -r rs mnt/rs");
+    for (rel, data) in &rs {
+        let name = rel.rsplit('/').next().unwrap();
+        if caps.rename {
+            wait_on_server(&s, proto, name, data);
+        } else {
+            // Without remote rename the data stays under rsync's temporary name.
+            let want = (data.len() as u64, sha1_hex(data));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !server_files(&s, proto).values().any(|v| *v == want) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{proto}: content of {rel} is not on the server"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let files_after_first = server_files(&s, proto);
+    let bytes_before = s.state()["bytes_received"].as_u64().unwrap();
+    let out = sh(&work, "rsync -a --itemize-changes rs/ mnt/rs/");
+    let changes = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !changes
+            .lines()
+            .any(|l| l.starts_with('>') || l.starts_with('<')),
+        "second rsync transferred files:\n{changes}"
+    );
+    assert_eq!(
+        s.state()["bytes_received"].as_u64().unwrap(),
+        bytes_before,
+        "second rsync uploaded data"
+    );
+    assert_eq!(server_files(&s, proto), files_after_first);
+
+    // 4. mv of a file and of a folder.
+    sh(
+        &work,
+        "mv mnt/f1.bin mnt/f1-moved.bin && mv mnt/tree mnt/tree-moved",
+    );
+    sh(
+        &work,
+        "diff -r tree mnt/tree-moved && test ! -e mnt/tree && test ! -e mnt/f1.bin",
+    );
+    sh(&work, "cmp src/f1.bin mnt/f1-moved.bin");
+    if caps.rename {
+        let files = server_files(&s, proto);
+        assert!(files.contains_key("f1-moved.bin") && !files.contains_key("f1.bin"));
+    }
+    if caps.folders {
+        let state = s.state();
+        let folders: Vec<String> = state["protocols"][proto]["folders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert!(
+            folders.contains(&"tree-moved".to_string()) && !folders.contains(&"tree".to_string()),
+            "{proto}: folders on the server after mv: {folders:?}"
+        );
+    }
+
+    // 5. rm removes the remote file.
+    sh(
+        &work,
+        "rm mnt/f0.bin mnt/f1-moved.bin && test ! -e mnt/f0.bin",
+    );
+    if caps.delete {
+        let files = server_files(&s, proto);
+        let f1 = pattern(1, 2);
+        assert!(
+            !files.values().any(|v| *v == (1, sha1_hex(&f1))),
+            "{proto}: the removed file is still on the server: {files:?}"
+        );
+        // Dyson keeps the empty content: other paths (empty files) share it.
+        assert!(proto == "dyson" || !files.contains_key("f0.bin"));
+    }
+
+    // 6. touch: a new empty file is created remotely; touching an existing one uploads nothing.
+    sh(&work, "touch mnt/empty.txt");
+    wait_on_server(&s, proto, "empty.txt", b"");
+    let bytes_before = s.state()["bytes_received"].as_u64().unwrap();
+    sh(&work, "touch mnt/f2.bin");
+    assert_eq!(s.state()["bytes_received"].as_u64().unwrap(), bytes_before);
+
+    // 7. Shell redirection: echo > then echo >> (open existing without O_TRUNC, append).
+    sh(&work, "echo a > mnt/echo.txt && echo b >> mnt/echo.txt");
+    assert_eq!(std::fs::read(mnt.join("echo.txt")).unwrap(), b"a\nb\n");
+    assert_on_server(&s, proto, "echo.txt", b"a\nb\n");
+
+    // 8. dd conv=notrunc into the middle of an existing file.
+    let mut f3 = pattern(part + 1, 4);
+    sh(
+        &work,
+        "printf XXXXX | dd of=mnt/f3.bin bs=1 seek=1000 conv=notrunc status=none",
+    );
+    f3[1000..1005].copy_from_slice(b"XXXXX");
+    assert_on_server(&s, proto, "f3.bin", &f3);
+    assert_eq!(
+        std::fs::metadata(mnt.join("f3.bin")).unwrap().len(),
+        f3.len() as u64
+    );
+
+    // 9. Random-order writes before close (pwrite), plus an overwrite and a seek past EOF.
+    let rnd = pattern(3 * 1024 * 1024 + 17, 9);
+    {
+        let (p, data) = (mnt.join("random.bin"), rnd.clone());
+        bounded(TOOL_TIMEOUT, move || {
+            let f = std::fs::File::create(&p).unwrap();
+            let chunk = 256 * 1024;
+            let n = data.len().div_ceil(chunk);
+            let mut order: Vec<usize> = (0..n).collect();
+            order.reverse();
+            order.swap(1, n / 2);
+            for i in order {
+                let end = ((i + 1) * chunk).min(data.len());
+                f.write_all_at(&data[i * chunk..end], (i * chunk) as u64)
+                    .unwrap();
+            }
+            f.write_all_at(&data[10..20], 10).unwrap();
+            drop(f);
+        });
+    }
+    assert_on_server(&s, proto, "random.bin", &rnd);
+
+    // 10. cp over an existing file replaces it (one file with the new content).
+    let newer = pattern(part / 2 + 3, 77);
+    std::fs::write(src.join("newer.bin"), &newer).unwrap();
+    sh(&work, "cp src/newer.bin mnt/f4.bin");
+    assert_on_server(&s, proto, "f4.bin", &newer);
+    sh(&work, "cmp src/newer.bin mnt/f4.bin");
+
+    // 11. Eight parallel writers.
+    let par: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| {
+            (
+                format!("par{i}.bin"),
+                pattern(300 * 1024 + i, 200 + i as u64),
+            )
+        })
+        .collect();
+    {
+        let jobs: Vec<_> = par
+            .iter()
+            .map(|(n, d)| {
+                let (p, d) = (mnt.join(n), d.clone());
+                std::thread::spawn(move || std::fs::write(p, d).unwrap())
+            })
+            .collect();
+        bounded(TOOL_TIMEOUT, move || {
+            for j in jobs {
+                j.join().unwrap();
+            }
+        });
+    }
+    for (n, d) in &par {
+        assert_on_server(&s, proto, n, d);
+    }
+
+    // 12. A crawler (file manager style): list everything, read the first 4 KiB of each.
+    let out = sh(&work, "find mnt -type f | sort");
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(listed.len() >= 25, "find listed {listed:?}");
+    {
+        let paths: Vec<PathBuf> = listed.iter().map(|l| work.join(l)).collect();
+        let f1 = pattern(part + 1, 4);
+        bounded(TOOL_TIMEOUT, move || {
+            for p in paths {
+                let mut f = std::fs::File::open(&p).unwrap();
+                let mut buf = vec![0u8; 4096];
+                let n = f.read(&mut buf).unwrap();
+                let len = std::fs::metadata(&p).unwrap().len();
+                assert_eq!(n as u64, len.min(4096), "{}: first read", p.display());
+                if p.ends_with("f3.bin") {
+                    assert_eq!(&buf[..1000], &f1[..1000]);
+                }
+                // And a read in the middle of bigger files.
+                if len > 10_000 {
+                    f.seek(SeekFrom::Start(len / 2)).unwrap();
+                    let _ = f.read(&mut buf).unwrap();
+                }
+            }
+        });
+    }
+
+    // Nothing is left pending, and there are no leftovers of rsync's temporary files.
+    let out = sh(&work, "find mnt -name '.*' | wc -l");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+
+    // 13. Unmount + remount: the same tree and contents (read from the remote now).
+    let before = snapshot(&mnt);
+    let ino_before = std::fs::metadata(mnt.join("echo.txt")).unwrap();
+    m.remount();
+    let after = snapshot(&mnt);
+    assert_eq!(before, after, "tree changed across remount");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(mnt.join("echo.txt")).unwrap().ino(),
+        ino_before.ino(),
+        "inode numbers must survive remounts"
+    );
+    sh(&work, "diff -r rs mnt/rs && diff -r tree mnt/tree-moved");
+
+    // 14. Over the server's size limit: cp fails with EFBIG and nothing lands remotely.
+    s.control(serde_json::json!({ "max_file_size": 1024 * 1024 }));
+    std::fs::write(src.join("huge.bin"), pattern(2 * 1024 * 1024, 3)).unwrap();
+    let out = sh_status(&work, "cp src/huge.bin mnt/huge.bin");
+    assert!(!out.status.success(), "cp of an oversized file succeeded");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("File too large"),
+        "cp stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!server_files(&s, proto).contains_key("huge.bin"));
+    // The failed file stays visible locally, marked failed, with its error in `status`.
+    let state = xattr(&mnt.join("huge.bin"), "user.uploadfs.state");
+    assert_eq!(state.as_deref(), Some("failed"));
+    assert_eq!(
+        std::fs::metadata(mnt.join("huge.bin")).unwrap().len(),
+        2 * 1024 * 1024,
+        "the staged data of a failed upload is kept"
+    );
+    let out = run_bounded(
+        m.command().args(["status", "--json"]).arg(&mnt),
+        Duration::from_secs(30),
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let pending = st["mounts"][0]["pending"].as_array().unwrap();
+    assert!(
+        pending
+            .iter()
+            .any(|p| p["path"] == "/huge.bin" && p["state"] == "failed" && p["error"].is_string()),
+        "status: {st}"
+    );
+    // Committed files carry their remote id and SHA-1 as read-only xattrs.
+    let out = sh(&work, "getfattr -d mnt/echo.txt");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("user.uploadfs.state=\"committed\""), "{text}");
+    assert!(text.contains("user.uploadfs.remote_id="), "{text}");
+    assert!(
+        text.contains(&format!("user.uploadfs.sha1=\"{}\"", sha1_hex(b"a\nb\n"))),
+        "{text}"
+    );
+    let out = sh_status(&work, "setfattr -n user.x -v 1 mnt/echo.txt");
+    assert!(!out.status.success(), "xattrs are read-only");
+    let out = sh_status(&work, "ln -s echo.txt mnt/link");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not supported"),
+        "symlink: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.control(serde_json::json!({ "max_file_size": 64u64 * 1024 * 1024 * 1024 }));
+
+    m.unmount();
+}
+
+/// Read an extended attribute (None when absent).
+fn xattr(path: &Path, name: &str) -> Option<String> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let r = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        return None;
+    }
+    buf.truncate(r as usize);
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The configured `max_file_size` is enforced at write time (EFBIG before any upload),
+/// and a file uploaded elsewhere shows up in the mount's listing.
+fn limits_and_foreign_files(kind: TargetKind) {
+    let s = TestServer::new();
+    let proto = kind.as_str();
+    let work = s.dir.path().to_path_buf();
+    let cfg = write_config(&s, kind, "max_file_size = 1048576\n");
+    let m = Mount::start(
+        &work,
+        "t",
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--cache-dir",
+            work.join("cache").to_str().unwrap(),
+            "--state-dir",
+            work.join("state").to_str().unwrap(),
+        ],
+        vec![],
+    );
+    std::fs::write(work.join("big.bin"), pattern(1024 * 1024 + 1, 1)).unwrap();
+    let out = sh_status(&work, "cp big.bin mnt/big.bin");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("File too large"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!server_files(&s, proto).contains_key("big.bin"));
+    // Exactly at the limit is fine.
+    let ok = pattern(1024 * 1024, 2);
+    std::fs::write(work.join("ok.bin"), &ok).unwrap();
+    sh(&work, "cp ok.bin mnt/ok.bin");
+    assert_on_server(&s, proto, "ok.bin", &ok);
+
+    // Uploaded by someone else: visible after the listing TTL.
+    let other = pattern(5000, 8);
+    let path = work.join("other.bin");
+    std::fs::write(&path, &other).unwrap();
+    let t = s.target(kind);
+    s.rt.block_on(t.upload(uploadfs::target::UploadRequest {
+        parent: None,
+        name: "foreign.bin".into(),
+        size: other.len() as u64,
+        digests: uploadfs::target::Digests {
+            sha1: Some(sha1_hex(&other)),
+            md5: Some(common::md5_hex(&other)),
+        },
+        mtime_ms: 1_700_000_000_000,
+        replaces: None,
+        resume_session: None,
+        source: std::sync::Arc::new(uploadfs::target::FileSource::open(&path).unwrap()),
+        observer: std::sync::Arc::new(uploadfs::target::ByteCounter::default()),
+    }))
+    .expect("direct upload");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = sh(&work, "ls mnt");
+        if String::from_utf8_lossy(&out.stdout).contains("foreign.bin") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "foreign.bin never appeared");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    sh(
+        &work,
+        "cmp other.bin mnt/foreign.bin && cmp other.bin mnt/foreign.bin",
+    );
+    // Replaced remotely (same name, new content): a later read shows the new content,
+    // never pages the kernel cached from the old version.
+    let newer = pattern(7000, 9);
+    std::fs::write(&path, &newer).unwrap();
+    let old =
+        s.rt.block_on(t.list(&None))
+            .unwrap()
+            .into_iter()
+            .find(|f| f.name == "foreign.bin")
+            .unwrap();
+    let caps = t.capabilities();
+    let replaced =
+        s.rt.block_on(t.upload(uploadfs::target::UploadRequest {
+            parent: None,
+            name: "foreign.bin".into(),
+            size: newer.len() as u64,
+            digests: uploadfs::target::Digests {
+                sha1: Some(sha1_hex(&newer)),
+                md5: Some(common::md5_hex(&newer)),
+            },
+            mtime_ms: 1_700_000_100_000,
+            replaces: Some(old.clone()),
+            resume_session: None,
+            source: std::sync::Arc::new(uploadfs::target::FileSource::open(&path).unwrap()),
+            observer: std::sync::Arc::new(uploadfs::target::ByteCounter::default()),
+        }))
+        .expect("direct replacing upload");
+    if !caps.replaces_in_place && replaced.id != old.id {
+        s.rt.block_on(t.delete(&old)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sh_status(&work, "cmp other.bin mnt/foreign.bin")
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new remote content never showed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Case-insensitive names (Box): looking up a.txt finds A.TXT.
+    if s.target(kind).capabilities().case_insensitive_names {
+        sh(
+            &work,
+            "echo hi > mnt/CASE.TXT && test \"$(cat mnt/case.txt)\" = hi",
+        );
+        let out = sh_status(&work, "ls mnt | grep -ic '^case.txt$'");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    }
+    // Names longer than 255 bytes.
+    let long = "x".repeat(256);
+    let out = sh_status(&work, &format!("touch mnt/{long}"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("File name too long"));
+    drop(m);
+}
+
+macro_rules! per_kind {
+    ($($kind:ident => $scenario:ident, $limits:ident;)*) => {$(
+        #[test]
+        fn $scenario() {
+            scenario(TargetKind::$kind);
+        }
+        #[test]
+        fn $limits() {
+            limits_and_foreign_files(TargetKind::$kind);
+        }
+    )*};
+}
+
+per_kind! {
+    Box => box_tools, box_limits;
+    Cloudreve => cloudreve_tools, cloudreve_limits;
+    Fluxer => fluxer_tools, fluxer_limits;
+    Virola => virola_tools, virola_limits;
+    Dyson => dyson_tools, dyson_limits;
+}
+
+/// `uploadfs mount local DIR` with no configuration at all: the built-in local target.
+#[test]
+fn local_target_needs_no_config() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_path_buf();
+    let env = vec![
+        ("HOME".to_string(), h.clone()),
+        ("XDG_CONFIG_HOME".to_string(), h.join(".config")),
+        ("XDG_DATA_HOME".to_string(), h.join(".local/share")),
+        ("XDG_STATE_HOME".to_string(), h.join(".local/state")),
+        ("XDG_CACHE_HOME".to_string(), h.join(".cache")),
+    ];
+    let mut m = Mount::start(&h, "local", &[], env);
+    std::fs::create_dir_all(h.join("src")).unwrap();
+    let data = pattern(3 * 1024 * 1024 + 5, 11);
+    std::fs::write(h.join("src/hello.bin"), &data).unwrap();
+    sh(
+        &h,
+        "cp src/hello.bin mnt/ && mkdir mnt/sub && echo x > mnt/sub/x.txt",
+    );
+    m.remount();
+    sh(
+        &h,
+        "cmp src/hello.bin mnt/hello.bin && test \"$(cat mnt/sub/x.txt)\" = x",
+    );
+    assert!(h.join(".local/state/uploadfs/local/catalog.db").exists());
+    assert!(h.join(".local/share/uploadfs/local").is_dir());
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("sub/x.txt"))
+        .unwrap();
+    f.write_all(b"y\n").unwrap();
+    drop(f);
+    sh(&h, "test \"$(cat mnt/sub/x.txt)\" = \"$(printf 'x\\ny')\"");
+    // A second mount on top of a running one is refused.
+    let out = run_bounded(
+        m.command().args(["mount", "local"]).arg(&m.dir),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already mounted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SIGTERM makes the daemon unmount cleanly.
+    let pid = m.daemon_pid().expect("daemon registered");
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(Instant::now() < deadline, "daemon did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mi.contains(&*m.dir.to_string_lossy()),
+        "still mounted after SIGTERM"
+    );
+    m.mounted = false;
+}
