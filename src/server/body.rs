@@ -34,25 +34,47 @@ pub enum BodyError {
     Io(#[from] std::io::Error),
 }
 
-/// Incremental SHA-1 + MD5.
-#[derive(Clone, Default)]
+/// Incremental SHA-1 + MD5 (or SHA-1 alone, where a part's MD5 is never used).
+#[derive(Clone)]
 pub struct Hashers {
     sha1: Sha1,
-    md5: Md5,
+    md5: Option<Md5>,
     len: u64,
 }
 
+impl Default for Hashers {
+    fn default() -> Self {
+        Hashers {
+            sha1: Sha1::default(),
+            md5: Some(Md5::default()),
+            len: 0,
+        }
+    }
+}
+
 impl Hashers {
+    /// SHA-1 only: `BodyInfo::md5` comes back empty.
+    pub fn sha1_only() -> Self {
+        Hashers {
+            md5: None,
+            ..Default::default()
+        }
+    }
     pub fn update(&mut self, data: &[u8]) {
         self.sha1.update(data);
-        self.md5.update(data);
+        if let Some(m) = &mut self.md5 {
+            m.update(data);
+        }
         self.len += data.len() as u64;
     }
     pub fn finish(self) -> BodyInfo {
         BodyInfo {
             len: self.len,
             sha1: hex::encode(self.sha1.finalize()),
-            md5: hex::encode(self.md5.finalize()),
+            md5: self
+                .md5
+                .map(|m| hex::encode(m.finalize()))
+                .unwrap_or_default(),
         }
     }
 }
@@ -80,8 +102,18 @@ pub async fn append_body(
     limit: u64,
     throttle: &Throttle,
 ) -> Result<BodyInfo, BodyError> {
+    append_body_hashed(body, file, limit, throttle, Hashers::default()).await
+}
+
+/// [`append_body`] with the given hashers.
+pub async fn append_body_hashed(
+    body: Body,
+    file: &mut tokio::fs::File,
+    limit: u64,
+    throttle: &Throttle,
+    mut h: Hashers,
+) -> Result<BodyInfo, BodyError> {
     let mut stream = body.into_data_stream();
-    let mut h = Hashers::default();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| BodyError::Aborted(e.to_string()))?;
         if h.len + chunk.len() as u64 > limit {
@@ -290,5 +322,115 @@ pub fn content_type_for(name: &str) -> &'static str {
         Some("zip") => "application/zip",
         Some("mp4") => "video/mp4",
         _ => "application/octet-stream",
+    }
+}
+
+/// A file assembled from parts written at their own offsets, in any order, with its
+/// whole-file digests computed along the way: a part is hashed as soon as it extends the
+/// contiguous prefix (the "frontier"), reading it back while it is still in the page cache.
+/// At commit almost nothing is left to hash, and the file is renamed into the blob store
+/// instead of being copied.
+pub struct AssembledFile {
+    path: std::path::PathBuf,
+    /// Accepted parts not yet hashed: offset → length.
+    pending: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
+    frontier: tokio::sync::Mutex<Frontier>,
+}
+
+struct Frontier {
+    next: u64,
+    hashers: Hashers,
+}
+
+impl AssembledFile {
+    /// Create the (sparse) file of the final size; `whole` hashes the whole file (e.g.
+    /// [`Hashers::sha1_only`] where its MD5 is never used).
+    pub fn create(
+        path: std::path::PathBuf,
+        size: u64,
+        whole: Hashers,
+    ) -> std::io::Result<AssembledFile> {
+        let f = std::fs::File::create(&path)?;
+        f.set_len(size)?;
+        Ok(AssembledFile {
+            path,
+            pending: Default::default(),
+            frontier: tokio::sync::Mutex::new(Frontier {
+                next: 0,
+                hashers: whole,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stream one part's body to `offset`, refusing more than `limit` bytes; returns the
+    /// part's SHA-1 (its MD5 is not computed). The part counts only once
+    /// [`accept`](Self::accept)ed.
+    pub async fn write_part(
+        &self,
+        offset: u64,
+        body: Body,
+        limit: u64,
+        throttle: &Throttle,
+    ) -> Result<BodyInfo, BodyError> {
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .await?;
+        f.seek(std::io::SeekFrom::Start(offset)).await?;
+        append_body_hashed(body, &mut f, limit, throttle, Hashers::sha1_only()).await
+    }
+
+    /// Record an accepted part and, in the background, hash whatever is now contiguous
+    /// (unless that is already running; it will pick this part up). Errors there are left
+    /// for [`finish`](Self::finish) to meet again.
+    pub fn accept(self: &std::sync::Arc<Self>, offset: u64, len: u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(offset, len);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Ok(mut fr) = this.frontier.try_lock() {
+                let _ = this.advance(&mut fr).await;
+            }
+        });
+    }
+
+    async fn advance(&self, fr: &mut Frontier) -> std::io::Result<()> {
+        loop {
+            let next = {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                pending.remove(&fr.next).map(|len| (fr.next, len))
+            };
+            let Some((offset, len)) = next else {
+                return Ok(());
+            };
+            let mut f = tokio::fs::File::open(&self.path).await?;
+            f.seek(std::io::SeekFrom::Start(offset)).await?;
+            let mut left = len;
+            let mut buf = vec![0u8; (1 << 20).min(len.max(1) as usize)];
+            while left > 0 {
+                let want = buf.len().min(left as usize);
+                f.read_exact(&mut buf[..want]).await?;
+                fr.hashers.update(&buf[..want]);
+                left -= want as u64;
+            }
+            fr.next += len;
+        }
+    }
+
+    /// Hash what is left; the whole-file digests when the parts cover exactly `size` bytes
+    /// from offset 0, else `None`.
+    pub async fn finish(&self, size: u64) -> std::io::Result<Option<BodyInfo>> {
+        let mut fr = self.frontier.lock().await;
+        self.advance(&mut fr).await?;
+        if fr.next != size {
+            return Ok(None);
+        }
+        Ok(Some(fr.hashers.clone().finish()))
     }
 }

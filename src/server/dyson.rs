@@ -86,6 +86,11 @@ impl ProtoState {
     pub fn open_sessions(&self) -> usize {
         self.tasks().len()
     }
+    /// Forget the known upload tasks (control `forget_sessions`); the caller removes their
+    /// directories, so their chunks and completion answer 404. Returns their ids.
+    pub fn clear_sessions(&self) -> Vec<String> {
+        self.tasks().drain().collect()
+    }
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }

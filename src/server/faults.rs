@@ -5,6 +5,24 @@
 //!
 //! Everything here can be changed at run time through the control endpoint, so a test can
 //! turn faults on and off around the step it is checking.
+//!
+//! "Bad answers" ([`BadAnswers`]) model a broken proxy or captive portal between client and
+//! service: `POST /_uploadfs/control {"bad_answers": {"mode": M, "count": N,
+//! "path_contains": "...", "method": "PUT"}}` makes the next `N` protocol responses whose
+//! request path contains `path_contains` (and, when given, whose method is `method`) come
+//! back spoiled, whatever the protocol. Modes ([`BadMode`]):
+//! - `html`: status 200, an HTML sign-in page instead of the answer;
+//! - `garbage_json`: status 200, `application/json` body `{"unexpected": ` (cut JSON);
+//! - `empty`: status 200 with an empty body;
+//! - `truncate`: the original status and headers, `Content-Length` promising the whole
+//!   body, half of it sent, then the connection ends;
+//! - `wrong_length`: the original status and headers with half the body and a matching
+//!   `Content-Length` (a consistent but short answer, e.g. a short download);
+//! - `flip` (alias `wrong_content`): the original answer with every byte inverted (same
+//!   length), so read-back verification can be tested.
+//!
+//! `count` 0 (or a rule with an unknown mode refused by the control endpoint) turns the
+//! rule off; spoiled answers are counted in the introspection (`bad_answers_sent`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -42,6 +60,10 @@ pub struct Counters {
     pub requests: AtomicU64,
     pub faults_injected: AtomicU64,
     pub bytes_received: AtomicU64,
+    /// Answers replaced by the bad-answer rule.
+    pub bad_answers_sent: AtomicU64,
+    /// Upload sessions dropped by the `forget_sessions` control.
+    pub sessions_forgotten: AtomicU64,
 }
 
 pub struct Faults {
@@ -117,5 +139,65 @@ impl Throttle {
             start
         };
         tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// How a bad answer is spoiled (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadMode {
+    Html,
+    GarbageJson,
+    Empty,
+    Truncate,
+    WrongLength,
+    #[serde(alias = "wrong_content")]
+    Flip,
+}
+
+/// The control endpoint's `bad_answers` object.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct BadRule {
+    pub mode: BadMode,
+    /// How many matching answers to spoil.
+    pub count: u64,
+    /// Only requests whose path contains this (empty: every protocol request).
+    #[serde(default)]
+    pub path_contains: String,
+    /// Only requests of this method (any when absent), e.g. `PUT`.
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+/// The active bad-answer rule, if any.
+#[derive(Default)]
+pub struct BadAnswers {
+    rule: Mutex<Option<BadRule>>,
+}
+
+impl BadAnswers {
+    /// Replace the rule (count 0 clears it).
+    pub fn set(&self, rule: BadRule) {
+        *self.rule.lock().unwrap_or_else(|p| p.into_inner()) = (rule.count > 0).then_some(rule);
+    }
+
+    /// The mode to apply to this request, using up one of the rule's answers.
+    pub fn take(&self, method: &str, path: &str) -> Option<BadMode> {
+        let mut guard = self.rule.lock().unwrap_or_else(|p| p.into_inner());
+        let rule = guard.as_mut()?;
+        if !path.contains(&rule.path_contains)
+            || rule
+                .method
+                .as_deref()
+                .is_some_and(|m| !m.eq_ignore_ascii_case(method))
+        {
+            return None;
+        }
+        let mode = rule.mode;
+        rule.count -= 1;
+        if rule.count == 0 {
+            *guard = None;
+        }
+        Some(mode)
     }
 }

@@ -6,6 +6,12 @@
 //! ([`ServerState`]), token checks, fault injection hooks, and the test endpoints under
 //! `/_uploadfs/` (introspection of what really landed, and run-time control of faults).
 //!
+//! Control (`POST /_uploadfs/control`, JSON) changes at run time: `fail_rate`, `token`
+//! (revokes the client's), `latency_ms`, `bandwidth`, `box_commit_202`, `fluxer_max_size`,
+//! `max_file_size`, `bad_answers` (spoiled answers of chosen requests, see
+//! [`faults`]), and `forget_sessions: true`, which drops every protocol's open upload
+//! sessions (and their parts) as an expiry or a server restart would.
+//!
 //! Connections are served by our own accept loop instead of `axum::serve` so that a
 //! handler can really drop its connection ([`ConnKill`]): that is how "connection reset"
 //! faults reach clients as they would on a real network.
@@ -34,7 +40,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use faults::{Counters, Fault, FaultOp, Faults, Throttle};
+use faults::{BadAnswers, BadMode, BadRule, Counters, Fault, FaultOp, Faults, Throttle};
 use store::Store;
 
 /// The channel id of the one Fluxer channel the server hosts.
@@ -46,7 +52,8 @@ pub const VIROLA_MESSAGE_ID: u64 = 1234567;
 pub const DEFAULT_TOKEN: &str = "uploadfs-dev-token";
 
 /// Options of `uploadfs serve` (also used in-process by the `local` target and tests).
-#[derive(Debug, Clone, clap::Args)]
+/// `Debug` leaves the token out.
+#[derive(Clone, clap::Args)]
 pub struct ServeOptions {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -86,6 +93,25 @@ pub struct ServeOptions {
     pub cloudreve_chunk_size: u64,
 }
 
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("listen", &self.listen)
+            .field("data", &self.data)
+            .field("token", &"***")
+            .field("fail_rate", &self.fail_rate)
+            .field("seed", &self.seed)
+            .field("latency_ms", &self.latency_ms)
+            .field("bandwidth", &self.bandwidth)
+            .field("box_commit_202", &self.box_commit_202)
+            .field("fluxer_max_size", &self.fluxer_max_size)
+            .field("fluxer_session_ttl", &self.fluxer_session_ttl)
+            .field("max_file_size", &self.max_file_size)
+            .field("cloudreve_chunk_size", &self.cloudreve_chunk_size)
+            .finish()
+    }
+}
+
 impl ServeOptions {
     /// Options for an in-process server on an ephemeral loopback port.
     pub fn ephemeral(data: PathBuf, token: &str) -> ServeOptions {
@@ -106,14 +132,26 @@ impl ServeOptions {
     }
 }
 
-/// Run-time adjustable settings.
-#[derive(Debug, Clone)]
+/// Run-time adjustable settings. `Debug` leaves the token out.
+#[derive(Clone)]
 pub struct Live {
     pub token: String,
     pub latency: Duration,
     pub box_commit_202: u32,
     pub fluxer_max_size: u64,
     pub max_file_size: u64,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("token", &"***")
+            .field("latency", &self.latency)
+            .field("box_commit_202", &self.box_commit_202)
+            .field("fluxer_max_size", &self.fluxer_max_size)
+            .field("max_file_size", &self.max_file_size)
+            .finish()
+    }
 }
 
 /// State shared by every handler.
@@ -124,6 +162,8 @@ pub struct ServerState {
     pub faults: Faults,
     pub throttle: Arc<Throttle>,
     pub counters: Counters,
+    /// The bad-answer rule set through the control endpoint.
+    pub bad_answers: BadAnswers,
     /// The address the server listens on (for absolute URLs in answers).
     pub base_url: Mutex<String>,
     pub box_: box_::ProtoState,
@@ -246,6 +286,10 @@ pub fn router(state: AppState) -> Router {
         .route("/_uploadfs/control", post(control))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            bad_answer_layer,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             common_layer,
         ))
         .with_state(state)
@@ -259,6 +303,83 @@ async fn common_layer(State(state): State<AppState>, req: Request, next: Next) -
         tokio::time::sleep(latency).await;
     }
     next.run(req).await
+}
+
+/// Spoils the answers the bad-answer rule picks (never those of `/_uploadfs/`).
+async fn bad_answer_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/_uploadfs/") {
+        return next.run(req).await;
+    }
+    let Some(mode) = state.bad_answers.take(req.method().as_str(), &path) else {
+        return next.run(req).await;
+    };
+    let resp = next.run(req).await;
+    state
+        .counters
+        .bad_answers_sent
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(%path, ?mode, "serving a bad answer");
+    spoil(mode, resp).await
+}
+
+/// The page a captive portal or a login proxy answers instead of the service.
+const PORTAL_PAGE: &str = "<!DOCTYPE html><html><head><title>Sign in to the network</title>\
+    </head><body><h1>Network login required</h1><p>Please sign in to continue.</p></body></html>";
+/// How long a truncated answer waits after its first half before the connection ends.
+const TRUNCATE_PAUSE: Duration = Duration::from_millis(50);
+/// Largest answer body [`spoil`] reads into memory to cut or flip it (test sizes only).
+const MAX_SPOILED_BODY: usize = 256 * 1024 * 1024;
+
+/// Replace `resp` as `mode` says (see [`faults`]).
+async fn spoil(mode: BadMode, resp: Response) -> Response {
+    let fixed = |ct: &'static str, body: &'static str| {
+        (StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response()
+    };
+    match mode {
+        BadMode::Html => return fixed("text/html; charset=utf-8", PORTAL_PAGE),
+        BadMode::GarbageJson => return fixed("application/json", "{\"unexpected\": "),
+        BadMode::Empty => return fixed("application/json", ""),
+        BadMode::Truncate | BadMode::WrongLength | BadMode::Flip => {}
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_SPOILED_BODY)
+        .await
+        .unwrap_or_default();
+    let length = |n: usize| header::HeaderValue::from(n as u64);
+    match mode {
+        BadMode::Flip => {
+            let flipped: Vec<u8> = bytes.iter().map(|b| !b).collect();
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, length(flipped.len()));
+            Response::from_parts(parts, axum::body::Body::from(flipped))
+        }
+        BadMode::WrongLength => {
+            let half = bytes.slice(..bytes.len() / 2);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, length(half.len()));
+            Response::from_parts(parts, axum::body::Body::from(half))
+        }
+        _ => {
+            // Promise the whole body (at least a few bytes), send half, then fail the
+            // stream: hyper closes the connection mid-body. The failure waits a moment so
+            // the head and the first half really leave (else hyper drops them unsent).
+            use futures_util::StreamExt as _;
+            let promised = bytes.len().max(16);
+            let half = bytes.slice(..bytes.len() / 2);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, length(promised));
+            let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(half) });
+            let cut = futures_util::stream::once(async {
+                tokio::time::sleep(TRUNCATE_PAUSE).await;
+                Err(std::io::Error::other("bad answer: connection cut mid-body"))
+            });
+            Response::from_parts(parts, axum::body::Body::from_stream(first.chain(cut)))
+        }
+    }
 }
 
 /// The 401 answer of the test endpoints when the token is missing or wrong.
@@ -301,6 +422,8 @@ async fn introspect(State(state): State<AppState>, headers: HeaderMap) -> Respon
         "requests": state.counters.requests.load(Ordering::Relaxed),
         "faults_injected": state.counters.faults_injected.load(Ordering::Relaxed),
         "bytes_received": state.counters.bytes_received.load(Ordering::Relaxed),
+        "bad_answers_sent": state.counters.bad_answers_sent.load(Ordering::Relaxed),
+        "sessions_forgotten": state.counters.sessions_forgotten.load(Ordering::Relaxed),
         "fail_rate": state.faults.rate(),
     }))
     .into_response()
@@ -316,6 +439,11 @@ struct ControlBody {
     box_commit_202: Option<u32>,
     fluxer_max_size: Option<u64>,
     max_file_size: Option<u64>,
+    /// Spoil the next answers of matching requests.
+    bad_answers: Option<BadRule>,
+    /// Drop every protocol's open upload sessions now.
+    #[serde(default)]
+    forget_sessions: bool,
 }
 
 /// `POST /_uploadfs/control`: change fault and shaping settings at run time.
@@ -332,6 +460,12 @@ async fn control(
     }
     if let Some(b) = body.bandwidth {
         state.throttle.set_rate(b);
+    }
+    if let Some(rule) = body.bad_answers {
+        state.bad_answers.set(rule);
+    }
+    if body.forget_sessions {
+        forget_sessions(&state);
     }
     {
         let mut live = state.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -352,6 +486,29 @@ async fn control(
         }
     }
     Json(serde_json::json!({"ok": true})).into_response()
+}
+
+/// Drop every protocol's open upload sessions and the parts they hold on disk.
+fn forget_sessions(state: &ServerState) {
+    let mut n = 0u64;
+    for (proto, ids) in [
+        ("box", state.box_.clear_sessions()),
+        ("cloudreve", state.cloudreve.clear_sessions()),
+        ("fluxer", state.fluxer.clear_sessions()),
+        ("virola", state.virola.clear_sessions()),
+        ("dyson", state.dyson.clear_sessions()),
+    ] {
+        for id in ids {
+            n += 1;
+            let dir = state.store.root().join("sessions").join(proto).join(&id);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    state
+        .counters
+        .sessions_forgotten
+        .fetch_add(n, Ordering::Relaxed);
+    tracing::info!(sessions = n, "control: open upload sessions forgotten");
 }
 
 /// A running server: its address, and a handle to stop it.
@@ -410,6 +567,7 @@ pub async fn start(opts: ServeOptions) -> Result<RunningServer, ServeError> {
         faults: Faults::new(opts.fail_rate, opts.seed),
         throttle: Arc::new(Throttle::new(opts.bandwidth)),
         counters: Counters::default(),
+        bad_answers: BadAnswers::default(),
         base_url: Mutex::new(format!("http://{addr}")),
         store,
         box_: Default::default(),

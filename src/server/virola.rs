@@ -86,6 +86,11 @@ impl ProtoState {
     pub fn open_sessions(&self) -> usize {
         self.uploads_in_flight.load(Ordering::Relaxed)
     }
+    /// Virola has no upload sessions (one request carries a whole file), so there is
+    /// nothing to forget; login sessions are not upload sessions and stay.
+    pub fn clear_sessions(&self) -> Vec<String> {
+        Vec::new()
+    }
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }

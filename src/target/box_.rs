@@ -55,6 +55,8 @@ const DEFAULT_NOT_READY_WAIT: Duration = Duration::from_secs(1);
 /// Chunk size when streaming a direct upload body or hashing the source.
 const READ_CHUNK: usize = 1024 * 1024;
 
+/// `Debug` shows no token (the [`HttpClient`] keeps it as a `Secret`).
+#[derive(Debug)]
 pub struct BoxTarget {
     http: HttpClient,
     api: String,
@@ -328,15 +330,11 @@ impl BoxTarget {
     where
         F: Fn() -> RequestBuilder,
     {
-        let resp = self.http.send(what, || self.http.auth(build())).await?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|e| {
-            TargetError::new(
-                ErrorKind::Unavailable,
-                format!("{what}: reading the answer failed: {}", describe_reqwest(e)),
-            )
-        })?;
+        // An answer cut short is retried like a lost one (`send_bytes`).
+        let (status, headers, body) = self
+            .http
+            .send_bytes(what, || self.http.auth(build()))
+            .await?;
         if status.is_success() {
             Ok(Ok((status, headers, body)))
         } else {
@@ -718,16 +716,19 @@ impl BoxTarget {
         Ok(Some(out))
     }
 
+    /// Upload through a session. `fresh` skips the journaled session: set when starting
+    /// over because the session vanished (expired, or lost by the server) mid-upload.
     async fn session_upload(
         &self,
         req: &UploadRequest,
         parent: &str,
         version_of: Option<&str>,
+        fresh: bool,
     ) -> Result<RemoteFile> {
         let what = format!("box upload of {}", req.name);
         // A journaled session first; a session that is gone or holds other data is dropped.
         let mut resumed = None;
-        if let Some(sid) = &req.resume_session {
+        if let Some(sid) = req.resume_session.as_ref().filter(|_| !fresh) {
             if let Some(s) = self.resume(req, sid).await? {
                 match self.usable_parts(req, &s).await? {
                     Some(parts) => resumed = Some((s, parts)),
@@ -781,6 +782,13 @@ impl BoxTarget {
             Ok(f) => Ok(f),
             // The server could not be reached: leave the session for a later resume.
             Err(e) if e.kind == ErrorKind::Unavailable => Err(e),
+            // Parts and commit only name the session, so a 404 means it vanished under us
+            // (expired, or lost by the server): start over once with a new session.
+            Err(e) if e.kind == ErrorKind::NotFound && !fresh => {
+                tracing::warn!(session = %session.id, name = %req.name, error = %e,
+                    "box: the upload session vanished; starting again with a new one");
+                Box::pin(self.session_upload(req, parent, version_of, true)).await
+            }
             Err(e) => {
                 self.abort(req, &session).await;
                 Err(e)
@@ -847,102 +855,20 @@ impl Target for BoxTarget {
             };
         }
         match self
-            .session_upload(&req, &parent, version_of.as_deref())
+            .session_upload(&req, &parent, version_of.as_deref(), false)
             .await
         {
             Err(e) if e.kind == ErrorKind::NotFound && version_of.is_some() => {
                 // The replaced file vanished before the session was created.
-                self.session_upload(&req, &parent, None).await
+                self.session_upload(&req, &parent, None, false).await
             }
             r => r,
         }
     }
 
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
-        if len == 0 || (file.size > 0 && offset >= file.size) {
-            return Ok(Bytes::new());
-        }
-        let what = format!("box read of {}", file.name);
-        let url = format!("{}/files/{}/content", self.api, file.id);
-        let range = format!("bytes={}-{}", offset, offset + len - 1);
-        self.http
-            .retry(&what, || async {
-                // reqwest follows the 302 to the download link (Range is kept).
-                let rb = self
-                    .http
-                    .auth(self.http.client.get(&url))
-                    .header(RANGE, &range);
-                let resp = match rb.send().await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Attempt::Retry {
-                            after: None,
-                            reason: format!("connection error: {}", describe_reqwest(e)),
-                        }
-                    }
-                };
-                let status = resp.status();
-                let after = retry_after(resp.headers());
-                let expected = resp
-                    .headers()
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                let start = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if status == StatusCode::ACCEPTED {
-                    return Attempt::Retry {
-                        after: Some(after.unwrap_or(DEFAULT_NOT_READY_WAIT)),
-                        reason: "the file is not ready for download yet (202)".to_string(),
-                    };
-                }
-                if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                    return Attempt::Retry {
-                        after,
-                        reason: format!("server answered {status}"),
-                    };
-                }
-                if status == StatusCode::RANGE_NOT_SATISFIABLE {
-                    // The range starts at or past the end of the file.
-                    return Attempt::Done(Bytes::new());
-                }
-                let body = match resp.bytes().await {
-                    Ok(b) if expected.is_none_or(|n| n == b.len() as u64) => b,
-                    Ok(b) => {
-                        return Attempt::Retry {
-                            after: None,
-                            reason: format!("body cut short: {} of {expected:?} bytes", b.len()),
-                        }
-                    }
-                    Err(e) => {
-                        return Attempt::Retry {
-                            after: None,
-                            reason: format!("body cut short: {}", describe_reqwest(e)),
-                        }
-                    }
-                };
-                match status {
-                    StatusCode::PARTIAL_CONTENT if start == Some(offset) => {
-                        Attempt::Done(body.slice(..body.len().min(len as usize)))
-                    }
-                    StatusCode::PARTIAL_CONTENT => Attempt::Fail(TargetError::protocol(format!(
-                        "{what}: asked for offset {offset}, got a range starting at {start:?}"
-                    ))),
-                    // The whole file: cut our range out of it.
-                    StatusCode::OK => {
-                        let from = (offset as usize).min(body.len());
-                        let to = (offset.saturating_add(len) as usize).min(body.len());
-                        Attempt::Done(body.slice(from..to))
-                    }
-                    _ => Attempt::Fail(Failure::from_body(status, &body).into_error(&what)),
-                }
-            })
-            .await
+        let data = self.read_unchecked(file, offset, len).await?;
+        super::http::check_read(&read_what(file), file, offset, len, data)
     }
 
     async fn list(&self, dir: &DirRef) -> Result<Vec<RemoteFile>> {
@@ -1032,4 +958,99 @@ impl Target for BoxTarget {
         .await
         .map(|_| ())
     }
+}
+
+impl BoxTarget {
+    /// A ranged read as the server answered it ([`super::http::check_read`] checks it).
+    async fn read_unchecked(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 || (file.size > 0 && offset >= file.size) {
+            return Ok(Bytes::new());
+        }
+        let what = read_what(file);
+        let url = format!("{}/files/{}/content", self.api, file.id);
+        let range = format!("bytes={}-{}", offset, offset + len - 1);
+        self.http
+            .retry(&what, || async {
+                // reqwest follows the 302 to the download link (Range is kept).
+                let rb = self
+                    .http
+                    .auth(self.http.client.get(&url))
+                    .header(RANGE, &range);
+                let resp = match rb.send().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Attempt::Retry {
+                            after: None,
+                            reason: format!("connection error: {}", describe_reqwest(e)),
+                        }
+                    }
+                };
+                let status = resp.status();
+                let after = retry_after(resp.headers());
+                let expected = resp
+                    .headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let start = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if status == StatusCode::ACCEPTED {
+                    return Attempt::Retry {
+                        after: Some(after.unwrap_or(DEFAULT_NOT_READY_WAIT)),
+                        reason: "the file is not ready for download yet (202)".to_string(),
+                    };
+                }
+                if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                    return Attempt::Retry {
+                        after,
+                        reason: format!("server answered {status}"),
+                    };
+                }
+                if status == StatusCode::RANGE_NOT_SATISFIABLE {
+                    // The range starts at or past the end of the file.
+                    return Attempt::Done(Bytes::new());
+                }
+                let body = match resp.bytes().await {
+                    Ok(b) if expected.is_none_or(|n| n == b.len() as u64) => b,
+                    Ok(b) => {
+                        return Attempt::Retry {
+                            after: None,
+                            reason: format!("body cut short: {} of {expected:?} bytes", b.len()),
+                        }
+                    }
+                    Err(e) => {
+                        return Attempt::Retry {
+                            after: None,
+                            reason: format!("body cut short: {}", describe_reqwest(e)),
+                        }
+                    }
+                };
+                match status {
+                    StatusCode::PARTIAL_CONTENT if start == Some(offset) => {
+                        Attempt::Done(body.slice(..body.len().min(len as usize)))
+                    }
+                    StatusCode::PARTIAL_CONTENT => Attempt::Fail(TargetError::protocol(format!(
+                        "{what}: asked for offset {offset}, got a range starting at {start:?}"
+                    ))),
+                    // The whole file: cut our range out of it.
+                    StatusCode::OK => {
+                        let from = (offset as usize).min(body.len());
+                        let to = (offset.saturating_add(len) as usize).min(body.len());
+                        Attempt::Done(body.slice(from..to))
+                    }
+                    _ => Attempt::Fail(Failure::from_body(status, &body).into_error(&what)),
+                }
+            })
+            .await
+    }
+}
+
+/// How reads of `file` are named in messages.
+fn read_what(file: &RemoteFile) -> String {
+    format!("box read of {}", file.name)
 }

@@ -184,6 +184,19 @@ pub struct CloudreveTarget {
     urls: Mutex<HashMap<String, (String, Instant)>>,
 }
 
+/// `Debug` shows no token and no signed URL (they carry signatures).
+impl std::fmt::Debug for CloudreveTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cached = self.urls.lock().map(|u| u.len()).unwrap_or(0);
+        f.debug_struct("CloudreveTarget")
+            .field("http", &self.http)
+            .field("api", &self.api)
+            .field("root", &self.root)
+            .field("cached_urls", &cached)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CloudreveTarget {
     pub fn new(http: HttpClient, cfg: &TargetConfig) -> anyhow::Result<Self> {
         let api = cfg.url.trim_end_matches('/').to_string();
@@ -458,6 +471,13 @@ impl CloudreveTarget {
                                 ))),
                             }
                         }
+                        // The session vanished mid-upload (expired, or the server lost it).
+                        Outcome::Code(code::SESSION_EXPIRED, m) => {
+                            Attempt::Fail(TargetError::new(
+                                ErrorKind::NotFound,
+                                format!("{what}: the upload session is gone (Cloudreve error 40011: {})", excerpt(&m)),
+                            ))
+                        }
                         Outcome::Code(c, m) => Attempt::Fail(code_error(&what, c, &m)),
                         Outcome::Fatal(e) => Attempt::Fail(prefix(&what, e)),
                     }
@@ -647,12 +667,24 @@ impl Target for CloudreveTarget {
         if tail.len() != 1 {
             return Err(short_source(&req.name, req.size));
         }
-        let session = self.create_session(&uri, &req).await?;
-        req.observer.session_started(&session.session_id);
-        tracing::debug!(file = %req.name, session = %session.session_id, chunk_size = session.chunk_size, "cloudreve session");
-        if let Err(e) = self.send_chunks(&uri, &session, &req).await {
-            self.cancel(&session.session_id, &uri, &req.name).await;
-            return Err(e);
+        // A session that vanishes mid-upload (chunks answer 40011) is replaced once.
+        let mut restarted = false;
+        loop {
+            let session = self.create_session(&uri, &req).await?;
+            req.observer.session_started(&session.session_id);
+            tracing::debug!(file = %req.name, session = %session.session_id, chunk_size = session.chunk_size, "cloudreve session");
+            match self.send_chunks(&uri, &session, &req).await {
+                Ok(()) => break,
+                Err(e) if e.kind == ErrorKind::NotFound && !restarted => {
+                    tracing::warn!(file = %req.name, error = %e, "cloudreve: the upload session vanished; starting again");
+                    restarted = true;
+                    self.cancel(&session.session_id, &uri, &req.name).await;
+                }
+                Err(e) => {
+                    self.cancel(&session.session_id, &uri, &req.name).await;
+                    return Err(e);
+                }
+            }
         }
         let what = format!("upload of {}", req.name);
         match self.info(&uri, &what).await {
@@ -675,54 +707,8 @@ impl Target for CloudreveTarget {
     }
 
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let what = format!("read of {}", file.name);
-        let end = offset.saturating_add(len - 1);
-        for fresh in [false, true] {
-            let url = self.content_url(file, fresh).await?;
-            let (status, headers, body) = self
-                .http
-                .send_bytes(&what, || {
-                    self.http
-                        .client
-                        .get(&url)
-                        .header(RANGE, format!("bytes={offset}-{end}"))
-                })
-                .await?;
-            match status {
-                StatusCode::PARTIAL_CONTENT => {
-                    let start = headers
-                        .get(CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("bytes "))
-                        .and_then(|v| v.split_once('-'))
-                        .and_then(|(s, _)| s.parse::<u64>().ok());
-                    if start != Some(offset) {
-                        return Err(TargetError::protocol(format!(
-                            "{what}: the server sent a different range than asked ({offset}-{end})"
-                        )));
-                    }
-                    let n = body.len().min(len as usize);
-                    return Ok(body.slice(..n));
-                }
-                StatusCode::OK => {
-                    let from = (offset as usize).min(body.len());
-                    let to = (offset.saturating_add(len) as usize).min(body.len());
-                    return Ok(body.slice(from..to));
-                }
-                StatusCode::RANGE_NOT_SATISFIABLE => return Ok(Bytes::new()),
-                // An expired or stale URL (new content, server restart): ask for a new one.
-                StatusCode::FORBIDDEN | StatusCode::NOT_FOUND if !fresh => continue,
-                s => {
-                    return Err(status_error(&what, s, &String::from_utf8_lossy(&body)));
-                }
-            }
-        }
-        Err(TargetError::protocol(format!(
-            "{what}: no usable download URL"
-        )))
+        let data = self.read_unchecked(file, offset, len).await?;
+        super::http::check_read(&read_what(file), file, offset, len, data)
     }
 
     async fn list(&self, dir: &DirRef) -> Result<Vec<RemoteFile>> {
@@ -844,6 +830,65 @@ impl Target for CloudreveTarget {
         let f: FileResp = from_value(&what, v)?;
         Ok(f.into_remote(&dir))
     }
+}
+
+impl CloudreveTarget {
+    /// A ranged read as the server answered it ([`super::http::check_read`] checks it).
+    async fn read_unchecked(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let what = read_what(file);
+        let end = offset.saturating_add(len - 1);
+        for fresh in [false, true] {
+            let url = self.content_url(file, fresh).await?;
+            let (status, headers, body) = self
+                .http
+                .send_bytes(&what, || {
+                    self.http
+                        .client
+                        .get(&url)
+                        .header(RANGE, format!("bytes={offset}-{end}"))
+                })
+                .await?;
+            match status {
+                StatusCode::PARTIAL_CONTENT => {
+                    let start = headers
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("bytes "))
+                        .and_then(|v| v.split_once('-'))
+                        .and_then(|(s, _)| s.parse::<u64>().ok());
+                    if start != Some(offset) {
+                        return Err(TargetError::protocol(format!(
+                            "{what}: the server sent a different range than asked ({offset}-{end})"
+                        )));
+                    }
+                    let n = body.len().min(len as usize);
+                    return Ok(body.slice(..n));
+                }
+                StatusCode::OK => {
+                    let from = (offset as usize).min(body.len());
+                    let to = (offset.saturating_add(len) as usize).min(body.len());
+                    return Ok(body.slice(from..to));
+                }
+                StatusCode::RANGE_NOT_SATISFIABLE => return Ok(Bytes::new()),
+                // An expired or stale URL (new content, server restart): ask for a new one.
+                StatusCode::FORBIDDEN | StatusCode::NOT_FOUND if !fresh => continue,
+                s => {
+                    return Err(status_error(&what, s, &String::from_utf8_lossy(&body)));
+                }
+            }
+        }
+        Err(TargetError::protocol(format!(
+            "{what}: no usable download URL"
+        )))
+    }
+}
+
+/// How reads of `file` are named in messages.
+fn read_what(file: &RemoteFile) -> String {
+    format!("read of {}", file.name)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{excerpt, json, parse_json, status_error, HttpClient};
+use super::http::{excerpt, parse_json, status_error, HttpClient};
 use super::{
     Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Target, TargetError,
     UploadRequest,
@@ -43,6 +43,8 @@ const MAX_NAME_BYTES: usize = 255;
 /// Read size when hashing the source.
 const HASH_CHUNK: usize = 1024 * 1024;
 
+/// `Debug` shows no token (the [`HttpClient`] keeps it as a `Secret`).
+#[derive(Debug)]
 pub struct DysonTarget {
     http: HttpClient,
     base: String,
@@ -119,18 +121,17 @@ impl DysonTarget {
             body["pool_id"] = json!(p);
         }
         let url = self.url("/files/upload/create");
-        let resp = self
+        // An answer cut short is retried (`send_bytes`): creating a task twice is harmless.
+        let (status, _, answer) = self
             .http
-            .send(&what, || {
+            .send_bytes(&what, || {
                 self.http.auth(self.http.client.post(&url)).json(&body)
             })
             .await?;
-        let status = resp.status();
         if !status.is_success() {
-            let b = resp.bytes().await.unwrap_or_default();
-            return Err(self.fail(&what, status, &b));
+            return Err(self.fail(&what, status, &answer));
         }
-        json(&what, resp).await
+        parse_json(&what, &answer)
     }
 
     /// Send chunk `index`; `Ok(false)` when the task is gone (404).
@@ -243,20 +244,12 @@ impl DysonTarget {
         drop(chunks);
         let what = format!("completing the upload of {}", req.name);
         let url = self.url(&format!("/files/upload/complete/{task}"));
-        let resp = self
+        // A completion answer cut short is sent again; the task is gone by then (404), so
+        // the next round's create finds the stored file by its hash.
+        let (status, _, body) = self
             .http
-            .send(&what, || self.http.auth(self.http.client.post(&url)))
+            .send_bytes(&what, || self.http.auth(self.http.client.post(&url)))
             .await?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| {
-            TargetError::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "{what}: reading the answer failed: {}",
-                    super::http::describe_reqwest(e)
-                ),
-            )
-        })?;
         if status.is_success() {
             let f: CloudFile = parse_json(&what, &body)?;
             let r = to_remote(f);
@@ -425,31 +418,8 @@ impl Target for DysonTarget {
     }
 
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let what = format!("reading {}", file.name);
-        let url = self.url(&format!("/files/{}", file.id));
-        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
-        // Stored files answer with a redirect to storage; reqwest follows it.
-        let (status, _, body) = self
-            .http
-            .send_bytes(&what, || {
-                self.http
-                    .auth(self.http.client.get(&url))
-                    .header(reqwest::header::RANGE, &range)
-            })
-            .await?;
-        match status {
-            StatusCode::PARTIAL_CONTENT => Ok(body),
-            StatusCode::OK => {
-                let start = offset.min(body.len() as u64) as usize;
-                let end = offset.saturating_add(len).min(body.len() as u64) as usize;
-                Ok(body.slice(start..end))
-            }
-            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
-            s => Err(self.fail(&what, s, &body)),
-        }
+        let data = self.read_unchecked(file, offset, len).await?;
+        super::http::check_read(&read_what(file), file, offset, len, data)
     }
 
     async fn list(&self, dir: &DirRef) -> Result<Vec<RemoteFile>> {
@@ -527,4 +497,40 @@ impl Target for DysonTarget {
     async fn mkdir(&self, _parent: &DirRef, _name: &str) -> Result<RemoteFile> {
         Err(TargetError::unsupported("mkdir"))
     }
+}
+
+impl DysonTarget {
+    /// A ranged read as the server answered it ([`super::http::check_read`] checks it).
+    async fn read_unchecked(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let what = read_what(file);
+        let url = self.url(&format!("/files/{}", file.id));
+        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
+        // Stored files answer with a redirect to storage; reqwest follows it.
+        let (status, _, body) = self
+            .http
+            .send_bytes(&what, || {
+                self.http
+                    .auth(self.http.client.get(&url))
+                    .header(reqwest::header::RANGE, &range)
+            })
+            .await?;
+        match status {
+            StatusCode::PARTIAL_CONTENT => Ok(body),
+            StatusCode::OK => {
+                let start = offset.min(body.len() as u64) as usize;
+                let end = offset.saturating_add(len).min(body.len() as u64) as usize;
+                Ok(body.slice(start..end))
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
+            s => Err(self.fail(&what, s, &body)),
+        }
+    }
+}
+
+/// How reads of `file` are named in messages.
+fn read_what(file: &RemoteFile) -> String {
+    format!("reading {}", file.name)
 }

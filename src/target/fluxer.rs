@@ -54,6 +54,8 @@ const STREAM_PIECE: usize = 256 * 1024;
 /// Longest file name the service accepts, bytes.
 const MAX_NAME_BYTES: usize = 255;
 
+/// `Debug` shows no token (the [`HttpClient`] keeps it as a `Secret`).
+#[derive(Debug)]
 pub struct FluxerTarget {
     http: HttpClient,
     /// API base, e.g. `https://api.fluxer.app/v1`.
@@ -691,64 +693,8 @@ impl Target for FluxerTarget {
     }
 
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
-        let what = format!("fluxer: reading {}", file.name);
-        if len == 0 || offset >= file.size {
-            return Ok(Bytes::new());
-        }
-        let url = match &file.url {
-            Some(u) => u.clone(),
-            None => {
-                let mid = file.extra.as_deref().ok_or_else(|| {
-                    TargetError::protocol(format!("{what}: no download URL and no message id"))
-                })?;
-                self.get_message(&what, mid)
-                    .await?
-                    .and_then(|m| m.attachments.into_iter().find(|a| a.id == file.id))
-                    .and_then(|a| a.url)
-                    .ok_or_else(|| {
-                        TargetError::new(
-                            ErrorKind::NotFound,
-                            format!("{what}: the attachment is gone"),
-                        )
-                    })?
-            }
-        };
-        let end = (offset + len).min(file.size) - 1;
-        let range = format!("bytes={offset}-{end}");
-        // No token here: the CDN needs none and is another host.
-        let (status, headers, body) = self
-            .http
-            .send_bytes(&what, || {
-                self.http
-                    .client
-                    .get(&url)
-                    .header(reqwest::header::RANGE, &range)
-            })
-            .await?;
-        let want = (end - offset + 1) as usize;
-        match status {
-            StatusCode::PARTIAL_CONTENT => {
-                let start = headers
-                    .get(reqwest::header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if start != Some(offset) {
-                    return Err(TargetError::protocol(format!(
-                        "{what}: the server sent a different range than asked ({range})"
-                    )));
-                }
-                Ok(body.slice(..want.min(body.len())))
-            }
-            StatusCode::OK => {
-                // The CDN ignored the range: cut ours out of the whole body.
-                let from = (offset as usize).min(body.len());
-                let to = (from + want).min(body.len());
-                Ok(body.slice(from..to))
-            }
-            _ => Err(status_error(&what, status, &String::from_utf8_lossy(&body))),
-        }
+        let data = self.read_unchecked(file, offset, len).await?;
+        super::http::check_read(&read_what(file), file, offset, len, data)
     }
 
     async fn list(&self, _dir: &DirRef) -> Result<Vec<RemoteFile>> {
@@ -813,4 +759,73 @@ impl Target for FluxerTarget {
             .await
             .map(|_| ())
     }
+}
+
+impl FluxerTarget {
+    /// A ranged read as the server answered it ([`super::http::check_read`] checks it).
+    async fn read_unchecked(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
+        let what = read_what(file);
+        if len == 0 || offset >= file.size {
+            return Ok(Bytes::new());
+        }
+        let url = match &file.url {
+            Some(u) => u.clone(),
+            None => {
+                let mid = file.extra.as_deref().ok_or_else(|| {
+                    TargetError::protocol(format!("{what}: no download URL and no message id"))
+                })?;
+                self.get_message(&what, mid)
+                    .await?
+                    .and_then(|m| m.attachments.into_iter().find(|a| a.id == file.id))
+                    .and_then(|a| a.url)
+                    .ok_or_else(|| {
+                        TargetError::new(
+                            ErrorKind::NotFound,
+                            format!("{what}: the attachment is gone"),
+                        )
+                    })?
+            }
+        };
+        let end = (offset + len).min(file.size) - 1;
+        let range = format!("bytes={offset}-{end}");
+        // No token here: the CDN needs none and is another host.
+        let (status, headers, body) = self
+            .http
+            .send_bytes(&what, || {
+                self.http
+                    .client
+                    .get(&url)
+                    .header(reqwest::header::RANGE, &range)
+            })
+            .await?;
+        let want = (end - offset + 1) as usize;
+        match status {
+            StatusCode::PARTIAL_CONTENT => {
+                let start = headers
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if start != Some(offset) {
+                    return Err(TargetError::protocol(format!(
+                        "{what}: the server sent a different range than asked ({range})"
+                    )));
+                }
+                Ok(body.slice(..want.min(body.len())))
+            }
+            StatusCode::OK => {
+                // The CDN ignored the range: cut ours out of the whole body.
+                let from = (offset as usize).min(body.len());
+                let to = (from + want).min(body.len());
+                Ok(body.slice(from..to))
+            }
+            _ => Err(status_error(&what, status, &String::from_utf8_lossy(&body))),
+        }
+    }
+}
+
+/// How reads of `file` are named in messages.
+fn read_what(file: &RemoteFile) -> String {
+    format!("fluxer: reading {}", file.name)
 }

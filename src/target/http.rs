@@ -15,7 +15,7 @@ use rand::Rng;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::{ErrorKind, Result, TargetError};
+use super::{ErrorKind, RemoteFile, Result, TargetError};
 use crate::config::{Secret, TargetConfig};
 
 /// First backoff delay; doubles each attempt up to [`MAX_DELAY`].
@@ -82,7 +82,8 @@ impl HttpClient {
         &self.token
     }
 
-    /// `Authorization: Bearer <token>` on a request.
+    /// `Authorization: Bearer <token>` on a request. `bearer_auth` marks the header value
+    /// sensitive, so HTTP-level debug and trace output never prints it.
     pub fn auth(&self, rb: RequestBuilder) -> RequestBuilder {
         rb.bearer_auth(self.token.expose())
     }
@@ -294,4 +295,43 @@ pub async fn json<T: DeserializeOwned>(what: &str, resp: Response) -> Result<T> 
         )
     })?;
     parse_json(what, &body)
+}
+
+/// Check what a read of `len` bytes at `offset` of `file` returned before handing it on:
+/// exactly as many bytes as the file's size says are there (a short or long answer is a
+/// broken server or proxy, never data to pass off as complete), and for a whole-file read
+/// the digest the target reported for the file, when it reported one.
+pub fn check_read(
+    what: &str,
+    file: &RemoteFile,
+    offset: u64,
+    len: u64,
+    data: bytes::Bytes,
+) -> Result<bytes::Bytes> {
+    let expected = len.min(file.size.saturating_sub(offset));
+    if data.len() as u64 != expected {
+        return Err(TargetError::protocol(format!(
+            "{what}: the server sent {} bytes where {expected} were asked for at offset \
+             {offset} of a {}-byte file",
+            data.len(),
+            file.size
+        )));
+    }
+    if offset == 0 && expected == file.size && expected > 0 {
+        use sha1::Digest as _;
+        let mismatch = if let Some(h) = &file.sha1 {
+            (!h.eq_ignore_ascii_case(&hex::encode(sha1::Sha1::digest(&data)))).then_some("SHA-1")
+        } else if let Some(h) = &file.md5 {
+            (!h.eq_ignore_ascii_case(&hex::encode(md5::Md5::digest(&data)))).then_some("MD5")
+        } else {
+            None
+        };
+        if let Some(algo) = mismatch {
+            return Err(TargetError::protocol(format!(
+                "{what}: the downloaded data does not match the file's {algo} digest \
+                 (corrupted on the way or a different file)"
+            )));
+        }
+    }
+    Ok(data)
 }

@@ -42,6 +42,8 @@ const STREAM_CHUNK: usize = 1024 * 1024;
 /// How often to look again for an accepted upload that is not listed yet.
 const FIND_ATTEMPTS: u32 = 5;
 
+/// `Debug` shows no token (the [`HttpClient`] keeps it as a `Secret`).
+#[derive(Debug)]
 pub struct VirolaTarget {
     http: HttpClient,
     base: String,
@@ -410,34 +412,8 @@ impl Target for VirolaTarget {
     }
 
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let what = format!("reading {}", file.name);
-        let name =
-            percent_encoding::utf8_percent_encode(&file.name, percent_encoding::NON_ALPHANUMERIC);
-        let url = self.url(&format!("/attachments/{}/{name}", file.id));
-        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
-        let (status, _, body) = self
-            .http
-            .send_bytes(&what, || {
-                self.http
-                    .auth(self.http.client.get(&url))
-                    .header(reqwest::header::RANGE, &range)
-            })
-            .await?;
-        match status {
-            StatusCode::PARTIAL_CONTENT => Ok(body),
-            // A server that ignores Range sends everything.
-            StatusCode::OK => {
-                let start = (offset.min(body.len() as u64)) as usize;
-                let end = (offset.saturating_add(len).min(body.len() as u64)) as usize;
-                Ok(body.slice(start..end))
-            }
-            // Reading at or past the end.
-            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
-            s => Err(self.fail(&what, s, &body)),
-        }
+        let data = self.read_unchecked(file, offset, len).await?;
+        super::http::check_read(&read_what(file), file, offset, len, data)
     }
 
     async fn list(&self, dir: &DirRef) -> Result<Vec<RemoteFile>> {
@@ -481,4 +457,43 @@ impl Target for VirolaTarget {
     async fn check(&self) -> Result<()> {
         self.message_attachments().await.map(|_| ())
     }
+}
+
+impl VirolaTarget {
+    /// A ranged read as the server answered it ([`super::http::check_read`] checks it).
+    async fn read_unchecked(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let what = read_what(file);
+        let name =
+            percent_encoding::utf8_percent_encode(&file.name, percent_encoding::NON_ALPHANUMERIC);
+        let url = self.url(&format!("/attachments/{}/{name}", file.id));
+        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
+        let (status, _, body) = self
+            .http
+            .send_bytes(&what, || {
+                self.http
+                    .auth(self.http.client.get(&url))
+                    .header(reqwest::header::RANGE, &range)
+            })
+            .await?;
+        match status {
+            StatusCode::PARTIAL_CONTENT => Ok(body),
+            // A server that ignores Range sends everything.
+            StatusCode::OK => {
+                let start = (offset.min(body.len() as u64)) as usize;
+                let end = (offset.saturating_add(len).min(body.len() as u64)) as usize;
+                Ok(body.slice(start..end))
+            }
+            // Reading at or past the end.
+            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
+            s => Err(self.fail(&what, s, &body)),
+        }
+    }
+}
+
+/// How reads of `file` are named in messages.
+fn read_what(file: &RemoteFile) -> String {
+    format!("reading {}", file.name)
 }

@@ -122,8 +122,11 @@ pub(crate) struct Session {
     pub part_size: u64,
     pub created_ms: i64,
     pub inner: Mutex<SessionInner>,
-    /// Serializes commits and aborts of this session (held across the concatenation).
+    /// Serializes commits and aborts of this session (held across the final hashing).
     pub commit_lock: tokio::sync::Mutex<()>,
+    /// The file being assembled: parts land at their offsets, hashed as they become
+    /// contiguous.
+    pub data: Arc<crate::server::body::AssembledFile>,
 }
 
 impl Session {
@@ -166,6 +169,19 @@ impl ProtoState {
             .values()
             .filter(|s| s.expires_ms() > now)
             .count()
+    }
+
+    /// Forget every open session (control `forget_sessions`): later requests for them get
+    /// 404 and parts still streaming in are refused. Returns their ids.
+    pub fn clear_sessions(&self) -> Vec<String> {
+        let drained: Vec<(String, Arc<Session>)> = self.lock_sessions().drain().collect();
+        drained
+            .into_iter()
+            .map(|(id, s)| {
+                s.lock().closed = true;
+                id
+            })
+            .collect()
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {

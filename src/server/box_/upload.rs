@@ -2,11 +2,12 @@
 //! `POST /files/{id}/content`), the pre-flight check, and chunked upload sessions (create,
 //! status, parts, list, commit, abort).
 //!
-//! A part is streamed into the session directory under a temporary name, checked against
-//! its `Digest`, then renamed to its offset; only then is it recorded. Commit concatenates
-//! the parts in offset order into a temp file while hashing, compares the whole-file
-//! digest, moves the result into the blob store and only then inserts or updates the file
-//! row, so a listing never shows a partial file.
+//! A part is streamed straight to its offset in the session's data file and checked
+//! against its `Digest`; only then is it recorded (a refused part's bytes are overwritten
+//! by the retry). The whole-file digest is computed as parts become contiguous
+//! ([`AssembledFile`](crate::server::body::AssembledFile)), so commit only finishes the
+//! hash, compares it, moves the data file into the blob store and then inserts or updates
+//! the file row: a listing never shows a partial file.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,9 +21,9 @@ use axum::{Extension, Json};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::super::body::{body_to_file, BodyError, Hashers};
+use super::super::body::{AssembledFile, BodyError, Hashers};
 use super::super::faults::{Fault, FaultOp};
 use super::super::store::{now_ms, Object};
 use super::super::{fault_status, AppState, ConnKill, ServerState};
@@ -506,19 +507,27 @@ fn session_size(state: &ServerState, v: &Value) -> BoxResult<u64> {
     Ok(size)
 }
 
-fn open_session(state: &ServerState, target: SessionTarget, file_size: u64) -> Response {
+fn open_session(state: &ServerState, target: SessionTarget, file_size: u64) -> BoxResult {
+    let id = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
+    // Box files carry a SHA-1 only; their MD5 would never be read.
+    let data = AssembledFile::create(
+        state.store.session_dir(PROTO, &id)?.join("data"),
+        file_size,
+        Hashers::sha1_only(),
+    )?;
     let s = Arc::new(Session {
-        id: uuid::Uuid::new_v4().simple().to_string().to_uppercase(),
+        id,
         target,
         file_size,
         part_size: part_size_for(file_size),
         created_ms: now_ms(),
         inner: Default::default(),
         commit_lock: Default::default(),
+        data: Arc::new(data),
     });
     state.box_.insert_session(s.clone());
     tracing::info!(session = %s.id, file_size, part_size = s.part_size, "box: session created");
-    (StatusCode::CREATED, Json(session_json(state, &s, 0))).into_response()
+    Ok((StatusCode::CREATED, Json(session_json(state, &s, 0))).into_response())
 }
 
 /// `POST /files/upload_sessions` `{folder_id, file_size, file_name}`.
@@ -561,11 +570,7 @@ pub(super) async fn create_session(
     check_name(&name)?;
     folder(&state, &folder_id)?;
     check_conflict(&state, &folder_id, &name, None, false)?;
-    Ok(open_session(
-        &state,
-        SessionTarget::NewFile { folder_id, name },
-        size,
-    ))
+    open_session(&state, SessionTarget::NewFile { folder_id, name }, size)
 }
 
 /// `POST /files/{id}/upload_sessions` `{file_size, file_name?}`: a new version.
@@ -588,11 +593,11 @@ pub(super) async fn create_version_session(
         }
         _ => return Err(BoxError::bad_request("file_name must be a string")),
     };
-    Ok(open_session(
+    open_session(
         &state,
         SessionTarget::NewVersion { file_id: id, name },
         size,
-    ))
+    )
 }
 
 fn session_or_404(state: &ServerState, id: &str) -> BoxResult<Arc<Session>> {
@@ -802,12 +807,7 @@ pub(super) async fn upload_part(
             return Err(e);
         }
     };
-    let dir = state.store.session_dir(PROTO, &id)?;
-    let temp = dir.join(format!(
-        "{offset}.{}.partial",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let info = match body_to_file(body, &temp, size, &state.throttle).await {
+    let info = match s.data.write_part(offset, body, size, &state.throttle).await {
         Ok(i) => i,
         Err(BodyError::TooLarge(_)) => {
             return Err(BoxError::bad_request(format!(
@@ -826,14 +826,12 @@ pub(super) async fn upload_part(
         .bytes_received
         .fetch_add(info.len, Ordering::Relaxed);
     if info.len != size {
-        let _ = tokio::fs::remove_file(&temp).await;
         return Err(BoxError::bad_request(format!(
             "The part body has {} bytes, its Content-Range says {size}",
             info.len
         )));
     }
     if info.sha1 != digest {
-        let _ = tokio::fs::remove_file(&temp).await;
         return Err(BoxError::new(
             StatusCode::BAD_REQUEST,
             "bad_digest",
@@ -844,7 +842,6 @@ pub(super) async fn upload_part(
             ),
         ));
     }
-    tokio::fs::rename(&temp, dir.join(offset.to_string())).await?;
     let part = Part {
         part_id: format!("{:08X}", rand::random::<u32>()),
         offset,
@@ -858,6 +855,7 @@ pub(super) async fn upload_part(
         }
         inner.parts.insert(offset, part.clone());
     }
+    s.data.accept(offset, size);
     tracing::debug!(session = %id, offset, size, "box: part stored");
     if drop_after {
         return Ok(kill.drop_connection().await);
@@ -1031,17 +1029,14 @@ pub(super) async fn commit(
     };
     resolve_dest(&state, &dest)?;
 
-    let dir = state.store.session_dir(PROTO, &id)?;
-    let temp = state.store.temp_path();
-    let info = match concat_parts(&dir, &parts, &temp).await {
-        Ok(i) => i,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(e.into());
-        }
+    let Some(info) = s.data.finish(s.file_size).await? else {
+        return Err(BoxError::new(
+            StatusCode::BAD_REQUEST,
+            "upload_incomplete",
+            "The uploaded parts do not cover the file contiguously",
+        ));
     };
     if info.sha1 != digest {
-        let _ = tokio::fs::remove_file(&temp).await;
         return Err(BoxError::new(
             StatusCode::BAD_REQUEST,
             "digest_mismatch",
@@ -1052,7 +1047,7 @@ pub(super) async fn commit(
             ),
         ));
     }
-    let blob = state.store.commit_blob(&temp)?;
+    let blob = state.store.commit_blob(s.data.path())?;
     let o = store_upload(&state, &dest, &info, blob, content_modified, None)?;
     s.lock().closed = true;
     state.box_.remove_session(&id);
@@ -1060,28 +1055,4 @@ pub(super) async fn commit(
     remove_session_dir(&state, &id).await;
     tracing::info!(session = %id, file = %o.id, size = o.size, "box: session committed");
     Ok(files_answer(&state, &o))
-}
-
-/// Concatenate the part files in offset order into `out`, hashing on the way.
-async fn concat_parts(
-    dir: &std::path::Path,
-    parts: &[Part],
-    out: &std::path::Path,
-) -> std::io::Result<super::super::body::BodyInfo> {
-    let mut w = tokio::fs::File::create(out).await?;
-    let mut h = Hashers::default();
-    let mut buf = vec![0u8; 1 << 20];
-    for p in parts {
-        let mut r = tokio::fs::File::open(dir.join(p.offset.to_string())).await?;
-        loop {
-            let n = r.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            w.write_all(&buf[..n]).await?;
-        }
-    }
-    w.flush().await?;
-    Ok(h.finish())
 }

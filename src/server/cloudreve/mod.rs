@@ -106,6 +106,12 @@ impl ProtoState {
             .count()
     }
 
+    /// Forget every open session and its placeholder (control `forget_sessions`); chunks
+    /// for them then answer 40011 as for an expired one. Returns their ids.
+    pub fn clear_sessions(&self) -> Vec<String> {
+        self.lock().drain().map(|(id, _)| id).collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }

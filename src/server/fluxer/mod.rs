@@ -98,6 +98,12 @@ impl ProtoState {
             .count()
     }
 
+    /// Forget every open chunked-upload session (control `forget_sessions`); its chunks
+    /// then answer 404 `CHUNKED_UPLOAD_NOT_FOUND` as for an expired one. Returns their ids.
+    pub fn clear_sessions(&self) -> Vec<String> {
+        lock(&self.sessions).drain().map(|(id, _)| id).collect()
+    }
+
     /// A new snowflake: milliseconds since the Fluxer epoch in the high bits, strictly
     /// increasing even within one millisecond.
     fn next_id(&self) -> u64 {
