@@ -7,9 +7,11 @@
 //!   A row carries the local view (parent, name, size, mtime, mode, owner), the remote view
 //!   (remote id plus the serialized [`RemoteFile`]), the upload state and digests, the stage
 //!   file of pending data, and the remote file a pending upload will replace.
-//! - `journal`: one row per upload that has started and not finished: stage path, target,
-//!   remote parent, name, size, digests, the protocol's session id and the parts done. It
-//!   is what a write-back mode and crash recovery need to resume or restart an upload.
+//! - `journal`: one row per upload that has not finished: stage path, target, remote
+//!   parent, name, size, digests, the protocol's session id and the parts done. A
+//!   write-back `close()` writes the row (with `started_ms` 0) before it returns; an upload
+//!   attempt fills in the session; success removes the row, a failure keeps it so the next
+//!   attempt (or the next mount, after a crash) resumes the session where the protocol can.
 //! - `hidden`: remote ids removed locally but kept remotely (`--keep-remote`, or a target
 //!   without delete), so later listings do not bring them back.
 //!
@@ -72,8 +74,12 @@ pub enum NodeState {
     /// The remote has exactly this content (or, for a folder, it exists remotely or is a
     /// catalog-only folder of a flat target).
     Committed,
-    /// Local data in a stage file that has not been uploaded yet.
+    /// Local data in a stage file that has not been uploaded yet (a writer may still be
+    /// changing it).
     Staged,
+    /// Closed in write-back mode: the stage is durable and journaled, and a background
+    /// upload will send it (after a crash too).
+    Queued,
     /// An upload of the stage is running.
     Uploading,
     /// The last upload failed; the stage is kept and the error recorded.
@@ -88,6 +94,7 @@ impl NodeState {
         match self {
             NodeState::Committed => "committed",
             NodeState::Staged => "staged",
+            NodeState::Queued => "queued",
             NodeState::Uploading => "uploading",
             NodeState::Failed => "failed",
             NodeState::Incomplete => "incomplete",
@@ -97,6 +104,7 @@ impl NodeState {
         Some(match s {
             "committed" => NodeState::Committed,
             "staged" => NodeState::Staged,
+            "queued" => NodeState::Queued,
             "uploading" => NodeState::Uploading,
             "failed" => NodeState::Failed,
             "incomplete" => NodeState::Incomplete,
@@ -526,6 +534,37 @@ impl Catalog {
             )
             .map(|_| ())
         })
+    }
+
+    /// The journal row of one inode, if an upload of it is journaled.
+    pub fn journal_get(&self, ino: u64) -> Result<Option<JournalRow>> {
+        Ok(self.journal()?.into_iter().find(|j| j.ino == ino))
+    }
+
+    /// Make every committed change durable (fsync of the write-ahead log and the
+    /// database file): `close()` in write-back mode returns only after this.
+    pub fn sync(&self) -> Result<()> {
+        // Holding the connection lock keeps writers out while the files are synced.
+        let _conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        for p in [PathBuf::from(wal), self.path.clone()] {
+            match std::fs::OpenOptions::new().write(true).open(&p) {
+                Ok(f) => f.sync_data().map_err(|e| CatalogError::Invalid {
+                    path: p.clone(),
+                    message: format!("fsync: {e}"),
+                })?,
+                // In-memory catalogs (tests) have no files.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(CatalogError::Invalid {
+                        path: p.clone(),
+                        message: format!("open for fsync: {e}"),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn journal_end(&self, ino: u64) -> Result<()> {

@@ -37,6 +37,12 @@ pub struct OpenFile {
     unloaded: std::sync::Mutex<Option<crate::target::RemoteFile>>,
     /// Serializes that fetch.
     pub load_lock: tokio::sync::Mutex<()>,
+    /// Write-back: the stage version last made durable and queued for upload (so a later
+    /// release with nothing new does not queue it again).
+    queued_version: std::sync::Mutex<Option<u64>>,
+    /// Digests of the stage at a given version, computed when it was queued, so the
+    /// background upload does not hash the file a second time.
+    known_digests: std::sync::Mutex<Option<(u64, crate::target::Digests)>>,
 }
 
 impl OpenFile {
@@ -54,7 +60,41 @@ impl OpenFile {
             unlinked: AtomicBool::new(false),
             unloaded: std::sync::Mutex::new(None),
             load_lock: tokio::sync::Mutex::new(()),
+            queued_version: std::sync::Mutex::new(None),
+            known_digests: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Write-back: stage version `version` is durable and queued, with these digests.
+    pub fn mark_queued(&self, version: u64, digests: crate::target::Digests) {
+        *self
+            .queued_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(version);
+        self.set_known_digests(version, digests);
+    }
+
+    /// The current content is already queued (nothing new since).
+    pub fn is_queued(&self) -> bool {
+        *self
+            .queued_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            == Some(self.stage.version())
+    }
+
+    pub fn set_known_digests(&self, version: u64, digests: crate::target::Digests) {
+        *self.known_digests.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, digests));
+    }
+
+    /// Digests known for stage version `version`.
+    pub fn digests_at(&self, version: u64) -> Option<crate::target::Digests> {
+        self.known_digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, d)| d.clone())
     }
 
     /// A write state for an existing remote file whose content is fetched on first use.

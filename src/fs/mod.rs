@@ -14,9 +14,11 @@
 //!
 //! Operations return `Result<_, i32>` with an errno; [`crate::fuse`] turns them into replies.
 
+pub mod control;
 pub mod handle;
 pub mod inode;
 pub mod mount;
+pub mod writeback;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -150,6 +152,8 @@ pub struct Fs {
     /// Remote ids removed locally but kept remotely (mirrors the catalog's `hidden`).
     hidden: Mutex<HashSet<String>>,
     stage_dir: PathBuf,
+    /// Background uploads and upload progress ([`writeback`]).
+    uploads: writeback::Uploads,
 }
 
 fn tgid_of(pid: u32) -> u32 {
@@ -229,11 +233,11 @@ impl Fs {
                     }
                 }
                 NodeState::Uploading => {
-                    row.state = NodeState::Failed;
-                    row.last_error = Some(
-                        "interrupted: the mount stopped during the upload; write the file again to retry"
-                            .to_string(),
-                    );
+                    // The writer had closed the file (a commit only starts then): upload it
+                    // again, resuming the journaled session where the protocol can.
+                    row.state = NodeState::Queued;
+                    row.last_error =
+                        Some("interrupted: the mount stopped during the upload".to_string());
                     changed = true;
                 }
                 NodeState::Staged => {
@@ -249,8 +253,15 @@ impl Fs {
             }
             tree.insert(Node::new(row));
         }
+        // Journal rows of files still to upload stay (their sessions can be resumed).
         for j in catalog.journal()? {
-            catalog.journal_end(j.ino)?;
+            let keep = tree.get(j.ino).is_some_and(|n| {
+                n.row.stage.as_ref() == Some(&j.stage)
+                    && matches!(n.row.state, NodeState::Queued | NodeState::Failed)
+            });
+            if !keep {
+                catalog.journal_end(j.ino)?;
+            }
         }
         let hidden = catalog.hidden()?.into_iter().collect();
         Ok(Fs {
@@ -268,6 +279,7 @@ impl Fs {
             tombstones: Mutex::new(HashMap::new()),
             hidden: Mutex::new(hidden),
             stage_dir,
+            uploads: writeback::Uploads::default(),
         })
     }
 
@@ -655,7 +667,7 @@ impl Fs {
             self.mark_modified(ino);
             if of.writers.load(Ordering::SeqCst) == 0 {
                 // Nobody will close this file for writing: commit now.
-                self.commit(ino, &of).await
+                self.close_commit(ino, &of).await
             } else {
                 Ok(())
             }
@@ -1092,7 +1104,8 @@ impl Fs {
             take(&of);
             n.open = Some(of.clone());
             n.row.stage = Some(stage.path().to_path_buf());
-            if needs_commit {
+            // A reader or the background uploader leaves a queued or failed file's state.
+            if needs_commit && (writer || n.row.state == NodeState::Committed) {
                 n.row.state = NodeState::Staged;
             }
             let row = n.row.clone();
@@ -1285,7 +1298,11 @@ impl Fs {
         let mut t = self.tree();
         if let Some(n) = t.get_mut(ino) {
             n.row.mtime_ms = now_ms();
-            if n.row.state == NodeState::Committed {
+            // Closed data being changed again is not complete until the next close.
+            if matches!(
+                n.row.state,
+                NodeState::Committed | NodeState::Queued | NodeState::Failed
+            ) {
                 n.row.state = NodeState::Staged;
                 let row = n.row.clone();
                 let _ = self.persist(&row);
@@ -1366,7 +1383,7 @@ impl Fs {
             return Ok(());
         }
         *st = HandleState::Committing;
-        let r = self.commit(h.ino, &of).await;
+        let r = self.close_commit(h.ino, &of).await;
         *st = match r {
             Ok(()) => HandleState::Committed,
             Err(e) => HandleState::Failed(e),
@@ -1390,7 +1407,7 @@ impl Fs {
             return Ok(());
         }
         *st = HandleState::Committing;
-        let r = self.commit(h.ino, &of).await;
+        let r = self.close_commit(h.ino, &of).await;
         *st = match r {
             Ok(()) => HandleState::Committed,
             Err(e) => HandleState::Failed(e),
@@ -1415,7 +1432,7 @@ impl Fs {
         if h.writable {
             let left = of.writers.fetch_sub(1, Ordering::SeqCst) - 1;
             if left == 0 && !failed && of.dirty() {
-                result = self.commit(h.ino, &of).await;
+                result = self.close_commit(h.ino, &of).await;
                 if let Err(e) = result {
                     tracing::warn!(ino = h.ino, errno = e, "commit at release failed");
                 }
@@ -1484,7 +1501,13 @@ impl Fs {
         };
         of.committing.store(true, Ordering::SeqCst);
         let stage = of.stage.clone();
-        let digests = match tokio::task::spawn_blocking(move || stage.digests()).await {
+        let known = of.digests_at(version);
+        let digests = match tokio::task::spawn_blocking(move || match known {
+            Some(d) => Ok(d),
+            None => stage.digests(),
+        })
+        .await
+        {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {
                 of.committing.store(false, Ordering::SeqCst);
@@ -1507,6 +1530,7 @@ impl Fs {
             }
         }
         let replaces = old_remote.clone().or(extra_replaced.clone());
+        let progress = self.uploads.begin(ino, size);
         let result = uploader::upload(
             self.target.as_ref(),
             &self.catalog,
@@ -1521,9 +1545,11 @@ impl Fs {
                 mtime_ms,
                 replaces,
                 max_size: self.max_size(),
+                progress,
             },
         )
         .await;
+        self.uploads.end(ino);
         of.committing.store(false, Ordering::SeqCst);
         let remote = match result {
             Ok(r) => r,

@@ -6,10 +6,15 @@
 //! if it cannot mount; a child that dies first is reported with its exit status.
 //!
 //! The daemon records itself in a small registry file per mountpoint (runtime dir, else
-//! state dir) so `unmount` can wait for it to exit and `status` can find its catalog.
-//! Uploads run inside `close()` (write-back is not implemented yet), so once the kernel
-//! lets the mountpoint go only in-flight releases remain: `unmount` waits for the daemon
-//! to finish them and exit. SIGTERM/SIGINT make the daemon unmount itself the same way.
+//! state dir) so `unmount` can wait for it to exit and `status` can find it: live progress
+//! comes from its control socket ([`super::control`]), else from its catalog.
+//!
+//! Stopping: `unmount` first waits (showing progress) until no background upload is queued
+//! or running, then unmounts and waits for the daemon to exit. However the kernel mount goes
+//! away (`unmount`, `fusermount3 -u`, `umount`, or SIGTERM/SIGINT, which make the daemon
+//! unmount itself), the daemon finishes queued uploads before it exits; failed ones and,
+//! after `unmount --force` or a second signal, unfinished ones stay journaled and resume at
+//! the next mount. A mount left dead by a killed daemon is cleaned up by the next `mount`.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
@@ -34,6 +39,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Listing cache lifetime: files uploaded elsewhere show up within this time.
 const LIST_TTL: Duration = Duration::from_secs(5);
 
+/// How often `status --watch` refreshes.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
 /// FUSE dispatch threads: enough that slow commits never block lookups and listings.
 const FUSE_THREADS: usize = 8;
 
@@ -46,6 +54,9 @@ pub struct MountRecord {
     pub state_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub started_ms: i64,
+    /// The daemon's control socket, when it has one.
+    #[serde(default)]
+    pub control: Option<PathBuf>,
 }
 
 fn registry_dir() -> PathBuf {
@@ -165,7 +176,29 @@ fn check_not_mounted(mountpoint: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A mountpoint left by a daemon that died (SIGKILL, crash) answers ENOTCONN: detach it
+/// when it is an uploadfs mount whose daemon is gone, so the new mount can take its place.
+fn clean_dead_mount(mountpoint: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        _ => return Ok(()),
+    }
+    let abs = std::path::absolute(mountpoint)?;
+    let ours = mounted_fstype(&abs).is_some_and(|t| t == "fuse.uploadfs");
+    let live = read_record(&abs).is_some_and(|r| pid_alive(r.pid));
+    if !ours || live {
+        bail!(
+            "{} is a disconnected FUSE mount not left by uploadfs; detach it with `fusermount3 -uz {}`",
+            abs.display(),
+            abs.display()
+        );
+    }
+    tracing::info!(mountpoint = %abs.display(), "detaching the mount of a daemon that died");
+    run_unmount(&abs, true)
+}
+
 fn spawn_daemon(args: &MountArgs, log_file: Option<PathBuf>) -> anyhow::Result<()> {
+    clean_dead_mount(&args.mountpoint)?;
     let mountpoint = args
         .mountpoint
         .canonicalize()
@@ -174,9 +207,6 @@ fn spawn_daemon(args: &MountArgs, log_file: Option<PathBuf>) -> anyhow::Result<(
         bail!("mountpoint {} is not a directory", mountpoint.display());
     }
     check_not_mounted(&mountpoint)?;
-    if args.write_back {
-        eprintln!("uploadfs: --write-back is not implemented yet; close() waits for each upload");
-    }
     let exe = std::env::current_exe().context("cannot find the uploadfs executable")?;
     let mut fds = [0 as RawFd; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -346,14 +376,12 @@ fn target_identity(name: &str, cfg: &crate::config::TargetConfig) -> String {
 }
 
 fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Result<()> {
+    clean_dead_mount(&args.mountpoint)?;
     let mountpoint = args
         .mountpoint
         .canonicalize()
         .with_context(|| format!("mountpoint {} does not exist", args.mountpoint.display()))?;
     check_not_mounted(&mountpoint)?;
-    if args.write_back {
-        tracing::warn!("--write-back is not implemented yet: close() waits for the upload");
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("uploadfs-rt")
@@ -403,6 +431,13 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
             list_ttl: LIST_TTL,
         },
     )?);
+    if args.write_back {
+        fs.enable_write_back();
+    }
+    let control = {
+        let _rt = rt.enter();
+        super::control::serve(fs.clone(), &state_dir.join(super::control::SOCKET_NAME))
+    };
     let config = mount_config(&args.target, &args.options)?;
     let adapter = crate::fuse::FuseAdapter::new(fs.clone(), rt.handle().clone());
     let mut session = fuser::Session::new(adapter, &mountpoint, &config)
@@ -414,6 +449,7 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
         state_dir: state_dir.clone(),
         cache_dir,
         started_ms: crate::fs::now_ms(),
+        control: control.clone(),
     };
     let reg = registry_file(&mountpoint);
     if let Some(parent) = reg.parent() {
@@ -426,19 +462,18 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
     if let Some(mut f) = ready.take() {
         let _ = f.write_all(b"ok\n");
     }
-    // Uploads that failed in an earlier run are tried again, without delaying the mount.
-    {
-        let fs = fs.clone();
-        rt.spawn(async move {
-            let n = fs.retry_failed().await;
-            if n > 0 {
-                tracing::info!(files = n, "uploaded files that had failed before");
-            }
-        });
+    // Background uploads; files an earlier run left to upload (closed in write-back mode,
+    // interrupted, failed) are queued again without delaying the mount.
+    rt.spawn(fs.clone().run_uploads());
+    let recovered = fs.recover();
+    if recovered > 0 {
+        tracing::info!(files = recovered, "uploading files left by an earlier run");
     }
-    // SIGTERM / SIGINT: unmount (retrying while the mount is busy), which ends the session.
+    // SIGTERM / SIGINT: unmount (retrying while the mount is busy), which ends the session;
+    // a second signal stops without finishing the background uploads (they stay journaled).
     let unmounter = session.unmount_callable();
     let mp = mountpoint.clone();
+    let fs_sig = fs.clone();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -452,15 +487,36 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
             _ = int.recv() => {}
         }
         tracing::info!("signal received; unmounting");
-        let _ = tokio::task::spawn_blocking(move || unmount_on_signal(unmounter, &mp)).await;
+        tokio::task::spawn_blocking(move || unmount_on_signal(unmounter, &mp));
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now; unfinished uploads stay journaled");
+        fs_sig.uploads().set_abandon();
     });
     let result = session.run();
+    // The kernel mount is gone: finish what close() handed to the background first.
+    let busy = fs.uploads().busy();
+    if busy > 0 && !fs.uploads().abandoned() {
+        tracing::info!(files = busy, "finishing background uploads before exiting");
+    }
+    rt.block_on(fs.drain());
+    let left = fs.pending().len();
+    if left > 0 {
+        tracing::warn!(files = left, "files not uploaded stay journaled for the next mount");
+    }
     let _ = std::fs::remove_file(&reg);
+    if let Some(c) = &control {
+        let _ = std::fs::remove_file(c);
+    }
     drop(fs);
     if let Some(server) = open.server {
         rt.block_on(server.stop());
     }
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    // Uploads still running (abandoned) are cut off here; they are journaled.
+    rt.shutdown_timeout(Duration::from_secs(2));
     result.context("FUSE session failed")
 }
 
@@ -543,13 +599,65 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
         Some(t) => bail!("{} is a {t} mount, not uploadfs", mp.display()),
         None => bail!("{} is not mounted", mp.display()),
     }
-    let record = read_record(&mp);
-    run_unmount(&mp, args.force)?;
+    let record = read_record(&mp).filter(|r| pid_alive(r.pid));
+    let socket = record.as_ref().and_then(|r| r.control.clone());
     if args.force {
+        // The daemon exits without finishing background uploads; they stay journaled.
+        if let Some(sock) = &socket {
+            if let Err(e) = super::control::abandon(sock) {
+                tracing::warn!(error = %e, "cannot reach the daemon");
+            }
+        }
+        run_unmount(&mp, true)?;
+        if let Some(r) = &record {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pid_alive(r.pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         return Ok(());
     }
-    // Uploads finish inside close(); what may remain are releases the daemon is still
-    // committing. Wait for the daemon to finish them and exit.
+    // Drain: wait, showing progress, until nothing is queued or uploading.
+    if let (Some(r), Some(sock)) = (&record, &socket) {
+        let mut view = super::control::LiveView::new(true);
+        let mut last_draw: Option<Instant> = None;
+        loop {
+            let st = match super::control::query_status(sock) {
+                Ok(st) => st,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the daemon's progress");
+                    break;
+                }
+            };
+            if st.busy == 0 {
+                let failed = st.pending.iter().filter(|f| f.state == "failed").count();
+                if failed > 0 {
+                    eprintln!(
+                        "uploadfs: {failed} failed upload(s) stay journaled and are retried at the next mount"
+                    );
+                }
+                break;
+            }
+            // A plain (non-terminal) view prints a snapshot every few seconds only.
+            if last_draw.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
+                let pending = st.pending.clone();
+                view.update(&[super::control::StatusView {
+                    mountpoint: mp.clone(),
+                    target: r.target.clone(),
+                    pid: r.pid,
+                    source: "daemon",
+                    write_back: st.write_back,
+                    totals: super::control::Totals::of(&pending),
+                    pending,
+                }]);
+                last_draw = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        view.finish();
+    }
+    run_unmount(&mp, false)?;
+    // What remains are releases (and uploads they queued) the daemon is still finishing.
     if let Some(r) = record {
         let mut last_note = Instant::now();
         while pid_alive(r.pid) {
@@ -564,22 +672,6 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[derive(Serialize)]
-struct StatusEntry {
-    path: String,
-    state: String,
-    size: u64,
-    error: Option<String>,
-}
-
-#[derive(Serialize)]
-struct StatusMount {
-    mountpoint: PathBuf,
-    target: String,
-    pid: u32,
-    pending: Vec<StatusEntry>,
 }
 
 fn node_paths(nodes: &[NodeRow]) -> std::collections::HashMap<u64, String> {
@@ -604,66 +696,97 @@ fn node_paths(nodes: &[NodeRow]) -> std::collections::HashMap<u64, String> {
     out
 }
 
-/// `uploadfs status`: files of running mounts that are not in sync with the remote.
-pub fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let records: Vec<MountRecord> = match &args.mountpoint {
-        Some(m) => {
-            let mp = m.canonicalize().unwrap_or_else(|_| m.clone());
-            vec![read_record(&mp)
-                .filter(|r| pid_alive(r.pid))
-                .ok_or_else(|| anyhow!("{} is not a running uploadfs mount", mp.display()))?]
+/// One mount's status: live from the daemon's socket, else from its catalog.
+fn mount_status(r: &MountRecord) -> anyhow::Result<super::control::StatusView> {
+    use super::control::{StatusView, Totals};
+    use super::writeback::FileStatus;
+    if let Some(sock) = &r.control {
+        match super::control::query_status(sock) {
+            Ok(st) => {
+                return Ok(StatusView {
+                    mountpoint: r.mountpoint.clone(),
+                    target: r.target.clone(),
+                    pid: r.pid,
+                    source: "daemon",
+                    write_back: st.write_back,
+                    totals: Totals::of(&st.pending),
+                    pending: st.pending,
+                })
+            }
+            Err(e) => tracing::debug!(error = %e, "daemon unreachable; reading the catalog"),
         }
-        None => all_records(),
-    };
-    let mut mounts = vec![];
-    for r in records {
-        let catalog = Catalog::open_read_only(&r.state_dir.join("catalog.db"))?;
-        let nodes = catalog.load_nodes()?;
-        let paths = node_paths(&nodes);
-        let pending = catalog
-            .pending_nodes()?
-            .into_iter()
-            .map(|n| StatusEntry {
-                path: paths.get(&n.ino).cloned().unwrap_or_default(),
-                state: n.state.as_str().to_string(),
-                size: n.size,
-                error: n.last_error,
-            })
-            .collect();
-        mounts.push(StatusMount {
-            mountpoint: r.mountpoint,
-            target: r.target,
-            pid: r.pid,
-            pending,
-        });
     }
+    let catalog = Catalog::open_read_only(&r.state_dir.join("catalog.db"))?;
+    let nodes = catalog.load_nodes()?;
+    let paths = node_paths(&nodes);
+    let pending: Vec<FileStatus> = catalog
+        .pending_nodes()?
+        .into_iter()
+        .map(|n| FileStatus {
+            path: paths.get(&n.ino).cloned().unwrap_or_default(),
+            state: n.state.as_str().to_string(),
+            size: n.size,
+            bytes_done: 0,
+            parts_done: 0,
+            rate: None,
+            eta_seconds: None,
+            error: n.last_error,
+            attempts: 0,
+            retry_in_seconds: None,
+        })
+        .collect();
+    Ok(StatusView {
+        mountpoint: r.mountpoint.clone(),
+        target: r.target.clone(),
+        pid: r.pid,
+        source: "catalog",
+        write_back: false,
+        totals: Totals::of(&pending),
+        pending,
+    })
+}
+
+/// `uploadfs status`: files of running mounts that are not in sync with the remote, with
+/// live progress; `--watch` redraws until interrupted.
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let records = || -> anyhow::Result<Vec<MountRecord>> {
+        Ok(match &args.mountpoint {
+            Some(m) => {
+                let mp = m.canonicalize().unwrap_or_else(|_| m.clone());
+                vec![read_record(&mp)
+                    .filter(|r| pid_alive(r.pid))
+                    .ok_or_else(|| anyhow!("{} is not a running uploadfs mount", mp.display()))?]
+            }
+            None => all_records(),
+        })
+    };
+    let views = || -> anyhow::Result<Vec<super::control::StatusView>> {
+        records()?.iter().map(mount_status).collect()
+    };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "mounts": mounts }))?
-        );
+        loop {
+            println!(
+                "{}",
+                serde_json::to_string(&serde_json::json!({ "mounts": views()? }))?
+            );
+            if !args.watch {
+                return Ok(());
+            }
+            std::thread::sleep(WATCH_INTERVAL);
+        }
+    }
+    if !args.watch {
+        print!("{}", super::control::render_text(&views()?));
         return Ok(());
     }
-    if mounts.is_empty() {
-        println!("no uploadfs mounts running");
-    }
-    for m in mounts {
-        println!(
-            "{} ({}, pid {}): {} file(s) not in sync",
-            m.mountpoint.display(),
-            m.target,
-            m.pid,
-            m.pending.len()
-        );
-        for p in m.pending {
-            println!(
-                "  {:<10} {:>12}  {}{}",
-                p.state,
-                p.size,
-                p.path,
-                p.error.map(|e| format!("  ({e})")).unwrap_or_default()
-            );
+    let mut view = super::control::LiveView::new(false);
+    loop {
+        let v = views()?;
+        view.update(&v);
+        if v.is_empty() {
+            view.finish();
+            return Ok(());
         }
+        std::thread::sleep(WATCH_INTERVAL);
     }
-    Ok(())
 }

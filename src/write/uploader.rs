@@ -1,12 +1,16 @@
 //! The uploader: one stage → one [`UploadRequest`], with the upload journaled in the
-//! catalog while it runs (session id, parts done) and removed when it ends.
+//! catalog while it runs (session id, parts done) and removed when it succeeds.
 //!
 //! The target client cuts the parts, sends them in parallel where the protocol allows and
 //! retries each part; this module only frames the request, enforces the size limit before
-//! anything is sent, and records progress.
+//! anything is sent, and records progress. A journaled session of the same stage content
+//! (same stage file, size and SHA-1) is handed to the client as `resume_session`, so an
+//! upload cut short by a failure or a crash continues where the protocol allows (Box lists
+//! the parts it already has); a failed attempt keeps its journal row for that reason.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::catalog::{Catalog, JournalRow};
 use crate::target::{
@@ -15,20 +19,58 @@ use crate::target::{
 
 use super::stage::{Stage, StageSource};
 
+/// Live progress of one upload, shared with `status`.
+#[derive(Debug)]
+pub struct Progress {
+    pub size: AtomicU64,
+    /// Bytes accepted by the server in this attempt (resumed parts are not counted).
+    pub bytes: AtomicU64,
+    pub parts: AtomicU64,
+    /// When the current attempt started sending.
+    pub started: Mutex<Option<Instant>>,
+}
+
+impl Progress {
+    pub fn new(size: u64) -> Arc<Self> {
+        Arc::new(Self {
+            size: AtomicU64::new(size),
+            bytes: AtomicU64::new(0),
+            parts: AtomicU64::new(0),
+            started: Mutex::new(None),
+        })
+    }
+
+    /// A new attempt begins.
+    pub fn restart(&self, size: u64) {
+        self.size.store(size, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
+        self.parts.store(0, Ordering::Relaxed);
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Seconds since the attempt started, if one runs.
+    pub fn elapsed(&self) -> Option<f64> {
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed().as_secs_f64())
+    }
+}
+
 /// Records an upload's progress in the catalog journal.
 pub struct JournalObserver {
     catalog: Arc<Catalog>,
     ino: u64,
-    /// Bytes accepted by the server so far (for `status`).
-    pub bytes: AtomicU64,
+    /// What `status` shows.
+    pub progress: Arc<Progress>,
 }
 
 impl JournalObserver {
-    pub fn new(catalog: Arc<Catalog>, ino: u64) -> Self {
+    pub fn new(catalog: Arc<Catalog>, ino: u64, progress: Arc<Progress>) -> Self {
         Self {
             catalog,
             ino,
-            bytes: AtomicU64::new(0),
+            progress,
         }
     }
 }
@@ -40,7 +82,8 @@ impl UploadObserver for JournalObserver {
         }
     }
     fn part_done(&self, index: u64, bytes: u64) {
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.progress.parts.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(ino = self.ino, part = index, bytes, "part accepted");
         if let Err(e) = self.catalog.journal_part(self.ino, bytes) {
             tracing::warn!(ino = self.ino, error = %e, "cannot journal upload part");
@@ -60,6 +103,8 @@ pub struct Commit {
     pub replaces: Option<RemoteFile>,
     /// Largest size the target accepts, when known.
     pub max_size: Option<u64>,
+    /// Where progress is reported.
+    pub progress: Arc<Progress>,
 }
 
 /// Upload `stage` as described by `c`, journaling it in `catalog`.
@@ -80,6 +125,15 @@ pub async fn upload(
             ));
         }
     }
+    // A session journaled for exactly this content is resumed.
+    let earlier = catalog.journal_get(c.ino).ok().flatten().filter(|j| {
+        j.session_id.is_some()
+            && j.stage == stage.path()
+            && j.size == c.size
+            && j.sha1.is_some()
+            && j.sha1 == c.digests.sha1
+    });
+    let resume_session = earlier.as_ref().and_then(|j| j.session_id.clone());
     let journal = JournalRow {
         ino: c.ino,
         stage: stage.path().to_path_buf(),
@@ -89,11 +143,15 @@ pub async fn upload(
         size: c.size,
         sha1: c.digests.sha1.clone(),
         md5: c.digests.md5.clone(),
-        session_id: None,
-        parts_done: 0,
-        bytes_done: 0,
+        session_id: resume_session.clone(),
+        parts_done: earlier.as_ref().map_or(0, |j| j.parts_done),
+        bytes_done: earlier.as_ref().map_or(0, |j| j.bytes_done),
         started_ms: crate::fs::now_ms(),
     };
+    if let Some(sid) = &resume_session {
+        tracing::info!(name = %c.name, session = %sid, "resuming a journaled upload session");
+    }
+    c.progress.restart(c.size);
     if let Err(e) = catalog.journal_begin(&journal) {
         tracing::warn!(ino = c.ino, error = %e, "cannot journal upload");
     }
@@ -104,14 +162,21 @@ pub async fn upload(
         digests: c.digests,
         mtime_ms: c.mtime_ms,
         replaces: c.replaces,
-        resume_session: None,
+        resume_session,
         source: Arc::new(StageSource::new(stage.clone(), c.size)),
-        observer: Arc::new(JournalObserver::new(catalog.clone(), c.ino)),
+        observer: Arc::new(JournalObserver::new(
+            catalog.clone(),
+            c.ino,
+            c.progress.clone(),
+        )),
     };
     let started = std::time::Instant::now();
     let result = target.upload(req).await;
-    if let Err(e) = catalog.journal_end(c.ino) {
-        tracing::warn!(ino = c.ino, error = %e, "cannot close upload journal");
+    // A failed attempt keeps its row: the next one resumes the session.
+    if result.is_ok() {
+        if let Err(e) = catalog.journal_end(c.ino) {
+            tracing::warn!(ino = c.ino, error = %e, "cannot close upload journal");
+        }
     }
     match &result {
         Ok(r) => tracing::info!(

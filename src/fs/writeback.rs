@@ -1,0 +1,535 @@
+//! Background uploads: write-back mode, crash recovery and the live progress `status` shows.
+//!
+//! In write-back mode a `close()` makes the stage durable (fsync of the stage file, its
+//! journal row written and the catalog synced) and queues the inode here; a worker then
+//! uploads queued files a few at a time ([`PARALLEL_UPLOADS`]) through the same
+//! [`Fs::commit`] as the synchronous path, so renames, unlinks and replaced remote files
+//! are handled identically. A failed upload (after the client's own retries) stays queued
+//! with its error and is tried again with exponential backoff; it is never dropped.
+//!
+//! At mount, files left `queued` or `uploading` by an earlier run (a crash, a kill, a
+//! forced unmount) are queued again in both modes; an upload that may have finished on the
+//! server just before the crash is first looked for remotely (same name, size and digest)
+//! so it lands exactly once. The journal's session id lets the client resume (Box lists the
+//! parts it already holds).
+//!
+//! The same registry tracks the progress of every running upload, synchronous ones too,
+//! for `uploadfs status` and `uploadfs unmount`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{io_errno, Fs, FsResult};
+use crate::catalog::{JournalRow, NodeState};
+use crate::fs::handle::OpenFile;
+use crate::write::uploader::Progress;
+
+/// Files uploaded at once in the background (each upload has its own part parallelism).
+pub const PARALLEL_UPLOADS: usize = 4;
+/// First wait before a failed background upload is tried again; doubles per failure.
+const BACKOFF_FIRST: Duration = Duration::from_secs(2);
+/// Longest wait between two attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// The worker looks at the queue at least this often (a lost wake-up costs no more).
+const WORKER_TICK: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// Failed attempts so far.
+    attempts: u32,
+    /// Not before this instant (backoff after a failure).
+    not_before: Option<Instant>,
+    /// Queued again while its upload ran: upload once more after this attempt.
+    again: bool,
+    /// Queued by recovery at mount: look for a finished upload remotely first.
+    recovered: bool,
+    running: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    write_back: bool,
+    queue: BTreeMap<u64, Entry>,
+    /// Progress of uploads running now (write-back and synchronous).
+    active: HashMap<u64, Arc<Progress>>,
+    /// Set by `unmount --force`: do not drain at exit.
+    abandon: bool,
+}
+
+/// The background upload registry of one mount.
+#[derive(Debug, Default)]
+pub struct Uploads {
+    inner: Mutex<Inner>,
+    wake: tokio::sync::Notify,
+    changed: tokio::sync::Notify,
+}
+
+impl Uploads {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write_back(&self) -> bool {
+        self.lock().write_back
+    }
+
+    /// Queue an inode for a background upload (now).
+    fn enqueue(&self, ino: u64, recovered: bool) {
+        {
+            let mut g = self.lock();
+            let e = g.queue.entry(ino).or_default();
+            if e.running {
+                e.again = true;
+            }
+            e.not_before = None;
+            e.recovered |= recovered;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Progress handle of an upload that starts now.
+    pub(super) fn begin(&self, ino: u64, size: u64) -> Arc<Progress> {
+        let p = Progress::new(size);
+        self.lock().active.insert(ino, p.clone());
+        self.changed.notify_waiters();
+        p
+    }
+
+    pub(super) fn end(&self, ino: u64) {
+        self.lock().active.remove(&ino);
+        self.changed.notify_waiters();
+    }
+
+    /// Queued or running background uploads (failed ones waiting for a retry excluded).
+    pub fn busy(&self) -> usize {
+        let g = self.lock();
+        g.queue
+            .values()
+            .filter(|e| e.running || e.not_before.is_none())
+            .count()
+    }
+
+    pub fn set_abandon(&self) {
+        self.lock().abandon = true;
+        self.changed.notify_waiters();
+    }
+
+    pub fn abandoned(&self) -> bool {
+        self.lock().abandon
+    }
+}
+
+/// One file in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileStatus {
+    pub path: String,
+    /// `queued`, `uploading`, `failed`, `staged` (open for writing) or `incomplete`.
+    pub state: String,
+    pub size: u64,
+    /// Bytes the server accepted in the current attempt.
+    pub bytes_done: u64,
+    pub parts_done: u64,
+    /// Bytes per second of the current attempt.
+    pub rate: Option<f64>,
+    /// Seconds left at that rate.
+    pub eta_seconds: Option<f64>,
+    pub error: Option<String>,
+    /// Failed background attempts so far.
+    pub attempts: u32,
+    /// Seconds until the next attempt of a failed upload.
+    pub retry_in_seconds: Option<f64>,
+}
+
+/// What a running daemon reports (`uploadfs status`, `unmount`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountStatus {
+    pub write_back: bool,
+    pub pending: Vec<FileStatus>,
+    /// Queued or uploading background uploads (what `unmount` waits for).
+    pub busy: usize,
+}
+
+fn backoff(attempts: u32) -> Duration {
+    let shift = attempts.saturating_sub(1).min(16);
+    BACKOFF_FIRST.saturating_mul(1 << shift).min(BACKOFF_MAX)
+}
+
+impl Fs {
+    /// Turn write-back mode on (before the mount serves requests).
+    pub fn enable_write_back(&self) {
+        self.uploads.lock().write_back = true;
+    }
+
+    pub fn uploads(&self) -> &Uploads {
+        &self.uploads
+    }
+
+    /// Commit as `close()` does in this mode: upload now, or (write-back) make the stage
+    /// durable and queue it.
+    pub(super) async fn close_commit(&self, ino: u64, of: &Arc<OpenFile>) -> FsResult<()> {
+        if self.uploads.write_back() {
+            self.queue_durably(ino, of).await
+        } else {
+            self.commit(ino, of).await
+        }
+    }
+
+    /// Write-back close: fsync the stage, journal it, sync the catalog, queue the upload.
+    async fn queue_durably(&self, ino: u64, of: &Arc<OpenFile>) -> FsResult<()> {
+        if of.is_queued() || of.unlinked.load(Ordering::SeqCst) || !of.dirty() {
+            return Ok(());
+        }
+        // Writers stay out while the stage is synced and hashed, so the digests match
+        // the version queued.
+        let _g = of.gate.write().await;
+        let version = of.stage.version();
+        let size = of.stage.size();
+        let stage = of.stage.clone();
+        let stage_dir = self.stage_dir.clone();
+        let digests = tokio::task::spawn_blocking(move || {
+            stage.sync()?;
+            // The stage's directory entry must survive too.
+            std::fs::File::open(&stage_dir)?.sync_all()?;
+            stage.digests()
+        })
+        .await
+        .map_err(|_| libc::EIO)?
+        .map_err(|e| {
+            tracing::error!(ino, error = %e, "cannot make the stage durable");
+            io_errno(&e)
+        })?;
+        let journal = {
+            let mut t = self.tree();
+            let Some(n) = t.get(ino) else { return Ok(()) };
+            let parent = self.dir_ref(&t, n.row.parent);
+            let name = n.row.name.clone();
+            let n = t.get_mut(ino).ok_or(libc::ENOENT)?;
+            n.row.state = NodeState::Queued;
+            n.row.size = size;
+            n.row.last_error = None;
+            let row = n.row.clone();
+            self.persist(&row)?;
+            JournalRow {
+                ino,
+                stage: of.stage.path().to_path_buf(),
+                target: self.opts.target_name.clone(),
+                parent_remote: parent,
+                name,
+                size,
+                sha1: digests.sha1.clone(),
+                md5: digests.md5.clone(),
+                session_id: None,
+                parts_done: 0,
+                bytes_done: 0,
+                // 0: no upload attempt yet.
+                started_ms: 0,
+            }
+        };
+        let synced = self
+            .catalog
+            .journal_begin(&journal)
+            .and_then(|_| self.catalog.sync());
+        if let Err(e) = synced {
+            tracing::error!(ino, error = %e, "cannot journal the closed file");
+            return Err(libc::EIO);
+        }
+        of.mark_queued(version, digests);
+        self.uploads.enqueue(ino, false);
+        tracing::debug!(ino, size, "queued for upload");
+        Ok(())
+    }
+
+    /// Queue every file an earlier run left to upload (mount time, both modes). Returns
+    /// how many were queued.
+    pub fn recover(&self) -> usize {
+        let inos: Vec<u64> = self
+            .tree()
+            .all()
+            .filter(|n| {
+                n.row.stage.is_some()
+                    && matches!(n.row.state, NodeState::Queued | NodeState::Failed)
+            })
+            .map(|n| n.row.ino)
+            .collect();
+        for ino in &inos {
+            self.uploads.enqueue(*ino, true);
+        }
+        inos.len()
+    }
+
+    /// The worker: uploads queued files, [`PARALLEL_UPLOADS`] at a time, until the process
+    /// ends.
+    pub async fn run_uploads(self: Arc<Self>) {
+        loop {
+            let (ready, next) = {
+                let mut g = self.uploads.lock();
+                let now = Instant::now();
+                let running = g.queue.values().filter(|e| e.running).count();
+                let mut ready = vec![];
+                let mut next: Option<Instant> = None;
+                for (ino, e) in g.queue.iter_mut() {
+                    if e.running {
+                        continue;
+                    }
+                    match e.not_before {
+                        Some(t) if t > now => {
+                            next = Some(next.map_or(t, |n| n.min(t)));
+                        }
+                        _ if running + ready.len() < PARALLEL_UPLOADS => {
+                            e.running = true;
+                            e.again = false;
+                            ready.push((*ino, e.recovered));
+                        }
+                        _ => {}
+                    }
+                }
+                (ready, next)
+            };
+            for (ino, recovered) in ready {
+                let fs = self.clone();
+                tokio::spawn(async move {
+                    let r = fs.upload_queued(ino, recovered).await;
+                    fs.upload_finished(ino, r);
+                });
+            }
+            let wait = next
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(WORKER_TICK)
+                .min(WORKER_TICK);
+            let _ = tokio::time::timeout(wait, self.uploads.wake.notified()).await;
+        }
+    }
+
+    fn upload_finished(&self, ino: u64, r: FsResult<()>) {
+        {
+            let mut g = self.uploads.lock();
+            let write_back = g.write_back;
+            if let Some(e) = g.queue.get_mut(&ino) {
+                e.running = false;
+                e.recovered = false;
+                if e.again {
+                    e.again = false;
+                    e.not_before = None;
+                } else if r.is_ok() {
+                    g.queue.remove(&ino);
+                } else if write_back {
+                    e.attempts += 1;
+                    let wait = backoff(e.attempts);
+                    e.not_before = Some(Instant::now() + wait);
+                    tracing::warn!(
+                        ino,
+                        attempts = e.attempts,
+                        retry_in_s = wait.as_secs(),
+                        "background upload failed; will retry"
+                    );
+                } else {
+                    // Default mode: the failure stays visible; the next close or mount
+                    // tries again.
+                    g.queue.remove(&ino);
+                }
+            }
+        }
+        self.uploads.changed.notify_waiters();
+        self.uploads.wake.notify_one();
+    }
+
+    /// One background attempt for `ino`.
+    async fn upload_queued(&self, ino: u64, recovered: bool) -> FsResult<()> {
+        let state = {
+            let t = self.tree();
+            match t.get(ino) {
+                None => return Ok(()),
+                Some(n) => (n.row.state, n.row.stage.is_some(), n.open.is_some()),
+            }
+        };
+        match state {
+            // A writer reopened it: its close queues it again.
+            (NodeState::Staged, _, _) => return Ok(()),
+            // Never uploaded on its own.
+            (NodeState::Incomplete, _, _) => return Ok(()),
+            (NodeState::Committed, _, false) => return Ok(()),
+            (_, false, false) => return Ok(()),
+            _ => {}
+        }
+        if recovered && self.adopt_finished_upload(ino).await {
+            return Ok(());
+        }
+        let of = self.open_for_write(ino, false, false).await?;
+        if recovered {
+            if let Err(e) = self.check_recovered_stage(ino, &of).await {
+                self.put_open(ino, &of, false);
+                return Err(e);
+            }
+        }
+        let r = self.commit(ino, &of).await;
+        self.put_open(ino, &of, false);
+        r
+    }
+
+    /// A stage reopened after a crash must still hold what was journaled (an upload in
+    /// flight in the default mode had no fsync): a mismatch makes it `incomplete`, never
+    /// uploaded on its own. A match spares the commit a second hash.
+    async fn check_recovered_stage(&self, ino: u64, of: &Arc<OpenFile>) -> FsResult<()> {
+        let Ok(Some(j)) = self.catalog.journal_get(ino) else {
+            return Ok(());
+        };
+        if j.stage != of.stage.path() || j.sha1.is_none() {
+            return Ok(());
+        }
+        let version = of.stage.version();
+        let stage = of.stage.clone();
+        let d = tokio::task::spawn_blocking(move || stage.digests())
+            .await
+            .map_err(|_| libc::EIO)?
+            .map_err(|e| io_errno(&e))?;
+        if of.stage.size() == j.size && d.sha1 == j.sha1 {
+            of.set_known_digests(version, d);
+            return Ok(());
+        }
+        tracing::warn!(ino, name = %j.name, "the stage no longer matches its journal; kept as incomplete");
+        self.set_state(
+            ino,
+            NodeState::Incomplete,
+            "the mount stopped before this file's data reached the disk; its local data is incomplete",
+        );
+        let _ = self.catalog.journal_end(ino);
+        Err(libc::EIO)
+    }
+
+    /// After a crash: an upload whose journal shows it had started may have completed on
+    /// the server before the catalog heard of it. A remote file with the journaled name,
+    /// size and digest is that upload: adopt it instead of uploading a second copy.
+    async fn adopt_finished_upload(&self, ino: u64) -> bool {
+        let Ok(Some(j)) = self.catalog.journal_get(ino) else {
+            return false;
+        };
+        if j.started_ms == 0 {
+            return false;
+        }
+        let Ok(list) = self.target.list(&j.parent_remote).await else {
+            return false;
+        };
+        let same_digest = |e: &crate::target::RemoteFile| match (&e.sha1, &j.sha1, &e.md5, &j.md5)
+        {
+            (Some(a), Some(b), _, _) => a.eq_ignore_ascii_case(b),
+            (_, _, Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            _ => false,
+        };
+        let Some(found) = list
+            .into_iter()
+            .find(|e| !e.is_dir && e.name == j.name && e.size == j.size && same_digest(e))
+        else {
+            return false;
+        };
+        let replaced = {
+            let mut t = self.tree();
+            let Some(n) = t.get(ino) else { return false };
+            if n.open.is_some() || !matches!(n.row.state, NodeState::Queued | NodeState::Failed)
+            {
+                return false;
+            }
+            let old = [n.row.remote.clone(), n.row.replaces.clone()];
+            let stage = n.row.stage.clone();
+            t.set_remote(ino, Some(found.clone()));
+            if let Some(n) = t.get_mut(ino) {
+                n.row.state = NodeState::Committed;
+                n.row.sha1 = j.sha1.clone().or(found.sha1.clone());
+                n.row.md5 = j.md5.clone().or(found.md5.clone());
+                n.row.size = found.size;
+                n.row.last_error = None;
+                n.row.replaces = None;
+                n.row.stage = None;
+                let row = n.row.clone();
+                let _ = self.persist(&row);
+            }
+            if let Some(p) = stage {
+                let _ = std::fs::remove_file(p);
+            }
+            old
+        };
+        let _ = self.catalog.journal_end(ino);
+        tracing::info!(ino, name = %j.name, id = %found.id, "the interrupted upload had completed; adopted it");
+        for old in replaced.into_iter().flatten() {
+            if old.id != found.id {
+                let _ = self.delete_remote(&old, ino).await;
+            }
+        }
+        true
+    }
+
+    /// Wait until no background upload is queued or running (failed ones waiting for
+    /// their retry are left journaled), or until `abandon` is set.
+    pub async fn drain(&self) {
+        loop {
+            let notified = self.uploads.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.uploads.busy() == 0 || self.uploads.abandoned() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+        }
+    }
+
+    /// Pending, uploading and failed files with their progress (`uploadfs status`).
+    pub fn status(&self) -> MountStatus {
+        let (queue, active, write_back) = {
+            let g = self.uploads.lock();
+            let q: HashMap<u64, (u32, Option<Instant>)> = g
+                .queue
+                .iter()
+                .map(|(i, e)| (*i, (e.attempts, e.not_before)))
+                .collect();
+            (q, g.active.clone(), g.write_back)
+        };
+        let busy = self.uploads.busy();
+        let now = Instant::now();
+        let mut pending = vec![];
+        for (path, row) in self.pending() {
+            let p = active.get(&row.ino);
+            let (bytes_done, parts_done, rate, eta) = match p {
+                Some(p) => {
+                    let b = p.bytes.load(Ordering::Relaxed);
+                    let size = p.size.load(Ordering::Relaxed);
+                    let rate = p
+                        .elapsed()
+                        .filter(|s| *s > 0.2 && b > 0)
+                        .map(|s| b as f64 / s);
+                    let eta = rate.map(|r| size.saturating_sub(b) as f64 / r);
+                    (b, p.parts.load(Ordering::Relaxed), rate, eta)
+                }
+                None => (0, 0, None, None),
+            };
+            let state = match (p, row.state) {
+                (Some(_), _) => "uploading".to_string(),
+                (None, NodeState::Committed) => "staged".to_string(),
+                (None, s) => s.as_str().to_string(),
+            };
+            let (attempts, retry) = queue.get(&row.ino).copied().unwrap_or((0, None));
+            pending.push(FileStatus {
+                path,
+                state,
+                size: row.size,
+                bytes_done,
+                parts_done,
+                rate,
+                eta_seconds: eta,
+                error: row.last_error.clone(),
+                attempts,
+                retry_in_seconds: retry
+                    .filter(|t| *t > now)
+                    .map(|t| (t - now).as_secs_f64()),
+            });
+        }
+        pending.sort_by(|a, b| a.path.cmp(&b.path));
+        MountStatus {
+            write_back,
+            pending,
+            busy,
+        }
+    }
+}
