@@ -93,8 +93,19 @@ fn all_records() -> Vec<MountRecord> {
 }
 
 fn pid_alive(pid: u32) -> bool {
-    // Signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    // Signal 0 only checks that the process exists; a killed daemon nobody reaped yet
+    // (a zombie) is dead all the same.
+    if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(true),
+        Err(_) => true,
+    }
 }
 
 /// Unescape a mountinfo path field (`\040` for space, ...).
@@ -118,6 +129,12 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// The filesystem type mounted at `mountpoint`, if any (from /proc/self/mountinfo).
 pub fn mounted_fstype(mountpoint: &Path) -> Option<String> {
+    mounted(mountpoint).map(|(t, _)| t)
+}
+
+/// Type and source of the mount on top at `mountpoint` (uploadfs's source is
+/// `uploadfs:TARGET`; a mount made without the setuid helper has type plain `fuse`).
+fn mounted(mountpoint: &Path) -> Option<(String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mountpoint.to_string_lossy();
     let mut found = None;
@@ -126,12 +143,13 @@ pub fn mounted_fstype(mountpoint: &Path) -> Option<String> {
         if fields.len() < 5 || unescape_mountinfo(fields[4]) != want {
             continue;
         }
-        let fstype = fields
-            .iter()
-            .position(|f| *f == "-")
-            .and_then(|i| fields.get(i + 1))
-            .map(|s| s.to_string())
-            .unwrap_or_default();
+        let sep = fields.iter().position(|f| *f == "-");
+        let field = |k: usize| {
+            sep.and_then(|i| fields.get(i + k))
+                .map(|s| unescape_mountinfo(s))
+                .unwrap_or_default()
+        };
+        let fstype = (field(1), field(2));
         // The last matching line is the mount on top.
         found = Some(fstype);
     }
@@ -184,7 +202,8 @@ fn clean_dead_mount(mountpoint: &Path) -> anyhow::Result<()> {
         _ => return Ok(()),
     }
     let abs = std::path::absolute(mountpoint)?;
-    let ours = mounted_fstype(&abs).is_some_and(|t| t == "fuse.uploadfs");
+    let ours = mounted(&abs)
+        .is_some_and(|(t, src)| t == "fuse.uploadfs" || src.starts_with("uploadfs:"));
     let live = read_record(&abs).is_some_and(|r| pid_alive(r.pid));
     if !ours || live {
         bail!(

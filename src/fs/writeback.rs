@@ -493,7 +493,7 @@ impl Fs {
             let p = active.get(&row.ino);
             let (bytes_done, parts_done, rate, eta) = match p {
                 Some(p) => {
-                    let b = p.bytes.load(Ordering::Relaxed);
+                    let b = p.done();
                     let size = p.size.load(Ordering::Relaxed);
                     let rate = p
                         .elapsed()

@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use crate::catalog::{Catalog, JournalRow};
 use crate::target::{
-    Digests, DirRef, ErrorKind, RemoteFile, Target, TargetError, UploadObserver, UploadRequest,
+    Digests, DirRef, ErrorKind, PartSource, RemoteFile, Target, TargetError, UploadObserver,
+    UploadRequest,
 };
 
 use super::stage::{Stage, StageSource};
@@ -26,6 +27,9 @@ pub struct Progress {
     /// Bytes accepted by the server in this attempt (resumed parts are not counted).
     pub bytes: AtomicU64,
     pub parts: AtomicU64,
+    /// Bytes read from the stage to be sent: the only measure while a file goes up in
+    /// one request (no parts to count).
+    pub read: AtomicU64,
     /// When the current attempt started sending.
     pub started: Mutex<Option<Instant>>,
 }
@@ -36,6 +40,7 @@ impl Progress {
             size: AtomicU64::new(size),
             bytes: AtomicU64::new(0),
             parts: AtomicU64::new(0),
+            read: AtomicU64::new(0),
             started: Mutex::new(None),
         })
     }
@@ -45,7 +50,17 @@ impl Progress {
         self.size.store(size, Ordering::Relaxed);
         self.bytes.store(0, Ordering::Relaxed);
         self.parts.store(0, Ordering::Relaxed);
+        self.read.store(0, Ordering::Relaxed);
         *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Bytes done as far as can be told: accepted parts, else bytes read for sending.
+    pub fn done(&self) -> u64 {
+        let size = self.size.load(Ordering::Relaxed);
+        match self.parts.load(Ordering::Relaxed) {
+            0 => self.read.load(Ordering::Relaxed).min(size),
+            _ => self.bytes.load(Ordering::Relaxed).min(size),
+        }
     }
 
     /// Seconds since the attempt started, if one runs.
@@ -54,6 +69,25 @@ impl Progress {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .map(|t| t.elapsed().as_secs_f64())
+    }
+}
+
+/// The stage as the upload reads it, counting bytes for progress.
+struct CountingSource {
+    inner: StageSource,
+    progress: Arc<Progress>,
+}
+
+impl PartSource for CountingSource {
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<bytes::Bytes> {
+        let b = self.inner.read_at(offset, len)?;
+        self.progress
+            .read
+            .fetch_add(b.len() as u64, Ordering::Relaxed);
+        Ok(b)
+    }
+    fn path(&self) -> Option<&std::path::Path> {
+        self.inner.path()
     }
 }
 
@@ -163,7 +197,10 @@ pub async fn upload(
         mtime_ms: c.mtime_ms,
         replaces: c.replaces,
         resume_session,
-        source: Arc::new(StageSource::new(stage.clone(), c.size)),
+        source: Arc::new(CountingSource {
+            inner: StageSource::new(stage.clone(), c.size),
+            progress: c.progress.clone(),
+        }),
         observer: Arc::new(JournalObserver::new(
             catalog.clone(),
             c.ino,
