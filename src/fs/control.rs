@@ -182,7 +182,10 @@ fn details(f: &FileStatus) -> String {
         s.push_str(&format!("  {}/s", HumanBytes(r as u64)));
     }
     if let Some(e) = f.eta_seconds {
-        s.push_str(&format!("  ETA {}", HumanDuration(Duration::from_secs_f64(e))));
+        s.push_str(&format!(
+            "  ETA {}",
+            HumanDuration(Duration::from_secs_f64(e))
+        ));
     }
     if f.parts_done > 0 {
         s.push_str(&format!("  parts {}", f.parts_done));

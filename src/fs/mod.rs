@@ -242,6 +242,15 @@ impl Fs {
                 }
                 NodeState::Staged => {
                     row.state = NodeState::Incomplete;
+                    // The size was only recorded at close: take what the stage holds.
+                    if let Some(len) = row
+                        .stage
+                        .as_ref()
+                        .and_then(|p| std::fs::metadata(p).ok())
+                        .map(|m| m.len())
+                    {
+                        row.size = len;
+                    }
                     row.last_error =
                         Some("the mount stopped while the file was open for writing".to_string());
                     changed = true;

@@ -202,8 +202,8 @@ fn clean_dead_mount(mountpoint: &Path) -> anyhow::Result<()> {
         _ => return Ok(()),
     }
     let abs = std::path::absolute(mountpoint)?;
-    let ours = mounted(&abs)
-        .is_some_and(|(t, src)| t == "fuse.uploadfs" || src.starts_with("uploadfs:"));
+    let ours =
+        mounted(&abs).is_some_and(|(t, src)| t == "fuse.uploadfs" || src.starts_with("uploadfs:"));
     let live = read_record(&abs).is_some_and(|r| pid_alive(r.pid));
     if !ours || live {
         bail!(
@@ -523,7 +523,10 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
     rt.block_on(fs.drain());
     let left = fs.pending().len();
     if left > 0 {
-        tracing::warn!(files = left, "files not uploaded stay journaled for the next mount");
+        tracing::warn!(
+            files = left,
+            "files not uploaded stay journaled for the next mount"
+        );
     }
     let _ = std::fs::remove_file(&reg);
     if let Some(c) = &control {

@@ -413,8 +413,7 @@ impl Fs {
         let Ok(list) = self.target.list(&j.parent_remote).await else {
             return false;
         };
-        let same_digest = |e: &crate::target::RemoteFile| match (&e.sha1, &j.sha1, &e.md5, &j.md5)
-        {
+        let same_digest = |e: &crate::target::RemoteFile| match (&e.sha1, &j.sha1, &e.md5, &j.md5) {
             (Some(a), Some(b), _, _) => a.eq_ignore_ascii_case(b),
             (_, _, Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
             _ => false,
@@ -428,8 +427,7 @@ impl Fs {
         let replaced = {
             let mut t = self.tree();
             let Some(n) = t.get(ino) else { return false };
-            if n.open.is_some() || !matches!(n.row.state, NodeState::Queued | NodeState::Failed)
-            {
+            if n.open.is_some() || !matches!(n.row.state, NodeState::Queued | NodeState::Failed) {
                 return false;
             }
             let old = [n.row.remote.clone(), n.row.replaces.clone()];
@@ -520,9 +518,7 @@ impl Fs {
                 eta_seconds: eta,
                 error: row.last_error.clone(),
                 attempts,
-                retry_in_seconds: retry
-                    .filter(|t| *t > now)
-                    .map(|t| (t - now).as_secs_f64()),
+                retry_in_seconds: retry.filter(|t| *t > now).map(|t| (t - now).as_secs_f64()),
             });
         }
         pending.sort_by(|a, b| a.path.cmp(&b.path));
