@@ -1318,9 +1318,21 @@ impl Fs {
             }
         }
         self.ensure_loaded(&of).await?;
-        {
+        let written = {
             let _g = of.gate.read().await;
-            of.stage.write_at(offset, data).map_err(|e| io_errno(&e))?;
+            of.stage.write_at(offset, data)
+        };
+        if let Err(e) = written {
+            // The stage lost this write (disk full, I/O error): what it holds is not what
+            // the writer wrote, so it must never be uploaded as the file.
+            let errno = io_errno(&e);
+            *st = HandleState::Failed(errno);
+            self.set_state(
+                h.ino,
+                NodeState::Incomplete,
+                &format!("a write to the local stage failed ({e}); the data is incomplete and is not uploaded"),
+            );
+            return Err(errno);
         }
         *st = HandleState::Writing;
         drop(st);
@@ -1470,7 +1482,7 @@ impl Fs {
         }
         let version = of.stage.version();
         let size = of.stage.size();
-        let (name, parent_ref, mtime_ms, old_remote, extra_replaced, path) = {
+        let (name, parent_ref, mtime_ms, old_remote, extra_replaced, path, was_failed) = {
             let t = self.tree();
             let Some(n) = t.get(ino) else { return Ok(()) };
             (
@@ -1480,6 +1492,8 @@ impl Fs {
                 n.row.remote.clone(),
                 n.row.replaces.clone(),
                 t.path(ino),
+                // Reopening for write makes a failed node `staged`; its error stays.
+                n.row.state == NodeState::Failed || n.row.last_error.is_some(),
             )
         };
         of.committing.store(true, Ordering::SeqCst);
@@ -1506,24 +1520,44 @@ impl Fs {
                 let _ = self.persist(&row);
             }
         }
+        // A failed attempt may have landed anyway (the server stored the file, then its
+        // answer was lost or spoiled): replace that copy instead of adding a second one.
+        let landed = match &old_remote {
+            None if was_failed && extra_replaced.is_none() => {
+                self.landed_copy(ino, &parent_ref, &name).await
+            }
+            _ => None,
+        };
+        // When that copy provably holds this data, it is the upload.
+        let adopt = landed.clone().filter(|e| {
+            e.size == size
+                && ((e.sha1.is_some() && e.sha1 == digests.sha1)
+                    || (e.md5.is_some() && e.md5 == digests.md5))
+        });
+        let old_remote = old_remote.or(landed);
         let replaces = old_remote.clone().or(extra_replaced.clone());
-        let result = uploader::upload(
-            self.target.as_ref(),
-            &self.catalog,
-            &of.stage,
-            uploader::Commit {
-                ino,
-                target_name: self.opts.target_name.clone(),
-                parent: parent_ref.clone(),
-                name: name.clone(),
-                size,
-                digests: digests.clone(),
-                mtime_ms,
-                replaces,
-                max_size: self.max_size(),
-            },
-        )
-        .await;
+        let result = if let Some(e) = adopt {
+            tracing::info!(name = %name, id = %e.id, "the earlier upload is complete; keeping it");
+            Ok(e)
+        } else {
+            uploader::upload(
+                self.target.as_ref(),
+                &self.catalog,
+                &of.stage,
+                uploader::Commit {
+                    ino,
+                    target_name: self.opts.target_name.clone(),
+                    parent: parent_ref.clone(),
+                    name: name.clone(),
+                    size,
+                    digests: digests.clone(),
+                    mtime_ms,
+                    replaces,
+                    max_size: self.max_size(),
+                },
+            )
+            .await
+        };
         of.committing.store(false, Ordering::SeqCst);
         let remote = match result {
             Ok(r) => r,
@@ -1606,6 +1640,34 @@ impl Fs {
             let _ = self.persist(&row);
         }
         Ok(())
+    }
+
+    /// The remote file named `name` in `dir` that no other node uses: what an earlier
+    /// failed upload of `ino` may have left after all. Listing errors mean "none".
+    async fn landed_copy(&self, ino: u64, dir: &DirRef, name: &str) -> Option<RemoteFile> {
+        let entries = match self.target.list(dir).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(name, error = %e, "cannot list the target to look for an earlier attempt");
+                return None;
+            }
+        };
+        let hidden = self
+            .hidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let t = self.tree();
+        let found = entries.into_iter().find(|e| {
+            !e.is_dir
+                && t.key(&e.name) == t.key(name)
+                && !hidden.contains(&e.id)
+                && t.by_remote(&e.id).iter().all(|i| *i == ino)
+        });
+        if let Some(e) = &found {
+            tracing::info!(name, id = %e.id, "an earlier failed upload had landed; replacing it");
+        }
+        found
     }
 
     // ----- directories ---------------------------------------------------------------

@@ -326,4 +326,3 @@ pub fn xattr(path: &Path, name: &str) -> Option<String> {
     buf.truncate(r as usize);
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
-
