@@ -1724,6 +1724,17 @@ impl Fs {
             .ok_or(libc::EBADF)
     }
 
+    /// The attributes of `ino` if it is still called `name` in `dir`. A directory snapshot
+    /// can be older than a rename or unlink; readdirplus hands the kernel name → inode
+    /// pairs it caches as lookups, so stale pairs must not reach it.
+    pub fn current_entry(&self, dir: u64, name: &str, ino: u64) -> Option<Attr> {
+        let t = self.tree();
+        if name != "." && name != ".." && t.child(dir, name) != Some(ino) {
+            return None;
+        }
+        t.get(ino).map(|n| self.attr_of(n))
+    }
+
     pub fn releasedir(&self, fh: u64) {
         self.dirs
             .lock()
