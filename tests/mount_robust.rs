@@ -685,6 +685,7 @@ fn bad_input(kind: TargetKind) {
     let s = start_server();
     let proto = kind.as_str();
     let work = s.dir.path().to_path_buf();
+    let caps = s.target(kind).capabilities();
     let mut m = mount_kind(&s, kind, "", &work.join("cache"));
     let data = pattern(70_000, 3);
     std::fs::write(work.join("data.bin"), &data).unwrap();
@@ -708,6 +709,26 @@ fn bad_input(kind: TargetKind) {
             !server_files(&s, proto).contains_key(name),
             "{proto}: {name:?} reached the server"
         );
+        // Refused before anything was staged: no local file that can never upload.
+        assert!(!m.path(name).exists(), "{proto}: {name:?} exists locally");
+        // Renaming to it or (where folders are remote) making a folder of it: EINVAL too.
+        std::fs::write(m.path("to-rename.txt"), b"x").unwrap();
+        let e = std::fs::rename(m.path("to-rename.txt"), m.path(name)).unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EINVAL),
+            "{proto}: mv to {name:?}"
+        );
+        assert!(m.path("to-rename.txt").exists());
+        std::fs::remove_file(m.path("to-rename.txt")).unwrap();
+        if caps.folders {
+            let e = std::fs::create_dir(m.path(name)).unwrap_err();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EINVAL),
+                "{proto}: mkdir {name:?}"
+            );
+        }
     }
     // Longer than 255 bytes: ENAMETOOLONG; exactly 255 (multi-byte) is fine.
     let long = "x".repeat(256);

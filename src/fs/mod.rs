@@ -290,6 +290,19 @@ impl Fs {
         })
     }
 
+    /// Refuse (EINVAL) a name the target would refuse, before anything is staged, so no
+    /// file that can never be uploaded is left behind. Folders of flat targets exist only
+    /// in the catalog, so any name does for them.
+    fn check_target_name(&self, name: &str, is_dir: bool) -> FsResult<()> {
+        if is_dir && !self.caps.folders {
+            return Ok(());
+        }
+        self.target.check_name(name).map_err(|e| {
+            tracing::warn!(error = %e, "name refused");
+            libc::EINVAL
+        })
+    }
+
     fn max_size(&self) -> Option<u64> {
         match (self.caps.max_file_size, self.opts.max_file_size) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -691,6 +704,7 @@ impl Fs {
         gid: u32,
     ) -> FsResult<Attr> {
         let name = check_new_name(name)?;
+        self.check_target_name(name, true)?;
         self.refresh(parent, false).await;
         let pref = {
             let t = self.tree();
@@ -900,6 +914,7 @@ impl Fs {
                 shared,
             )
         };
+        self.check_target_name(new_name, src_is_dir)?;
         // The replaced destination: a pending source's upload replaces its remote file
         // (and deletes it afterwards where the target has no in-place versions); for a
         // committed source it is deleted first, so the remote rename finds the name free.
@@ -1194,6 +1209,7 @@ impl Fs {
         pid: u32,
     ) -> FsResult<(Attr, u64)> {
         let name = check_new_name(name)?;
+        self.check_target_name(name, false)?;
         self.refresh(parent, false).await;
         let existing = {
             let t = self.tree();

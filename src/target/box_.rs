@@ -799,6 +799,30 @@ impl BoxTarget {
 
 #[async_trait]
 impl Target for BoxTarget {
+    fn check_name(&self, name: &str) -> Result<()> {
+        // Box's rules: 1..=255 bytes, no `/` or `\`, nothing non-printable, no leading or
+        // trailing spaces, not `.` or `..` (else 400 `item_name_invalid`).
+        let why = if name.is_empty() {
+            "the name is empty"
+        } else if name.len() > 255 {
+            "the name is longer than 255 bytes"
+        } else if name.contains(['/', '\\']) {
+            "the name contains / or \\"
+        } else if name.chars().any(char::is_control) {
+            "the name contains non-printable characters"
+        } else if name == "." || name == ".." {
+            "the names . and .. are reserved"
+        } else if name.starts_with(' ') || name.ends_with(' ') {
+            "the name has leading or trailing spaces"
+        } else {
+            return Ok(());
+        };
+        Err(TargetError::new(
+            ErrorKind::InvalidName,
+            format!("{name:?}: Box refuses this name: {why}"),
+        ))
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kind: "box",

@@ -370,6 +370,10 @@ struct CloudFile {
 
 #[async_trait]
 impl Target for DysonTarget {
+    fn check_name(&self, name: &str) -> Result<()> {
+        check_name(name)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kind: "dyson",

@@ -299,6 +299,12 @@ pub trait Target: Send + Sync + 'static {
     /// Create a folder (targets with native folders only).
     async fn mkdir(&self, parent: &DirRef, name: &str) -> Result<RemoteFile>;
 
+    /// Refuse, before anything is staged or sent, a file or folder name the service
+    /// would refuse (`ErrorKind::InvalidName`, naming the rule). The default accepts all.
+    fn check_name(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// One cheap authenticated request, to check the token (`config check`).
     async fn check(&self) -> Result<()> {
         self.list(&None).await.map(|_| ())

@@ -310,6 +310,10 @@ struct Attachment {
 
 #[async_trait]
 impl Target for VirolaTarget {
+    fn check_name(&self, name: &str) -> Result<()> {
+        check_name(name)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kind: "virola",
