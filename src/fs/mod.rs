@@ -182,6 +182,15 @@ fn check_new_name(name: &std::ffi::OsStr) -> FsResult<&str> {
     Ok(s)
 }
 
+/// The trash folders file managers create at a filesystem's top (`.Trash`, `.Trash-UID`;
+/// freedesktop.org trash specification).
+fn is_trash_dir(name: &str) -> bool {
+    name == ".Trash"
+        || name
+            .strip_prefix(".Trash-")
+            .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Validate a name being looked up (a name that cannot exist is simply absent).
 fn check_lookup_name(name: &std::ffi::OsStr) -> FsResult<&str> {
     if name.len() > NAME_MAX {
@@ -691,6 +700,12 @@ impl Fs {
         gid: u32,
     ) -> FsResult<Attr> {
         let name = check_new_name(name)?;
+        if !self.caps.folders && parent == ROOT_INO && is_trash_dir(name) {
+            // A desktop trash here would upload every trashed file's `.trashinfo` to the
+            // flat target (a channel, a message): refuse, so file managers say the trash
+            // is unavailable and offer a permanent delete instead.
+            return Err(libc::EPERM);
+        }
         self.refresh(parent, false).await;
         let pref = {
             let t = self.tree();
