@@ -250,6 +250,35 @@ fn gio_scenario(kind: TargetKind) {
     gio("gio copy mnt/in.bin out.bin");
     assert_eq!(std::fs::read(work.join("out.bin")).unwrap(), data);
 
+    // Copy over an existing file (gio overwrites; both go through a temporary file
+    // renamed over the original), and an editor-style save
+    // (g_file_replace: a `.goutputstream-XXXXXX` temp file renamed over the original).
+    std::fs::write(work.join("doc.txt"), b"first\n").unwrap();
+    gio("gio copy doc.txt mnt/ && echo second > doc.txt && gio copy doc.txt mnt/");
+    gio("test \"$(cat mnt/doc.txt)\" = second");
+    assert_eq!(
+        server_files(&s, proto).get("doc.txt"),
+        Some(&(7, sha1_hex(b"second\n")))
+    );
+    gio("echo third | gio save mnt/doc.txt");
+    gio("test \"$(cat mnt/doc.txt)\" = third && test \"$(ls -A mnt | grep -c goutputstream)\" = 0");
+    // Also on targets without remote rename, the content lands under the final name: the
+    // temporary file's upload waits for the rename.
+    let files = server_files(&s, proto);
+    assert_eq!(
+        files.get("doc.txt"),
+        Some(&(6, sha1_hex(b"third\n"))),
+        "{files:?}"
+    );
+    assert!(
+        !files.keys().any(|n| n.contains("goutputstream")),
+        "a temporary name reached the server: {files:?}"
+    );
+    assert!(
+        !files.values().any(|v| v.1 == sha1_hex(b"second\n")),
+        "the replaced version is left on the server: {files:?}"
+    );
+
     // mkdir, rename within the mount, move into the sub-folder.
     gio("gio mkdir mnt/sub");
     assert!(m.path("sub").is_dir());
