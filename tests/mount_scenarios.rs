@@ -752,6 +752,24 @@ fn limits_and_foreign_files(kind: TargetKind) {
         ],
         vec![],
     );
+    // The daemon's start-up error reaches `mount`'s caller.
+    std::fs::create_dir_all(work.join("mnt2")).unwrap();
+    let out = run_bounded(
+        m.command()
+            .args(["mount", "nosuch"])
+            .arg(work.join("mnt2"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--state-dir")
+            .arg(work.join("state2")),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no target named 'nosuch'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(work.join("big.bin"), pattern(1024 * 1024 + 1, 1)).unwrap();
     let out = sh_status(&work, "cp big.bin mnt/big.bin");
     assert!(!out.status.success());

@@ -182,6 +182,22 @@ fn check_new_name(name: &std::ffi::OsStr) -> FsResult<&str> {
     Ok(s)
 }
 
+/// Prefix of GIO's safe-save temporary files (see [`Fs::waits_for_rename`]).
+const SAVE_TEMP_PREFIX: &str = ".goutputstream-";
+
+fn is_save_temp(name: &str) -> bool {
+    name.starts_with(SAVE_TEMP_PREFIX)
+}
+
+/// The trash folders file managers create at a filesystem's top (`.Trash`, `.Trash-UID`;
+/// freedesktop.org trash specification).
+fn is_trash_dir(name: &str) -> bool {
+    name == ".Trash"
+        || name
+            .strip_prefix(".Trash-")
+            .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Validate a name being looked up (a name that cannot exist is simply absent).
 fn check_lookup_name(name: &std::ffi::OsStr) -> FsResult<&str> {
     if name.len() > NAME_MAX {
@@ -705,6 +721,12 @@ impl Fs {
     ) -> FsResult<Attr> {
         let name = check_new_name(name)?;
         self.check_target_name(name, true)?;
+        if !self.caps.folders && parent == ROOT_INO && is_trash_dir(name) {
+            // A desktop trash here would upload every trashed file's `.trashinfo` to the
+            // flat target (a channel, a message): refuse, so file managers say the trash
+            // is unavailable and offer a permanent delete instead.
+            return Err(libc::EPERM);
+        }
         self.refresh(parent, false).await;
         let pref = {
             let t = self.tree();
@@ -959,22 +981,44 @@ impl Fs {
                 }
             }
         }
-        let mut t = self.tree();
-        if t.get(src).is_none() {
-            return Err(libc::ENOENT);
-        }
-        t.relink(src, new_parent, new_name);
-        if let Some(r) = new_remote {
-            t.set_remote(src, Some(r));
-        }
-        if let Some(n) = t.get_mut(src) {
-            if carry_replaces.is_some() {
-                n.row.replaces = carry_replaces;
+        let save_done = self.waits_for_rename(src) && !is_save_temp(new_name);
+        {
+            let mut t = self.tree();
+            if t.get(src).is_none() {
+                return Err(libc::ENOENT);
             }
-            let row = n.row.clone();
-            self.persist(&row)?;
+            t.relink(src, new_parent, new_name);
+            if let Some(r) = new_remote {
+                t.set_remote(src, Some(r));
+            }
+            if let Some(n) = t.get_mut(src) {
+                if carry_replaces.is_some() {
+                    n.row.replaces = carry_replaces;
+                }
+                let row = n.row.clone();
+                self.persist(&row)?;
+            }
+        }
+        if save_done {
+            // The save's temporary file is in place: upload it under its final name.
+            let of = self.open_for_write(src, false, false).await?;
+            let r = self.commit(src, &of).await;
+            self.put_open(src, &of, false);
+            r?;
         }
         Ok(())
+    }
+
+    /// A save through a temporary file on a target without remote rename: GIO's
+    /// `g_file_replace` writes `.goutputstream-XXXXXX`, closes it and renames it over the
+    /// original. Committed at close, the content would keep the temporary name remotely for
+    /// good; so its upload waits for the rename (which then returns the upload's outcome).
+    fn waits_for_rename(&self, ino: u64) -> bool {
+        !self.caps.rename
+            && self
+                .tree()
+                .get(ino)
+                .is_some_and(|n| !n.is_dir() && n.row.remote.is_none() && is_save_temp(&n.row.name))
     }
 
     // ----- files ---------------------------------------------------------------------
@@ -1383,6 +1427,9 @@ impl Fs {
         if let HandleState::Failed(e) = &*st {
             return Err(*e);
         }
+        if self.waits_for_rename(h.ino) {
+            return Ok(());
+        }
         if !of.has_new_data() {
             // Nothing new (a dup'ed descriptor closed, or an empty file): the release
             // commits what is left.
@@ -1414,7 +1461,7 @@ impl Fs {
         if let HandleState::Failed(e) = &*st {
             return Err(*e);
         }
-        if !of.dirty() {
+        if !of.dirty() || self.waits_for_rename(h.ino) {
             return Ok(());
         }
         *st = HandleState::Committing;
@@ -1442,7 +1489,21 @@ impl Fs {
         let mut result = Ok(());
         if h.writable {
             let left = of.writers.fetch_sub(1, Ordering::SeqCst) - 1;
-            if left == 0 && !failed && of.dirty() {
+            // A save's temporary file waits for its rename (checked under the commit lock,
+            // which the rename's commit takes too); kept as failed, so that a later mount
+            // still uploads it if the rename never comes.
+            let deferred = left == 0 && !failed && of.dirty() && {
+                let _c = of.commit_lock.lock().await;
+                let wait = of.dirty() && self.waits_for_rename(h.ino);
+                if wait {
+                    self.set_failed(
+                        h.ino,
+                        "a save's temporary file: uploaded once renamed into place",
+                    );
+                }
+                wait
+            };
+            if left == 0 && !failed && !deferred && of.dirty() {
                 result = self.commit(h.ino, &of).await;
                 if let Err(e) = result {
                     tracing::warn!(ino = h.ino, errno = e, "commit at release failed");
