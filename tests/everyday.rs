@@ -13,6 +13,8 @@
 mod common;
 #[path = "common/mnt.rs"]
 mod mnt;
+#[path = "common/mount.rs"]
+mod mount;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,34 +2,21 @@
 //! tests/mount_scenarios.rs): bounded tool runs, a config file pointing at the test server,
 //! and a guard that owns a mount however it was made (`uploadfs mount`, mount(8), an fstab
 //! line) and unmounts it — detaching and killing the daemon if need be — when dropped.
-//! Included with `#[path = "common/mnt.rs"] mod mnt;` next to `mod common;`.
+//! Included with `#[path = "common/mnt.rs"] mod mnt;` next to `mod common;` and
+//! `#[path = "common/mount.rs"] mod mount;`, whose shared pieces it re-exports.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{TestServer, TOKEN};
+pub use crate::mount::{require_fuse, run_bounded, server_files, xattr, BIN};
 use uploadfs::config::TargetKind;
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_uploadfs");
 
 /// Bound on any single tool run through a mount.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
-
-pub fn require_fuse() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "REAL-MOUNT TESTS CANNOT RUN: /dev/fuse is missing (needs root or a FUSE-enabled host)"
-    );
-    assert!(
-        have("fusermount3") || unsafe { libc::geteuid() } == 0,
-        "REAL-MOUNT TESTS CANNOT RUN: fusermount3 is missing (apt-get install fuse3)"
-    );
-}
 
 /// Whether `tool` is on the PATH.
 pub fn have(tool: &str) -> bool {
@@ -40,45 +27,6 @@ pub fn have(tool: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-/// Run a command with a timeout; kill it when the time is up.
-pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let start = Instant::now();
-    // Drain output in threads so a chatty child cannot block on a full pipe.
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let to = std::thread::spawn(move || {
-        let mut v = vec![];
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let te = std::thread::spawn(move || {
-        let mut v = vec![];
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Output {
-                status,
-                stdout: to.join().unwrap(),
-                stderr: te.join().unwrap(),
-            };
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("command timed out after {timeout:?}: {cmd:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// `sh -c script` in `dir` with `env`; the output, whatever the status.
@@ -138,42 +86,12 @@ pub fn write_config(s: &TestServer, kind: TargetKind, name: &str, extra: &str) -
     path
 }
 
-/// Stored files of `proto` on the server: name → (size, sha1).
-pub fn server_files(s: &TestServer, proto: &str) -> BTreeMap<String, (u64, String)> {
-    s.files(proto)
-        .into_iter()
-        .map(|(n, size, sha1)| (n, (size, sha1)))
-        .collect()
-}
-
 /// Whether `dir` is a mountpoint right now.
 pub fn is_mounted(dir: &Path) -> bool {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = dir.to_string_lossy();
     mi.lines()
         .any(|l| l.split(' ').nth(4).is_some_and(|p| p == want))
-}
-
-/// Read an extended attribute (None when absent).
-pub fn xattr(path: &Path, name: &str) -> Option<String> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let r = unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-        )
-    };
-    if r < 0 {
-        return None;
-    }
-    buf.truncate(r as usize);
-    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// An uploadfs mount at `dir`, unmounted on drop. The daemon registers itself under
