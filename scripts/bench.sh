@@ -118,8 +118,8 @@ remount_kind() { # keep catalog and cache dirs: a cold block cache, same namespa
 unmount() { "$BIN" unmount "$MNT"; }
 daemon_pid() {
   local p
-  for p in $(pgrep -f "uploadfs mount"); do
-    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "$MNT" && { echo "$p"; return; }
+  for p in $(pgrep -f "uploadfs .*mount .*$MNT"); do
+    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "--foreground" && { echo "$p"; return; }
   done
 }
 reset_peak() { echo 5 > "/proc/$1/clear_refs" 2>/dev/null || true; }
@@ -213,8 +213,9 @@ for K in $KINDS; do
   cp "$WORK/rss.bin" "$MNT/rss-one.bin"
   record "daemon peak RSS, 1 writer of ${RSS_MB} MiB" "$K" mount 0 "$(peak_kib "$pid")" KiB
   reset_peak "$pid"
-  for i in $(seq 16); do cp "$WORK/rss.bin" "$MNT/rss-$i.bin" & done
-  wait
+  writers=()
+  for i in $(seq 16); do cp "$WORK/rss.bin" "$MNT/rss-$i.bin" & writers+=($!); done
+  wait "${writers[@]}"
   record "daemon peak RSS, 16 writers of ${RSS_MB} MiB" "$K" mount 0 "$(peak_kib "$pid")" KiB
   unmount
   rm -f "$WORK/rss.bin"

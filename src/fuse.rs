@@ -402,7 +402,13 @@ impl Filesystem for FuseAdapter {
         match self.fs.readdir(fh.0) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let attr = file_attr(&e.attr);
+                    // The entry as it is now, not as it was at opendir: the kernel caches
+                    // the name → inode pair and takes the attributes over a size it learnt
+                    // from writes since then. Entries renamed or removed since are left out.
+                    let Some(now) = self.fs.current_entry(ino.0, &e.name, e.attr.ino) else {
+                        continue;
+                    };
+                    let attr = file_attr(&now);
                     if reply.add(
                         INodeNo(e.attr.ino),
                         (i + 1) as u64,

@@ -1,5 +1,6 @@
 //! The `uploadfs` binary: parse the command line, set up logging, build the tokio runtime
-//! (after any daemonizing fork), and hand over to the library.
+//! (after any daemonizing fork), and hand over to the library. Installed as
+//! `mount.fuse.uploadfs` it is mount(8)'s helper: see `uploadfs::mount_helper`.
 
 use std::process::ExitCode;
 
@@ -82,13 +83,60 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+/// mount(8)'s helper: translate its arguments and run the ordinary `mount`.
+fn mount_helper(args: &[std::ffi::OsString]) -> ExitCode {
+    let t = match uploadfs::mount_helper::translate(args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mount.fuse.uploadfs: {e}");
+            // mount(8)'s "incorrect invocation or permissions" status.
+            return ExitCode::from(1);
+        }
+    };
+    for o in &t.ignored {
+        eprintln!("mount.fuse.uploadfs: ignoring unknown option {o:?} (sloppy mode)");
+    }
+    if t.verbose || t.fake {
+        let line: Vec<_> = t.argv.iter().map(|a| a.to_string_lossy()).collect();
+        eprintln!("mount.fuse.uploadfs: {}", line.join(" "));
+    }
+    if t.fake {
+        return ExitCode::SUCCESS;
+    }
+    match Cli::try_parse_from(&t.argv) {
+        Ok(cli) => match run(cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mount.fuse.uploadfs: {e:#}");
+                // mount(8)'s "mount failure" status.
+                ExitCode::from(32)
+            }
+        },
+        Err(e) => {
+            eprintln!("mount.fuse.uploadfs: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn finish(r: anyhow::Result<()>) -> ExitCode {
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("uploadfs: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .first()
+        .is_some_and(|a| uploadfs::mount_helper::is_helper(a))
+    {
+        return mount_helper(&args[1..]);
+    }
+    let cli = Cli::parse();
+    finish(run(cli))
 }

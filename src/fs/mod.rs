@@ -186,6 +186,22 @@ fn check_new_name(name: &std::ffi::OsStr) -> FsResult<&str> {
     Ok(s)
 }
 
+/// Prefix of GIO's safe-save temporary files (see [`Fs::waits_for_rename`]).
+const SAVE_TEMP_PREFIX: &str = ".goutputstream-";
+
+fn is_save_temp(name: &str) -> bool {
+    name.starts_with(SAVE_TEMP_PREFIX)
+}
+
+/// The trash folders file managers create at a filesystem's top (`.Trash`, `.Trash-UID`;
+/// freedesktop.org trash specification).
+fn is_trash_dir(name: &str) -> bool {
+    name == ".Trash"
+        || name
+            .strip_prefix(".Trash-")
+            .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Validate a name being looked up (a name that cannot exist is simply absent).
 fn check_lookup_name(name: &std::ffi::OsStr) -> FsResult<&str> {
     if name.len() > NAME_MAX {
@@ -219,7 +235,10 @@ impl Fs {
                     row.stage = None;
                     changed = true;
                 }
-                NodeState::Staged | NodeState::Uploading | NodeState::Failed
+                NodeState::Staged
+                | NodeState::Queued
+                | NodeState::Uploading
+                | NodeState::Failed
                     if !stage_ok && row.kind == NodeKind::File =>
                 {
                     if row.remote.is_some() {
@@ -308,6 +327,19 @@ impl Fs {
         self.catalog.update_node(row).map_err(|e| {
             tracing::error!(error = %e, "catalog update failed");
             libc::EIO
+        })
+    }
+
+    /// Refuse (EINVAL) a name the target would refuse, before anything is staged, so no
+    /// file that can never be uploaded is left behind. Folders of flat targets exist only
+    /// in the catalog, so any name does for them.
+    fn check_target_name(&self, name: &str, is_dir: bool) -> FsResult<()> {
+        if is_dir && !self.caps.folders {
+            return Ok(());
+        }
+        self.target.check_name(name).map_err(|e| {
+            tracing::warn!(error = %e, "name refused");
+            libc::EINVAL
         })
     }
 
@@ -712,6 +744,13 @@ impl Fs {
         gid: u32,
     ) -> FsResult<Attr> {
         let name = check_new_name(name)?;
+        self.check_target_name(name, true)?;
+        if !self.caps.folders && parent == ROOT_INO && is_trash_dir(name) {
+            // A desktop trash here would upload every trashed file's `.trashinfo` to the
+            // flat target (a channel, a message): refuse, so file managers say the trash
+            // is unavailable and offer a permanent delete instead.
+            return Err(libc::EPERM);
+        }
         self.refresh(parent, false).await;
         let pref = {
             let t = self.tree();
@@ -921,6 +960,7 @@ impl Fs {
                 shared,
             )
         };
+        self.check_target_name(new_name, src_is_dir)?;
         // The replaced destination: a pending source's upload replaces its remote file
         // (and deletes it afterwards where the target has no in-place versions); for a
         // committed source it is deleted first, so the remote rename finds the name free.
@@ -965,22 +1005,44 @@ impl Fs {
                 }
             }
         }
-        let mut t = self.tree();
-        if t.get(src).is_none() {
-            return Err(libc::ENOENT);
-        }
-        t.relink(src, new_parent, new_name);
-        if let Some(r) = new_remote {
-            t.set_remote(src, Some(r));
-        }
-        if let Some(n) = t.get_mut(src) {
-            if carry_replaces.is_some() {
-                n.row.replaces = carry_replaces;
+        let save_done = self.waits_for_rename(src) && !is_save_temp(new_name);
+        {
+            let mut t = self.tree();
+            if t.get(src).is_none() {
+                return Err(libc::ENOENT);
             }
-            let row = n.row.clone();
-            self.persist(&row)?;
+            t.relink(src, new_parent, new_name);
+            if let Some(r) = new_remote {
+                t.set_remote(src, Some(r));
+            }
+            if let Some(n) = t.get_mut(src) {
+                if carry_replaces.is_some() {
+                    n.row.replaces = carry_replaces;
+                }
+                let row = n.row.clone();
+                self.persist(&row)?;
+            }
+        }
+        if save_done {
+            // The save's temporary file is in place: upload it under its final name.
+            let of = self.open_for_write(src, false, false).await?;
+            let r = self.close_commit(src, &of).await;
+            self.put_open(src, &of, false);
+            r?;
         }
         Ok(())
+    }
+
+    /// A save through a temporary file on a target without remote rename: GIO's
+    /// `g_file_replace` writes `.goutputstream-XXXXXX`, closes it and renames it over the
+    /// original. Committed at close, the content would keep the temporary name remotely for
+    /// good; so its upload waits for the rename (which then returns the upload's outcome).
+    fn waits_for_rename(&self, ino: u64) -> bool {
+        !self.caps.rename
+            && self
+                .tree()
+                .get(ino)
+                .is_some_and(|n| !n.is_dir() && n.row.remote.is_none() && is_save_temp(&n.row.name))
     }
 
     // ----- files ---------------------------------------------------------------------
@@ -1216,6 +1278,7 @@ impl Fs {
         pid: u32,
     ) -> FsResult<(Attr, u64)> {
         let name = check_new_name(name)?;
+        self.check_target_name(name, false)?;
         self.refresh(parent, false).await;
         let existing = {
             let t = self.tree();
@@ -1344,9 +1407,21 @@ impl Fs {
             }
         }
         self.ensure_loaded(&of).await?;
-        {
+        let written = {
             let _g = of.gate.read().await;
-            of.stage.write_at(offset, data).map_err(|e| io_errno(&e))?;
+            of.stage.write_at(offset, data)
+        };
+        if let Err(e) = written {
+            // The stage lost this write (disk full, I/O error): what it holds is not what
+            // the writer wrote, so it must never be uploaded as the file.
+            let errno = io_errno(&e);
+            *st = HandleState::Failed(errno);
+            self.set_state(
+                h.ino,
+                NodeState::Incomplete,
+                &format!("a write to the local stage failed ({e}); the data is incomplete and is not uploaded"),
+            );
+            return Err(errno);
         }
         *st = HandleState::Writing;
         drop(st);
@@ -1381,6 +1456,9 @@ impl Fs {
         if let HandleState::Failed(e) = &*st {
             return Err(*e);
         }
+        if self.waits_for_rename(h.ino) {
+            return Ok(());
+        }
         if !of.has_new_data() {
             // Nothing new (a dup'ed descriptor closed, or an empty file): the release
             // commits what is left.
@@ -1412,7 +1490,7 @@ impl Fs {
         if let HandleState::Failed(e) = &*st {
             return Err(*e);
         }
-        if !of.dirty() {
+        if !of.dirty() || self.waits_for_rename(h.ino) {
             return Ok(());
         }
         *st = HandleState::Committing;
@@ -1440,7 +1518,21 @@ impl Fs {
         let mut result = Ok(());
         if h.writable {
             let left = of.writers.fetch_sub(1, Ordering::SeqCst) - 1;
-            if left == 0 && !failed && of.dirty() {
+            // A save's temporary file waits for its rename (checked under the commit lock,
+            // which the rename's commit takes too); kept as failed, so that a later mount
+            // still uploads it if the rename never comes.
+            let deferred = left == 0 && !failed && of.dirty() && {
+                let _c = of.commit_lock.lock().await;
+                let wait = of.dirty() && self.waits_for_rename(h.ino);
+                if wait {
+                    self.set_failed(
+                        h.ino,
+                        "a save's temporary file: uploaded once renamed into place",
+                    );
+                }
+                wait
+            };
+            if left == 0 && !failed && !deferred && of.dirty() {
                 result = self.close_commit(h.ino, &of).await;
                 if let Err(e) = result {
                     tracing::warn!(ino = h.ino, errno = e, "commit at release failed");
@@ -1496,7 +1588,7 @@ impl Fs {
         }
         let version = of.stage.version();
         let size = of.stage.size();
-        let (name, parent_ref, mtime_ms, old_remote, extra_replaced, path) = {
+        let (name, parent_ref, mtime_ms, old_remote, extra_replaced, path, was_failed) = {
             let t = self.tree();
             let Some(n) = t.get(ino) else { return Ok(()) };
             (
@@ -1506,6 +1598,8 @@ impl Fs {
                 n.row.remote.clone(),
                 n.row.replaces.clone(),
                 t.path(ino),
+                // Reopening for write makes a failed node `staged`; its error stays.
+                n.row.state == NodeState::Failed || n.row.last_error.is_some(),
             )
         };
         of.committing.store(true, Ordering::SeqCst);
@@ -1538,27 +1632,48 @@ impl Fs {
                 let _ = self.persist(&row);
             }
         }
+        // A failed attempt may have landed anyway (the server stored the file, then its
+        // answer was lost or spoiled): replace that copy instead of adding a second one.
+        let landed = match &old_remote {
+            None if was_failed && extra_replaced.is_none() => {
+                self.landed_copy(ino, &parent_ref, &name).await
+            }
+            _ => None,
+        };
+        // When that copy provably holds this data, it is the upload.
+        let adopt = landed.clone().filter(|e| {
+            e.size == size
+                && ((e.sha1.is_some() && e.sha1 == digests.sha1)
+                    || (e.md5.is_some() && e.md5 == digests.md5))
+        });
+        let old_remote = old_remote.or(landed);
         let replaces = old_remote.clone().or(extra_replaced.clone());
-        let progress = self.uploads.begin(ino, size);
-        let result = uploader::upload(
-            self.target.as_ref(),
-            &self.catalog,
-            &of.stage,
-            uploader::Commit {
-                ino,
-                target_name: self.opts.target_name.clone(),
-                parent: parent_ref.clone(),
-                name: name.clone(),
-                size,
-                digests: digests.clone(),
-                mtime_ms,
-                replaces,
-                max_size: self.max_size(),
-                progress,
-            },
-        )
-        .await;
-        self.uploads.end(ino);
+        let result = if let Some(e) = adopt {
+            tracing::info!(name = %name, id = %e.id, "the earlier upload is complete; keeping it");
+            Ok(e)
+        } else {
+            let progress = self.uploads.begin(ino, size);
+            let r = uploader::upload(
+                self.target.as_ref(),
+                &self.catalog,
+                &of.stage,
+                uploader::Commit {
+                    ino,
+                    target_name: self.opts.target_name.clone(),
+                    parent: parent_ref.clone(),
+                    name: name.clone(),
+                    size,
+                    digests: digests.clone(),
+                    mtime_ms,
+                    replaces,
+                    max_size: self.max_size(),
+                    progress,
+                },
+            )
+            .await;
+            self.uploads.end(ino);
+            r
+        };
         of.committing.store(false, Ordering::SeqCst);
         let remote = match result {
             Ok(r) => r,
@@ -1643,6 +1758,34 @@ impl Fs {
         Ok(())
     }
 
+    /// The remote file named `name` in `dir` that no other node uses: what an earlier
+    /// failed upload of `ino` may have left after all. Listing errors mean "none".
+    async fn landed_copy(&self, ino: u64, dir: &DirRef, name: &str) -> Option<RemoteFile> {
+        let entries = match self.target.list(dir).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(name, error = %e, "cannot list the target to look for an earlier attempt");
+                return None;
+            }
+        };
+        let hidden = self
+            .hidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let t = self.tree();
+        let found = entries.into_iter().find(|e| {
+            !e.is_dir
+                && t.key(&e.name) == t.key(name)
+                && !hidden.contains(&e.id)
+                && t.by_remote(&e.id).iter().all(|i| *i == ino)
+        });
+        if let Some(e) = &found {
+            tracing::info!(name, id = %e.id, "an earlier failed upload had landed; replacing it");
+        }
+        found
+    }
+
     // ----- directories ---------------------------------------------------------------
 
     /// Open a directory: refresh the listing if stale and snapshot the entries.
@@ -1695,6 +1838,17 @@ impl Fs {
             .get(&fh)
             .cloned()
             .ok_or(libc::EBADF)
+    }
+
+    /// The attributes of `ino` if it is still called `name` in `dir`. A directory snapshot
+    /// can be older than a rename or unlink; readdirplus hands the kernel name → inode
+    /// pairs it caches as lookups, so stale pairs must not reach it.
+    pub fn current_entry(&self, dir: u64, name: &str, ino: u64) -> Option<Attr> {
+        let t = self.tree();
+        if name != "." && name != ".." && t.child(dir, name) != Some(ino) {
+            return None;
+        }
+        t.get(ino).map(|n| self.attr_of(n))
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -272,56 +272,14 @@ fn rfc3339(ms: i64) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
-/// Read `len` bytes at `offset` off the async threads.
-async fn read_source(src: &Arc<dyn PartSource>, offset: u64, len: usize) -> Result<Bytes> {
-    let src = src.clone();
-    let data = tokio::task::spawn_blocking(move || src.read_at(offset, len))
-        .await
-        .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("reading the stage: {e}")))??;
-    if data.len() != len {
-        return Err(TargetError::new(
-            ErrorKind::LocalIo,
-            format!(
-                "the staged data ended early: {} of {len} bytes at offset {offset}",
-                data.len()
-            ),
-        ));
-    }
-    Ok(data)
-}
-
 /// Read a part and its SHA-1 (hex) off the async threads.
 async fn read_part(src: &Arc<dyn PartSource>, offset: u64, len: usize) -> Result<(Bytes, String)> {
-    let data = read_source(src, offset, len).await?;
+    let data = super::read_source(src, offset, len).await?;
     let d = data.clone();
     let sha = tokio::task::spawn_blocking(move || hex::encode(sha1::Sha1::digest(&d)))
         .await
         .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("hashing: {e}")))?;
     Ok((data, sha))
-}
-
-/// SHA-1 (hex) of the whole source.
-async fn hash_source(src: &Arc<dyn PartSource>, size: u64) -> Result<String> {
-    let src = src.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut h = sha1::Sha1::new();
-        let mut off = 0u64;
-        while off < size {
-            let want = (size - off).min(8 * READ_CHUNK as u64) as usize;
-            let b = src.read_at(off, want)?;
-            if b.len() != want {
-                return Err(TargetError::new(
-                    ErrorKind::LocalIo,
-                    format!("the staged data ended early at offset {off}"),
-                ));
-            }
-            h.update(&b);
-            off += want as u64;
-        }
-        Ok(hex::encode(h.finalize()))
-    })
-    .await
-    .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("hashing: {e}")))?
 }
 
 impl BoxTarget {
@@ -402,7 +360,7 @@ impl BoxTarget {
                         return Ok(None);
                     }
                     let want = (size - off).min(READ_CHUNK as u64) as usize;
-                    let chunk = read_source(&src, off, want)
+                    let chunk = super::read_source(&src, off, want)
                         .await
                         .map_err(|e| std::io::Error::other(e.message))?;
                     Ok::<_, std::io::Error>(Some((chunk, off + want as u64)))
@@ -759,7 +717,7 @@ impl BoxTarget {
 
         let sha1 = match &req.digests.sha1 {
             Some(h) => h.clone(),
-            None => hash_source(&req.source, req.size).await?,
+            None => super::hash_source::<sha1::Sha1>(&req.source, req.size).await?,
         };
         let have: std::collections::HashSet<u64> = done.iter().map(|(i, _)| *i).collect();
         let missing: Vec<u64> = (0..session.total_parts)
@@ -799,6 +757,30 @@ impl BoxTarget {
 
 #[async_trait]
 impl Target for BoxTarget {
+    fn check_name(&self, name: &str) -> Result<()> {
+        // Box's rules: 1..=255 bytes, no `/` or `\`, nothing non-printable, no leading or
+        // trailing spaces, not `.` or `..` (else 400 `item_name_invalid`).
+        let why = if name.is_empty() {
+            "the name is empty"
+        } else if name.len() > 255 {
+            "the name is longer than 255 bytes"
+        } else if name.contains(['/', '\\']) {
+            "the name contains / or \\"
+        } else if name.chars().any(char::is_control) {
+            "the name contains non-printable characters"
+        } else if name == "." || name == ".." {
+            "the names . and .. are reserved"
+        } else if name.starts_with(' ') || name.ends_with(' ') {
+            "the name has leading or trailing spaces"
+        } else {
+            return Ok(());
+        };
+        Err(TargetError::new(
+            ErrorKind::InvalidName,
+            format!("{name:?}: Box refuses this name: {why}"),
+        ))
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kind: "box",

@@ -630,6 +630,23 @@ fn code_error(what: &str, code: i64, msg: &str) -> TargetError {
 
 #[async_trait]
 impl Target for CloudreveTarget {
+    fn check_name(&self, name: &str) -> Result<()> {
+        // Cloudreve's rules: not empty, at most 255 bytes, no `/`, `\` or NUL, not `.`
+        // or `..` (else code 40052, illegal name).
+        if name.is_empty()
+            || name.len() > 255
+            || name == "."
+            || name == ".."
+            || name.contains(['/', '\\', '\0'])
+        {
+            return Err(TargetError::new(
+                ErrorKind::InvalidName,
+                format!("{name:?}: Cloudreve refuses this name (empty, '.', '..', over 255 bytes, or with '/', '\\' or NUL)"),
+            ));
+        }
+        Ok(())
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kind: "cloudreve",

@@ -13,7 +13,6 @@
 //! create finds the stored file by its hash.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,8 +23,7 @@ use serde_json::json;
 
 use super::http::{excerpt, parse_json, status_error, HttpClient};
 use super::{
-    Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Target, TargetError,
-    UploadRequest,
+    Capabilities, DirRef, ErrorKind, RemoteFile, Result, Target, TargetError, UploadRequest,
 };
 use crate::config::TargetConfig;
 
@@ -38,10 +36,6 @@ const PARALLEL: usize = 4;
 const MAX_ROUNDS: u32 = 3;
 /// Files asked for per page of `GET /files/me`.
 const PAGE: u64 = 100;
-/// Longest file name accepted, bytes.
-const MAX_NAME_BYTES: usize = 255;
-/// Read size when hashing the source.
-const HASH_CHUNK: usize = 1024 * 1024;
 
 /// `Debug` shows no token (the [`HttpClient`] keeps it as a `Secret`).
 #[derive(Debug)]
@@ -302,43 +296,8 @@ fn to_remote(f: CloudFile) -> RemoteFile {
     }
 }
 
-/// Lowercase hex MD5 of the whole source, read on the blocking pool.
-async fn md5_of(src: Arc<dyn PartSource>, size: u64) -> Result<String> {
-    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        use md5::Digest;
-        let mut h = md5::Md5::new();
-        let mut off = 0u64;
-        while off < size {
-            let b = src.read_at(off, (size - off).min(HASH_CHUNK as u64) as usize)?;
-            if b.is_empty() {
-                break;
-            }
-            h.update(&b);
-            off += b.len() as u64;
-        }
-        Ok(hex::encode(h.finalize()))
-    })
-    .await
-    .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("hashing: {e}")))?
-    .map_err(Into::into)
-}
-
 fn check_name(name: &str) -> Result<()> {
-    let why = if name.is_empty() {
-        "the name is empty"
-    } else if name.len() > MAX_NAME_BYTES {
-        "the name is longer than 255 bytes"
-    } else if name.contains(['/', '\\', '\0']) {
-        "the name contains '/', '\\' or NUL"
-    } else if name == "." || name == ".." {
-        "the name is '.' or '..'"
-    } else {
-        return Ok(());
-    };
-    Err(TargetError::new(
-        ErrorKind::InvalidName,
-        format!("{name:?}: Dyson Drive refuses this file name: {why}"),
-    ))
+    super::check_plain_name(name, "Dyson Drive refuses this file name")
 }
 
 #[derive(Deserialize)]
@@ -370,6 +329,10 @@ struct CloudFile {
 
 #[async_trait]
 impl Target for DysonTarget {
+    fn check_name(&self, name: &str) -> Result<()> {
+        check_name(name)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kind: "dyson",
@@ -391,7 +354,7 @@ impl Target for DysonTarget {
         check_name(&req.name)?;
         let md5 = match &req.digests.md5 {
             Some(m) => m.to_ascii_lowercase(),
-            None => md5_of(req.source.clone(), req.size).await?,
+            None => super::hash_source::<md5::Md5>(&req.source.clone(), req.size).await?,
         };
         if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(TargetError::new(

@@ -638,6 +638,16 @@ fn to_remote(m: &Message, a: &Attachment) -> RemoteFile {
 
 #[async_trait]
 impl Target for FluxerTarget {
+    fn check_name(&self, name: &str) -> Result<()> {
+        match name_problem(name) {
+            Some(why) => Err(TargetError::new(
+                ErrorKind::InvalidName,
+                format!("fluxer: {name:?} cannot be a file name: {why}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kind: "fluxer",

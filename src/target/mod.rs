@@ -147,6 +147,78 @@ impl PartSource for FileSource {
     }
 }
 
+/// Read exactly `len` bytes at `offset` of a source, off the async threads.
+pub async fn read_source(src: &Arc<dyn PartSource>, offset: u64, len: usize) -> Result<Bytes> {
+    let src = src.clone();
+    let data = tokio::task::spawn_blocking(move || src.read_at(offset, len))
+        .await
+        .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("reading the stage: {e}")))??;
+    if data.len() != len {
+        return Err(TargetError::new(
+            ErrorKind::LocalIo,
+            format!(
+                "the staged data ended early: {} of {len} bytes at offset {offset}",
+                data.len()
+            ),
+        ));
+    }
+    Ok(data)
+}
+
+/// Bytes hashed per read when a whole source is hashed.
+const HASH_READ: u64 = 8 << 20;
+
+/// Lowercase hex digest (SHA-1, MD5, …) of the first `size` bytes of a source, computed
+/// off the async threads (for callers that were not given the digest).
+pub async fn hash_source<D>(src: &Arc<dyn PartSource>, size: u64) -> Result<String>
+where
+    D: sha1::Digest + Send + 'static,
+{
+    let src = src.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut h = D::new();
+        let mut off = 0u64;
+        while off < size {
+            let want = (size - off).min(HASH_READ) as usize;
+            let b = src.read_at(off, want)?;
+            if b.len() != want {
+                return Err(TargetError::new(
+                    ErrorKind::LocalIo,
+                    format!("the staged data ended early at offset {off}"),
+                ));
+            }
+            h.update(&b);
+            off += want as u64;
+        }
+        Ok(hex::encode(h.finalize()))
+    })
+    .await
+    .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("hashing: {e}")))?
+}
+
+/// The longest name any target takes, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// The name rules every target shares: not empty, at most 255 bytes, no `/`, `\` or NUL,
+/// not `.` or `..`. `what` says who refuses, e.g. "Virola refuses this attachment name".
+pub fn check_plain_name(name: &str, what: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        "the name is empty"
+    } else if name.len() > MAX_NAME_BYTES {
+        "the name is longer than 255 bytes"
+    } else if name.contains(['/', '\\', '\0']) {
+        "the name contains '/', '\\' or NUL"
+    } else if name == "." || name == ".." {
+        "the name is '.' or '..'"
+    } else {
+        return Ok(());
+    };
+    Err(TargetError::new(
+        ErrorKind::InvalidName,
+        format!("{name:?}: {what}: {why}"),
+    ))
+}
+
 /// Progress and resume hooks for one upload. All methods have no-op defaults.
 pub trait UploadObserver: Send + Sync {
     /// A session was created remotely (id is protocol-specific), so it can be journaled.
@@ -298,6 +370,12 @@ pub trait Target: Send + Sync + 'static {
 
     /// Create a folder (targets with native folders only).
     async fn mkdir(&self, parent: &DirRef, name: &str) -> Result<RemoteFile>;
+
+    /// Refuse, before anything is staged or sent, a file or folder name the service
+    /// would refuse (`ErrorKind::InvalidName`, naming the rule). The default accepts all.
+    fn check_name(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
 
     /// One cheap authenticated request, to check the token (`config check`).
     async fn check(&self) -> Result<()> {

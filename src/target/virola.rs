@@ -35,8 +35,6 @@ use crate::config::TargetConfig;
 const NOMINAL_PART: u64 = 8 * 1024 * 1024;
 /// Messages asked for per page when looking for the configured message.
 const PAGE: usize = 50;
-/// Longest file name Virola (the emulator) accepts, bytes.
-const MAX_NAME_BYTES: usize = 255;
 /// Read size when streaming from a source without a path.
 const STREAM_CHUNK: usize = 1024 * 1024;
 /// How often to look again for an accepted upload that is not listed yet.
@@ -238,43 +236,8 @@ fn source_stream(
     })
 }
 
-/// SHA-1 hex of the whole source, read on the blocking pool.
-async fn sha1_of(src: Arc<dyn PartSource>, size: u64) -> Result<String> {
-    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        use sha1::Digest;
-        let mut h = sha1::Sha1::new();
-        let mut off = 0u64;
-        while off < size {
-            let b = src.read_at(off, (size - off).min(STREAM_CHUNK as u64) as usize)?;
-            if b.is_empty() {
-                break;
-            }
-            h.update(&b);
-            off += b.len() as u64;
-        }
-        Ok(hex::encode(h.finalize()))
-    })
-    .await
-    .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("hashing: {e}")))?
-    .map_err(Into::into)
-}
-
 fn check_name(name: &str) -> Result<()> {
-    let why = if name.is_empty() {
-        "the name is empty"
-    } else if name.len() > MAX_NAME_BYTES {
-        "the name is longer than 255 bytes"
-    } else if name.contains(['/', '\\', '\0']) {
-        "the name contains '/', '\\' or NUL"
-    } else if name == "." || name == ".." {
-        "the name is '.' or '..'"
-    } else {
-        return Ok(());
-    };
-    Err(TargetError::new(
-        ErrorKind::InvalidName,
-        format!("{name:?}: Virola refuses this attachment name: {why}"),
-    ))
+    super::check_plain_name(name, "Virola refuses this attachment name")
 }
 
 #[derive(Deserialize)]
@@ -310,6 +273,10 @@ struct Attachment {
 
 #[async_trait]
 impl Target for VirolaTarget {
+    fn check_name(&self, name: &str) -> Result<()> {
+        check_name(name)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kind: "virola",
@@ -331,7 +298,7 @@ impl Target for VirolaTarget {
         check_name(&req.name)?;
         let sha1 = match &req.digests.sha1 {
             Some(s) => s.to_ascii_lowercase(),
-            None => sha1_of(req.source.clone(), req.size).await?,
+            None => super::hash_source::<sha1::Sha1>(&req.source.clone(), req.size).await?,
         };
         let before: HashSet<String> = self
             .message_attachments()
