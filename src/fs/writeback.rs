@@ -34,6 +34,10 @@ pub const PARALLEL_UPLOADS: usize = 4;
 const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 /// Longest wait between two attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// On targets without remote rename, a closed file waits this long before its upload
+/// starts, so the rename that tools do right after closing a temporary file (rsync's
+/// `.name.XXXXXX`) is applied first and the file lands under its final name.
+const SETTLE_NO_RENAME: Duration = Duration::from_secs(2);
 /// The worker looks at the queue at least this often (a lost wake-up costs no more).
 const WORKER_TICK: Duration = Duration::from_secs(5);
 
@@ -77,15 +81,19 @@ impl Uploads {
         self.lock().write_back
     }
 
-    /// Queue an inode for a background upload (now).
-    fn enqueue(&self, ino: u64, recovered: bool) {
+    /// Queue an inode for a background upload, after `delay` if given.
+    fn enqueue(&self, ino: u64, recovered: bool, delay: Option<Duration>) {
         {
             let mut g = self.lock();
             let e = g.queue.entry(ino).or_default();
             if e.running {
                 e.again = true;
             }
-            e.not_before = None;
+            e.not_before = delay.map(|d| Instant::now() + d);
+            if !recovered {
+                // New data from a close: a fresh start, not a retry.
+                e.attempts = 0;
+            }
             e.recovered |= recovered;
         }
         self.wake.notify_one();
@@ -109,7 +117,7 @@ impl Uploads {
         let g = self.lock();
         g.queue
             .values()
-            .filter(|e| e.running || e.not_before.is_none())
+            .filter(|e| e.running || e.not_before.is_none() || e.attempts == 0)
             .count()
     }
 
@@ -238,7 +246,8 @@ impl Fs {
             return Err(libc::EIO);
         }
         of.mark_queued(version, digests);
-        self.uploads.enqueue(ino, false);
+        let settle = (!self.caps.rename).then_some(SETTLE_NO_RENAME);
+        self.uploads.enqueue(ino, false, settle);
         tracing::debug!(ino, size, "queued for upload");
         Ok(())
     }
@@ -256,7 +265,7 @@ impl Fs {
             .map(|n| n.row.ino)
             .collect();
         for ino in &inos {
-            self.uploads.enqueue(*ino, true);
+            self.uploads.enqueue(*ino, true, None);
         }
         inos.len()
     }
