@@ -447,9 +447,11 @@ fn sigkill_then_remount_uploads_each_closed_file_once() {
 #[test]
 fn unmount_force_leaves_uploads_journaled_for_the_next_mount() {
     let s = TestServer::new();
-    s.control(serde_json::json!({ "bandwidth": 500_000 }));
+    // 24 MiB at 2 MiB/s: far more than socket buffers hold, so the upload cannot have
+    // completed when --force returns.
+    s.control(serde_json::json!({ "bandwidth": 2 * MIB }));
     let mut m = Mount::start(&s, TargetKind::Box);
-    let data = pattern(3 * MIB, 7);
+    let data = pattern(24 * MIB, 7);
     std::fs::write(s.dir.path().join("f.bin"), &data).unwrap();
     sh(s.dir.path(), "cp f.bin mnt/f.bin");
     m.wait_status("f.bin uploading", Duration::from_secs(30), |st| {

@@ -1521,7 +1521,10 @@ impl Fs {
             // A save's temporary file waits for its rename (checked under the commit lock,
             // which the rename's commit takes too); kept as failed, so that a later mount
             // still uploads it if the rename never comes.
-            let deferred = left == 0 && !failed && of.dirty() && {
+            // Write-back: data already queued at close needs nothing here (and must not
+            // wait for the commit lock its running upload holds).
+            let todo = left == 0 && !failed && of.dirty() && !of.is_queued();
+            let deferred = todo && {
                 let _c = of.commit_lock.lock().await;
                 let wait = of.dirty() && self.waits_for_rename(h.ino);
                 if wait {
@@ -1532,7 +1535,7 @@ impl Fs {
                 }
                 wait
             };
-            if left == 0 && !failed && !deferred && of.dirty() {
+            if todo && !deferred {
                 result = self.close_commit(h.ino, &of).await;
                 if let Err(e) = result {
                     tracing::warn!(ino = h.ino, errno = e, "commit at release failed");

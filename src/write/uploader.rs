@@ -27,6 +27,8 @@ pub struct Progress {
     /// Bytes accepted by the server in this attempt (resumed parts are not counted).
     pub bytes: AtomicU64,
     pub parts: AtomicU64,
+    /// The upload goes through a session (parts are counted as they are accepted).
+    pub session: std::sync::atomic::AtomicBool,
     /// Bytes read from the stage to be sent: the only measure while a file goes up in
     /// one request (no parts to count).
     pub read: AtomicU64,
@@ -41,6 +43,7 @@ impl Progress {
             bytes: AtomicU64::new(0),
             parts: AtomicU64::new(0),
             read: AtomicU64::new(0),
+            session: std::sync::atomic::AtomicBool::new(false),
             started: Mutex::new(None),
         })
     }
@@ -51,15 +54,18 @@ impl Progress {
         self.bytes.store(0, Ordering::Relaxed);
         self.parts.store(0, Ordering::Relaxed);
         self.read.store(0, Ordering::Relaxed);
+        self.session.store(false, Ordering::Relaxed);
         *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
-    /// Bytes done as far as can be told: accepted parts, else bytes read for sending.
+    /// Bytes done as far as can be told: accepted parts in a session upload (parts are
+    /// read ahead of the network), else bytes read for the single request.
     pub fn done(&self) -> u64 {
         let size = self.size.load(Ordering::Relaxed);
-        match self.parts.load(Ordering::Relaxed) {
-            0 => self.read.load(Ordering::Relaxed).min(size),
-            _ => self.bytes.load(Ordering::Relaxed).min(size),
+        if self.session.load(Ordering::Relaxed) || self.parts.load(Ordering::Relaxed) > 0 {
+            self.bytes.load(Ordering::Relaxed).min(size)
+        } else {
+            self.read.load(Ordering::Relaxed).min(size)
         }
     }
 
@@ -111,6 +117,7 @@ impl JournalObserver {
 
 impl UploadObserver for JournalObserver {
     fn session_started(&self, session_id: &str) {
+        self.progress.session.store(true, Ordering::Relaxed);
         if let Err(e) = self.catalog.journal_session(self.ino, session_id) {
             tracing::warn!(ino = self.ino, error = %e, "cannot journal upload session");
         }
