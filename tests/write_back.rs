@@ -87,6 +87,9 @@ fn write_config(s: &TestServer, kind: TargetKind) -> PathBuf {
     if let Some(u) = &c.upload_url {
         text.push_str(&format!("upload_url = \"{u}\"\n"));
     }
+    if let Some(ch) = &c.channel_id {
+        text.push_str(&format!("channel_id = \"{ch}\"\n"));
+    }
     let path = s.dir.path().join("config.toml");
     std::fs::write(&path, text).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -493,4 +496,30 @@ fn failed_background_upload_is_shown_and_retried() {
     assert_eq!(m.xattr_state("big.txt"), "committed");
     m.unmount(false);
     assert_landed(&s, "box", &want);
+}
+
+/// A target without remote rename (Fluxer): the rsync pattern (write a temporary file,
+/// close, rename into place) lands under the final name, once, in write-back mode.
+#[test]
+fn write_back_rename_after_close_lands_under_the_final_name_on_fluxer() {
+    let s = TestServer::new();
+    let mut m = Mount::start(&s, TargetKind::Fluxer);
+    let data = pattern(300_000, 9);
+    std::fs::write(s.dir.path().join("doc.bin"), &data).unwrap();
+    sh(
+        s.dir.path(),
+        "cp doc.bin mnt/.doc.bin.XyZ123 && mv mnt/.doc.bin.XyZ123 mnt/doc.bin",
+    );
+    m.unmount(false);
+    let files = server_files(&s, "fluxer");
+    assert_eq!(
+        files.keys().cloned().collect::<Vec<_>>(),
+        vec!["doc.bin".to_string()],
+        "{files:?}"
+    );
+    assert_landed(
+        &s,
+        "fluxer",
+        &BTreeMap::from([("doc.bin".to_string(), data)]),
+    );
 }
