@@ -1,0 +1,78 @@
+//! The mount is private to the user who mounted it unless `-o allow_other`: another user
+//! (here `nobody`, via `setpriv`) cannot even list it; with `allow_other` it can.
+
+mod common;
+#[path = "common/mount.rs"]
+mod mount;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::TestServer;
+use mount::{run_bounded, write_config, Mount};
+use uploadfs::config::TargetKind;
+
+/// `ls DIR` as user and group 65534 (nobody): (succeeded, stderr).
+fn ls_as_nobody(dir: &std::path::Path) -> (bool, String) {
+    let out = run_bounded(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
+            .arg(dir),
+        Duration::from_secs(30),
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn mount_is_private_unless_allow_other() {
+    assert!(
+        nix_is_root(),
+        "this test needs root: it mounts and switches to another user"
+    );
+    let s = TestServer::new();
+    let work = s.dir.path();
+    // Every directory above the mountpoint must be traversable by the other user, so that
+    // only the mount's own access rule decides.
+    std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = write_config(&s, TargetKind::Box, "");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "--config".to_string(),
+            cfg.to_string_lossy().into_owned(),
+            "--cache-dir".to_string(),
+            work.join("cache").to_string_lossy().into_owned(),
+            "--state-dir".to_string(),
+            work.join("state").to_string_lossy().into_owned(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+
+    let a = args(&[]);
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut m = Mount::start(work, "t", &refs, vec![]);
+    std::fs::set_permissions(&m.dir, std::fs::Permissions::from_mode(0o755)).ok();
+    std::fs::write(m.path("hello.txt"), b"hi").unwrap();
+    let (ok, err) = ls_as_nobody(&m.dir);
+    assert!(!ok, "another user listed a private mount");
+    assert!(err.contains("Permission denied"), "{err}");
+    m.unmount();
+
+    let a = args(&["-o", "allow_other"]);
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    m.args.truncate(5);
+    m.args.extend(refs.iter().map(|s| s.to_string()));
+    m.mount();
+    let (ok, err) = ls_as_nobody(&m.dir);
+    assert!(ok, "allow_other: another user cannot list the mount: {err}");
+    m.unmount();
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
