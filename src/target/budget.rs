@@ -52,6 +52,9 @@ mod tests {
         assert!(!waiting.is_finished(), "the budget is exhausted");
         drop(big);
         let r = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
-        assert!(r.is_ok(), "the reservation must go through once the budget is free");
+        assert!(
+            r.is_ok(),
+            "the reservation must go through once the budget is free"
+        );
     }
 }

@@ -241,7 +241,10 @@ impl Stage {
         let mut buf = vec![0u8; len];
         let mut done = 0;
         while done < len {
-            let n = self.inner.file.read_at(&mut buf[done..], offset + done as u64)?;
+            let n = self
+                .inner
+                .file
+                .read_at(&mut buf[done..], offset + done as u64)?;
             if n == 0 {
                 // A hole past the physical end reads as zeros.
                 break;
@@ -400,7 +403,9 @@ mod tests {
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
     }
 
     #[test]
