@@ -75,7 +75,7 @@ pub struct MountArgs {
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Byte budget of the read block cache.
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub cache_size: u64,
     /// Never delete remote files (unlink only forgets them).
     #[arg(long)]

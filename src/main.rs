@@ -129,7 +129,22 @@ fn finish(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// Few malloc arenas. glibc gives each thread that allocates concurrently an arena of its
+/// own (up to 8 per core) and keeps what was freed in it, so part buffers and blocks freed
+/// by one thread and allocated again by another grow the resident size far past what is in
+/// use (a daemon with sixteen uploads peaked at 320 MiB for 130 MiB live). Two arenas keep
+/// the peak near the live size on the two-core machines this is measured on, and cost
+/// little contention: the hot allocations are few and large.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args
         .first()

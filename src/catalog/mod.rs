@@ -359,29 +359,30 @@ impl Catalog {
         let remote = encode_remote(&row.remote);
         let replaces = encode_remote(&row.replaces);
         self.with(|c| {
-            c.execute(
+            // Cached statements: parsing the SQL again cost as much as running it.
+            c.prepare_cached(
                 "INSERT INTO nodes(parent, name, kind, size, mtime_ms, mode, uid, gid, remote_id,
                                    remote, state, sha1, md5, last_error, stage, replaces)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                params![
-                    row.parent as i64,
-                    row.name,
-                    row.kind.as_str(),
-                    row.size as i64,
-                    row.mtime_ms,
-                    row.mode,
-                    row.uid,
-                    row.gid,
-                    row.remote.as_ref().map(|r| r.id.clone()),
-                    remote,
-                    row.state.as_str(),
-                    row.sha1,
-                    row.md5,
-                    row.last_error,
-                    row.stage.as_ref().map(|p| p.to_string_lossy().into_owned()),
-                    replaces,
-                ],
-            )?;
+            )?
+            .execute(params![
+                row.parent as i64,
+                row.name,
+                row.kind.as_str(),
+                row.size as i64,
+                row.mtime_ms,
+                row.mode,
+                row.uid,
+                row.gid,
+                row.remote.as_ref().map(|r| r.id.clone()),
+                remote,
+                row.state.as_str(),
+                row.sha1,
+                row.md5,
+                row.last_error,
+                row.stage.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                replaces,
+            ])?;
             Ok(c.last_insert_rowid() as u64)
         })
     }
@@ -411,31 +412,31 @@ impl Catalog {
         let remote = encode_remote(&row.remote);
         let replaces = encode_remote(&row.replaces);
         self.with(|c| {
-            c.execute(
+            c.prepare_cached(
                 "UPDATE nodes SET parent = ?2, name = ?3, kind = ?4, size = ?5, mtime_ms = ?6,
                         mode = ?7, uid = ?8, gid = ?9, remote_id = ?10, remote = ?11, state = ?12,
                         sha1 = ?13, md5 = ?14, last_error = ?15, stage = ?16, replaces = ?17
                  WHERE ino = ?1",
-                params![
-                    row.ino as i64,
-                    row.parent as i64,
-                    row.name,
-                    row.kind.as_str(),
-                    row.size as i64,
-                    row.mtime_ms,
-                    row.mode,
-                    row.uid,
-                    row.gid,
-                    row.remote.as_ref().map(|r| r.id.clone()),
-                    remote,
-                    row.state.as_str(),
-                    row.sha1,
-                    row.md5,
-                    row.last_error,
-                    row.stage.as_ref().map(|p| p.to_string_lossy().into_owned()),
-                    replaces,
-                ],
-            )
+            )?
+            .execute(params![
+                row.ino as i64,
+                row.parent as i64,
+                row.name,
+                row.kind.as_str(),
+                row.size as i64,
+                row.mtime_ms,
+                row.mode,
+                row.uid,
+                row.gid,
+                row.remote.as_ref().map(|r| r.id.clone()),
+                remote,
+                row.state.as_str(),
+                row.sha1,
+                row.md5,
+                row.last_error,
+                row.stage.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                replaces,
+            ])
             .map(|_| ())
         })
     }

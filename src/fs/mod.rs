@@ -156,6 +156,9 @@ pub struct Fs {
     uploads: writeback::Uploads,
 }
 
+/// Stages up to this size are hashed on the committing thread (well under a millisecond).
+const INLINE_DIGEST_MAX: u64 = 256 * 1024;
+
 fn tgid_of(pid: u32) -> u32 {
     if pid == 0 {
         return 0;
@@ -1608,12 +1611,13 @@ impl Fs {
         of.committing.store(true, Ordering::SeqCst);
         let stage = of.stage.clone();
         let known = of.digests_at(version);
-        let digests = match tokio::task::spawn_blocking(move || match known {
-            Some(d) => Ok(d),
-            None => stage.digests(),
-        })
-        .await
-        {
+        // A small stage is hashed in place: handing it to the blocking pool costs more.
+        let digests = match known {
+            Some(d) => Ok(Ok(d)),
+            None if size <= INLINE_DIGEST_MAX => Ok(stage.digests()),
+            None => tokio::task::spawn_blocking(move || stage.digests()).await,
+        };
+        let digests = match digests {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {
                 of.committing.store(false, Ordering::SeqCst);

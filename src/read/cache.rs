@@ -2,20 +2,39 @@
 //! (`--cache-size`), plus the set of fetches in flight so two readers of one block share a
 //! single ranged GET.
 //!
+//! A fetch covers a run of up to [`MAX_SPAN`] consecutive missing blocks with one ranged
+//! GET (read-ahead asks for several blocks at once; one request per block would pay a
+//! round trip and the server's per-request work for every MiB). The answer is cut into
+//! blocks, each copied into its own buffer so that evicting one block really frees its
+//! memory.
+//!
 //! Blocks are keyed by a file tag that includes the remote id, size and digest/mtime, so a
 //! new version of a file can never be served stale blocks of the old one.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::target::{RemoteFile, Target, TargetError};
 
 /// Size of one cached block: 1 MiB, the largest read the kernel sends a FUSE daemon.
 pub const BLOCK_SIZE: u64 = 1 << 20;
+
+/// Most blocks one ranged GET fetches (8 MiB, the direct client's request size).
+pub const MAX_SPAN: u64 = 8;
+
+/// Read-ahead bytes in flight for all readers together; read-ahead beyond it waits for
+/// a later read (the blocks a reader waits for are always fetched). Twice one reader's
+/// largest window, so two sequential readers both run at full speed and sixteen do not
+/// hold sixteen windows in memory.
+pub const PREFETCH_BUDGET: u64 = 64 * 1024 * 1024;
+
+static PREFETCH: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new((PREFETCH_BUDGET / BLOCK_SIZE) as usize)));
 
 /// One block of one version of a remote file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -35,7 +54,8 @@ pub fn file_tag(f: &RemoteFile) -> Arc<str> {
     Arc::from(format!("{}#{}#{}", f.id, f.size, version))
 }
 
-type Fetch = Shared<BoxFuture<'static, Result<Bytes, TargetError>>>;
+pub type Fetch = Shared<BoxFuture<'static, Result<Bytes, TargetError>>>;
+type SpanFetch = Shared<BoxFuture<'static, Result<Arc<Vec<Bytes>>, TargetError>>>;
 
 struct Lru {
     blocks: LruCache<BlockKey, Bytes>,
@@ -47,6 +67,15 @@ pub struct BlockCache {
     lru: Mutex<Lru>,
     budget: u64,
     inflight: Mutex<HashMap<BlockKey, Fetch>>,
+}
+
+/// Whether a run of blocks is wanted now or read ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// A reader waits for these blocks.
+    Now,
+    /// Read-ahead: fetched only within [`PREFETCH_BUDGET`].
+    Ahead,
 }
 
 impl BlockCache {
@@ -63,6 +92,10 @@ impl BlockCache {
 
     fn lru(&self) -> std::sync::MutexGuard<'_, Lru> {
         self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<BlockKey, Fetch>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
@@ -120,41 +153,131 @@ impl BlockCache {
         file: &RemoteFile,
         key: BlockKey,
     ) -> Fetch {
-        if let Some(b) = self.get(&key) {
-            return futures_util::future::ready(Ok(b)).boxed().shared();
-        }
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = inflight.get(&key) {
-            return f.clone();
-        }
-        let offset = key.index * BLOCK_SIZE;
-        let len = BLOCK_SIZE.min(file.size.saturating_sub(offset));
-        let task = {
-            let (target, file, key, cache) =
-                (target.clone(), file.clone(), key.clone(), self.clone());
-            tokio::spawn(async move {
-                let r = target.read_range(&file, offset, len).await;
-                let r = match r {
-                    Ok(b) if b.len() as u64 == len => Ok(b),
-                    Ok(b) => Err(TargetError::protocol(format!(
-                        "reading {}: the server sent {} bytes at offset {offset}, expected {len}",
-                        file.name,
-                        b.len()
-                    ))),
-                    Err(e) => Err(e),
-                };
-                if let Ok(b) = &r {
-                    cache.insert(key.clone(), b.clone());
-                }
-                cache
-                    .inflight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key);
-                r
+        let index = key.index;
+        self.blocks(target, file, &key.file, index, 1, Want::Now)
+            .pop()
+            .unwrap_or_else(|| {
+                futures_util::future::ready(Err(TargetError::protocol(format!(
+                    "reading {}: block {index} is past the end",
+                    file.name
+                ))))
+                .boxed()
+                .shared()
             })
-        };
-        let fut: Fetch = async move {
+    }
+
+    /// Blocks `first .. first + count` of `file` (tagged `tag`), each from the cache, a
+    /// fetch in flight, or a new fetch; runs of missing blocks share one ranged GET of at
+    /// most [`MAX_SPAN`] blocks. With [`Want::Ahead`], fetching stops where the read-ahead
+    /// budget runs out: the result is then shorter than `count`.
+    pub fn blocks(
+        self: &Arc<Self>,
+        target: &Arc<dyn Target>,
+        file: &RemoteFile,
+        tag: &Arc<str>,
+        first: u64,
+        count: u64,
+        want: Want,
+    ) -> Vec<Fetch> {
+        let total = file.size.div_ceil(BLOCK_SIZE);
+        let end = (first + count).min(total);
+        let mut out = Vec::with_capacity(end.saturating_sub(first) as usize);
+        let mut i = first;
+        while i < end {
+            let key = BlockKey {
+                file: tag.clone(),
+                index: i,
+            };
+            if let Some(b) = self.get(&key) {
+                out.push(futures_util::future::ready(Ok(b)).boxed().shared());
+                i += 1;
+                continue;
+            }
+            let mut inflight = self.inflight();
+            if let Some(f) = inflight.get(&key) {
+                out.push(f.clone());
+                i += 1;
+                continue;
+            }
+            // A run of blocks that are neither cached nor in flight, starting at i.
+            let mut n = 1;
+            while i + n < end && n < MAX_SPAN {
+                let k = BlockKey {
+                    file: tag.clone(),
+                    index: i + n,
+                };
+                if inflight.contains_key(&k) || self.contains(&k) {
+                    break;
+                }
+                n += 1;
+            }
+            let permit = match want {
+                Want::Now => None,
+                Want::Ahead => match PREFETCH.clone().try_acquire_many_owned(n as u32) {
+                    Ok(p) => Some(p),
+                    Err(_) => break,
+                },
+            };
+            let span = self.spawn_span(target, file, tag, i, n, permit);
+            for k in 0..n {
+                let f: Fetch = span
+                    .clone()
+                    .map(move |r| r.map(|v| v[k as usize].clone()))
+                    .boxed()
+                    .shared();
+                inflight.insert(
+                    BlockKey {
+                        file: tag.clone(),
+                        index: i + k,
+                    },
+                    f.clone(),
+                );
+                out.push(f);
+            }
+            i += n;
+        }
+        out
+    }
+
+    /// One ranged GET for blocks `first .. first + n`, as a task of its own that fills the
+    /// cache and clears the in-flight entries when done.
+    fn spawn_span(
+        self: &Arc<Self>,
+        target: &Arc<dyn Target>,
+        file: &RemoteFile,
+        tag: &Arc<str>,
+        first: u64,
+        n: u64,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> SpanFetch {
+        let offset = first * BLOCK_SIZE;
+        let len = (n * BLOCK_SIZE).min(file.size.saturating_sub(offset));
+        let (target, file, tag, cache) = (target.clone(), file.clone(), tag.clone(), self.clone());
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            let r = match target.read_range(&file, offset, len).await {
+                Ok(b) if b.len() as u64 == len => Ok(Arc::new(split_blocks(b))),
+                Ok(b) => Err(TargetError::protocol(format!(
+                    "reading {}: the server sent {} bytes at offset {offset}, expected {len}",
+                    file.name,
+                    b.len()
+                ))),
+                Err(e) => Err(e),
+            };
+            let mut inflight = cache.inflight();
+            for k in 0..n {
+                let key = BlockKey {
+                    file: tag.clone(),
+                    index: first + k,
+                };
+                if let Ok(blocks) = &r {
+                    cache.insert(key.clone(), blocks[k as usize].clone());
+                }
+                inflight.remove(&key);
+            }
+            r
+        });
+        async move {
             match task.await {
                 Ok(r) => r,
                 Err(e) => Err(TargetError::new(
@@ -164,10 +287,19 @@ impl BlockCache {
             }
         }
         .boxed()
-        .shared();
-        inflight.insert(key, fut.clone());
-        fut
+        .shared()
     }
+}
+
+/// Cut a span into blocks; with more than one block each gets its own buffer, so the
+/// cache's byte count is what the blocks really hold.
+fn split_blocks(b: Bytes) -> Vec<Bytes> {
+    if b.len() as u64 <= BLOCK_SIZE {
+        return vec![b];
+    }
+    b.chunks(BLOCK_SIZE as usize)
+        .map(Bytes::copy_from_slice)
+        .collect()
 }
 
 #[cfg(test)]

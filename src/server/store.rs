@@ -178,25 +178,25 @@ impl Store {
 
     /// Next value of a named counter (ids for Box files, Virola attachments, ...).
     pub fn next_id(&self, name: &str) -> StoreResult<u64> {
+        // Cached statements on the upload paths: parsing the SQL cost as much as running it.
         let db = self.conn();
-        db.execute(
+        db.prepare_cached(
             "INSERT INTO counters(name, value) VALUES (?1, 1000)
              ON CONFLICT(name) DO UPDATE SET value = value + 1",
-            params![name],
-        )?;
-        Ok(db.query_row(
-            "SELECT value FROM counters WHERE name = ?1",
-            params![name],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        )?
+        .execute(params![name])?;
+        let value = db
+            .prepare_cached("SELECT value FROM counters WHERE name = ?1")?
+            .query_row(params![name], |r| r.get::<_, i64>(0))?;
+        Ok(value as u64)
     }
 
     pub fn insert(&self, o: &Object) -> StoreResult<()> {
-        self.conn().execute(
-            &format!(
+        self.conn()
+            .prepare_cached(&format!(
                 "INSERT INTO objects ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
-            ),
-            params![
+            ))?
+            .execute(params![
                 o.proto,
                 o.id,
                 o.parent,
@@ -209,8 +209,7 @@ impl Store {
                 o.created_ms,
                 o.modified_ms,
                 o.extra.to_string()
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
@@ -247,11 +246,10 @@ impl Store {
     pub fn get(&self, proto: &str, id: &str) -> StoreResult<Option<Object>> {
         Ok(self
             .conn()
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM objects WHERE proto=?1 AND id=?2"),
-                params![proto, id],
-                row_to_object,
-            )
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM objects WHERE proto=?1 AND id=?2"
+            ))?
+            .query_row(params![proto, id], row_to_object)
             .optional()?)
     }
 
@@ -345,7 +343,8 @@ impl Store {
         };
         Ok(self
             .conn()
-            .query_row(&sql, params![proto, parent, name], row_to_object)
+            .prepare_cached(&sql)?
+            .query_row(params![proto, parent, name], row_to_object)
             .optional()?)
     }
 

@@ -485,6 +485,8 @@ impl BoxTarget {
         let offset = index * s.part_size;
         let len = s.part_size.min(req.size - offset);
         let what = format!("box part {index} of {}", req.name);
+        // Held until the part's request is over: bounds the buffered parts of all uploads.
+        let _mem = super::budget::reserve(len).await;
         let (data, sha) = read_part(&req.source, offset, len as usize).await?;
         let digest = format!("sha={}", hex_to_b64(&sha)?);
         let range = format!("bytes {}-{}/{}", offset, offset + len - 1, req.size);

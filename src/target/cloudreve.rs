@@ -336,6 +336,8 @@ impl CloudreveTarget {
     /// Small file: the whole body in one `PUT /file/content`.
     async fn put_content(&self, uri: &str, req: &UploadRequest) -> Result<RemoteFile> {
         let what = format!("upload of {}", req.name);
+        // Held until the request is over: bounds the buffered bodies of all uploads.
+        let _mem = super::budget::reserve(req.size).await;
         let data = if req.size == 0 {
             Bytes::new()
         } else {

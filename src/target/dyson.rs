@@ -138,6 +138,8 @@ impl DysonTarget {
     ) -> Result<bool> {
         let offset = index * chunk_size;
         let len = (req.size - offset).min(chunk_size);
+        // Held until the chunk's request is over: bounds the buffered chunks of all uploads.
+        let _mem = super::budget::reserve(len).await;
         let src = req.source.clone();
         let data = tokio::task::spawn_blocking(move || src.read_at(offset, len as usize))
             .await

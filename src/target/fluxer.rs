@@ -518,6 +518,8 @@ impl FluxerTarget {
         let what = format!("fluxer: uploading chunk {i} of {}", req.name);
         let offset = i * s.chunk_size;
         let len = (req.size - offset).min(s.chunk_size);
+        // Held until the chunk's request is over: bounds the buffered chunks of all uploads.
+        let _mem = super::budget::reserve(len).await;
         let data = read_part(&req.source, offset, len as usize).await?;
         let url = self.channel_url(&format!("/chunked-uploads/{}/chunks/{i}", s.upload_id));
         let (status, body) = self

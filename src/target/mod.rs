@@ -14,6 +14,7 @@
 //! their sub-directories in its catalog.
 
 pub mod box_;
+pub mod budget;
 pub mod cloudreve;
 pub mod dyson;
 pub mod fluxer;

@@ -1,77 +1,126 @@
-//! Whole-file digests computed while a file is written.
+//! Whole-file digests of a stage, computed while the file is written.
 //!
-//! Writes usually arrive in order (`cp`, `rsync`, shell redirection), so SHA-1 and MD5 are
-//! fed as the data passes. The first write that is not exactly at the hashed end (a seek,
-//! a hole, an overwrite, a shrinking truncate) gives up; the stage is then hashed again in
-//! one pass at commit time.
+//! SHA-1 (always) and MD5 (when the target needs it) cost more CPU than the rest of the
+//! write path together, so they are not computed on the thread that answers the kernel's
+//! write: a stage remembers how far the data is hashed ([`Progress`]) and a background
+//! hasher reads the stage file behind the writer. Writes usually arrive in order (`cp`,
+//! `rsync`, shell redirection), so the hasher only ever reads bytes that will not change
+//! again. A write or truncate that touches bytes already hashed gives up; the stage is then
+//! hashed again in one pass at commit time.
 
 use md5::Digest as _;
 
 use crate::target::Digests;
 
-/// Incremental SHA-1 (always) and MD5 (when the target needs it) over bytes written in order.
+/// Incremental SHA-1 and optional MD5 over a byte stream.
 #[derive(Clone)]
-pub struct SeqDigest {
+pub struct Hashers {
     sha1: sha1::Sha1,
     md5: Option<md5::Md5>,
-    /// Bytes hashed so far, i.e. the offset the next in-order write must start at.
-    hashed: u64,
-    /// The writes stopped being in order; digests must be recomputed from the data.
-    broken: bool,
 }
 
-impl SeqDigest {
+impl Hashers {
     pub fn new(with_md5: bool) -> Self {
         Self {
             sha1: sha1::Sha1::new(),
             md5: with_md5.then(md5::Md5::new),
-            hashed: 0,
-            broken: false,
         }
     }
 
-    /// A digest that is already known to be unusable (stage reopened after a restart).
-    pub fn broken(with_md5: bool) -> Self {
-        Self {
-            broken: true,
-            ..Self::new(with_md5)
-        }
-    }
-
-    /// Account for `data` written at `offset`.
-    pub fn write(&mut self, offset: u64, data: &[u8]) {
-        if self.broken {
-            return;
-        }
-        if offset != self.hashed {
-            self.broken = true;
-            return;
-        }
+    pub fn update(&mut self, data: &[u8]) {
         self.sha1.update(data);
         if let Some(m) = &mut self.md5 {
             m.update(data);
         }
-        self.hashed += data.len() as u64;
+    }
+
+    /// The digests of everything fed so far (the hashers keep going).
+    pub fn finish(&self) -> Digests {
+        Digests {
+            sha1: Some(hex::encode(self.sha1.clone().finalize())),
+            md5: self.md5.clone().map(|m| hex::encode(m.finalize())),
+        }
+    }
+}
+
+/// How far a stage's bytes went through its hashers, and whether that still counts.
+///
+/// `hashed` is the length of the prefix claimed by the hasher; `frontier` the end of the
+/// furthest write (the background hasher stops there, so a file extended by `truncate` or
+/// `fallocate` and then written in order is not hashed ahead of its writer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub hashed: u64,
+    pub frontier: u64,
+    /// Bytes below `hashed` changed: the digests need a full pass over the stage.
+    pub broken: bool,
+    /// Moves when the stage is truncated to zero: hashers of an older epoch start over.
+    pub epoch: u64,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self {
+            hashed: 0,
+            frontier: 0,
+            broken: false,
+            epoch: 0,
+        }
+    }
+
+    /// A stage whose history is unknown (reopened after a restart).
+    pub fn broken() -> Self {
+        Self {
+            broken: true,
+            ..Self::new()
+        }
+    }
+
+    /// Account for `len` bytes written at `offset`.
+    pub fn write(&mut self, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        if offset < self.hashed {
+            self.broken = true;
+        }
+        self.frontier = self.frontier.max(offset + len);
     }
 
     /// Account for a truncate to `size`.
     pub fn truncate(&mut self, size: u64) {
         if size == 0 {
-            *self = Self::new(self.md5.is_some());
-        } else if size != self.hashed {
+            *self = Self {
+                epoch: self.epoch + 1,
+                ..Self::new()
+            };
+            return;
+        }
+        if size < self.hashed {
             self.broken = true;
         }
+        self.frontier = self.frontier.min(size);
     }
 
-    /// The digests, if every byte of a `size`-byte file went through in order.
-    pub fn finish(&self, size: u64) -> Option<Digests> {
-        if self.broken || self.hashed != size {
-            return None;
+    /// The next range for the background hasher, at most `max` bytes, if any.
+    pub fn next_background(&self, max: u64) -> Option<(u64, u64)> {
+        (!self.broken && self.frontier > self.hashed)
+            .then(|| (self.hashed, (self.frontier - self.hashed).min(max)))
+    }
+
+    /// Bytes written but not hashed yet (what a background hasher would catch up on).
+    pub fn lag(&self) -> u64 {
+        if self.broken {
+            0
+        } else {
+            self.frontier.saturating_sub(self.hashed)
         }
-        Some(Digests {
-            sha1: Some(hex::encode(self.sha1.clone().finalize())),
-            md5: self.md5.clone().map(|m| hex::encode(m.finalize())),
-        })
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -84,33 +133,42 @@ mod tests {
     }
 
     #[test]
-    fn in_order_writes_give_digests() {
-        let mut d = SeqDigest::new(true);
-        d.write(0, b"hello ");
-        d.write(6, b"world");
-        let g = d.finish(11).unwrap();
+    fn hashers_continue_after_finish() {
+        let mut h = Hashers::new(true);
+        h.update(b"hello ");
+        assert_eq!(h.finish().sha1.unwrap(), sha1_hex(b"hello "));
+        h.update(b"world");
+        let g = h.finish();
         assert_eq!(g.sha1.unwrap(), sha1_hex(b"hello world"));
         assert_eq!(
             g.md5.unwrap(),
             hex::encode(md5::Md5::digest(b"hello world"))
         );
-        assert!(
-            d.finish(12).is_none(),
-            "size mismatch must not give digests"
-        );
+        assert!(Hashers::new(false).finish().md5.is_none());
     }
 
     #[test]
-    fn seeks_and_truncates_break_or_reset() {
-        let mut d = SeqDigest::new(false);
-        d.write(0, b"abc");
-        d.write(10, b"x");
-        assert!(d.finish(11).is_none());
-        d.truncate(0);
-        d.write(0, b"abc");
-        assert_eq!(d.finish(3).unwrap().sha1.unwrap(), sha1_hex(b"abc"));
-        assert!(d.finish(3).unwrap().md5.is_none());
-        d.truncate(2);
-        assert!(d.finish(2).is_none());
+    fn progress_breaks_only_below_the_hashed_prefix() {
+        let mut p = Progress::new();
+        p.write(0, 10);
+        p.write(20, 5); // a hole ahead of the hasher is fine: it reads zeros there
+        assert_eq!(p.next_background(100), Some((0, 25)));
+        p.hashed = 25;
+        assert_eq!(p.next_background(100), None);
+        p.write(25, 5);
+        assert_eq!(p.lag(), 5);
+        p.truncate(40); // extending leaves the frontier where the writes are
+        assert_eq!(p.next_background(100), Some((25, 5)));
+        p.write(3, 1);
+        assert!(p.broken);
+        assert_eq!(p.next_background(100), None);
+        p.truncate(0);
+        assert!(!p.broken);
+        assert_eq!(p.epoch, 1);
+        assert_eq!(p.hashed, 0);
+        p.write(0, 4);
+        p.hashed = 4;
+        p.truncate(2);
+        assert!(p.broken, "shrinking below the hashed prefix must give up");
     }
 }

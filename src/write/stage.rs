@@ -3,44 +3,155 @@
 //! Writes go straight to the file at their offset (`pwrite`), so any order works and memory
 //! stays flat whatever the file size. A version counter moves on every change, which is
 //! how the filesystem tells "new data since the last commit" from a flush with nothing new
-//! (shell redirection, `dup`, `fork`). The digest of in-order writes rides along; a
-//! commit recomputes it from the file when the writes were not in order.
+//! (shell redirection, `dup`, `fork`).
+//!
+//! Digests are not computed on the writing thread: once [`HASH_LAG`] bytes are written
+//! ahead of the hashed prefix, a background hasher (a blocking-pool thread) reads the stage
+//! behind the writer and feeds SHA-1/MD5 until it catches up, then ends. A commit waits
+//! for it, hashes the short tail itself, and recomputes everything from the file only when
+//! a write went below the hashed prefix (see [`super::digests`]).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use md5::Digest as _;
 
-use super::digests::SeqDigest;
+use super::digests::{Hashers, Progress};
 use crate::target::{Digests, PartSource};
 
-/// Read size when hashing a stage again.
-const REHASH_CHUNK: usize = 1 << 20;
+/// Read size when hashing a stage (background hasher, tail, and full passes): small
+/// enough that sixteen concurrent hashers hold little memory, large enough that the
+/// per-read cost vanishes next to SHA-1's.
+const HASH_CHUNK: usize = 256 << 10;
+
+/// Unhashed bytes before a background hasher starts. Small files never start one: their
+/// commit hashes them in well under a millisecond.
+const HASH_LAG: u64 = 4 << 20;
 
 struct StageState {
     size: u64,
     version: u64,
-    digest: SeqDigest,
+    progress: Progress,
+    /// A hasher (background, or a commit hashing the tail) owns `Inner::hash`.
+    hashing: bool,
 }
 
-/// One inode's spool file.
-pub struct Stage {
+/// The hashers and the epoch of the data they have seen.
+struct HashState {
+    epoch: u64,
+    hashers: Hashers,
+}
+
+struct Inner {
     path: PathBuf,
     file: File,
     with_md5: bool,
     state: Mutex<StageState>,
+    /// Signalled when a hasher stops.
+    hasher_done: Condvar,
+    hash: Mutex<HashState>,
+}
+
+/// One inode's spool file.
+pub struct Stage {
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stage").field("path", &self.path).finish()
+        f.debug_struct("Stage")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+/// Read exactly `buf.len()` bytes at `offset`; bytes past the physical end read as zeros.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            buf[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, StageState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hash_state(&self) -> MutexGuard<'_, HashState> {
+        self.hash.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Feed the hashers until the hashed prefix reaches the write frontier (background) or
+    /// the size (`to_size`, a commit). The caller set `hashing`; it is cleared here.
+    fn hash_ahead(&self, to_size: bool) {
+        let mut buf = vec![0u8; HASH_CHUNK];
+        loop {
+            let (start, len, epoch) = {
+                let mut st = self.lock();
+                let next = if to_size && !st.progress.broken {
+                    let h = st.progress.hashed;
+                    (st.size > h).then(|| (h, (st.size - h).min(HASH_CHUNK as u64)))
+                } else {
+                    st.progress.next_background(HASH_CHUNK as u64)
+                };
+                let Some((start, len)) = next else {
+                    st.hashing = false;
+                    self.hasher_done.notify_all();
+                    return;
+                };
+                // Claim the range first: a write into it from now on breaks the digest, so
+                // reading it outside the lock cannot hash a torn mix unnoticed.
+                st.progress.hashed = start + len;
+                (start, len as usize, st.progress.epoch)
+            };
+            if let Err(e) = read_full(&self.file, &mut buf[..len], start) {
+                tracing::debug!(path = %self.path.display(), error = %e, "stage hasher: read failed");
+                self.lock().progress.broken = true;
+                continue;
+            }
+            let mut h = self.hash_state();
+            if h.epoch != epoch {
+                // Truncated to zero since: start over.
+                h.epoch = epoch;
+                h.hashers = Hashers::new(self.with_md5);
+            }
+            h.hashers.update(&buf[..len]);
+        }
     }
 }
 
 impl Stage {
+    fn with_file(path: &Path, file: File, with_md5: bool, size: u64, progress: Progress) -> Stage {
+        let epoch = progress.epoch;
+        Stage {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                file,
+                with_md5,
+                state: Mutex::new(StageState {
+                    size,
+                    version: 0,
+                    progress,
+                    hashing: false,
+                }),
+                hasher_done: Condvar::new(),
+                hash: Mutex::new(HashState {
+                    epoch,
+                    hashers: Hashers::new(with_md5),
+                }),
+            }),
+        }
+    }
+
     /// Create an empty stage at `path` (replacing any leftover file).
     pub fn create(path: &Path, with_md5: bool) -> std::io::Result<Stage> {
         let file = OpenOptions::new()
@@ -49,40 +160,28 @@ impl Stage {
             .create(true)
             .truncate(true)
             .open(path)?;
-        Ok(Stage {
-            path: path.to_path_buf(),
-            file,
-            with_md5,
-            state: Mutex::new(StageState {
-                size: 0,
-                version: 0,
-                digest: SeqDigest::new(with_md5),
-            }),
-        })
+        Ok(Self::with_file(path, file, with_md5, 0, Progress::new()))
     }
 
     /// Reopen a stage left by an earlier run; its digests are recomputed when needed.
     pub fn open_existing(path: &Path, with_md5: bool) -> std::io::Result<Stage> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let size = file.metadata()?.len();
-        Ok(Stage {
-            path: path.to_path_buf(),
+        Ok(Self::with_file(
+            path,
             file,
             with_md5,
-            state: Mutex::new(StageState {
-                size,
-                version: 0,
-                digest: SeqDigest::broken(with_md5),
-            }),
-        })
+            size,
+            Progress::broken(),
+        ))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, StageState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, StageState> {
+        self.inner.lock()
     }
 
     pub fn size(&self) -> u64 {
@@ -94,14 +193,41 @@ impl Stage {
         self.lock().version
     }
 
+    /// Start the background hasher if enough is written ahead of it. Called with the state
+    /// locked, so at most one hasher runs.
+    fn maybe_hash_behind(&self, st: &mut StageState) {
+        if st.hashing || st.progress.lag() < HASH_LAG {
+            return;
+        }
+        st.hashing = true;
+        let inner = self.inner.clone();
+        let run = move || inner.hash_ahead(false);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(run);
+            }
+            Err(_) => {
+                if let Err(e) = std::thread::Builder::new()
+                    .name("stage-hasher".into())
+                    .spawn(run)
+                {
+                    // Not fatal: the commit hashes whatever is left.
+                    tracing::debug!(error = %e, "cannot start a stage hasher");
+                    st.hashing = false;
+                }
+            }
+        }
+    }
+
     /// Write `data` at `offset`.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        // The lock keeps size, version and the in-order digest consistent with the file.
+        // The lock keeps size, version and the digest progress consistent with the file.
         let mut st = self.lock();
-        self.file.write_all_at(data, offset)?;
+        self.inner.file.write_all_at(data, offset)?;
         st.size = st.size.max(offset + data.len() as u64);
         st.version += 1;
-        st.digest.write(offset, data);
+        st.progress.write(offset, data.len() as u64);
+        self.maybe_hash_behind(&mut st);
         Ok(())
     }
 
@@ -115,7 +241,10 @@ impl Stage {
         let mut buf = vec![0u8; len];
         let mut done = 0;
         while done < len {
-            let n = self.file.read_at(&mut buf[done..], offset + done as u64)?;
+            let n = self
+                .inner
+                .file
+                .read_at(&mut buf[done..], offset + done as u64)?;
             if n == 0 {
                 // A hole past the physical end reads as zeros.
                 break;
@@ -128,53 +257,85 @@ impl Stage {
     /// Set the size (shrink or extend with zeros).
     pub fn truncate(&self, size: u64) -> std::io::Result<()> {
         let mut st = self.lock();
-        self.file.set_len(size)?;
+        self.inner.file.set_len(size)?;
         st.size = size;
         st.version += 1;
-        st.digest.truncate(size);
+        st.progress.truncate(size);
         Ok(())
     }
 
     /// Force the data to disk (fsync).
     pub fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.inner.file.sync_data()
     }
 
-    /// SHA-1 (and MD5 when asked for) of the whole stage: from the in-order digest when
-    /// possible, else by reading the file again. Blocking; call from a blocking thread.
+    /// SHA-1 (and MD5 when asked for) of the whole stage: the background hasher's work
+    /// plus the tail, or a full pass over the file when the writes were not in order.
+    /// Blocking; call from a blocking thread.
     pub fn digests(&self) -> std::io::Result<Digests> {
-        let size = {
-            let st = self.lock();
-            if let Some(d) = st.digest.finish(st.size) {
-                return Ok(d);
+        let inner = &self.inner;
+        let (version, size) = {
+            let mut st = self.lock();
+            while st.hashing {
+                st = inner
+                    .hasher_done
+                    .wait(st)
+                    .unwrap_or_else(|p| p.into_inner());
             }
-            st.size
+            if !st.progress.broken {
+                st.hashing = true;
+                drop(st);
+                inner.hash_ahead(true);
+                let st = self.lock();
+                if !st.progress.broken && st.progress.hashed == st.size {
+                    let mut h = inner.hash_state();
+                    if h.epoch != st.progress.epoch {
+                        // Truncated to zero and nothing hashed since.
+                        h.epoch = st.progress.epoch;
+                        h.hashers = Hashers::new(inner.with_md5);
+                    }
+                    return Ok(h.hashers.finish());
+                }
+                (st.version, st.size)
+            } else {
+                (st.version, st.size)
+            }
         };
-        let mut sha1 = sha1::Sha1::new();
-        let mut md5 = self.with_md5.then(md5::Md5::new);
+        // A full pass; its hashers become the progress when nothing changed meanwhile, so
+        // later appends continue from there.
+        let mut hashers = Hashers::new(inner.with_md5);
+        let mut buf = vec![0u8; HASH_CHUNK];
         let mut off = 0u64;
         while off < size {
-            let chunk = self.read_at(off, REHASH_CHUNK)?;
-            if chunk.is_empty() {
-                break;
-            }
-            sha1.update(&chunk);
-            if let Some(m) = &mut md5 {
-                m.update(&chunk);
-            }
-            off += chunk.len() as u64;
+            let n = (size - off).min(HASH_CHUNK as u64) as usize;
+            read_full(&inner.file, &mut buf[..n], off)?;
+            hashers.update(&buf[..n]);
+            off += n as u64;
         }
-        Ok(Digests {
-            sha1: Some(hex::encode(sha1.finalize())),
-            md5: md5.map(|m| hex::encode(m.finalize())),
-        })
+        let digests = hashers.finish();
+        let mut st = self.lock();
+        if st.version == version && !st.hashing {
+            st.progress = Progress {
+                hashed: size,
+                frontier: size,
+                broken: false,
+                epoch: st.progress.epoch,
+            };
+            *inner.hash_state() = HashState {
+                epoch: st.progress.epoch,
+                hashers,
+            };
+        }
+        Ok(digests)
     }
 
     /// Delete the spool file (the open descriptor stays valid until dropped).
     pub fn remove_file(&self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
+        // Nobody needs the digests of a removed stage: stop a background hasher.
+        self.lock().progress.broken = true;
+        if let Err(e) = std::fs::remove_file(&self.inner.path) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove stage file");
+                tracing::warn!(path = %self.inner.path.display(), error = %e, "cannot remove stage file");
             }
         }
     }
@@ -216,6 +377,7 @@ impl PartSource for StageSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::Digest as _;
 
     #[test]
     fn random_writes_and_rehash() {
@@ -238,6 +400,63 @@ mod tests {
         assert_eq!(&s.read_at(0, 100).unwrap()[..], b"hel\0\0\0");
         let src = StageSource::new(Arc::new(s), 6);
         assert_eq!(&src.read_at(2, 10).unwrap()[..], b"l\0\0\0");
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    #[test]
+    fn background_hasher_follows_in_order_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Stage::create(&dir.path().join("s"), true).unwrap();
+        let data = pattern(11 << 20, 7);
+        for (i, chunk) in data.chunks(1 << 20).enumerate() {
+            s.write_at((i << 20) as u64, chunk).unwrap();
+        }
+        let d = s.digests().unwrap();
+        assert_eq!(d.sha1.unwrap(), hex::encode(sha1::Sha1::digest(&data)));
+        assert_eq!(d.md5.unwrap(), hex::encode(md5::Md5::digest(&data)));
+        // Appending after a commit continues from the hashed prefix.
+        let more = pattern(5 << 20, 9);
+        s.write_at(data.len() as u64, &more).unwrap();
+        let all = [data.as_slice(), more.as_slice()].concat();
+        assert_eq!(
+            s.digests().unwrap().sha1.unwrap(),
+            hex::encode(sha1::Sha1::digest(&all))
+        );
+    }
+
+    #[test]
+    fn overwrite_of_hashed_bytes_is_rehashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Stage::create(&dir.path().join("s"), false).unwrap();
+        let mut data = pattern(9 << 20, 3);
+        s.write_at(0, &data).unwrap();
+        assert!(s.digests().is_ok()); // everything hashed now
+        s.write_at(100, b"changed").unwrap();
+        data[100..107].copy_from_slice(b"changed");
+        assert_eq!(
+            s.digests().unwrap().sha1.unwrap(),
+            hex::encode(sha1::Sha1::digest(&data))
+        );
+        // Truncated to zero: a new file as far as digests go.
+        s.truncate(0).unwrap();
+        assert_eq!(
+            s.digests().unwrap().sha1.unwrap(),
+            hex::encode(sha1::Sha1::digest(b""))
+        );
+        let fresh = pattern(6 << 20, 1);
+        s.write_at(0, &fresh).unwrap();
+        s.truncate(7 << 20).unwrap(); // extended with zeros after the writes
+        let mut want = fresh.clone();
+        want.resize(7 << 20, 0);
+        assert_eq!(
+            s.digests().unwrap().sha1.unwrap(),
+            hex::encode(sha1::Sha1::digest(&want))
+        );
     }
 
     #[test]
