@@ -108,6 +108,9 @@ struct RawFile {
 #[derive(Clone)]
 pub struct TargetConfig {
     pub kind: TargetKind,
+    /// Where the token comes from, for messages that say what to renew (`$BOX_TOKEN`,
+    /// `token_file PATH`, ...). Never the token itself.
+    pub token_source: String,
     pub url: String,
     pub upload_url: Option<String>,
     pub token: Secret,
@@ -264,6 +267,11 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
         .url
         .clone()
         .ok_or_else(|| invalid("missing `url` (the API base URL)".to_string()))?;
+    let token_source = match (&raw.token_env, &raw.token_file) {
+        (Some(var), _) => format!("${var}"),
+        (_, Some(file)) => format!("token_file {}", file.display()),
+        _ => format!("`token` of [targets.{name}] in the config file"),
+    };
     let token = match (&raw.token, &raw.token_env, &raw.token_file) {
         (Some(t), None, None) => Secret::new(t.clone()),
         (None, Some(var), None) => match std::env::var(var) {
@@ -318,6 +326,7 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
     }
     Ok(TargetConfig {
         kind: raw.kind,
+        token_source,
         url: url.trim_end_matches('/').to_string(),
         upload_url: raw
             .upload_url
@@ -341,6 +350,7 @@ impl TargetConfig {
     pub fn null() -> TargetConfig {
         TargetConfig {
             kind: TargetKind::Null,
+            token_source: String::new(),
             url: String::new(),
             upload_url: None,
             token: Secret::default(),
@@ -376,6 +386,7 @@ impl TargetConfig {
         };
         TargetConfig {
             kind,
+            token_source: "the local server's token".to_string(),
             url,
             upload_url,
             token: Secret::new(token),

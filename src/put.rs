@@ -14,7 +14,10 @@ use sha1::Digest as _;
 
 use crate::cli::{GetArgs, PutArgs};
 use crate::open::open_target;
-use crate::target::{ByteCounter, Digests, DirRef, FileSource, RemoteFile, Target, UploadRequest};
+use crate::target::{
+    ByteCounter, Digests, DirRef, ErrorKind, FileSource, RemoteFile, Target, TargetError,
+    UploadRequest,
+};
 
 /// Size of one ranged GET of `uploadfs get`.
 const GET_BLOCK: u64 = 8 * 1024 * 1024;
@@ -108,7 +111,14 @@ pub async fn put(args: &PutArgs) -> anyhow::Result<RemoteFile> {
     let open = open_target(tname, args.config.as_deref(), args.insecure).await?;
     let target = open.target.clone();
     if args.recursive {
-        return put_tree(target, args, tname, path.unwrap_or("")).await;
+        return put_tree(
+            target,
+            args,
+            tname,
+            path.unwrap_or(""),
+            &open.config.token_source,
+        )
+        .await;
     }
     let meta = std::fs::metadata(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
@@ -145,14 +155,32 @@ pub async fn put(args: &PutArgs) -> anyhow::Result<RemoteFile> {
     pb.set_message(format!("put {name}"));
     let remote = upload_one(&target, parent, name, &args.file, existing, &pb)
         .await
-        .map_err(|e| {
-            anyhow!(
-                "upload of {} to {tname}:{name} failed: {e:#}",
-                args.file.display()
-            )
-        })?;
+        .map_err(|e| upload_error(&args.file, tname, name, &open.config.token_source, e))?;
     pb.finish_and_clear();
     Ok(remote)
+}
+
+/// One line a person can act on: the file, the target, the cause, and for a refused token
+/// where it comes from.
+fn upload_error(
+    file: &Path,
+    tname: &str,
+    name: &str,
+    token_source: &str,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let refused = e
+        .downcast_ref::<TargetError>()
+        .is_some_and(|t| t.kind == ErrorKind::Auth);
+    let hint = if refused && !token_source.is_empty() {
+        format!(" (the token comes from {token_source})")
+    } else {
+        String::new()
+    };
+    anyhow!(
+        "upload of {} to {tname}:{name} failed: {e:#}{hint}",
+        file.display()
+    )
 }
 
 /// Upload one local file as `name` in `parent`, replacing `existing`.
@@ -219,6 +247,7 @@ async fn put_tree(
     args: &PutArgs,
     tname: &str,
     path: &str,
+    token_source: &str,
 ) -> anyhow::Result<RemoteFile> {
     let caps = target.capabilities();
     let base: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -271,12 +300,7 @@ async fn put_tree(
         async move {
             upload_one(&target, dir, &name, &file, old, &pb)
                 .await
-                .map_err(|e| {
-                    anyhow!(
-                        "upload of {} to {tname}:{name} failed: {e:#}",
-                        file.display()
-                    )
-                })
+                .map_err(|e| upload_error(&file, tname, &name, token_source, e))
         }
     }))
     .buffer_unordered(args.jobs.max(1));

@@ -53,6 +53,7 @@ impl Env {
                 catalog,
                 FsOptions {
                     target_name: "t".into(),
+                    token_source: "$TEST_TOKEN".to_string(),
                     cache_dir: self.state.path().join("cache"),
                     cache_size: 64 << 20,
                     keep_remote,

@@ -770,9 +770,15 @@ fn bad_input(kind: TargetKind) {
     );
     let line = log
         .lines()
-        .find(|l| l.contains("revoked.bin") && l.to_lowercase().contains("token"))
+        .find(|l| l.contains("revoked.bin to t failed") && l.to_lowercase().contains("token"))
         .unwrap_or_else(|| panic!("{proto}: no log line says the token was refused:\n{log}"));
     eprintln!("{proto}: revoked token logged as: {line}");
+    assert!(
+        line.contains("upload of")
+            && line.contains("to t failed")
+            && line.contains("the token comes from"),
+        "{proto}: the log line names the file, the target and where the token comes from: {line}"
+    );
     assert_eq!(
         xattr(&m.path("revoked.bin"), "user.uploadfs.state").as_deref(),
         Some("failed")

@@ -155,6 +155,10 @@ fn no_token_in_logs(kind: TargetKind) {
         stderr.contains("token") && stderr.contains("refused"),
         "the refusal names the token: {stderr}"
     );
+    assert!(
+        stderr.contains("the token comes from `token` of [targets."),
+        "the refusal says where the token comes from: {stderr}"
+    );
     assert_clean(WRONG_TOKEN, &log, &out, "refused put");
 }
 

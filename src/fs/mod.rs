@@ -63,6 +63,8 @@ pub fn now_ms() -> i64 {
 pub struct FsOptions {
     /// Target name (as given to `mount`), for the journal and messages.
     pub target_name: String,
+    /// Where the target's token comes from (`$BOX_TOKEN`, ...), named when it is refused.
+    pub token_source: String,
     /// Stage files live in `<cache_dir>/stage`.
     pub cache_dir: PathBuf,
     /// Byte budget of the block cache.
@@ -1432,6 +1434,19 @@ impl Fs {
         Ok(data.len() as u32)
     }
 
+    /// One line a person can act on: the file, the target, the cause, and for a refused
+    /// token where it comes from.
+    fn upload_failure(&self, path: &str, e: &crate::target::TargetError) -> String {
+        let mut m = format!("upload of {path} to {} failed: {e}", self.opts.target_name);
+        if e.kind == crate::target::ErrorKind::Auth && !self.opts.token_source.is_empty() {
+            m.push_str(&format!(
+                " (the token comes from {})",
+                self.opts.token_source
+            ));
+        }
+        m
+    }
+
     fn set_failed(&self, ino: u64, message: &str) {
         self.set_state(ino, NodeState::Failed, message);
     }
@@ -1685,7 +1700,9 @@ impl Fs {
         let remote = match result {
             Ok(r) => r,
             Err(e) => {
-                self.set_failed(ino, &format!("upload of {path} failed: {e}"));
+                let message = self.upload_failure(&path, &e);
+                tracing::error!("{message}");
+                self.set_failed(ino, &message);
                 return Err(e.kind.errno());
             }
         };

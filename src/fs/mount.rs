@@ -441,6 +441,7 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
         catalog,
         FsOptions {
             target_name: args.target.clone(),
+            token_source: open.config.token_source.clone(),
             cache_dir: cache_dir.clone(),
             cache_size: args.cache_size,
             keep_remote: args.keep_remote,

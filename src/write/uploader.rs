@@ -227,7 +227,8 @@ pub async fn upload(
             name = %c.name, size = c.size, id = %r.id,
             ms = started.elapsed().as_millis() as u64, "uploaded"
         ),
-        Err(e) => tracing::warn!(name = %c.name, size = c.size, error = %e, "upload failed"),
+        // The filesystem logs the failure as one line for people (file, target, cause).
+        Err(e) => tracing::debug!(name = %c.name, size = c.size, error = %e, "upload failed"),
     }
     result
 }
