@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sha1::Digest as _;
 
 use crate::cli::{GetArgs, PutArgs};
-use crate::open::open_target;
+use crate::open::{open_target, OpenTarget};
 use crate::target::{
     ByteCounter, Digests, DirRef, ErrorKind, FileSource, RemoteFile, Target, TargetError,
     UploadRequest,
@@ -107,18 +107,18 @@ fn digest_file(path: &Path) -> std::io::Result<Digests> {
 
 /// `uploadfs put FILE TARGET[:PATH]` (or `--recursive DIR TARGET[:PATH]`).
 pub async fn put(args: &PutArgs) -> anyhow::Result<RemoteFile> {
-    let (tname, path) = split_dest(&args.dest);
+    let (tname, _) = split_dest(&args.dest);
     let open = open_target(tname, args.config.as_deref(), args.insecure).await?;
+    put_to(args, &open)
+        .await
+        .map_err(|e| with_token_hint(e, &open.config.token_source))
+}
+
+async fn put_to(args: &PutArgs, open: &OpenTarget) -> anyhow::Result<RemoteFile> {
+    let (tname, path) = split_dest(&args.dest);
     let target = open.target.clone();
     if args.recursive {
-        return put_tree(
-            target,
-            args,
-            tname,
-            path.unwrap_or(""),
-            &open.config.token_source,
-        )
-        .await;
+        return put_tree(target, args, tname, path.unwrap_or("")).await;
     }
     let meta = std::fs::metadata(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
@@ -155,32 +155,27 @@ pub async fn put(args: &PutArgs) -> anyhow::Result<RemoteFile> {
     pb.set_message(format!("put {name}"));
     let remote = upload_one(&target, parent, name, &args.file, existing, &pb)
         .await
-        .map_err(|e| upload_error(&args.file, tname, name, &open.config.token_source, e))?;
+        .map_err(|e| {
+            anyhow!(
+                "upload of {} to {tname}:{name} failed: {e:#}",
+                args.file.display()
+            )
+        })?;
     pb.finish_and_clear();
     Ok(remote)
 }
 
-/// One line a person can act on: the file, the target, the cause, and for a refused token
-/// where it comes from.
-fn upload_error(
-    file: &Path,
-    tname: &str,
-    name: &str,
-    token_source: &str,
-    e: anyhow::Error,
-) -> anyhow::Error {
-    let refused = e
-        .downcast_ref::<TargetError>()
-        .is_some_and(|t| t.kind == ErrorKind::Auth);
-    let hint = if refused && !token_source.is_empty() {
-        format!(" (the token comes from {token_source})")
+/// For a refused token, say where it comes from (the error chain holds the cause).
+fn with_token_hint(e: anyhow::Error, token_source: &str) -> anyhow::Error {
+    let refused = e.chain().any(|c| {
+        c.downcast_ref::<TargetError>()
+            .is_some_and(|t| t.kind == ErrorKind::Auth)
+    });
+    if refused && !token_source.is_empty() {
+        anyhow!("{e:#} (the token comes from {token_source})")
     } else {
-        String::new()
-    };
-    anyhow!(
-        "upload of {} to {tname}:{name} failed: {e:#}{hint}",
-        file.display()
-    )
+        e
+    }
 }
 
 /// Upload one local file as `name` in `parent`, replacing `existing`.
@@ -247,7 +242,6 @@ async fn put_tree(
     args: &PutArgs,
     tname: &str,
     path: &str,
-    token_source: &str,
 ) -> anyhow::Result<RemoteFile> {
     let caps = target.capabilities();
     let base: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -300,7 +294,12 @@ async fn put_tree(
         async move {
             upload_one(&target, dir, &name, &file, old, &pb)
                 .await
-                .map_err(|e| upload_error(&file, tname, &name, token_source, e))
+                .map_err(|e| {
+                    anyhow!(
+                        "upload of {} to {tname}:{name} failed: {e:#}",
+                        file.display()
+                    )
+                })
         }
     }))
     .buffer_unordered(args.jobs.max(1));
@@ -345,9 +344,16 @@ pub async fn find_remote(target: &dyn Target, path: &str) -> anyhow::Result<Remo
 
 /// `uploadfs get TARGET:PATH [OUT]`.
 pub async fn get(args: &GetArgs) -> anyhow::Result<u64> {
+    let (tname, _) = split_dest(&args.src);
+    let open = open_target(tname, args.config.as_deref(), args.insecure).await?;
+    get_from(args, &open)
+        .await
+        .map_err(|e| with_token_hint(e, &open.config.token_source))
+}
+
+async fn get_from(args: &GetArgs, open: &OpenTarget) -> anyhow::Result<u64> {
     let (tname, path) = split_dest(&args.src);
     let path = path.ok_or_else(|| anyhow!("give the remote file as TARGET:PATH"))?;
-    let open = open_target(tname, args.config.as_deref(), args.insecure).await?;
     let target = open.target.clone();
     let remote = find_remote(target.as_ref(), path).await?;
     let mut out: Box<dyn Write + Send> = match &args.out {
