@@ -562,6 +562,7 @@ pub async fn url(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             None => return Err(ApiError::not_found()),
         };
         let entity = o.extra.get("entity").and_then(Value::as_str).unwrap_or("");
+        state.cloudreve.remember_entity(entity, &o.id);
         let dl = if req.download { "download=true&" } else { "" };
         urls.push(json!({
             "url": format!("{}{PREFIX}/file/content/{entity}/0/{}?{dl}sign={}",
@@ -622,11 +623,21 @@ pub async fn content(
         }
         None => {}
     }
-    let found = state.store.all(PROTO).map(|all| {
-        all.into_iter().find(|o| {
-            !o.is_dir && o.extra.get("entity").and_then(Value::as_str) == Some(entity.as_str())
-        })
-    });
+    let is_it =
+        |o: &Object| !o.is_dir && o.extra.get("entity").and_then(Value::as_str) == Some(&entity);
+    // The object its URL was handed out for, else a scan of every object.
+    let hinted = state
+        .cloudreve
+        .entity_object(&entity)
+        .and_then(|id| state.store.get(PROTO, &id).ok().flatten())
+        .filter(is_it);
+    let found = match hinted {
+        Some(o) => Ok(Some(o)),
+        None => state
+            .store
+            .all(PROTO)
+            .map(|all| all.into_iter().find(|o| is_it(o))),
+    };
     let o = match found {
         Ok(Some(o)) => o,
         Ok(None) => return refuse(StatusCode::NOT_FOUND, code::NOT_FOUND, "Entity not exist"),

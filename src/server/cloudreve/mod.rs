@@ -82,6 +82,10 @@ pub struct ProtoState {
     sessions: Mutex<HashMap<String, SessionEntry>>,
     /// HMAC key of signed content URLs; random per process, so URLs die with the server.
     sign_key: [u8; 32],
+    /// Which object an entity (content version) belongs to, remembered when its URL is
+    /// handed out: the content endpoint then finds the object by id instead of scanning
+    /// every object of the protocol on each ranged GET. Only a hint; checked on use.
+    entity_objects: Mutex<HashMap<String, String>>,
 }
 
 impl Default for ProtoState {
@@ -92,11 +96,29 @@ impl Default for ProtoState {
         Self {
             sessions: Mutex::new(HashMap::new()),
             sign_key,
+            entity_objects: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl ProtoState {
+    /// Remember that `entity` is the content of object `id`.
+    pub fn remember_entity(&self, entity: &str, id: &str) {
+        self.entity_objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entity.to_string(), id.to_string());
+    }
+
+    /// The object id remembered for `entity`, if any (may be stale: check it).
+    pub fn entity_object(&self, entity: &str) -> Option<String> {
+        self.entity_objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(entity)
+            .cloned()
+    }
+
     /// Number of upload sessions currently open and not expired (introspection).
     pub fn open_sessions(&self) -> usize {
         let now = chrono::Utc::now().timestamp();
