@@ -5,77 +5,20 @@
 //! Needs /dev/fuse and root or fusermount3, like tests/mount_scenarios.rs.
 
 mod common;
+#[path = "common/mount.rs"]
+mod mount;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{pattern, sha1_hex, TestServer, TOKEN};
+use mount::{require_fuse, run_bounded, sh, BIN};
 use uploadfs::config::TargetKind;
 
-const BIN: &str = env!("CARGO_BIN_EXE_uploadfs");
 const MIB: usize = 1024 * 1024;
-
-fn require_fuse() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "REAL-MOUNT TESTS CANNOT RUN: /dev/fuse is missing (needs root or a FUSE-enabled host)"
-    );
-}
-
-/// Run a command, killing it after `timeout`.
-fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let to = std::thread::spawn(move || {
-        let mut v = vec![];
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let te = std::thread::spawn(move || {
-        let mut v = vec![];
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Output {
-                status,
-                stdout: to.join().unwrap(),
-                stderr: te.join().unwrap(),
-            };
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("command timed out after {timeout:?}: {cmd:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn sh(dir: &Path, script: &str) -> Output {
-    let out = run_bounded(
-        Command::new("sh").arg("-c").arg(script).current_dir(dir),
-        Duration::from_secs(120),
-    );
-    assert!(
-        out.status.success(),
-        "`{script}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn write_config(s: &TestServer, kind: TargetKind) -> PathBuf {
     let c = s.config(kind);
