@@ -30,12 +30,7 @@ fn json_body(body: &Bytes) -> BoxResult<Value> {
     if body.is_empty() {
         return Ok(json!({}));
     }
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| BoxError::bad_request(format!("Invalid JSON body: {e}")))?;
-    if !v.is_object() {
-        return Err(BoxError::bad_request("The body must be a JSON object"));
-    }
-    Ok(v)
+    super::upload::parse_json_body(body)
 }
 
 /// `GET /files/{id}`.
@@ -265,12 +260,7 @@ pub(super) async fn create_folder(
 ) -> BoxResult {
     check_auth(&state, &headers)?;
     let v = json_body(&body)?;
-    let name = v["name"]
-        .as_str()
-        .ok_or_else(|| BoxError::bad_request("name is required"))?;
-    let parent = v["parent"]["id"]
-        .as_str()
-        .ok_or_else(|| BoxError::bad_request("parent.id is required"))?;
+    let (name, parent) = super::upload::name_and_parent(&v)?;
     check_name(name)?;
     folder(&state, parent)?;
     check_conflict(&state, parent, name, None, true)?;

@@ -74,13 +74,24 @@ pub(super) fn roll(state: &ServerState, op: FaultOp) -> Faulted {
     }
 }
 
-fn parse_json_body(body: &Bytes) -> BoxResult<Value> {
+pub(super) fn parse_json_body(body: &Bytes) -> BoxResult<Value> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| BoxError::bad_request(format!("Invalid JSON body: {e}")))?;
     if !v.is_object() {
         return Err(BoxError::bad_request("The body must be a JSON object"));
     }
     Ok(v)
+}
+
+/// The `name` and `parent.id` a creation request must carry.
+pub(super) fn name_and_parent(v: &Value) -> BoxResult<(&str, &str)> {
+    let name = v["name"]
+        .as_str()
+        .ok_or_else(|| BoxError::bad_request("name is required"))?;
+    let parent = v["parent"]["id"]
+        .as_str()
+        .ok_or_else(|| BoxError::bad_request("parent.id is required"))?;
+    Ok((name, parent))
 }
 
 /// 412 when `If-Match` is given and is not the item's etag.
@@ -124,12 +135,7 @@ pub(super) async fn preflight_new(
 ) -> BoxResult {
     check_auth(&state, &headers)?;
     let v = parse_json_body(&body)?;
-    let name = v["name"]
-        .as_str()
-        .ok_or_else(|| BoxError::bad_request("name is required"))?;
-    let parent = v["parent"]["id"]
-        .as_str()
-        .ok_or_else(|| BoxError::bad_request("parent.id is required"))?;
+    let (name, parent) = name_and_parent(&v)?;
     check_name(name)?;
     folder(&state, parent)?;
     if let Some(size) = v["size"].as_u64() {
