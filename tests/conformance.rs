@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use common::{pattern, sha1_hex, TestServer};
 use uploadfs::config::TargetKind;
-use uploadfs::target::{ByteCounter, Digests, FileSource, RemoteFile, Target, UploadRequest};
+use uploadfs::target::{
+    ByteCounter, Digests, FileSource, PartSource, RemoteFile, Seal, Target, UploadRequest,
+};
 
 /// Upload `data` as `name` in the root, replacing `replaces`.
 fn upload(
@@ -193,3 +195,194 @@ conformance!(
 conformance!(fluxer_healthy, fluxer_fail_rate_0_2, TargetKind::Fluxer);
 conformance!(virola_healthy, virola_fail_rate_0_2, TargetKind::Virola);
 conformance!(dyson_healthy, dyson_fail_rate_0_2, TargetKind::Dyson);
+
+/// A file still being written, as a client sees it: bytes become readable as they
+/// "arrive" and the seal says when the writer is done (the mount's size hint).
+struct Growing {
+    data: Vec<u8>,
+    arrived: std::sync::Mutex<usize>,
+    more: std::sync::Condvar,
+    given_up: std::sync::atomic::AtomicBool,
+    seal: Arc<Seal>,
+}
+
+impl Growing {
+    fn new(data: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self {
+            data,
+            arrived: std::sync::Mutex::new(0),
+            more: std::sync::Condvar::new(),
+            given_up: std::sync::atomic::AtomicBool::new(false),
+            seal: Seal::new(),
+        })
+    }
+    fn arrive(&self, upto: usize) {
+        *self.arrived.lock().unwrap() = upto;
+        self.more.notify_all();
+    }
+    fn give_up(&self) {
+        self.given_up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.seal.cancel();
+        self.more.notify_all();
+    }
+}
+
+impl PartSource for Growing {
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<bytes::Bytes> {
+        self.wait_ready(offset, len as u64)?;
+        let start = (offset as usize).min(self.data.len());
+        let end = (start + len).min(self.data.len());
+        Ok(bytes::Bytes::copy_from_slice(&self.data[start..end]))
+    }
+    fn wait_ready(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        let end = ((offset + len) as usize).min(self.data.len());
+        let mut arrived = self.arrived.lock().unwrap();
+        while *arrived < end {
+            if self.given_up.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("given up"));
+            }
+            arrived = self
+                .more
+                .wait_timeout(arrived, std::time::Duration::from_millis(50))
+                .unwrap()
+                .0;
+        }
+        Ok(())
+    }
+    fn seal(&self) -> Option<Arc<Seal>> {
+        Some(self.seal.clone())
+    }
+}
+
+fn growing_request(name: &str, src: &Arc<Growing>) -> UploadRequest {
+    UploadRequest {
+        parent: None,
+        name: name.to_string(),
+        size: src.data.len() as u64,
+        // Unknown until the writer is done: the seal carries them.
+        digests: Digests::default(),
+        mtime_ms: 1_700_000_000_000,
+        replaces: None,
+        resume_session: None,
+        source: src.clone(),
+        observer: Arc::new(ByteCounter::default()),
+    }
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// An upload started before its file is complete: parts go up as data arrives where the
+/// protocol allows (nothing is sent before the writer is done where it does not), nothing
+/// is visible before the seal, the sealed file lands intact, and a cancelled one leaves
+/// nothing behind.
+fn sealed_scenario(kind: TargetKind) {
+    const CHUNK: u64 = 4 * 1024 * 1024;
+    let s = TestServer::start(|o| o.cloudreve_chunk_size = CHUNK);
+    let t = s.target(kind);
+    let caps = t.capabilities();
+    let part = if kind == TargetKind::Cloudreve {
+        CHUNK as usize
+    } else {
+        caps.part_size as usize
+    };
+    let size = 3 * part + 7;
+    let proto = kind.as_str();
+    let received = || s.state()["bytes_received"].as_u64().unwrap_or(0);
+    let listed = |name: &str| s.files(proto).iter().any(|(n, _, _)| n == name);
+
+    let data = pattern(size, 41);
+    let src = Growing::new(data.clone());
+    let task = s.rt.spawn({
+        let t = t.clone();
+        let req = growing_request("growing.bin", &src);
+        async move { t.upload(req).await }
+    });
+    src.arrive(2 * part);
+    if caps.early_start {
+        wait_until("the first parts go up before the file is complete", || {
+            received() >= part as u64
+        });
+    } else {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(
+            received(),
+            0,
+            "{proto}: nothing may be sent before the seal"
+        );
+    }
+    src.arrive(size);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!task.is_finished(), "{proto}: completed before the seal");
+    assert!(!listed("growing.bin"), "{proto}: visible before the seal");
+    src.seal.seal(Digests {
+        sha1: Some(sha1_hex(&data)),
+        md5: Some(common::md5_hex(&data)),
+    });
+    let f =
+        s.rt.block_on(task)
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{proto}: sealed upload failed: {e}"));
+    assert_eq!(f.size, size as u64);
+    let stored = s.files(proto);
+    let hits: Vec<_> = stored
+        .iter()
+        .filter(|(n, _, _)| n == "growing.bin")
+        .collect();
+    assert_eq!(hits.len(), 1, "{proto}: stored once: {stored:?}");
+    assert_eq!(hits[0].2, sha1_hex(&data), "{proto}: stored content");
+    assert!(
+        received() < (size + part) as u64 + 4096,
+        "{proto}: every part sent once"
+    );
+
+    // Given up after every byte arrived: nothing becomes visible.
+    let src = Growing::new(pattern(size, 42));
+    let task = s.rt.spawn({
+        let t = t.clone();
+        let req = growing_request("given-up.bin", &src);
+        async move { t.upload(req).await }
+    });
+    src.arrive(size);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    src.give_up();
+    let r = s.rt.block_on(task).unwrap();
+    assert!(r.is_err(), "{proto}: a given-up upload reported success");
+    assert!(
+        !listed("given-up.bin"),
+        "{proto}: a given-up upload is visible"
+    );
+    if matches!(kind, TargetKind::Box | TargetKind::Cloudreve) {
+        // These protocols can abort a session: none is left behind.
+        wait_until("the session is aborted", || {
+            s.state()["protocols"][proto]["open_sessions"].as_u64() == Some(0)
+        });
+    }
+}
+
+#[test]
+fn sealed_box() {
+    sealed_scenario(TargetKind::Box);
+}
+#[test]
+fn sealed_cloudreve() {
+    sealed_scenario(TargetKind::Cloudreve);
+}
+#[test]
+fn sealed_fluxer() {
+    sealed_scenario(TargetKind::Fluxer);
+}
+#[test]
+fn sealed_virola() {
+    sealed_scenario(TargetKind::Virola);
+}
+#[test]
+fn sealed_dyson() {
+    sealed_scenario(TargetKind::Dyson);
+}

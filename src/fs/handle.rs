@@ -43,6 +43,37 @@ pub struct OpenFile {
     /// Digests of the stage at a given version, computed when it was queued, so the
     /// background upload does not hash the file a second time.
     known_digests: std::sync::Mutex<Option<(u64, crate::target::Digests)>>,
+    /// An upload started by a size hint while the file is written, taken by the commit.
+    early: std::sync::Mutex<Option<EarlyUpload>>,
+}
+
+/// An upload started before its file was complete: the writer announced the final size
+/// (`ftruncate`/`fallocate` on an empty file), so the parts go up while it writes. The
+/// commit seals it (same size, same place, nothing sent was rewritten) and takes its
+/// result, or cancels it and uploads the ordinary way.
+pub struct EarlyUpload {
+    /// The size announced; the file must have exactly this size at close.
+    pub size: u64,
+    /// Where it goes: the commit checks the file is still there.
+    pub parent: crate::target::DirRef,
+    pub name: String,
+    /// Id of the remote file it replaces, if any.
+    pub replaces: Option<String>,
+    pub seal: Arc<crate::target::Seal>,
+    pub stage: Arc<Stage>,
+    pub task:
+        tokio::task::JoinHandle<Result<crate::target::RemoteFile, crate::target::TargetError>>,
+}
+
+impl Drop for EarlyUpload {
+    /// Dropped without being sealed: give the upload up, so that it ends (its reads and
+    /// its final step fail) and nothing becomes visible remotely.
+    fn drop(&mut self) {
+        if !self.seal.is_sealed() {
+            self.seal.cancel();
+            self.stage.early_cancel();
+        }
+    }
 }
 
 impl OpenFile {
@@ -62,7 +93,33 @@ impl OpenFile {
             load_lock: tokio::sync::Mutex::new(()),
             queued_version: std::sync::Mutex::new(None),
             known_digests: std::sync::Mutex::new(None),
+            early: std::sync::Mutex::new(None),
         })
+    }
+
+    fn early_lock(&self) -> std::sync::MutexGuard<'_, Option<EarlyUpload>> {
+        self.early.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An early upload runs for this stage.
+    pub fn has_early(&self) -> bool {
+        self.early_lock().is_some()
+    }
+
+    pub fn set_early(&self, e: EarlyUpload) {
+        *self.early_lock() = Some(e);
+    }
+
+    pub fn take_early(&self) -> Option<EarlyUpload> {
+        self.early_lock().take()
+    }
+
+    /// Give a running early upload up without waiting for it (the file was removed or
+    /// nobody will close it for writing): its reads and its final step fail, so nothing
+    /// becomes visible remotely.
+    pub fn cancel_early(&self) -> bool {
+        // Dropping it cancels it.
+        self.take_early().is_some()
     }
 
     /// Write-back: stage version `version` is durable and queued, with these digests.

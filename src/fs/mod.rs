@@ -158,6 +158,11 @@ pub struct Fs {
     uploads: writeback::Uploads,
 }
 
+/// Smallest announced size that starts an upload before the file is written: below
+/// it the whole upload after close takes a few tens of milliseconds on loopback-class
+/// links, less than what starting early could save.
+const EARLY_START_MIN: u64 = 8 << 20;
+
 /// Stages up to this size are hashed on the committing thread (well under a millisecond).
 const INLINE_DIGEST_MAX: u64 = 256 * 1024;
 
@@ -709,12 +714,16 @@ impl Fs {
             None => (self.open_for_write(ino, size == 0, false).await?, true),
         };
         let r = async {
+            let was_empty = of.size() == 0;
             self.truncate_stage(&of, size).await?;
             self.mark_modified(ino);
             if of.writers.load(Ordering::SeqCst) == 0 {
                 // Nobody will close this file for writing: commit now.
                 self.close_commit(ino, &of).await
             } else {
+                if was_empty && size > 0 {
+                    self.start_early(ino, &of, size);
+                }
                 Ok(())
             }
         }
@@ -723,6 +732,75 @@ impl Fs {
             self.put_open(ino, &of, false);
         }
         r
+    }
+
+    /// A size hint: an empty file open for writing was extended to its final size
+    /// (`ftruncate`/`fallocate` before writing, as download managers, `rsync
+    /// --preallocate` and many copy tools do), so its upload starts now and sends the
+    /// parts as the writer fills them in order. The commit at close seals it, or gives it
+    /// up and uploads the ordinary way when the writer did something else (see
+    /// [`handle::EarlyUpload`]). Not for small files (nothing to gain), not
+    /// in write-back mode (close does not wait for the upload there), and not for targets
+    /// that need the whole file first (Dyson's MD5, Virola's single request).
+    fn start_early(&self, ino: u64, of: &Arc<OpenFile>, size: u64) {
+        if !self.caps.early_start
+            || size < EARLY_START_MIN
+            || self.uploads.write_back()
+            || of.has_early()
+        {
+            return;
+        }
+        let (name, parent, mtime_ms, replaces) = {
+            let t = self.tree();
+            let Some(n) = t.get(ino) else { return };
+            // After a failed attempt the commit has more to decide (an earlier copy may
+            // have landed): leave it to the commit.
+            if n.row.last_error.is_some() || n.row.state == NodeState::Failed {
+                return;
+            }
+            (
+                n.row.name.clone(),
+                self.dir_ref(&t, n.row.parent),
+                n.row.mtime_ms,
+                n.row.remote.clone().or(n.row.replaces.clone()),
+            )
+        };
+        // A save's temporary file is uploaded under its final name, once renamed.
+        if is_save_temp(&name) || self.waits_for_rename(ino) {
+            return;
+        }
+        if !of.stage.early_begin() {
+            return;
+        }
+        let seal = crate::target::Seal::new();
+        let commit = uploader::Commit {
+            ino,
+            target_name: self.opts.target_name.clone(),
+            parent: parent.clone(),
+            name: name.clone(),
+            size,
+            digests: crate::target::Digests::default(),
+            mtime_ms,
+            replaces: replaces.clone(),
+            max_size: self.max_size(),
+            progress: self.uploads.begin(ino, size),
+            early: Some(seal.clone()),
+        };
+        let (target, catalog, stage) =
+            (self.target.clone(), self.catalog.clone(), of.stage.clone());
+        let task = tokio::spawn(async move {
+            uploader::upload(target.as_ref(), &catalog, &stage, commit).await
+        });
+        tracing::info!(ino, name = %name, size, "size announced before writing: upload started");
+        of.set_early(handle::EarlyUpload {
+            size,
+            parent,
+            name,
+            replaces: replaces.map(|r| r.id),
+            seal,
+            stage: of.stage.clone(),
+            task,
+        });
     }
 
     /// Truncate a stage; a not yet fetched one is fetched first unless it becomes empty.
@@ -1573,6 +1651,10 @@ impl Fs {
         if of.handles.load(Ordering::SeqCst) != 0 {
             return;
         }
+        // Nobody is left to close the file for writing: an early upload never completes.
+        if of.cancel_early() {
+            self.uploads.end(ino);
+        }
         if of.unlinked.load(Ordering::SeqCst) {
             of.stage.remove_file();
             return;
@@ -1605,6 +1687,9 @@ impl Fs {
         let _c = of.commit_lock.lock().await;
         let _gate = of.gate.write().await;
         if !of.dirty() || of.unlinked.load(Ordering::SeqCst) {
+            if of.cancel_early() {
+                self.uploads.end(ino);
+            }
             return Ok(());
         }
         let version = of.stage.version();
@@ -1654,6 +1739,23 @@ impl Fs {
                 let _ = self.persist(&row);
             }
         }
+        // An upload started by a size hint: complete it when the file is what it expected.
+        let early_landed = match of.take_early() {
+            Some(e) => {
+                self.finish_early(
+                    ino,
+                    e,
+                    size,
+                    &parent_ref,
+                    &name,
+                    &old_remote,
+                    &extra_replaced,
+                    &digests,
+                )
+                .await
+            }
+            None => None,
+        };
         // A failed attempt may have landed anyway (the server stored the file, then its
         // answer was lost or spoiled): replace that copy instead of adding a second one.
         let landed = match &old_remote {
@@ -1670,7 +1772,9 @@ impl Fs {
         });
         let old_remote = old_remote.or(landed);
         let replaces = old_remote.clone().or(extra_replaced.clone());
-        let result = if let Some(e) = adopt {
+        let result = if let Some(r) = early_landed {
+            Ok(r)
+        } else if let Some(e) = adopt {
             tracing::info!(name = %name, id = %e.id, "the earlier upload is complete; keeping it");
             Ok(e)
         } else {
@@ -1690,6 +1794,7 @@ impl Fs {
                     replaces,
                     max_size: self.max_size(),
                     progress,
+                    early: None,
                 },
             )
             .await;
@@ -1780,6 +1885,67 @@ impl Fs {
             let _ = self.persist(&row);
         }
         Ok(())
+    }
+
+    /// Seal an early upload when the closed file is what it announced (same size and
+    /// place, nothing it read rewritten) and wait for it; else give it up. `Some` when it
+    /// landed; `None` means "upload the ordinary way". Writers are kept out by the caller.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_early(
+        &self,
+        ino: u64,
+        mut e: handle::EarlyUpload,
+        size: u64,
+        parent: &DirRef,
+        name: &str,
+        old_remote: &Option<RemoteFile>,
+        extra_replaced: &Option<RemoteFile>,
+        digests: &crate::target::Digests,
+    ) -> Option<RemoteFile> {
+        let replaces = old_remote
+            .as_ref()
+            .or(extra_replaced.as_ref())
+            .map(|r| r.id.clone());
+        let same =
+            e.size == size && &e.parent == parent && e.name == name && e.replaces == replaces;
+        let intact = same && e.stage.early_seal();
+        if intact {
+            e.seal.seal(digests.clone());
+        } else {
+            tracing::info!(
+                ino,
+                name,
+                announced = e.size,
+                size,
+                "the file changed after its size was announced: uploading it the ordinary way"
+            );
+            e.seal.cancel();
+            e.stage.early_cancel();
+        }
+        let outcome = (&mut e.task).await;
+        e.stage.early_end();
+        self.uploads.end(ino);
+        match outcome {
+            Ok(Ok(r)) if intact => Some(r),
+            Ok(Ok(r)) => {
+                // A client completed without waiting for the seal: never keep that copy.
+                tracing::error!(ino, name, id = %r.id, "an upload given up completed anyway; replacing it");
+                if let Err(errno) = self.delete_remote(&r, ino).await {
+                    tracing::warn!(ino, name, errno, "cannot delete the copy");
+                }
+                None
+            }
+            Ok(Err(err)) => {
+                if intact {
+                    tracing::info!(ino, name, error = %err, "the upload started early failed; uploading the file again");
+                }
+                None
+            }
+            Err(join) => {
+                tracing::warn!(ino, name, error = %join, "the upload started early ended abnormally");
+                None
+            }
+        }
     }
 
     /// The remote file named `name` in `dir` that no other node uses: what an earlier

@@ -351,6 +351,7 @@ impl BoxTarget {
             None => format!("{}/files/content", self.upload),
         };
         let size = req.size;
+        let sha1 = req.final_digests().await?.sha1;
         let build = || {
             let src = req.source.clone();
             let stream = futures_util::stream::try_unfold(0u64, move |off| {
@@ -383,7 +384,7 @@ impl BoxTarget {
                 .part("file", file);
             let mut rb = self.http.client.post(&url).multipart(form);
             // Box checks `Content-MD5` (which carries the hex SHA-1) when given.
-            if let Some(sha) = &req.digests.sha1 {
+            if let Some(sha) = &sha1 {
                 rb = rb.header("content-md5", sha.as_str());
             }
             rb
@@ -485,6 +486,8 @@ impl BoxTarget {
         let offset = index * s.part_size;
         let len = s.part_size.min(req.size - offset);
         let what = format!("box part {index} of {}", req.name);
+        // A file still being written: its bytes first (holding no memory meanwhile).
+        super::wait_ready(&req.source, offset, len).await?;
         // Held until the part's request is over: bounds the buffered parts of all uploads.
         let _mem = super::budget::reserve(len).await;
         let (data, sha) = read_part(&req.source, offset, len as usize).await?;
@@ -717,10 +720,6 @@ impl BoxTarget {
         tracing::info!(session = %session.id, name = %req.name, part_size = session.part_size,
             parts = session.total_parts, resumed = done.len(), "box: session upload");
 
-        let sha1 = match &req.digests.sha1 {
-            Some(h) => h.clone(),
-            None => super::hash_source::<sha1::Sha1>(&req.source, req.size).await?,
-        };
         let have: std::collections::HashSet<u64> = done.iter().map(|(i, _)| *i).collect();
         let missing: Vec<u64> = (0..session.total_parts)
             .filter(|i| !have.contains(i))
@@ -734,7 +733,18 @@ impl BoxTarget {
             Ok(mut parts) => {
                 parts.extend(done.into_iter().map(|(_, p)| p));
                 parts.sort_by_key(|p| p.offset);
-                self.commit(req, &session, &parts, &sha1).await
+                // The commit makes the file visible: a file still being written waits for
+                // its writer here, and its digest is only known then.
+                match req.final_digests().await {
+                    Ok(d) => {
+                        let sha1 = match d.sha1 {
+                            Some(h) => h,
+                            None => super::hash_source::<sha1::Sha1>(&req.source, req.size).await?,
+                        };
+                        self.commit(req, &session, &parts, &sha1).await
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };
@@ -797,6 +807,7 @@ impl Target for BoxTarget {
             wants_sha1: true,
             case_insensitive_names: true,
             replaces_in_place: true,
+            early_start: true,
         }
     }
 
@@ -816,6 +827,8 @@ impl Target for BoxTarget {
         let parent = self.folder_id(&req.parent).to_string();
         let mut version_of = req.replaces.as_ref().map(|r| r.id.clone());
         if req.size < MIN_SESSION_SIZE {
+            // One request makes the file visible: a file still being written is complete first.
+            req.final_digests().await?;
             let mut answer = self
                 .direct_upload(&req, &parent, version_of.as_deref())
                 .await?;

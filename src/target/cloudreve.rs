@@ -430,6 +430,12 @@ impl CloudreveTarget {
                 s.chunk_size.min(req.size - offset)
             };
             let last = index + 1 == chunks;
+            // A file still being written: wait for the chunk's bytes before the request
+            // opens, and the last chunk (it completes the file) waits for the writer.
+            super::wait_ready(&req.source, offset, len).await?;
+            if last {
+                req.final_digests().await?;
+            }
             let what = format!("upload of {}: chunk {index} of {chunks}", req.name);
             let url = self.endpoint(&format!("/file/upload/{}/{index}", s.session_id));
             // Set once an attempt may have reached the server without us seeing the answer.
@@ -663,6 +669,7 @@ impl Target for CloudreveTarget {
             wants_sha1: false,
             case_insensitive_names: false,
             replaces_in_place: true,
+            early_start: true,
         }
     }
 
@@ -676,15 +683,20 @@ impl Target for CloudreveTarget {
             self.cancel(old, &uri, &req.name).await;
         }
         if req.size <= SMALL_FILE_MAX {
+            // One request makes the file visible: a file still being written is complete first.
+            req.final_digests().await?;
             return self.put_content(&uri, &req).await;
         }
-        let src = req.source.clone();
-        let last = req.size - 1;
-        let tail = tokio::task::spawn_blocking(move || src.read_at(last, 1))
-            .await
-            .map_err(|e| TargetError::new(ErrorKind::LocalIo, e.to_string()))??;
-        if tail.len() != 1 {
-            return Err(short_source(&req.name, req.size));
+        if req.source.seal().is_none() {
+            // A source shorter than announced fails here, before a session holds the name.
+            let src = req.source.clone();
+            let last = req.size - 1;
+            let tail = tokio::task::spawn_blocking(move || src.read_at(last, 1))
+                .await
+                .map_err(|e| TargetError::new(ErrorKind::LocalIo, e.to_string()))??;
+            if tail.len() != 1 {
+                return Err(short_source(&req.name, req.size));
+            }
         }
         // A session that vanishes mid-upload (chunks answer 40011) is replaced once.
         let mut restarted = false;

@@ -349,12 +349,15 @@ impl Target for DysonTarget {
             wants_sha1: false,
             case_insensitive_names: false,
             replaces_in_place: false,
+            early_start: false,
         }
     }
 
     async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
         check_name(&req.name)?;
-        let md5 = match &req.digests.md5 {
+        // The MD5 opens the upload: a file still being written is complete first.
+        let digests = req.final_digests().await?;
+        let md5 = match &digests.md5 {
             Some(m) => m.to_ascii_lowercase(),
             None => super::hash_source::<md5::Md5>(&req.source.clone(), req.size).await?,
         };

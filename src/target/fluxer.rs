@@ -506,6 +506,8 @@ impl FluxerTarget {
             .try_collect()
             .await?;
         etags.sort_by_key(|(i, _)| *i);
+        // Completing makes the file usable: a file still being written waits for its writer.
+        req.final_digests().await?;
         self.complete(req, &s, &etags).await
     }
 
@@ -518,6 +520,8 @@ impl FluxerTarget {
         let what = format!("fluxer: uploading chunk {i} of {}", req.name);
         let offset = i * s.chunk_size;
         let len = (req.size - offset).min(s.chunk_size);
+        // A file still being written: its bytes first (holding no memory meanwhile).
+        super::wait_ready(&req.source, offset, len).await?;
         // Held until the chunk's request is over: bounds the buffered chunks of all uploads.
         let _mem = super::budget::reserve(len).await;
         let data = read_part(&req.source, offset, len as usize).await?;
@@ -664,6 +668,7 @@ impl Target for FluxerTarget {
             wants_sha1: false,
             case_insensitive_names: false,
             replaces_in_place: false,
+            early_start: true,
         }
     }
 
@@ -688,6 +693,8 @@ impl Target for FluxerTarget {
         let what = format!("fluxer: uploading {}", req.name);
         let baseline = self.newest_message_id(&what).await?;
         let (m, a) = if req.size <= INLINE_MAX {
+            // One request posts the file: a file still being written is complete first.
+            req.final_digests().await?;
             self.upload_inline(&req, baseline).await?
         } else {
             self.upload_chunked(&req, baseline).await?

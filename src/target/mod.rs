@@ -62,6 +62,9 @@ pub struct Capabilities {
     /// Uploading over an existing name replaces that file in place (new version),
     /// so the caller must not delete the old one afterwards.
     pub replaces_in_place: bool,
+    /// Parts can go up while the file is still being written (a size hint): the protocol
+    /// needs no whole-file digest before its last step and sends more than one request.
+    pub early_start: bool,
 }
 
 /// Whole-file digests, computed by the caller while writing when possible.
@@ -111,6 +114,111 @@ pub trait PartSource: Send + Sync {
     fn path(&self) -> Option<&std::path::Path> {
         None
     }
+    /// Block until `len` bytes at `offset` can be read: at once for data that is complete,
+    /// later for a file still being written (see [`Seal`]). Clients call it (through
+    /// [`wait_ready`]) before they reserve memory or open a request for a part.
+    fn wait_ready(&self, _offset: u64, _len: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// The seal of a file still being written when its upload started; `None` when the
+    /// data is complete.
+    fn seal(&self) -> Option<Arc<Seal>> {
+        None
+    }
+}
+
+/// The end of a file that was still being written when its upload started: the writer
+/// announced the final size (`ftruncate`/`fallocate` before writing), so the upload began
+/// at once and reads its parts as the data arrives ([`PartSource::wait_ready`]).
+///
+/// Whatever makes the file visible remotely (a commit, the last chunk, a completion call)
+/// first waits here ([`UploadRequest::final_digests`]): the seal resolves with the
+/// whole-file digests once the writer closed the file and what was read is what was
+/// written, or is cancelled (the writer went back over bytes already sent, the size
+/// changed, the file was removed) and the upload gives up before anything is visible.
+pub struct Seal {
+    state: tokio::sync::watch::Sender<SealState>,
+}
+
+#[derive(Clone)]
+enum SealState {
+    Open,
+    Sealed(Digests),
+    Cancelled,
+}
+
+impl Seal {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: tokio::sync::watch::channel(SealState::Open).0,
+        })
+    }
+
+    /// The writer closed the file; these are its digests.
+    pub fn seal(&self, digests: Digests) {
+        self.state.send_if_modified(|s| {
+            let open = matches!(s, SealState::Open);
+            if open {
+                *s = SealState::Sealed(digests);
+            }
+            open
+        });
+    }
+
+    /// The upload must not complete (a no-op once sealed).
+    pub fn cancel(&self) {
+        self.state.send_if_modified(|s| {
+            let open = matches!(s, SealState::Open);
+            if open {
+                *s = SealState::Cancelled;
+            }
+            open
+        });
+    }
+
+    /// The writer closed the file and the upload may complete.
+    pub fn is_sealed(&self) -> bool {
+        matches!(*self.state.borrow(), SealState::Sealed(_))
+    }
+
+    /// Wait for the writer: the digests, or `ErrorKind::Cancelled`.
+    pub async fn wait(&self) -> Result<Digests> {
+        let mut rx = self.state.subscribe();
+        let settled = rx
+            .wait_for(|s| !matches!(s, SealState::Open))
+            .await
+            .map(|s| s.clone());
+        match settled {
+            Ok(SealState::Sealed(d)) => Ok(d),
+            _ => Err(TargetError::new(
+                ErrorKind::Cancelled,
+                "the upload started early was given up: the file changed after its size was announced",
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for Seal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match *self.state.borrow() {
+            SealState::Open => "open",
+            SealState::Sealed(_) => "sealed",
+            SealState::Cancelled => "cancelled",
+        };
+        f.debug_struct("Seal").field("state", &state).finish()
+    }
+}
+
+/// [`PartSource::wait_ready`] off the async threads.
+pub async fn wait_ready(src: &Arc<dyn PartSource>, offset: u64, len: u64) -> Result<()> {
+    if src.seal().is_none() {
+        return Ok(());
+    }
+    let src = src.clone();
+    tokio::task::spawn_blocking(move || src.wait_ready(offset, len))
+        .await
+        .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("reading the stage: {e}")))??;
+    Ok(())
 }
 
 /// A [`PartSource`] over a file on disk.
@@ -255,6 +363,18 @@ pub struct UploadRequest {
     pub observer: Arc<dyn UploadObserver>,
 }
 
+impl UploadRequest {
+    /// The whole-file digests: known up front, or, for a file still being written when
+    /// the upload started, once the writer closed it. Every client calls this before the
+    /// step that makes the file visible remotely (and before it needs the digests).
+    pub async fn final_digests(&self) -> Result<Digests> {
+        match self.source.seal() {
+            Some(seal) => seal.wait().await,
+            None => Ok(self.digests.clone()),
+        }
+    }
+}
+
 impl fmt::Debug for UploadRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UploadRequest")
@@ -290,6 +410,8 @@ pub enum ErrorKind {
     Protocol,
     /// Local I/O failed (reading the stage).
     LocalIo,
+    /// An upload started before its file was complete was given up by the caller.
+    Cancelled,
 }
 
 impl ErrorKind {
@@ -306,6 +428,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => libc::EIO,
             ErrorKind::Protocol => libc::EIO,
             ErrorKind::LocalIo => libc::EIO,
+            ErrorKind::Cancelled => libc::ECANCELED,
         }
     }
 }

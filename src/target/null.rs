@@ -45,6 +45,7 @@ impl Target for NullTarget {
             wants_sha1: false,
             case_insensitive_names: false,
             replaces_in_place: true,
+            early_start: true,
         }
     }
 
@@ -53,6 +54,7 @@ impl Target for NullTarget {
         let mut off = 0;
         while off < req.size {
             let len = PART.min(req.size - off);
+            super::wait_ready(&req.source, off, len).await?;
             let source = req.source.clone();
             let got = tokio::task::spawn_blocking(move || source.read_at(off, len as usize))
                 .await
@@ -67,14 +69,16 @@ impl Target for NullTarget {
             req.observer.part_done(off / PART, len);
             off += len;
         }
+        // Like a real target, nothing "lands" before the writer closed the file.
+        let digests = req.final_digests().await?;
         let f = RemoteFile {
             id: req.name.clone(),
             name: req.name.clone(),
             size: req.size,
             mtime_ms: req.mtime_ms,
             is_dir: false,
-            sha1: req.digests.sha1.clone(),
-            md5: req.digests.md5.clone(),
+            sha1: digests.sha1,
+            md5: digests.md5,
             url: None,
             extra: None,
         };

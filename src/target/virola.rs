@@ -291,12 +291,16 @@ impl Target for VirolaTarget {
             wants_sha1: true,
             case_insensitive_names: false,
             replaces_in_place: false,
+            early_start: false,
         }
     }
 
     async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
         check_name(&req.name)?;
-        let sha1 = match &req.digests.sha1 {
+        // One request posts the file, checksum first: a file still being written is
+        // complete first.
+        let digests = req.final_digests().await?;
+        let sha1 = match &digests.sha1 {
             Some(s) => s.to_ascii_lowercase(),
             None => super::hash_source::<sha1::Sha1>(&req.source.clone(), req.size).await?,
         };

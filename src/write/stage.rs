@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use super::digests::{Hashers, Progress};
-use crate::target::{Digests, PartSource};
+use crate::target::{Digests, PartSource, Seal};
 
 /// Read size when hashing a stage (background hasher, tail, and full passes): small
 /// enough that sixteen concurrent hashers hold little memory, large enough that the
@@ -36,6 +36,33 @@ struct StageState {
     progress: Progress,
     /// A hasher (background, or a commit hashing the tail) owns `Inner::hash`.
     hashing: bool,
+    /// An upload reading this stage while it is still written (a size hint).
+    early: Option<EarlyWatch>,
+}
+
+/// What an upload started before the file was complete needs to know about the writes:
+/// how far the data is written without gaps (parts up to there can be read), how far
+/// the upload has read (a later write below that spoils what was sent), and whether the
+/// writer is done.
+#[derive(Debug)]
+struct EarlyWatch {
+    /// End of the data written contiguously from offset 0.
+    written: u64,
+    /// End of the furthest range the upload has read.
+    read_mark: u64,
+    /// A write or truncate went below `read_mark`: the bytes sent are stale.
+    spoiled: bool,
+    end: EarlyEnd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EarlyEnd {
+    /// The writer may still write.
+    Open,
+    /// The writer closed the file (writes are kept out until the upload ends).
+    Sealed,
+    /// The upload is given up: every wait ends with an error.
+    Cancelled,
 }
 
 /// The hashers and the epoch of the data they have seen.
@@ -51,6 +78,8 @@ struct Inner {
     state: Mutex<StageState>,
     /// Signalled when a hasher stops.
     hasher_done: Condvar,
+    /// Signalled when data arrives or the writer is done, for an early upload's reads.
+    grown: Condvar,
     hash: Mutex<HashState>,
 }
 
@@ -142,8 +171,10 @@ impl Stage {
                     version: 0,
                     progress,
                     hashing: false,
+                    early: None,
                 }),
                 hasher_done: Condvar::new(),
+                grown: Condvar::new(),
                 hash: Mutex::new(HashState {
                     epoch,
                     hashers: Hashers::new(with_md5),
@@ -227,6 +258,16 @@ impl Stage {
         st.size = st.size.max(offset + data.len() as u64);
         st.version += 1;
         st.progress.write(offset, data.len() as u64);
+        if let Some(w) = &mut st.early {
+            let end = offset + data.len() as u64;
+            if offset < w.read_mark {
+                w.spoiled = true;
+            }
+            if offset <= w.written {
+                w.written = w.written.max(end);
+            }
+            self.inner.grown.notify_all();
+        }
         self.maybe_hash_behind(&mut st);
         Ok(())
     }
@@ -261,6 +302,98 @@ impl Stage {
         st.size = size;
         st.version += 1;
         st.progress.truncate(size);
+        if let Some(w) = &mut st.early {
+            if size < w.read_mark {
+                w.spoiled = true;
+            }
+            w.written = w.written.min(size);
+            self.inner.grown.notify_all();
+        }
+        Ok(())
+    }
+
+    /// An upload starts reading this stage while it is still written: from now on its
+    /// reads wait for the data ([`GrowingSource`]) and later writes are checked against
+    /// what it read. Only for a stage nothing was written to yet.
+    pub fn early_begin(&self) -> bool {
+        let mut st = self.lock();
+        if st.early.is_some() || st.progress.frontier != 0 {
+            return false;
+        }
+        st.early = Some(EarlyWatch {
+            written: 0,
+            read_mark: 0,
+            spoiled: false,
+            end: EarlyEnd::Open,
+        });
+        true
+    }
+
+    /// The writer is done (writes are kept out by the caller from now on): true when
+    /// everything the early upload read is still what the stage holds, so it may
+    /// complete. Otherwise its reads fail from now on.
+    pub fn early_seal(&self) -> bool {
+        let mut st = self.lock();
+        let Some(w) = &mut st.early else { return false };
+        let intact = w.end == EarlyEnd::Open && !w.spoiled;
+        w.end = if intact {
+            EarlyEnd::Sealed
+        } else {
+            EarlyEnd::Cancelled
+        };
+        self.inner.grown.notify_all();
+        intact
+    }
+
+    /// Give the early upload up: its waiting and later reads fail.
+    pub fn early_cancel(&self) {
+        let mut st = self.lock();
+        if let Some(w) = &mut st.early {
+            w.end = EarlyEnd::Cancelled;
+            self.inner.grown.notify_all();
+        }
+    }
+
+    /// The early upload is over: the stage is an ordinary one again.
+    pub fn early_end(&self) {
+        let mut st = self.lock();
+        if st.early.take().is_some() {
+            self.inner.grown.notify_all();
+        }
+    }
+
+    /// Wait until everything below `end` is written (or the writer is done), then count it as
+    /// read by the early upload. Fails once the upload is given up.
+    fn early_claim(&self, end: u64) -> std::io::Result<()> {
+        // Waits wake on every write anyway; the timeout only bounds a missed wake-up.
+        const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+        let mut st = self.lock();
+        loop {
+            let Some(w) = &mut st.early else {
+                return Err(std::io::Error::other(
+                    "the upload started before the file was complete was given up",
+                ));
+            };
+            match w.end {
+                EarlyEnd::Cancelled => {
+                    return Err(std::io::Error::other(
+                        "the upload started before the file was complete was given up",
+                    ))
+                }
+                EarlyEnd::Sealed => break,
+                EarlyEnd::Open if w.written >= end => break,
+                EarlyEnd::Open => {}
+            }
+            st = self
+                .inner
+                .grown
+                .wait_timeout(st, RECHECK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if let Some(w) = &mut st.early {
+            w.read_mark = w.read_mark.max(end);
+        }
         Ok(())
     }
 
@@ -374,6 +507,38 @@ impl PartSource for StageSource {
     }
 }
 
+/// The stage of a file still being written as an upload's [`PartSource`]: a read waits
+/// until its bytes are written (or the writer is done), and the writer's later changes to
+/// bytes already read spoil the upload (see [`Stage::early_seal`]). Reads go through the
+/// stage, never through its path, so nothing streams a half-written file directly.
+pub struct GrowingSource {
+    inner: StageSource,
+    seal: Arc<Seal>,
+}
+
+impl GrowingSource {
+    pub fn new(stage: Arc<Stage>, size: u64, seal: Arc<Seal>) -> Self {
+        Self {
+            inner: StageSource::new(stage, size),
+            seal,
+        }
+    }
+}
+
+impl PartSource for GrowingSource {
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        self.wait_ready(offset, len as u64)?;
+        self.inner.read_at(offset, len)
+    }
+    fn wait_ready(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        let end = offset.saturating_add(len).min(self.inner.size);
+        self.inner.stage.early_claim(end)
+    }
+    fn seal(&self) -> Option<Arc<Seal>> {
+        Some(self.seal.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,6 +622,86 @@ mod tests {
             s.digests().unwrap().sha1.unwrap(),
             hex::encode(sha1::Sha1::digest(&want))
         );
+    }
+
+    #[test]
+    fn growing_source_waits_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Stage::create(&dir.path().join("s"), false).unwrap());
+        assert!(s.early_begin());
+        assert!(!s.early_begin(), "one early upload per stage");
+        let src = Arc::new(GrowingSource::new(s.clone(), 10, Seal::new()));
+        let r = {
+            let src = src.clone();
+            std::thread::spawn(move || src.read_at(0, 4))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!r.is_finished(), "read before the data was written");
+        s.write_at(0, b"ab").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!r.is_finished(), "read of a half-written range");
+        s.write_at(2, b"cd").unwrap();
+        assert_eq!(&r.join().unwrap().unwrap()[..], b"abcd");
+        // A write ahead of a gap counts only once the writer is done (the data in between
+        // is not known to be final before that).
+        s.write_at(8, b"ij").unwrap();
+        s.write_at(4, b"efgh").unwrap();
+        assert_eq!(&src.read_at(4, 4).unwrap()[..], b"efgh");
+        let r = {
+            let src = src.clone();
+            std::thread::spawn(move || src.read_at(8, 2))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!r.is_finished(), "read past a gap before the seal");
+        assert!(s.early_seal(), "nothing read was rewritten");
+        assert_eq!(&r.join().unwrap().unwrap()[..], b"ij");
+        s.early_end();
+        assert!(src.read_at(0, 1).is_err(), "reads after the end fail");
+    }
+
+    #[test]
+    fn growing_source_notices_rewrites_and_cancels() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Stage::create(&dir.path().join("s"), false).unwrap());
+        assert!(s.early_begin());
+        let src = GrowingSource::new(s.clone(), 8, Seal::new());
+        s.write_at(0, b"abcdefgh").unwrap();
+        assert_eq!(&src.read_at(0, 4).unwrap()[..], b"abcd");
+        s.write_at(6, b"X").unwrap(); // not read yet: fine
+        assert_eq!(&src.read_at(4, 4).unwrap()[..], b"efXh");
+        s.write_at(1, b"Y").unwrap(); // already read: the upload is stale
+        assert!(!s.early_seal());
+        assert!(src.read_at(0, 1).is_err());
+        s.early_end();
+
+        // A shrinking truncate below what was read spoils it too; a cancel wakes a reader.
+        let s = Arc::new(Stage::create(&dir.path().join("t"), false).unwrap());
+        assert!(s.early_begin());
+        let src = Arc::new(GrowingSource::new(s.clone(), 8, Seal::new()));
+        s.write_at(0, b"abcd").unwrap();
+        assert_eq!(&src.read_at(0, 4).unwrap()[..], b"abcd");
+        let r = {
+            let src = src.clone();
+            std::thread::spawn(move || src.read_at(4, 4))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!r.is_finished());
+        s.early_cancel();
+        assert!(r.join().unwrap().is_err(), "a cancel ends a waiting read");
+        assert!(!s.early_seal());
+    }
+
+    #[test]
+    fn sealed_growing_source_reads_the_rest_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Stage::create(&dir.path().join("s"), false).unwrap());
+        assert!(s.early_begin());
+        s.truncate(6).unwrap(); // the size hint
+        let src = GrowingSource::new(s.clone(), 6, Seal::new());
+        s.write_at(0, b"ab").unwrap();
+        assert!(s.early_seal());
+        // The writer stopped early: the rest of the announced size reads as zeros.
+        assert_eq!(&src.read_at(0, 6).unwrap()[..], b"ab\0\0\0\0");
     }
 
     #[test]

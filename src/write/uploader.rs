@@ -14,11 +14,11 @@ use std::time::Instant;
 
 use crate::catalog::{Catalog, JournalRow};
 use crate::target::{
-    Digests, DirRef, ErrorKind, PartSource, RemoteFile, Target, TargetError, UploadObserver,
+    Digests, DirRef, ErrorKind, PartSource, RemoteFile, Seal, Target, TargetError, UploadObserver,
     UploadRequest,
 };
 
-use super::stage::{Stage, StageSource};
+use super::stage::{GrowingSource, Stage, StageSource};
 
 /// Live progress of one upload, shared with `status`.
 #[derive(Debug)]
@@ -80,7 +80,7 @@ impl Progress {
 
 /// The stage as the upload reads it, counting bytes for progress.
 struct CountingSource {
-    inner: StageSource,
+    inner: Box<dyn PartSource>,
     progress: Arc<Progress>,
 }
 
@@ -94,6 +94,12 @@ impl PartSource for CountingSource {
     }
     fn path(&self) -> Option<&std::path::Path> {
         self.inner.path()
+    }
+    fn wait_ready(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.wait_ready(offset, len)
+    }
+    fn seal(&self) -> Option<Arc<Seal>> {
+        self.inner.seal()
     }
 }
 
@@ -146,6 +152,10 @@ pub struct Commit {
     pub max_size: Option<u64>,
     /// Where progress is reported.
     pub progress: Arc<Progress>,
+    /// The file is still being written (a size hint started the upload early): parts
+    /// are read as the data arrives and the upload completes only once this is sealed;
+    /// `digests` are empty until then.
+    pub early: Option<Arc<Seal>>,
 }
 
 /// Upload `stage` as described by `c`, journaling it in `catalog`.
@@ -205,7 +215,10 @@ pub async fn upload(
         replaces: c.replaces,
         resume_session,
         source: Arc::new(CountingSource {
-            inner: StageSource::new(stage.clone(), c.size),
+            inner: match c.early {
+                Some(seal) => Box::new(GrowingSource::new(stage.clone(), c.size, seal)),
+                None => Box::new(StageSource::new(stage.clone(), c.size)),
+            },
             progress: c.progress.clone(),
         }),
         observer: Arc::new(JournalObserver::new(
