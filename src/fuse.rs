@@ -539,12 +539,21 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _s = debug_span!("fallocate", ino = ino.0, offset, length, mode).entered();
+        let end = offset + length;
+        if mode == libc::FALLOC_FL_KEEP_SIZE {
+            // Reserving space without a size change (`rsync --preallocate`): nothing to
+            // reserve in a sparse stage, but it announces the final size.
+            let r = self.rt.block_on(self.fs.size_hint(ino.0, fh.0, end));
+            return match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
         if mode != 0 {
-            // Punching holes or keeping the size are not meaningful for staged uploads.
+            // Punching holes or zeroing ranges are not meaningful for staged uploads.
             return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
         }
         // Plain fallocate only extends the size; the stage is sparse.
-        let end = offset + length;
         let r = self.rt.block_on(async {
             let cur = self.fs.getattr(ino.0)?.size;
             if end > cur {

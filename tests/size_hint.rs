@@ -76,6 +76,26 @@ impl Writer {
         });
     }
 
+    /// `fallocate(FALLOC_FL_KEEP_SIZE)`: space reserved, size unchanged.
+    fn reserve(&self, len: u64) {
+        self.run(move |f| {
+            let fd = f.as_ref().unwrap().as_raw_fd();
+            let r =
+                unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 0, len as libc::off_t) };
+            assert_eq!(
+                r,
+                0,
+                "fallocate(KEEP_SIZE): {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(
+                f.as_ref().unwrap().metadata().unwrap().len(),
+                0,
+                "KEEP_SIZE kept the size"
+            );
+        });
+    }
+
     fn write(&self, data: &[u8], range: std::ops::Range<usize>) {
         let chunk = data[range.clone()].to_vec();
         self.run(move |f| {
@@ -234,6 +254,48 @@ fn scenario(kind: TargetKind) {
     w.close();
     assert_on_server(&s, proto, "fallocated.bin", &data);
 
+    // 7. Space reserved without a size change (FALLOC_FL_KEEP_SIZE).
+    let data = pattern(size, 7);
+    let before = received();
+    let w = Writer::new();
+    w.create(m.path("reserved.bin"));
+    w.reserve(size as u64);
+    w.write(&data, 0..2 * part);
+    sent_early(before);
+    w.write(&data, 2 * part..size);
+    w.close();
+    assert_on_server(&s, proto, "reserved.bin", &data);
+
+    // 8. `rsync --preallocate` (which reserves with KEEP_SIZE) exits 0 without complaint.
+    let data = pattern(size, 8);
+    let src = work.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("synced.bin"), &data).unwrap();
+    let announced = |log: &str| log.matches("size announced before writing").count();
+    let log_before =
+        announced(&std::fs::read_to_string(work.join("daemon.log")).unwrap_or_default());
+    let out = run_bounded(
+        std::process::Command::new("rsync")
+            .args(["--preallocate", "--inplace"])
+            .arg(src.join("synced.bin"))
+            .arg(m.path("synced.bin")),
+        STEP,
+    );
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{proto}: rsync --preallocate: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_on_server(&s, proto, "synced.bin", &data);
+    let log_after =
+        announced(&std::fs::read_to_string(work.join("daemon.log")).unwrap_or_default());
+    assert_eq!(
+        log_after > log_before,
+        early,
+        "{proto}: whether rsync --preallocate started the upload early"
+    );
+
     // Nothing else landed (the given-up attempts left no copies).
     let names: Vec<String> = server_files(&s, proto).into_keys().collect();
     for n in &names {
@@ -243,7 +305,9 @@ fn scenario(kind: TargetKind) {
                 "rewritten.bin",
                 "short.bin",
                 "long.bin",
-                "fallocated.bin"
+                "fallocated.bin",
+                "reserved.bin",
+                "synced.bin",
             ]
             .contains(&n.as_str()),
             "{proto}: unexpected file {n} on the server: {names:?}"
