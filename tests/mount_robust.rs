@@ -420,22 +420,7 @@ fn concurrency(kind: TargetKind) {
     let s = start_server();
     let proto = kind.as_str();
     let work = s.dir.path().to_path_buf();
-    let cfg = write_config(&s, kind, "");
-    let m = Mount::start(
-        &work,
-        "t",
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--cache-dir",
-            work.join("cache").to_str().unwrap(),
-            "--state-dir",
-            work.join("state").to_str().unwrap(),
-            "--cache-size",
-            &BLOCK_CACHE.to_string(),
-        ],
-        vec![],
-    );
+    let m = Mount::for_kind(&s, kind, "", &["--cache-size", &BLOCK_CACHE.to_string()]);
     let pid = m.daemon_pid().expect("daemon registered");
     let mnt = m.dir.clone();
 

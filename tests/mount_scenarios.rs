@@ -111,22 +111,9 @@ fn scenario(kind: TargetKind) {
     let caps = s.target(kind).capabilities();
     let part = part_size(kind, &s);
     let work = s.dir.path().to_path_buf();
-    let cfg = write_config(&s, kind, "");
     let src = work.join("src");
     std::fs::create_dir_all(&src).unwrap();
-    let mut m = Mount::start(
-        &work,
-        "t",
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--cache-dir",
-            work.join("cache").to_str().unwrap(),
-            "--state-dir",
-            work.join("state").to_str().unwrap(),
-        ],
-        vec![],
-    );
+    let mut m = Mount::for_kind(&s, kind, "", &[]);
     let mnt = m.dir.clone();
 
     // 1. cp of files around the part size; content checked on the server and read back.
@@ -428,20 +415,7 @@ fn limits_and_foreign_files(kind: TargetKind) {
     let s = TestServer::new();
     let proto = kind.as_str();
     let work = s.dir.path().to_path_buf();
-    let cfg = write_config(&s, kind, "max_file_size = 1048576\n");
-    let m = Mount::start(
-        &work,
-        "t",
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--cache-dir",
-            work.join("cache").to_str().unwrap(),
-            "--state-dir",
-            work.join("state").to_str().unwrap(),
-        ],
-        vec![],
-    );
+    let m = Mount::for_kind(&s, kind, "max_file_size = 1048576\n", &[]);
     // The daemon's start-up error reaches `mount`'s caller.
     std::fs::create_dir_all(work.join("mnt2")).unwrap();
     let out = run_bounded(
@@ -449,7 +423,7 @@ fn limits_and_foreign_files(kind: TargetKind) {
             .args(["mount", "nosuch"])
             .arg(work.join("mnt2"))
             .arg("--config")
-            .arg(&cfg)
+            .arg(work.join("config.toml"))
             .arg("--state-dir")
             .arg(work.join("state2")),
         Duration::from_secs(60),

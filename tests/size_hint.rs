@@ -144,20 +144,7 @@ fn scenario(kind: TargetKind) {
     let size = (3 * part + 7).max((8 << 20) + 7);
     let early = caps.early_start;
     let work = s.dir.path().to_path_buf();
-    let cfg = write_config(&s, kind, "");
-    let m = Mount::start(
-        &work,
-        "t",
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--cache-dir",
-            work.join("cache").to_str().unwrap(),
-            "--state-dir",
-            work.join("state").to_str().unwrap(),
-        ],
-        vec![],
-    );
+    let m = Mount::for_kind(&s, kind, "", &[]);
     let received = || s.state()["bytes_received"].as_u64().unwrap_or(0);
     let visible = |name: &str| server_files(&s, proto).contains_key(name);
     // Parts go up before close where the protocol allows, and nothing does elsewhere.

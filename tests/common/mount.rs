@@ -176,6 +176,24 @@ impl Mount {
         m
     }
 
+    /// Mount target `t` of `kind` at server `s` (config extra lines `config_extra`), with
+    /// cache and state under the server's directory; `extra` adds mount options.
+    pub fn for_kind(s: &TestServer, kind: TargetKind, config_extra: &str, extra: &[&str]) -> Mount {
+        let work = s.dir.path();
+        let cfg = write_config(s, kind, config_extra);
+        let (cache, state) = (work.join("cache"), work.join("state"));
+        let mut args = vec![
+            "--config",
+            cfg.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Mount::start(work, "t", &args, vec![])
+    }
+
     pub fn command(&self) -> Command {
         let mut c = Command::new(BIN);
         c.env("XDG_RUNTIME_DIR", &self.run_dir)
