@@ -541,10 +541,8 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("fallocate", ino = ino.0, offset, length, mode).entered();
         let end = offset + length;
         if mode == libc::FALLOC_FL_KEEP_SIZE {
-            // Reserving space without a size change (`rsync --preallocate`): nothing to
-            // reserve in a sparse stage, but it announces the final size.
-            let r = self.rt.block_on(self.fs.size_hint(ino.0, fh.0, end));
-            return match r {
+            // Reserving space without a size change (`rsync --preallocate`).
+            return match self.fs.reserve(fh.0, end) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
             };

@@ -734,27 +734,23 @@ impl Fs {
         r
     }
 
-    /// `fallocate(FALLOC_FL_KEEP_SIZE)` up to `end` on a handle: the size stays, but an
-    /// empty file being written announces its final size (see [`Fs::start_early`]).
-    pub async fn size_hint(&self, ino: u64, fh: u64, end: u64) -> FsResult<()> {
+    /// `fallocate(FALLOC_FL_KEEP_SIZE)` up to `end` on a handle: nothing to reserve in a
+    /// sparse stage. Not a size hint: a reservation says "about this much" (rsync
+    /// reserves one byte less than it writes), and an upload started with the wrong size
+    /// would be sent twice.
+    pub fn reserve(&self, fh: u64, end: u64) -> FsResult<()> {
         if self.max_size().is_some_and(|m| end > m) {
             return Err(libc::EFBIG);
         }
-        let h = self.handle(fh)?;
-        if !h.writable {
+        if !self.handle(fh)?.writable {
             return Err(libc::EBADF);
-        }
-        if let Some(of) = &h.open {
-            if of.size() == 0 && of.writers.load(Ordering::SeqCst) > 0 {
-                self.start_early(ino, of, end);
-            }
         }
         Ok(())
     }
 
-    /// A size hint: an empty file open for writing was extended to its final size, or
-    /// space was reserved up to it (`ftruncate`/`fallocate` before writing, as download
-    /// managers, `rsync --preallocate` and many copy tools do), so its upload starts now and sends the
+    /// A size hint: an empty file open for writing was extended to its final size
+    /// (`ftruncate`/`fallocate` before writing, as download managers and many copy
+    /// tools do), so its upload starts now and sends the
     /// parts as the writer fills them in order. The commit at close seals it, or gives it
     /// up and uploads the ordinary way when the writer did something else (see
     /// [`handle::EarlyUpload`]). Not for small files (nothing to gain), not
