@@ -28,8 +28,9 @@ use crate::catalog::{JournalRow, NodeState};
 use crate::fs::handle::OpenFile;
 use crate::write::uploader::Progress;
 
-/// Files uploaded at once in the background (each upload has its own part parallelism).
-pub const PARALLEL_UPLOADS: usize = 4;
+/// Files uploaded at once in the background (each upload has its own part parallelism):
+/// as many as `uploadfs put -r` sends by default, so many small files drain as fast.
+pub const PARALLEL_UPLOADS: usize = 8;
 /// First wait before a failed background upload is tried again; doubles per failure.
 const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 /// Longest wait between two attempts.
@@ -198,18 +199,32 @@ impl Fs {
         let size = of.stage.size();
         let stage = of.stage.clone();
         let stage_dir = self.stage_dir.clone();
-        let digests = tokio::task::spawn_blocking(move || {
+        // The stage's directory entry must survive too: synced when a stage file was
+        // created since the last sync of the directory (a recycled file's name is on disk).
+        let dir_sync = self.pool.dir_sync_needed();
+        let durable = move || {
             stage.sync()?;
-            // The stage's directory entry must survive too.
-            std::fs::File::open(&stage_dir)?.sync_all()?;
+            if dir_sync.is_some() {
+                std::fs::File::open(&stage_dir)?.sync_all()?;
+            }
             stage.digests()
-        })
-        .await
-        .map_err(|_| libc::EIO)?
+        };
+        // A small stage is synced and hashed on this (kernel request) thread: the hop to
+        // the blocking pool and back costs more than the hashing.
+        let digests = if size <= super::INLINE_DIGEST_MAX {
+            durable()
+        } else {
+            tokio::task::spawn_blocking(durable)
+                .await
+                .map_err(|_| libc::EIO)?
+        }
         .map_err(|e| {
             tracing::error!(ino, error = %e, "cannot make the stage durable");
             io_errno(&e)
         })?;
+        if let Some(created) = dir_sync {
+            self.pool.dir_synced(created);
+        }
         let journal = {
             let mut t = self.tree();
             let Some(n) = t.get(ino) else { return Ok(()) };
