@@ -462,76 +462,36 @@ impl Catalog {
     /// Write every column of an existing node (nothing when the row is as last written).
     pub fn update_node(&self, row: &NodeRow) -> Result<()> {
         let mut written = self.written();
-        let prev = written.get(&row.ino);
-        if prev == Some(row) {
+        if written.get(&row.ino) == Some(row) {
             return Ok(());
         }
-        let remote_id = |r: &NodeRow| r.remote.as_ref().map(|r| r.id.clone());
-        // The indexed columns keep their values: leave them out of the statement, so
-        // SQLite does not rewrite the index entries.
-        let same_keys =
-            prev.is_some_and(|p| p.parent == row.parent && remote_id(p) == remote_id(row));
-        let remote = encode_remote(&row.remote);
-        let replaces = encode_remote(&row.replaces);
-        let stage = row.stage.as_ref().map(|p| p.to_string_lossy().into_owned());
+        let r = self.with(|c| write_node(c, written.get(&row.ino), row));
+        self.settle(&mut written, row, r)
+    }
+
+    /// Update a node and record its journal row in one transaction (a write-back close).
+    pub fn update_node_and_journal(&self, row: &NodeRow, journal: &JournalRow) -> Result<()> {
+        let mut written = self.written();
         let r = self.with(|c| {
-            if same_keys {
-                c.prepare_cached(
-                    "UPDATE nodes SET name = ?2, kind = ?3, size = ?4, mtime_ms = ?5, mode = ?6,
-                            uid = ?7, gid = ?8, remote = ?9, state = ?10, sha1 = ?11, md5 = ?12,
-                            last_error = ?13, stage = ?14, replaces = ?15
-                     WHERE ino = ?1",
-                )?
-                .execute(params![
-                    row.ino as i64,
-                    row.name,
-                    row.kind.as_str(),
-                    row.size as i64,
-                    row.mtime_ms,
-                    row.mode,
-                    row.uid,
-                    row.gid,
-                    remote,
-                    row.state.as_str(),
-                    row.sha1,
-                    row.md5,
-                    row.last_error,
-                    stage,
-                    replaces,
-                ])
-                .map(|_| ())
-            } else {
-                c.prepare_cached(
-                    "UPDATE nodes SET parent = ?2, name = ?3, kind = ?4, size = ?5, mtime_ms = ?6,
-                            mode = ?7, uid = ?8, gid = ?9, remote_id = ?10, remote = ?11,
-                            state = ?12, sha1 = ?13, md5 = ?14, last_error = ?15, stage = ?16,
-                            replaces = ?17
-                     WHERE ino = ?1",
-                )?
-                .execute(params![
-                    row.ino as i64,
-                    row.parent as i64,
-                    row.name,
-                    row.kind.as_str(),
-                    row.size as i64,
-                    row.mtime_ms,
-                    row.mode,
-                    row.uid,
-                    row.gid,
-                    remote_id(row),
-                    remote,
-                    row.state.as_str(),
-                    row.sha1,
-                    row.md5,
-                    row.last_error,
-                    stage,
-                    replaces,
-                ])
-                .map(|_| ())
+            let tx = c.unchecked_transaction()?;
+            if written.get(&row.ino) != Some(row) {
+                write_node(&tx, written.get(&row.ino), row)?;
             }
+            write_journal(&tx, journal)?;
+            tx.commit()
         });
-        match r {
-            Ok(()) => Self::remember(&mut written, row.clone()),
+        self.settle(&mut written, row, r)
+    }
+
+    /// After writing `row`: remember it, or forget the inode's row if the write failed.
+    fn settle(
+        &self,
+        written: &mut HashMap<u64, NodeRow>,
+        row: &NodeRow,
+        r: Result<()>,
+    ) -> Result<()> {
+        match &r {
+            Ok(()) => Self::remember(written, row.clone()),
             Err(_) => {
                 written.remove(&row.ino);
             }
@@ -593,28 +553,7 @@ impl Catalog {
 
     /// Record that an upload started (replacing any earlier row for the inode).
     pub fn journal_begin(&self, row: &JournalRow) -> Result<()> {
-        self.with(|c| {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO journal(ino, stage, target, parent_remote, name, size,
-                        sha1, md5, session_id, parts_done, bytes_done, started_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?
-            .execute(params![
-                row.ino as i64,
-                row.stage.to_string_lossy(),
-                row.target,
-                row.parent_remote,
-                row.name,
-                row.size as i64,
-                row.sha1,
-                row.md5,
-                row.session_id,
-                row.parts_done as i64,
-                row.bytes_done as i64,
-                row.started_ms,
-            ])
-            .map(|_| ())
-        })
+        self.with(|c| write_journal(c, row))
     }
 
     /// The protocol's session id of a running upload.
@@ -791,6 +730,94 @@ fn raw_node(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawNode> {
         stage: r.get(14)?,
         replaces: r.get(15)?,
     })
+}
+
+/// Write `row` over its inode's row; `prev` is the row as last written, if known.
+fn write_node(c: &Connection, prev: Option<&NodeRow>, row: &NodeRow) -> rusqlite::Result<()> {
+    let remote_id = |r: &NodeRow| r.remote.as_ref().map(|r| r.id.clone());
+    // The indexed columns keep their values: leave them out of the statement, so
+    // SQLite does not rewrite the index entries.
+    let same_keys = prev.is_some_and(|p| p.parent == row.parent && remote_id(p) == remote_id(row));
+    let remote = encode_remote(&row.remote);
+    let replaces = encode_remote(&row.replaces);
+    let stage = row.stage.as_ref().map(|p| p.to_string_lossy().into_owned());
+    if same_keys {
+        c.prepare_cached(
+            "UPDATE nodes SET name = ?2, kind = ?3, size = ?4, mtime_ms = ?5, mode = ?6,
+                            uid = ?7, gid = ?8, remote = ?9, state = ?10, sha1 = ?11, md5 = ?12,
+                            last_error = ?13, stage = ?14, replaces = ?15
+                     WHERE ino = ?1",
+        )?
+        .execute(params![
+            row.ino as i64,
+            row.name,
+            row.kind.as_str(),
+            row.size as i64,
+            row.mtime_ms,
+            row.mode,
+            row.uid,
+            row.gid,
+            remote,
+            row.state.as_str(),
+            row.sha1,
+            row.md5,
+            row.last_error,
+            stage,
+            replaces,
+        ])
+        .map(|_| ())
+    } else {
+        c.prepare_cached(
+            "UPDATE nodes SET parent = ?2, name = ?3, kind = ?4, size = ?5, mtime_ms = ?6,
+                            mode = ?7, uid = ?8, gid = ?9, remote_id = ?10, remote = ?11,
+                            state = ?12, sha1 = ?13, md5 = ?14, last_error = ?15, stage = ?16,
+                            replaces = ?17
+                     WHERE ino = ?1",
+        )?
+        .execute(params![
+            row.ino as i64,
+            row.parent as i64,
+            row.name,
+            row.kind.as_str(),
+            row.size as i64,
+            row.mtime_ms,
+            row.mode,
+            row.uid,
+            row.gid,
+            remote_id(row),
+            remote,
+            row.state.as_str(),
+            row.sha1,
+            row.md5,
+            row.last_error,
+            stage,
+            replaces,
+        ])
+        .map(|_| ())
+    }
+}
+
+fn write_journal(c: &Connection, row: &JournalRow) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO journal(ino, stage, target, parent_remote, name, size,
+                sha1, md5, session_id, parts_done, bytes_done, started_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        row.ino as i64,
+        row.stage.to_string_lossy(),
+        row.target,
+        row.parent_remote,
+        row.name,
+        row.size as i64,
+        row.sha1,
+        row.md5,
+        row.session_id,
+        row.parts_done as i64,
+        row.bytes_done as i64,
+        row.started_ms,
+    ])
+    .map(|_| ())
 }
 
 const JOURNAL_COLUMNS: &str = "ino, stage, target, parent_remote, name, size, sha1, md5, \
