@@ -8,7 +8,9 @@
 //! creations in the same block group as much. So a stage that is no longer needed is
 //! truncated to zero and kept here under its name, and the next new stage takes it:
 //! no inode is allocated or freed while files keep coming. At most [`POOL_MAX`] empty
-//! files are kept; they are removed when the mount ends.
+//! files are kept; they are removed when the mount ends (a killed daemon leaves them:
+//! empty files no catalog row names, harmless). A stage goes back to the pool only after
+//! the catalog stopped naming it, so after a crash no two rows can share a stage file.
 //!
 //! The pool also counts stage files created new, so a write-back `close` syncs the
 //! stage directory (making the new name durable) only when a file was created since
