@@ -18,6 +18,7 @@ pub mod control;
 pub mod handle;
 pub mod inode;
 pub mod mount;
+pub mod pool;
 pub mod writeback;
 
 use std::collections::{HashMap, HashSet};
@@ -156,6 +157,8 @@ pub struct Fs {
     stage_dir: PathBuf,
     /// Background uploads and upload progress ([`writeback`]).
     uploads: writeback::Uploads,
+    /// Stage files kept for reuse ([`pool`]).
+    pool: pool::StagePool,
 }
 
 /// Smallest announced size that starts an upload before the file is written: below
@@ -167,15 +170,24 @@ const EARLY_START_MIN: u64 = 8 << 20;
 const INLINE_DIGEST_MAX: u64 = 256 * 1024;
 
 fn tgid_of(pid: u32) -> u32 {
+    use std::io::Read;
     if pid == 0 {
         return 0;
     }
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Tgid:"))
-                .and_then(|v| v.trim().parse().ok())
+    // `Tgid:` is the fourth line of the status file, well inside its first 512 bytes: one
+    // read instead of reading the whole file with a growing buffer (ten system calls, a
+    // measurable share of a small file's create and close).
+    let mut buf = [0u8; 512];
+    let n = std::fs::File::open(format!("/proc/{pid}/status"))
+        .and_then(|mut f| f.read(&mut buf))
+        .unwrap_or(0);
+    let head = &buf[..n];
+    head.windows(6)
+        .position(|w| w == b"\nTgid:")
+        .and_then(|at| {
+            let rest = &head[at + 6..];
+            let end = rest.iter().position(|b| *b == b'\n')?;
+            std::str::from_utf8(&rest[..end]).ok()?.trim().parse().ok()
         })
         .unwrap_or(pid)
 }
@@ -318,6 +330,7 @@ impl Fs {
             hidden: Mutex::new(hidden),
             stage_dir,
             uploads: writeback::Uploads::default(),
+            pool: pool::StagePool::default(),
         })
     }
 
@@ -394,9 +407,36 @@ impl Fs {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn new_stage_path(&self, ino: u64) -> PathBuf {
+    fn new_stage_path(&self) -> PathBuf {
         self.stage_dir
-            .join(format!("{ino}-{}", uuid::Uuid::new_v4().simple()))
+            .join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// A stage for new data: a recycled empty file when one is free, else a new file.
+    fn new_stage(&self) -> std::io::Result<Arc<Stage>> {
+        let md5 = self.caps.needs_md5;
+        if let Some(p) = self.pool.take() {
+            let existed = p.exists();
+            match Stage::create(&p, md5) {
+                Ok(s) => {
+                    if !existed {
+                        self.pool.note_created();
+                    }
+                    return Ok(Arc::new(s));
+                }
+                Err(e) => {
+                    tracing::debug!(path = %p.display(), error = %e, "pooled stage unusable")
+                }
+            }
+        }
+        let s = Stage::create(&self.new_stage_path(), md5)?;
+        self.pool.note_created();
+        Ok(Arc::new(s))
+    }
+
+    /// End the mount's use of recycled stage files (they are removed).
+    pub fn clear_stage_pool(&self) {
+        self.pool.clear();
     }
 
     fn tombstone(&self, id: &str) {
@@ -1246,8 +1286,7 @@ impl Fs {
                     (Arc::new(s), trunc || state != NodeState::Incomplete, true)
                 }
                 _ => {
-                    let path = self.new_stage_path(ino);
-                    let s = Arc::new(Stage::create(&path, md5).map_err(|e| io_errno(&e))?);
+                    let s = self.new_stage().map_err(|e| io_errno(&e))?;
                     let needs_commit = remote.is_none() || trunc;
                     (s, needs_commit, false)
                 }
@@ -1397,16 +1436,16 @@ impl Fs {
             if t.child(parent, name).is_some() {
                 return Err(libc::EEXIST);
             }
+            // The stage first, so the row is written once, with its stage.
+            let stage = self.new_stage().map_err(|e| io_errno(&e))?;
             let mut row = self.new_row(parent, name, NodeKind::File, mode, uid, gid);
             row.state = NodeState::Staged;
-            let attr = self.insert_row(&mut t, row)?;
-            let path = self.new_stage_path(attr.ino);
-            let stage = match Stage::create(&path, self.caps.needs_md5) {
-                Ok(s) => Arc::new(s),
+            row.stage = Some(stage.path().to_path_buf());
+            let attr = match self.insert_row(&mut t, row) {
+                Ok(a) => a,
                 Err(e) => {
-                    t.remove(attr.ino);
-                    let _ = self.catalog.delete_node(attr.ino);
-                    return Err(io_errno(&e));
+                    self.pool.recycle(&stage);
+                    return Err(e);
                 }
             };
             let of = OpenFile::new(stage, true);
@@ -1414,9 +1453,6 @@ impl Fs {
             of.handles.fetch_add(1, Ordering::SeqCst);
             if let Some(n) = t.get_mut(attr.ino) {
                 n.open = Some(of.clone());
-                n.row.stage = Some(path);
-                let row = n.row.clone();
-                self.persist(&row)?;
             }
             (attr, of)
         };
@@ -1574,7 +1610,12 @@ impl Fs {
             // commits what is left.
             return Ok(());
         }
-        let tgid = tgid_of(pid);
+        // The opener's main thread closing (the usual case) needs no look-up.
+        let tgid = if pid == h.opener_tgid {
+            pid
+        } else {
+            tgid_of(pid)
+        };
         if h.opener_tgid != 0 && tgid != 0 && tgid != h.opener_tgid {
             // Another process (a forked child) closed its copy; the opener keeps writing.
             return Ok(());
@@ -1682,8 +1723,8 @@ impl Fs {
         }
         n.open = None;
         n.row.size = of.size();
-        if !of.dirty() && n.row.state == NodeState::Committed {
-            of.stage.remove_file();
+        let done = !of.dirty() && n.row.state == NodeState::Committed;
+        if done {
             n.row.stage = None;
         } else if n.row.state == NodeState::Staged && of.dirty() {
             // Closed without a successful commit attempt (e.g. the commit was skipped).
@@ -1693,7 +1734,15 @@ impl Fs {
             }
         }
         let row = n.row.clone();
-        let _ = self.persist(&row);
+        let persisted = self.persist(&row);
+        if done {
+            // Reused only once no row names it any more (a crash must never find a
+            // stage shared by two files).
+            match persisted {
+                Ok(()) => self.pool.recycle(&of.stage),
+                Err(_) => of.stage.remove_file(),
+            }
+        }
     }
 
     /// Upload the inode's stage if it has anything the remote lacks; the outcome as errno.

@@ -522,6 +522,8 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
         tracing::info!(files = busy, "finishing background uploads before exiting");
     }
     rt.block_on(fs.drain());
+    // Empty stage files kept for reuse go with the mount.
+    fs.clear_stage_pool();
     let left = fs.pending().len();
     if left > 0 {
         tracing::warn!(

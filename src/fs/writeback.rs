@@ -28,8 +28,9 @@ use crate::catalog::{JournalRow, NodeState};
 use crate::fs::handle::OpenFile;
 use crate::write::uploader::Progress;
 
-/// Files uploaded at once in the background (each upload has its own part parallelism).
-pub const PARALLEL_UPLOADS: usize = 4;
+/// Files uploaded at once in the background (each upload has its own part parallelism):
+/// as many as `uploadfs put -r` sends by default, so many small files drain as fast.
+pub const PARALLEL_UPLOADS: usize = 8;
 /// First wait before a failed background upload is tried again; doubles per failure.
 const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 /// Longest wait between two attempts.
@@ -196,36 +197,96 @@ impl Fs {
         let _g = of.gate.write().await;
         let version = of.stage.version();
         let size = of.stage.size();
+        // The stage's directory entry must survive too: synced when a stage file was
+        // created since the last sync of the directory (a recycled file's name is on disk).
+        let dir_sync = self.pool.dir_sync_needed();
+        // The stage's data is synced on another thread while the digests are computed and
+        // the catalog is written and synced here: the two syncs overlap instead of adding
+        // up. Should the catalog reach the disk first and the daemon die before the stage
+        // does, recovery finds a stage that does not match its journaled digests and keeps
+        // it as `incomplete`, never uploaded; and this close has not returned.
+        let synced_stage = {
+            let stage = of.stage.clone();
+            let stage_dir = self.stage_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                stage.sync()?;
+                if dir_sync.is_some() {
+                    std::fs::File::open(&stage_dir)?.sync_all()?;
+                }
+                Ok::<_, std::io::Error>(())
+            })
+        };
         let stage = of.stage.clone();
-        let stage_dir = self.stage_dir.clone();
-        let digests = tokio::task::spawn_blocking(move || {
-            stage.sync()?;
-            // The stage's directory entry must survive too.
-            std::fs::File::open(&stage_dir)?.sync_all()?;
+        // A small stage is hashed on this (kernel request) thread: the hop to the blocking
+        // pool and back costs more than the hashing.
+        let digests = if size <= super::INLINE_DIGEST_MAX {
             stage.digests()
-        })
-        .await
-        .map_err(|_| libc::EIO)?
+        } else {
+            tokio::task::spawn_blocking(move || stage.digests())
+                .await
+                .map_err(|_| libc::EIO)?
+        }
         .map_err(|e| {
-            tracing::error!(ino, error = %e, "cannot make the stage durable");
+            tracing::error!(ino, error = %e, "cannot hash the stage");
             io_errno(&e)
-        })?;
-        let journal = {
+        });
+        let journaled = match digests {
+            Ok(d) => self
+                .journal_queued(ino, of, size, &d)
+                .map(|queued| (queued, d)),
+            Err(e) => Err(e),
+        };
+        let stage_synced = match synced_stage.await {
+            Ok(r) => r.map_err(|e| io_errno(&e)),
+            Err(_) => Err(libc::EIO),
+        };
+        let digests = match (journaled, stage_synced) {
+            (Ok((true, d)), Ok(())) => d,
+            // Unlinked meanwhile: nothing to upload.
+            (Ok((false, _)), _) => return Ok(()),
+            (Err(e), _) => return Err(e),
+            (Ok(_), Err(e)) => {
+                tracing::error!(ino, errno = e, "cannot make the stage durable");
+                // Journaled but not durable: not queued now; retried at the next mount.
+                self.set_failed(ino, "the stage could not be synced to disk at close");
+                return Err(e);
+            }
+        };
+        if let Some(created) = dir_sync {
+            self.pool.dir_synced(created);
+        }
+        of.mark_queued(version, digests);
+        let settle = (!self.caps.rename).then_some(SETTLE_NO_RENAME);
+        self.uploads.enqueue(ino, false, settle);
+        tracing::debug!(ino, size, "queued for upload");
+        Ok(())
+    }
+
+    /// Mark `ino` queued and journal it in one transaction, then sync the catalog.
+    /// `false`: the node is gone (unlinked meanwhile), nothing to queue.
+    fn journal_queued(
+        &self,
+        ino: u64,
+        of: &Arc<OpenFile>,
+        size: u64,
+        digests: &crate::target::Digests,
+    ) -> FsResult<bool> {
+        let written = {
             let mut t = self.tree();
-            let Some(n) = t.get(ino) else { return Ok(()) };
-            let parent = self.dir_ref(&t, n.row.parent);
+            let Some(n) = t.get(ino) else {
+                return Ok(false);
+            };
+            let parent_remote = self.dir_ref(&t, n.row.parent);
             let name = n.row.name.clone();
             let n = t.get_mut(ino).ok_or(libc::ENOENT)?;
             n.row.state = NodeState::Queued;
             n.row.size = size;
             n.row.last_error = None;
-            let row = n.row.clone();
-            self.persist(&row)?;
-            JournalRow {
+            let journal = JournalRow {
                 ino,
                 stage: of.stage.path().to_path_buf(),
                 target: self.opts.target_name.clone(),
-                parent_remote: parent,
+                parent_remote,
                 name,
                 size,
                 sha1: digests.sha1.clone(),
@@ -235,21 +296,17 @@ impl Fs {
                 bytes_done: 0,
                 // 0: no upload attempt yet.
                 started_ms: 0,
-            }
+            };
+            // Under the tree lock, so the catalog never lags a later change of the node.
+            self.catalog.update_node_and_journal(&n.row, &journal)
         };
-        let synced = self
-            .catalog
-            .journal_begin(&journal)
-            .and_then(|_| self.catalog.sync());
-        if let Err(e) = synced {
+        // Synced once the lock is released: other closes may write meanwhile and share
+        // this sync.
+        if let Err(e) = written.and_then(|()| self.catalog.sync()) {
             tracing::error!(ino, error = %e, "cannot journal the closed file");
             return Err(libc::EIO);
         }
-        of.mark_queued(version, digests);
-        let settle = (!self.caps.rename).then_some(SETTLE_NO_RENAME);
-        self.uploads.enqueue(ino, false, settle);
-        tracing::debug!(ino, size, "queued for upload");
-        Ok(())
+        Ok(true)
     }
 
     /// Queue every file an earlier run left to upload (mount time, both modes). Returns

@@ -84,7 +84,16 @@ pub struct Store {
     root: PathBuf,
     db: Mutex<Connection>,
     tmp_seq: AtomicU64,
+    /// Ids reserved from each counter and not handed out yet: (next, end exclusive).
+    ids: Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
+
+/// Ids a counter reserves at once. Each upload used to write its counters (two for a Box
+/// file: id and version) in transactions of their own, as many as the object itself; a
+/// block costs one write per this many ids. Ids stay unique across restarts and across
+/// processes sharing the data directory (each reserves its own blocks); a restart skips
+/// what was left of its blocks.
+const ID_BLOCK: u64 = 64;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,6 +135,11 @@ impl Store {
                 modified_ms INTEGER NOT NULL, extra TEXT NOT NULL,
                 UNIQUE(proto, id));
              CREATE INDEX IF NOT EXISTS objects_parent ON objects(proto, parent, name);
+             -- Box compares names case-insensitively: without this index each of its
+             -- look-ups scanned every child of the folder (the name part of the index
+             -- above compares bytes), so uploads into a big folder slowed with its size.
+             CREATE INDEX IF NOT EXISTS objects_parent_nocase
+                 ON objects(proto, parent, name COLLATE NOCASE);
              CREATE INDEX IF NOT EXISTS objects_md5 ON objects(proto, md5);
              CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
         )?;
@@ -133,6 +147,7 @@ impl Store {
             root: root.to_path_buf(),
             db: Mutex::new(db),
             tmp_seq: AtomicU64::new(0),
+            ids: Mutex::new(std::collections::HashMap::new()),
         };
         store.sweep_orphan_blobs()?;
         Ok(store)
@@ -176,19 +191,30 @@ impl Store {
         self.root.join("blobs").join(key)
     }
 
-    /// Next value of a named counter (ids for Box files, Virola attachments, ...).
+    /// Next value of a named counter (ids for Box files, Virola attachments, ...): 1000,
+    /// 1001, ... within one run of the server.
     pub fn next_id(&self, name: &str) -> StoreResult<u64> {
-        // Cached statements on the upload paths: parsing the SQL cost as much as running it.
-        let db = self.conn();
-        db.prepare_cached(
-            "INSERT INTO counters(name, value) VALUES (?1, 1000)
-             ON CONFLICT(name) DO UPDATE SET value = value + 1",
-        )?
-        .execute(params![name])?;
-        let value = db
-            .prepare_cached("SELECT value FROM counters WHERE name = ?1")?
-            .query_row(params![name], |r| r.get::<_, i64>(0))?;
-        Ok(value as u64)
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((next, end)) = ids.get_mut(name) {
+            if *next < *end {
+                *next += 1;
+                return Ok(*next - 1);
+            }
+        }
+        // The stored value is the last id reserved. One statement: the reservation and
+        // its result in one transaction (cached: parsing cost as much as running it).
+        let last = self
+            .conn()
+            .prepare_cached(
+                "INSERT INTO counters(name, value) VALUES (?1, 999 + ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = value + ?2
+                 RETURNING value",
+            )?
+            .query_row(params![name, ID_BLOCK as i64], |r| r.get::<_, i64>(0))?
+            as u64;
+        let first = last + 1 - ID_BLOCK;
+        ids.insert(name.to_string(), (first + 1, last + 1));
+        Ok(first)
     }
 
     pub fn insert(&self, o: &Object) -> StoreResult<()> {
