@@ -16,13 +16,15 @@
 //!
 //! When the remote reports a SHA-1, the blocks the reader went through are hashed in
 //! order by a thread of the handle, fed through a queue (chunks of consecutive blocks as
-//! one slice, no copy), so hashing runs beside the reads on the other core. Feeding never
-//! delays a reply inside the file: when the queue is full, later reads feed the blocks
-//! from the cache. The read that reaches the end feeds the rest (fetching again any block
-//! the cache dropped before it was hashed) and waits for the verdict; a mismatch fails it
-//! and every later read of the handle with EIO, and drops the file's blocks from the
-//! cache. A file fetched whole by one GET was checked by the target already and is not
-//! hashed again.
+//! one slice, no copy), so hashing runs beside the reads. One read feeds at a time, under
+//! the verification's own lock; a read that finds another one feeding leaves its blocks
+//! (in the cache) to it or to a later read. Only when the thread is a whole queue behind
+//! (a busy machine) does the feeding read wait for room: any further behind, blocks not
+//! yet hashed would be evicted first. The read that reaches the end feeds the rest
+//! (fetching again any block of its sequential run that the cache dropped before it was
+//! hashed) and waits for the verdict; a mismatch fails it and every later read of the
+//! handle with EIO, and drops the file's blocks from the cache. A file fetched whole by
+//! one GET was checked by the target already and is not hashed again.
 
 use std::sync::Arc;
 
@@ -213,24 +215,6 @@ impl ReadAhead {
 
     pub fn file(&self) -> &RemoteFile {
         &self.file
-    }
-
-    /// Read `size` bytes at `offset` (short at EOF), all three steps under one borrow.
-    pub async fn read(
-        &mut self,
-        cache: &Arc<BlockCache>,
-        target: &Arc<dyn Target>,
-        offset: u64,
-        size: u32,
-    ) -> Result<Bytes, ReadError> {
-        let Some(p) = self.start(cache, target, offset, size) else {
-            return Ok(Bytes::new());
-        };
-        let done = p.wait().await?;
-        if let Some(step) = self.verify_step() {
-            step.run(cache, target, &done).await?;
-        }
-        Ok(done.data)
     }
 
     /// Note a read of `size` bytes at `offset`, start fetching its blocks and the
