@@ -4,7 +4,7 @@
 //! 128 KiB block for a small read: a random 4 KiB read or a file manager sniffing the first
 //! KiB costs one small GET). While reads stay sequential the read-ahead window doubles,
 //! from [`MIN_WINDOW`] up to [`MAX_WINDOW`], and the blocks ahead are fetched in the
-//! background by ranged GETs that grow with the window (half of it, up to 8 MiB), so
+//! background by ranged GETs that grow with the window (half of it, up to 4 MiB), so
 //! several large requests are in flight as with `uploadfs get`; a jump resets the window.
 //! The kernel sends a sequential reader's requests from several threads, so they may
 //! arrive slightly out of order: a read near the previous one still counts as sequential.
@@ -40,7 +40,7 @@ use crate::target::{ErrorKind, RemoteFile, Target, TargetError};
 /// Read-ahead window after the first sequential read: 2 MiB (two 1 MiB GETs).
 pub const MIN_WINDOW: u64 = 2 << 20;
 
-/// Largest read-ahead window: 32 MiB (four 8 MiB GETs in flight, like `uploadfs get`).
+/// Largest read-ahead window: 32 MiB (as much in flight as `uploadfs get` has).
 pub const MAX_WINDOW: u64 = 32 << 20;
 
 /// How far from the previous read's end a read still counts as sequential: the kernel's
