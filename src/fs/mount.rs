@@ -459,7 +459,8 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
         super::control::serve(fs.clone(), &state_dir.join(super::control::SOCKET_NAME))
     };
     let config = mount_config(&args.target, &args.options)?;
-    let adapter = crate::fuse::FuseAdapter::new(fs.clone(), rt.handle().clone());
+    let adapter =
+        crate::fuse::FuseAdapter::new(fs.clone(), rt.handle().clone()).with_mountpoint(&mountpoint);
     let mut session = fuser::Session::new(adapter, &mountpoint, &config)
         .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
     let record = MountRecord {

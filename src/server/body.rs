@@ -275,6 +275,7 @@ pub async fn serve_file(
             let mut buf = vec![0u8; want];
             match file.read_exact(&mut buf).await {
                 Ok(_) => {
+                    throttle.add_served(want as u64);
                     throttle.take(want as u64).await;
                     Some((
                         Ok(bytes::Bytes::from(buf)),

@@ -111,6 +111,8 @@ impl Faults {
 pub struct Throttle {
     rate: AtomicU64,
     next: Mutex<Instant>,
+    /// File bytes sent by downloads (`bytes_served` in the introspection).
+    served: AtomicU64,
 }
 
 impl Throttle {
@@ -118,11 +120,21 @@ impl Throttle {
         Throttle {
             rate: AtomicU64::new(bytes_per_sec),
             next: Mutex::new(Instant::now()),
+            served: AtomicU64::new(0),
         }
     }
 
     pub fn set_rate(&self, bytes_per_sec: u64) {
         self.rate.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
+    /// Count `n` file bytes sent by a download.
+    pub fn add_served(&self, n: u64) {
+        self.served.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Wait until `n` more bytes may pass.

@@ -422,6 +422,7 @@ async fn introspect(State(state): State<AppState>, headers: HeaderMap) -> Respon
         "requests": state.counters.requests.load(Ordering::Relaxed),
         "faults_injected": state.counters.faults_injected.load(Ordering::Relaxed),
         "bytes_received": state.counters.bytes_received.load(Ordering::Relaxed),
+        "bytes_served": state.throttle.served(),
         "bad_answers_sent": state.counters.bad_answers_sent.load(Ordering::Relaxed),
         "sessions_forgotten": state.counters.sessions_forgotten.load(Ordering::Relaxed),
         "fail_rate": state.faults.rate(),
