@@ -380,6 +380,9 @@ async fn get_from(args: &GetArgs, open: &OpenTarget) -> anyhow::Result<u64> {
             }
         })
         .buffered(GET_PARALLEL);
+    // The SHA-1 the target gives is checked like the mount checks a whole-file read, on a
+    // thread of its own so hashing overlaps the download.
+    let verifier = remote.sha1.clone().map(Verifier::start);
     let mut total = 0u64;
     while let Some(r) = stream.next().await {
         let (off, len, bytes) = r.map_err(|e| anyhow!("download of {tname}:{path} failed: {e}"))?;
@@ -390,10 +393,61 @@ async fn get_from(args: &GetArgs, open: &OpenTarget) -> anyhow::Result<u64> {
             );
         }
         out.write_all(&bytes)?;
+        if let Some(v) = &verifier {
+            v.feed(bytes);
+        }
         total += len;
         pb.set_position(total);
     }
     out.flush()?;
     pb.finish_and_clear();
+    if let Some(v) = verifier {
+        let (want, got) = v.finish()?;
+        if !want.eq_ignore_ascii_case(&got) {
+            bail!(
+                "download of {tname}:{path} is corrupt: its SHA-1 is {got}, the target says {want}{}",
+                if args.out.is_some() { "; the file written is not to be trusted" } else { "" }
+            );
+        }
+    }
     Ok(total)
+}
+
+/// Hashes downloaded blocks in order on its own thread.
+struct Verifier {
+    want: String,
+    tx: std::sync::mpsc::SyncSender<bytes::Bytes>,
+    thread: std::thread::JoinHandle<String>,
+}
+
+impl Verifier {
+    /// Blocks queued at most: bounds the memory held for hashing (blocks are GET_BLOCK).
+    const QUEUE: usize = 4;
+
+    fn start(want: String) -> Verifier {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(Self::QUEUE);
+        let thread = std::thread::spawn(move || {
+            let mut h = sha1::Sha1::new();
+            for b in rx {
+                h.update(&b);
+            }
+            hex::encode(h.finalize())
+        });
+        Verifier { want, tx, thread }
+    }
+
+    fn feed(&self, b: bytes::Bytes) {
+        // A closed channel means the thread died; `finish` reports it.
+        let _ = self.tx.send(b);
+    }
+
+    /// (expected, computed).
+    fn finish(self) -> anyhow::Result<(String, String)> {
+        drop(self.tx);
+        let got = self
+            .thread
+            .join()
+            .map_err(|_| anyhow!("the download's SHA-1 could not be computed"))?;
+        Ok((self.want, got))
+    }
 }

@@ -88,6 +88,35 @@ fn put_get_round_trip(kind: TargetKind) {
         ("copy.bin".to_string(), data.len() as u64, sha1_hex(&data))
     );
 
+    if kind == TargetKind::Box {
+        // Box gives the SHA-1: a download spoiled in transit (same length, in a block of
+        // its own so no ranged read covers the whole file) is refused.
+        s.control(serde_json::json!({"bad_answers": {
+            "mode": "flip", "count": 1, "path_contains": "/box/2.0/dl/", "method": "GET"
+        }}));
+        let out = run(
+            &[
+                "get",
+                "-q",
+                &format!("{k}:copy.bin"),
+                home.join("spoiled.bin").to_str().unwrap(),
+                "--config",
+                cfg,
+            ],
+            home,
+        );
+        assert_eq!(
+            s.state()["bad_answers_sent"].as_u64(),
+            Some(1),
+            "no spoiled answer sent"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("corrupt"),
+            "a corrupted download was accepted: {err}"
+        );
+    }
+
     // The same name again replaces it: still one file, new content.
     let newer = pattern(1000, 6);
     std::fs::write(&src, &newer).unwrap();
@@ -129,7 +158,6 @@ fn put_get_round_trip(kind: TargetKind) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read(&dst).unwrap(), newer);
-
     // A tree with --recursive: folders where the target has them, else flat.
     let tree = home.join("tree");
     std::fs::create_dir_all(tree.join("sub")).unwrap();
