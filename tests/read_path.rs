@@ -13,7 +13,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use common::{pattern, sha1_hex, TestServer};
-use mount::{sh, sh_status, write_config, xattr, Mount};
+use mount::{sh, sh_status, xattr, Mount};
 use serde_json::json;
 use uploadfs::config::TargetKind;
 
@@ -25,21 +25,7 @@ const SMALL_FETCH: u64 = 128 * 1024;
 const BIG: usize = 20 * 1024 * 1024 + 12_345;
 
 fn mount_box(s: &TestServer) -> Mount {
-    let work = s.dir.path();
-    let cfg = write_config(s, TargetKind::Box, "");
-    Mount::start(
-        work,
-        "t",
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--cache-dir",
-            work.join("cache").to_str().unwrap(),
-            "--state-dir",
-            work.join("state").to_str().unwrap(),
-        ],
-        vec![],
-    )
+    Mount::for_kind(s, TargetKind::Box, "", &[])
 }
 
 /// Bytes the server has sent for downloads so far.

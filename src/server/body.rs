@@ -127,6 +127,29 @@ pub async fn append_body_hashed(
     Ok(h.finish())
 }
 
+/// Concatenate chunk files, in order, into a new file at `out`, hashing what is written.
+pub async fn concat_files(
+    parts: impl IntoIterator<Item = std::path::PathBuf>,
+    out: &Path,
+) -> std::io::Result<BodyInfo> {
+    let mut o = tokio::fs::File::create(out).await?;
+    let mut h = Hashers::default();
+    let mut buf = vec![0u8; 1 << 20];
+    for part in parts {
+        let mut f = tokio::fs::File::open(part).await?;
+        loop {
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            o.write_all(&buf[..n]).await?;
+        }
+    }
+    o.flush().await?;
+    Ok(h.finish())
+}
+
 /// Hash a whole file on disk (used when parts are concatenated).
 pub async fn hash_file(path: &Path) -> std::io::Result<BodyInfo> {
     let mut f = tokio::fs::File::open(path).await?;

@@ -47,9 +47,9 @@ use futures_util::StreamExt;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::body::{serve_file, BadRange, FileAnswer, Hashers};
+use super::body::{serve_file, BadRange, FileAnswer};
 use super::faults::{Fault, FaultOp};
 use super::store::{now_ms, Object};
 use super::{fault_status, AppState, ConnKill, ServerState};
@@ -749,22 +749,8 @@ async fn merge(
         };
     }
     let res: std::io::Result<super::body::BodyInfo> = async {
-        let mut out = tokio::fs::File::create(&temp).await?;
-        let mut h = Hashers::default();
-        let mut buf = vec![0u8; 1 << 20];
-        for i in 0..task.chunks_count {
-            let mut f = tokio::fs::File::open(dir.join(format!("{i}.chunk"))).await?;
-            loop {
-                let n = f.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                out.write_all(&buf[..n]).await?;
-            }
-        }
-        out.flush().await?;
-        Ok(h.finish())
+        let parts = (0..task.chunks_count).map(|i| dir.join(format!("{i}.chunk")));
+        super::body::concat_files(parts, &temp).await
     }
     .await;
     match res {

@@ -24,9 +24,8 @@ use axum::response::Response;
 use axum::Extension;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::super::body::{body_to_file, BodyError, Hashers};
+use super::super::body::{body_to_file, BodyError};
 use super::super::faults::{Fault, FaultOp};
 use super::super::store::{now_ms, Object};
 use super::super::{fault_status, AppState, ConnKill, ServerState};
@@ -496,23 +495,8 @@ async fn concatenate(
     dir: &std::path::Path,
     temp: &std::path::Path,
 ) -> Result<super::super::body::BodyInfo, ApiError> {
-    let mut out = tokio::fs::File::create(temp).await?;
-    let mut h = Hashers::default();
-    let mut buf = vec![0u8; 1 << 20];
-    for i in 0..info.chunks() {
-        let mut f = tokio::fs::File::open(dir.join(i.to_string())).await?;
-        loop {
-            let n = f.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n]).await?;
-        }
-    }
-    out.flush().await?;
-    drop(out);
-    Ok(h.finish())
+    let parts = (0..info.chunks()).map(|i| dir.join(i.to_string()));
+    Ok(super::super::body::concat_files(parts, temp).await?)
 }
 
 /// Insert a new file, or give the existing file at that name a new entity in place.
