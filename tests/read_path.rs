@@ -194,20 +194,7 @@ fn xattrs_outside_user_are_not_supported_and_read_ahead_is_raised() {
 
 /// The errno of getxattr(path, name), None when it succeeds.
 fn getxattr_errno(path: &Path, name: &str) -> Option<i32> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let mut buf = [0u8; 256];
-    let r = unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-        )
-    };
-    (r < 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    mount::getxattr_raw(path, name).err()
 }
 
 /// `major:minor` of the mount at `dir`.

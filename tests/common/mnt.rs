@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{TestServer, TOKEN};
-pub use crate::mount::{require_fuse, run_bounded, server_files, xattr, BIN};
+pub use crate::mount::{detach, require_fuse, run_bounded, server_files, stop_daemon, xattr, BIN};
 use uploadfs::config::TargetKind;
 
 /// Bound on any single tool run through a mount.
@@ -176,31 +176,8 @@ impl Drop for MountGuard {
     fn drop(&mut self) {
         let pid = self.daemon_pid();
         if is_mounted(&self.dir) {
-            let ok = [("fusermount3", "-u"), ("umount", "-v")]
-                .iter()
-                .any(|(bin, flag)| {
-                    Command::new(bin)
-                        .arg(flag)
-                        .arg(&self.dir)
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .map(|s| s.success())
-                        .unwrap_or(false)
-                });
-            if !ok {
-                let _ = Command::new("fusermount3")
-                    .arg("-uz")
-                    .arg(&self.dir)
-                    .stderr(Stdio::null())
-                    .status();
-                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-            }
+            detach(&self.dir);
         }
-        if let Some(pid) = pid {
-            if !wait_exit(pid, Duration::from_secs(20)) {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
+        stop_daemon(pid);
     }
 }

@@ -260,37 +260,48 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if !self.mounted {
+        if self.mounted {
+            let pid = self.daemon_pid();
+            detach(&self.dir);
+            stop_daemon(pid);
+        }
+    }
+}
+
+/// Unmount `dir` however it can be done (lazily if it is busy or its daemon hung).
+pub fn detach(dir: &Path) {
+    let ok = [("fusermount3", "-u"), ("umount", "-v")]
+        .iter()
+        .any(|(bin, flag)| {
+            Command::new(bin)
+                .arg(flag)
+                .arg(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        });
+    if !ok {
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("umount").arg("-l").arg(dir).status();
+    }
+}
+
+/// Wait up to 20 s for daemon `pid` to exit, then kill it.
+pub fn stop_daemon(pid: Option<i32>) {
+    let Some(pid) = pid else { return };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        if Instant::now() > deadline {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
             return;
         }
-        let pid = self.daemon_pid();
-        let ok = [("fusermount3", "-u"), ("umount", "-v")]
-            .iter()
-            .any(|(bin, flag)| {
-                Command::new(bin)
-                    .arg(flag)
-                    .arg(&self.dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false)
-            });
-        if !ok {
-            let _ = Command::new("fusermount3")
-                .arg("-uz")
-                .arg(&self.dir)
-                .stderr(Stdio::null())
-                .status();
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-        if let Some(pid) = pid {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -323,8 +334,8 @@ pub fn assert_on_server(s: &TestServer, proto: &str, name: &str, data: &[u8]) {
     );
 }
 
-/// Read an extended attribute (None when absent).
-pub fn xattr(path: &Path, name: &str) -> Option<String> {
+/// getxattr(path, name): the value, or the errno.
+pub fn getxattr_raw(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let p = CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -339,8 +350,15 @@ pub fn xattr(path: &Path, name: &str) -> Option<String> {
         )
     };
     if r < 0 {
-        return None;
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
     }
     buf.truncate(r as usize);
-    Some(String::from_utf8_lossy(&buf).into_owned())
+    Ok(buf)
+}
+
+/// Read an extended attribute (None when absent).
+pub fn xattr(path: &Path, name: &str) -> Option<String> {
+    getxattr_raw(path, name)
+        .ok()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
 }
