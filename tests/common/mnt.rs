@@ -12,7 +12,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{TestServer, TOKEN};
-pub use crate::mount::{detach, require_fuse, run_bounded, server_files, stop_daemon, xattr, BIN};
+pub use crate::mount::{
+    detach, registered_pid, require_fuse, run_bounded, server_files, stop_daemon, xattr, BIN,
+};
 use uploadfs::config::TargetKind;
 
 /// Bound on any single tool run through a mount.
@@ -144,15 +146,7 @@ impl MountGuard {
 
     /// The daemon's pid, from its registry record.
     pub fn daemon_pid(&self) -> Option<i32> {
-        let dir = self.run_dir.join("uploadfs").join("mounts");
-        for e in std::fs::read_dir(dir).ok()?.flatten() {
-            let text = std::fs::read_to_string(e.path()).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            if v["mountpoint"].as_str() == Some(&*self.dir.to_string_lossy()) {
-                return v["pid"].as_i64().map(|p| p as i32);
-            }
-        }
-        None
+        registered_pid(&self.run_dir, &self.dir)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

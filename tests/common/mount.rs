@@ -221,15 +221,7 @@ impl Mount {
     }
 
     pub fn daemon_pid(&self) -> Option<i32> {
-        let dir = self.run_dir.join("uploadfs").join("mounts");
-        for e in std::fs::read_dir(dir).ok()?.flatten() {
-            let text = std::fs::read_to_string(e.path()).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            if v["mountpoint"].as_str() == Some(&*self.dir.to_string_lossy()) {
-                return v["pid"].as_i64().map(|p| p as i32);
-            }
-        }
-        None
+        registered_pid(&self.run_dir, &self.dir)
     }
 
     /// `uploadfs unmount`, which waits for the daemon to finish.
@@ -266,6 +258,20 @@ impl Drop for Mount {
             stop_daemon(pid);
         }
     }
+}
+
+/// The pid of the daemon serving `mountpoint`, from the registry under `run_dir`
+/// (`$XDG_RUNTIME_DIR`).
+pub fn registered_pid(run_dir: &Path, mountpoint: &Path) -> Option<i32> {
+    let dir = run_dir.join("uploadfs").join("mounts");
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let text = std::fs::read_to_string(e.path()).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        if v["mountpoint"].as_str() == Some(&*mountpoint.to_string_lossy()) {
+            return v["pid"].as_i64().map(|p| p as i32);
+        }
+    }
+    None
 }
 
 /// Unmount `dir` however it can be done (lazily if it is busy or its daemon hung).
