@@ -2,7 +2,7 @@
 //! a FUSE filesystem.
 //!
 //! Data flows one way: kernel → [`fuse`] adapter → [`fs`] core → [`write`]/[`read`]
-//! pipelines → [`target`] clients → HTTP. The [`catalog`] remembers what exists; the
+//! pipelines → [`remote`] clients → HTTP. The [`catalog`] remembers what exists; the
 //! [`server`] is the other end of the wire for tests and for the `local` target.
 
 pub mod catalog;
@@ -10,10 +10,10 @@ pub mod cli;
 pub mod config;
 pub mod fs;
 pub mod fuse;
-pub mod mount_helper;
 pub mod open;
 pub mod put;
 pub mod read;
+pub mod remote;
+pub mod run;
 pub mod server;
-pub mod target;
 pub mod write;

@@ -1,6 +1,6 @@
 //! The `uploadfs` binary: parse the command line, set up logging, build the tokio runtime
 //! (after any daemonizing fork), and hand over to the library. Installed as
-//! `mount.fuse.uploadfs` it is mount(8)'s helper: see `uploadfs::mount_helper`.
+//! `mount.fuse.uploadfs` it is mount(8)'s helper: see `uploadfs::run::mount_helper`.
 
 use std::process::ExitCode;
 
@@ -40,10 +40,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if args.foreground {
                 init_tracing(cli.log_file.as_deref())?;
             }
-            uploadfs::fs::mount::run(args, cli.log_file)
+            uploadfs::run::run(args, cli.log_file)
         }
-        Command::Unmount(args) => uploadfs::fs::mount::unmount(args),
-        Command::Status(args) => uploadfs::fs::mount::status(args),
+        Command::Unmount(args) => uploadfs::run::unmount(args),
+        Command::Status(args) => uploadfs::run::status(args),
         Command::Serve(opts) => {
             init_tracing(cli.log_file.as_deref())?;
             runtime()?.block_on(uploadfs::server::run(opts))
@@ -85,7 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// mount(8)'s helper: translate its arguments and run the ordinary `mount`.
 fn mount_helper(args: &[std::ffi::OsString]) -> ExitCode {
-    let t = match uploadfs::mount_helper::translate(args) {
+    let t = match uploadfs::run::mount_helper::translate(args) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("mount.fuse.uploadfs: {e}");
@@ -148,7 +148,7 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args
         .first()
-        .is_some_and(|a| uploadfs::mount_helper::is_helper(a))
+        .is_some_and(|a| uploadfs::run::mount_helper::is_helper(a))
     {
         return mount_helper(&args[1..]);
     }

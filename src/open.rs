@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::{Config, TargetConfig, TargetKind};
+use crate::remote::{self, Target};
 use crate::server::{RunningServer, ServeOptions};
-use crate::target::{self, Target};
 
 /// The protocol the `local` target speaks (native folders, rename, versions).
 pub const LOCAL_KIND: TargetKind = TargetKind::Box;
@@ -45,7 +45,7 @@ pub async fn open_target(
             let token = uuid::Uuid::new_v4().simple().to_string();
             let server = crate::server::start(ServeOptions::ephemeral(data, &token)).await?;
             let cfg = TargetConfig::for_local_server(LOCAL_KIND, &server.base_url(), &token);
-            let target = target::build("local", &cfg)?;
+            let target = remote::build("local", &cfg)?;
             return Ok(OpenTarget {
                 name: name.to_string(),
                 config: cfg,
@@ -57,7 +57,7 @@ pub async fn open_target(
     let config = Config::load(config_path)?;
     let mut cfg = config.target(name)?;
     cfg.insecure |= insecure;
-    let target = target::build(name, &cfg)?;
+    let target = remote::build(name, &cfg)?;
     Ok(OpenTarget {
         name: name.to_string(),
         config: cfg,
@@ -84,7 +84,7 @@ pub async fn check_config(config_path: Option<&Path>, probe: bool) -> anyhow::Re
                 println!("{name}: error: {e}");
             }
             Ok(cfg) if probe => {
-                let t = target::build(name, &cfg)?;
+                let t = remote::build(name, &cfg)?;
                 match t.check().await {
                     Ok(()) => println!(
                         "{name}: ok ({} at {}, token accepted)",

@@ -14,7 +14,7 @@ use sha1::Digest as _;
 
 use crate::cli::{GetArgs, PutArgs};
 use crate::open::{open_target, OpenTarget};
-use crate::target::{
+use crate::remote::{
     ByteCounter, Digests, DirRef, ErrorKind, FileSource, RemoteFile, Target, TargetError,
     UploadRequest,
 };

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{md5_hex, pattern, sha1_hex, TestServer, TOKEN};
 use serde_json::json;
 use uploadfs::config::TargetKind;
-use uploadfs::target::{
+use uploadfs::remote::{
     ByteCounter, Digests, ErrorKind, FileSource, RemoteFile, Target, TargetError, UploadRequest,
 };
 
@@ -111,7 +111,7 @@ fn control_as(s: &TestServer, token: &str, body: serde_json::Value) {
 fn client(s: &TestServer, kind: TargetKind, retry_seconds: u64) -> Arc<dyn Target> {
     let mut c = s.config(kind);
     c.retry_seconds = retry_seconds;
-    uploadfs::target::build(kind.as_str(), &c).expect("client builds")
+    uploadfs::remote::build(kind.as_str(), &c).expect("client builds")
 }
 
 fn request(s: &TestServer, name: &str, data: &[u8], replaces: Option<RemoteFile>) -> UploadRequest {

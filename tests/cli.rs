@@ -170,7 +170,7 @@ fn put_get_round_trip(kind: TargetKind) {
         std::fs::write(tree.join(rel), &data).unwrap();
         expect.push((rel.rsplit('/').next().unwrap().to_string(), sha1_hex(&data)));
     }
-    let dest = if uploadfs::target::build(k, &s.config(kind))
+    let dest = if uploadfs::remote::build(k, &s.config(kind))
         .unwrap()
         .capabilities()
         .folders

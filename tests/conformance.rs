@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::{pattern, sha1_hex, TestServer};
 use uploadfs::config::TargetKind;
-use uploadfs::target::{
+use uploadfs::remote::{
     ByteCounter, Digests, FileSource, PartSource, RemoteFile, Seal, Target, UploadRequest,
 };
 

@@ -15,7 +15,7 @@ use common::{pattern, sha1_hex, TestServer};
 use uploadfs::catalog::{Catalog, NodeState, ROOT_INO};
 use uploadfs::config::TargetKind;
 use uploadfs::fs::{Fs, FsOptions};
-use uploadfs::target::Target;
+use uploadfs::remote::Target;
 
 /// The kind these tests use: Box is the `local` target's protocol (folders, rename,
 /// versions, case-insensitive names).
@@ -267,7 +267,7 @@ fn listings_merge_remote_changes_and_inodes_survive_restart() {
     rt.block_on(e.target.delete(mine)).unwrap();
     let src = e.state.path().join("other");
     std::fs::write(&src, b"theirs").unwrap();
-    rt.block_on(e.target.upload(uploadfs::target::UploadRequest {
+    rt.block_on(e.target.upload(uploadfs::remote::UploadRequest {
         parent: None,
         name: "other.txt".into(),
         size: 6,
@@ -275,8 +275,8 @@ fn listings_merge_remote_changes_and_inodes_survive_restart() {
         mtime_ms: 0,
         replaces: None,
         resume_session: None,
-        source: Arc::new(uploadfs::target::FileSource::open(&src).unwrap()),
-        observer: Arc::new(uploadfs::target::ByteCounter::default()),
+        source: Arc::new(uploadfs::remote::FileSource::open(&src).unwrap()),
+        observer: Arc::new(uploadfs::remote::ByteCounter::default()),
     }))
     .unwrap();
     rt.block_on(fs.refresh(ROOT_INO, true));

@@ -454,19 +454,19 @@ fn limits_and_foreign_files(kind: TargetKind) {
     let path = work.join("other.bin");
     std::fs::write(&path, &other).unwrap();
     let t = s.target(kind);
-    s.rt.block_on(t.upload(uploadfs::target::UploadRequest {
+    s.rt.block_on(t.upload(uploadfs::remote::UploadRequest {
         parent: None,
         name: "foreign.bin".into(),
         size: other.len() as u64,
-        digests: uploadfs::target::Digests {
+        digests: uploadfs::remote::Digests {
             sha1: Some(sha1_hex(&other)),
             md5: Some(common::md5_hex(&other)),
         },
         mtime_ms: 1_700_000_000_000,
         replaces: None,
         resume_session: None,
-        source: std::sync::Arc::new(uploadfs::target::FileSource::open(&path).unwrap()),
-        observer: std::sync::Arc::new(uploadfs::target::ByteCounter::default()),
+        source: std::sync::Arc::new(uploadfs::remote::FileSource::open(&path).unwrap()),
+        observer: std::sync::Arc::new(uploadfs::remote::ByteCounter::default()),
     }))
     .expect("direct upload");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -494,19 +494,19 @@ fn limits_and_foreign_files(kind: TargetKind) {
             .unwrap();
     let caps = t.capabilities();
     let replaced =
-        s.rt.block_on(t.upload(uploadfs::target::UploadRequest {
+        s.rt.block_on(t.upload(uploadfs::remote::UploadRequest {
             parent: None,
             name: "foreign.bin".into(),
             size: newer.len() as u64,
-            digests: uploadfs::target::Digests {
+            digests: uploadfs::remote::Digests {
                 sha1: Some(sha1_hex(&newer)),
                 md5: Some(common::md5_hex(&newer)),
             },
             mtime_ms: 1_700_000_100_000,
             replaces: Some(old.clone()),
             resume_session: None,
-            source: std::sync::Arc::new(uploadfs::target::FileSource::open(&path).unwrap()),
-            observer: std::sync::Arc::new(uploadfs::target::ByteCounter::default()),
+            source: std::sync::Arc::new(uploadfs::remote::FileSource::open(&path).unwrap()),
+            observer: std::sync::Arc::new(uploadfs::remote::ByteCounter::default()),
         }))
         .expect("direct replacing upload");
     if !caps.replaces_in_place && replaced.id != old.id {

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 use common::{pattern, sha1_hex, TestServer, TOKEN};
 use uploadfs::config::TargetKind;
-use uploadfs::target::http::HttpClient;
+use uploadfs::remote::http::HttpClient;
 
 const BIN: &str = env!("CARGO_BIN_EXE_uploadfs");
 /// A wrong token, which must not show up in the refusal either.
@@ -180,7 +180,7 @@ secrets!(dyson_logs, TargetKind::Dyson);
 /// `Debug` of every configuration and client shows no token.
 #[test]
 fn debug_output_has_no_token() {
-    use uploadfs::target::{box_, cloudreve, dyson, fluxer, virola};
+    use uploadfs::remote::{box_, cloudreve, dyson, fluxer, virola};
     let s = TestServer::new();
     let mut shown = Vec::new();
     for kind in TargetKind::ALL {

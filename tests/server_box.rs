@@ -1312,7 +1312,7 @@ mod client {
 
     use super::*;
     use uploadfs::config::TargetKind;
-    use uploadfs::target::{
+    use uploadfs::remote::{
         Digests, ErrorKind, FileSource, RemoteFile, Target, UploadObserver, UploadRequest,
     };
 

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use common::{pattern, sha1_hex, TestServer, TOKEN};
 use serde_json::{json, Value};
 use uploadfs::config::TargetKind;
+use uploadfs::remote::{ByteCounter, Digests, ErrorKind, PartSource, UploadRequest};
 use uploadfs::server::ServeOptions;
-use uploadfs::target::{ByteCounter, Digests, ErrorKind, PartSource, UploadRequest};
 
 const MIB: usize = 1024 * 1024;
 
@@ -1106,7 +1106,7 @@ fn client_session_upload_over_existing_name_becomes_a_version() {
         mtime_ms: 1_700_000_000_000,
         replaces: None,
         resume_session: None,
-        source: Arc::new(uploadfs::target::FileSource::open(&path).unwrap()),
+        source: Arc::new(uploadfs::remote::FileSource::open(&path).unwrap()),
         observer: counter.clone(),
     };
     let f =

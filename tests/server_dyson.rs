@@ -15,8 +15,8 @@ use reqwest::multipart::{Form, Part};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use uploadfs::config::TargetKind;
+use uploadfs::remote::{Digests, FileSource, UploadObserver, UploadRequest};
 use uploadfs::server::ServeOptions;
-use uploadfs::target::{Digests, FileSource, UploadObserver, UploadRequest};
 
 const MIB: usize = 1024 * 1024;
 

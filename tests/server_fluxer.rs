@@ -12,8 +12,8 @@ use common::{md5_hex, pattern, sha1_hex, TestServer, TOKEN};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use uploadfs::config::TargetKind;
+use uploadfs::remote::{ByteCounter, Digests, ErrorKind, FileSource, UploadRequest};
 use uploadfs::server::FLUXER_CHANNEL_ID as CID;
-use uploadfs::target::{ByteCounter, Digests, ErrorKind, FileSource, UploadRequest};
 
 const MIB: usize = 1024 * 1024;
 const CHUNK: usize = 8 * MIB;
@@ -805,7 +805,7 @@ fn client_refuses_files_over_the_limit_and_stores_nothing() {
     // A configured limit refuses before any request.
     let mut cfg = s.config(TargetKind::Fluxer);
     cfg.max_file_size = Some(100);
-    let t = uploadfs::target::build("fluxer", &cfg).unwrap();
+    let t = uploadfs::remote::build("fluxer", &cfg).unwrap();
     assert_eq!(t.capabilities().max_file_size, Some(100));
     let before = s.state()["requests"].as_u64().unwrap();
     let e =

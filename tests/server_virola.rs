@@ -12,10 +12,10 @@ use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use uploadfs::config::TargetKind;
-use uploadfs::server::{ServeOptions, VIROLA_MESSAGE_ID, VIROLA_ROOM_ID};
-use uploadfs::target::{
+use uploadfs::remote::{
     ByteCounter, Digests, ErrorKind, FileSource, RemoteFile, Target, TargetError, UploadRequest,
 };
+use uploadfs::server::{ServeOptions, VIROLA_MESSAGE_ID, VIROLA_ROOM_ID};
 
 fn api(s: &TestServer, path: &str) -> String {
     s.url(&format!("/virola/api/v1{path}"))
@@ -817,7 +817,7 @@ fn client_identifies_its_attachment_and_maps_refusals() {
 /// Data without a path on disk: the client streams it through `read_at`.
 struct InMemory(Vec<u8>);
 
-impl uploadfs::target::PartSource for InMemory {
+impl uploadfs::remote::PartSource for InMemory {
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<bytes::Bytes> {
         let start = (offset as usize).min(self.0.len());
         let end = (start + len).min(self.0.len());

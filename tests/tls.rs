@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use uploadfs::config::{TargetConfig, TargetKind};
-use uploadfs::target::http::HttpClient;
-use uploadfs::target::ErrorKind;
+use uploadfs::remote::http::HttpClient;
+use uploadfs::remote::ErrorKind;
 
 /// A one-connection-at-a-time HTTPS server answering 200 "ok" to everything.
 async fn self_signed_server() -> std::net::SocketAddr {

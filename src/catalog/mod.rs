@@ -26,7 +26,15 @@ use std::sync::{Condvar, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::target::RemoteFile;
+use crate::remote::RemoteFile;
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// Inode number of the mount's root directory (FUSE's fixed root inode).
 pub const ROOT_INO: u64 = 1;

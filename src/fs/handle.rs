@@ -34,7 +34,7 @@ pub struct OpenFile {
     /// The committed remote content this stage stands for but has not fetched yet: an
     /// existing file opened for writing is fetched on the first read, write or partial
     /// truncate, so `touch` or an open that writes nothing costs no download.
-    unloaded: std::sync::Mutex<Option<crate::target::RemoteFile>>,
+    unloaded: std::sync::Mutex<Option<crate::remote::RemoteFile>>,
     /// Serializes that fetch.
     pub load_lock: tokio::sync::Mutex<()>,
     /// Write-back: the stage version last made durable and queued for upload (so a later
@@ -42,7 +42,7 @@ pub struct OpenFile {
     queued_version: std::sync::Mutex<Option<u64>>,
     /// Digests of the stage at a given version, computed when it was queued, so the
     /// background upload does not hash the file a second time.
-    known_digests: std::sync::Mutex<Option<(u64, crate::target::Digests)>>,
+    known_digests: std::sync::Mutex<Option<(u64, crate::remote::Digests)>>,
     /// An upload started by a size hint while the file is written, taken by the commit.
     early: std::sync::Mutex<Option<EarlyUpload>>,
 }
@@ -55,14 +55,14 @@ pub struct EarlyUpload {
     /// The size announced; the file must have exactly this size at close.
     pub size: u64,
     /// Where it goes: the commit checks the file is still there.
-    pub parent: crate::target::DirRef,
+    pub parent: crate::remote::DirRef,
     pub name: String,
     /// Id of the remote file it replaces, if any.
     pub replaces: Option<String>,
-    pub seal: Arc<crate::target::Seal>,
+    pub seal: Arc<crate::remote::Seal>,
     pub stage: Arc<Stage>,
     pub task:
-        tokio::task::JoinHandle<Result<crate::target::RemoteFile, crate::target::TargetError>>,
+        tokio::task::JoinHandle<Result<crate::remote::RemoteFile, crate::remote::TargetError>>,
 }
 
 impl Drop for EarlyUpload {
@@ -123,7 +123,7 @@ impl OpenFile {
     }
 
     /// Write-back: stage version `version` is durable and queued, with these digests.
-    pub fn mark_queued(&self, version: u64, digests: crate::target::Digests) {
+    pub fn mark_queued(&self, version: u64, digests: crate::remote::Digests) {
         *self
             .queued_version
             .lock()
@@ -140,12 +140,12 @@ impl OpenFile {
             == Some(self.stage.version())
     }
 
-    pub fn set_known_digests(&self, version: u64, digests: crate::target::Digests) {
+    pub fn set_known_digests(&self, version: u64, digests: crate::remote::Digests) {
         *self.known_digests.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, digests));
     }
 
     /// Digests known for stage version `version`.
-    pub fn digests_at(&self, version: u64) -> Option<crate::target::Digests> {
+    pub fn digests_at(&self, version: u64) -> Option<crate::remote::Digests> {
         self.known_digests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -155,18 +155,18 @@ impl OpenFile {
     }
 
     /// A write state for an existing remote file whose content is fetched on first use.
-    pub fn lazy(stage: Arc<Stage>, remote: crate::target::RemoteFile) -> Arc<Self> {
+    pub fn lazy(stage: Arc<Stage>, remote: crate::remote::RemoteFile) -> Arc<Self> {
         let of = Self::new(stage, false);
         *of.unloaded_lock() = Some(remote);
         of
     }
 
-    fn unloaded_lock(&self) -> std::sync::MutexGuard<'_, Option<crate::target::RemoteFile>> {
+    fn unloaded_lock(&self) -> std::sync::MutexGuard<'_, Option<crate::remote::RemoteFile>> {
         self.unloaded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The remote content still to fetch, if any.
-    pub fn unloaded(&self) -> Option<crate::target::RemoteFile> {
+    pub fn unloaded(&self) -> Option<crate::remote::RemoteFile> {
         self.unloaded_lock().clone()
     }
 

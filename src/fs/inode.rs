@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::catalog::{NodeKind, NodeRow, NodeState};
-use crate::target::RemoteFile;
+use crate::remote::RemoteFile;
 
 use super::handle::OpenFile;
 

@@ -14,10 +14,8 @@
 //!
 //! Operations return `Result<_, i32>` with an errno; [`crate::fuse`] turns them into replies.
 
-pub mod control;
 pub mod handle;
 pub mod inode;
-pub mod mount;
 pub mod pool;
 pub mod writeback;
 
@@ -29,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::catalog::{Catalog, NodeKind, NodeRow, NodeState, ROOT_INO};
+use crate::catalog::{now_ms, Catalog, NodeKind, NodeRow, NodeState, ROOT_INO};
 use crate::read::fetcher::ReadError;
 use crate::read::{BlockCache, ReadAhead};
-use crate::target::{Capabilities, DirRef, ErrorKind, RemoteFile, Target, TargetError};
+use crate::remote::{Capabilities, DirRef, ErrorKind, RemoteFile, Target, TargetError};
 use crate::write::{uploader, Stage};
 
 use handle::{Handle, HandleState, OpenFile};
@@ -50,14 +48,6 @@ const LOAD_CHUNK: u64 = 8 * 1024 * 1024;
 
 /// How long a local delete hides the deleted remote id from listings that started before it.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(120);
-
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Settings of one mount.
 #[derive(Debug, Clone)]
@@ -826,14 +816,14 @@ impl Fs {
         if !of.stage.early_begin() {
             return;
         }
-        let seal = crate::target::Seal::new();
+        let seal = crate::remote::Seal::new();
         let commit = uploader::Commit {
             ino,
             target_name: self.opts.target_name.clone(),
             parent: parent.clone(),
             name: name.clone(),
             size,
-            digests: crate::target::Digests::default(),
+            digests: crate::remote::Digests::default(),
             mtime_ms,
             replaces: replaces.clone(),
             max_size: self.max_size(),
@@ -1595,9 +1585,9 @@ impl Fs {
 
     /// One line a person can act on: the file, the target, the cause, and for a refused
     /// token where it comes from.
-    fn upload_failure(&self, path: &str, e: &crate::target::TargetError) -> String {
+    fn upload_failure(&self, path: &str, e: &crate::remote::TargetError) -> String {
         let mut m = format!("upload of {path} to {} failed: {e}", self.opts.target_name);
-        if e.kind == crate::target::ErrorKind::Auth && !self.opts.token_source.is_empty() {
+        if e.kind == crate::remote::ErrorKind::Auth && !self.opts.token_source.is_empty() {
             m.push_str(&format!(
                 " (the token comes from {})",
                 self.opts.token_source
@@ -1994,7 +1984,7 @@ impl Fs {
         name: &str,
         old_remote: &Option<RemoteFile>,
         extra_replaced: &Option<RemoteFile>,
-        digests: &crate::target::Digests,
+        digests: &crate::remote::Digests,
     ) -> Option<RemoteFile> {
         let replaces = old_remote
             .as_ref()

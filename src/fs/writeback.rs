@@ -269,7 +269,7 @@ impl Fs {
         ino: u64,
         of: &Arc<OpenFile>,
         size: u64,
-        digests: &crate::target::Digests,
+        digests: &crate::remote::Digests,
     ) -> FsResult<bool> {
         let written = {
             let mut t = self.tree();
@@ -479,7 +479,7 @@ impl Fs {
         let Ok(list) = self.target.list(&j.parent_remote).await else {
             return false;
         };
-        let same_digest = |e: &crate::target::RemoteFile| match (&e.sha1, &j.sha1, &e.md5, &j.md5) {
+        let same_digest = |e: &crate::remote::RemoteFile| match (&e.sha1, &j.sha1, &e.md5, &j.md5) {
             (Some(a), Some(b), _, _) => a.eq_ignore_ascii_case(b),
             (_, _, Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
             _ => false,

@@ -24,7 +24,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::target::{RemoteFile, Target, TargetError};
+use crate::remote::{RemoteFile, Target, TargetError};
 
 /// Size of one cached block: 128 KiB, the unit a read that is not sequential fetches (a
 /// 4 KiB random read then waits for a 128 KiB GET, not for a MiB).
@@ -402,7 +402,7 @@ impl BlockCache {
             match task.await {
                 Ok(r) => r,
                 Err(e) => Err(TargetError::new(
-                    crate::target::ErrorKind::LocalIo,
+                    crate::remote::ErrorKind::LocalIo,
                     format!("block fetch task failed: {e}"),
                 )),
             }

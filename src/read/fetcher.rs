@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cache::{
     file_tag, join, Block, BlockCache, BlockKey, Fetch, Want, BLOCK_SIZE, MAX_SPAN,
 };
-use crate::target::{ErrorKind, RemoteFile, Target, TargetError};
+use crate::remote::{ErrorKind, RemoteFile, Target, TargetError};
 
 /// Read-ahead window after the first sequential read: 2 MiB (two 1 MiB GETs).
 pub const MIN_WINDOW: u64 = 2 << 20;

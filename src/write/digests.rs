@@ -18,7 +18,7 @@ use std::sync::mpsc;
 
 use md5::Digest as _;
 
-use crate::target::Digests;
+use crate::remote::Digests;
 
 /// Smallest chunk that starts the MD5 helper. Below it, copying the chunk and waking the
 /// helper would cost more than hashing it in place.

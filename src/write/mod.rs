@@ -2,7 +2,7 @@
 //! directory, written at any offset, so memory never grows with file size), digests are
 //! computed behind the writer by a background hasher while writes arrive in order (else
 //! recomputed from the stage at commit), and
-//! the uploader turns a stage into one [`crate::target::UploadRequest`] whose progress is
+//! the uploader turns a stage into one [`crate::remote::UploadRequest`] whose progress is
 //! journaled in the catalog.
 
 pub mod digests;

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use super::digests::{Hashers, Progress};
-use crate::target::{Digests, PartSource, Seal};
+use crate::remote::{Digests, PartSource, Seal};
 
 /// Read size when hashing a stage (background hasher, tail, and full passes): small
 /// enough that sixteen concurrent hashers hold little memory, large enough that the

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::catalog::{Catalog, JournalRow};
-use crate::target::{
+use crate::remote::{
     Digests, DirRef, ErrorKind, PartSource, RemoteFile, Seal, Target, TargetError, UploadObserver,
     UploadRequest,
 };
@@ -197,7 +197,7 @@ pub async fn upload(
         session_id: resume_session.clone(),
         parts_done: earlier.as_ref().map_or(0, |j| j.parts_done),
         bytes_done: earlier.as_ref().map_or(0, |j| j.bytes_done),
-        started_ms: crate::fs::now_ms(),
+        started_ms: crate::catalog::now_ms(),
     };
     if let Some(sid) = &resume_session {
         tracing::info!(name = %c.name, session = %sid, "resuming a journaled upload session");

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use uploadfs::config::{TargetConfig, TargetKind};
+use uploadfs::remote::Target;
 use uploadfs::server::{RunningServer, ServeOptions};
-use uploadfs::target::Target;
 
 pub const TOKEN: &str = "test-token-0123456789";
 
@@ -60,7 +60,7 @@ impl TestServer {
 
     /// A client for protocol `kind`.
     pub fn target(&self, kind: TargetKind) -> Arc<dyn Target> {
-        uploadfs::target::build(kind.as_str(), &self.config(kind)).expect("client builds")
+        uploadfs::remote::build(kind.as_str(), &self.config(kind)).expect("client builds")
     }
 
     /// The introspection JSON.

@@ -20,8 +20,8 @@ use anyhow::Context;
 use indicatif::{HumanBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget};
 use serde::{Deserialize, Serialize};
 
-use super::writeback::{FileStatus, MountStatus};
-use super::Fs;
+use crate::fs::writeback::{FileStatus, MountStatus};
+use crate::fs::Fs;
 
 /// File name of the socket in the state directory.
 pub const SOCKET_NAME: &str = "control.sock";

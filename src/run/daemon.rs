@@ -1,20 +1,7 @@
-//! `uploadfs mount`, `unmount` and `status`.
-//!
-//! `mount` without `--foreground` re-executes itself with `--foreground` as a detached
-//! child (new session, stdio to `/dev/null` or `--log-file`) and waits on a ready pipe:
-//! the child writes `ok` once the kernel has answered the FUSE handshake, or `error: ...`
-//! if it cannot mount; a child that dies first is reported with its exit status.
-//!
-//! The daemon records itself in a small registry file per mountpoint (runtime dir, else
-//! state dir) so `unmount` can wait for it to exit and `status` can find it: live progress
-//! comes from its control socket ([`super::control`]), else from its catalog.
-//!
-//! Stopping: `unmount` first waits (showing progress) until no background upload is queued
-//! or running, then unmounts and waits for the daemon to exit. However the kernel mount goes
-//! away (`unmount`, `fusermount3 -u`, `umount`, or SIGTERM/SIGINT, which make the daemon
-//! unmount itself), the daemon finishes queued uploads before it exits; failed ones and,
-//! after `unmount --force` or a second signal, unfinished ones stay journaled and resume at
-//! the next mount. A mount left dead by a killed daemon is cleaned up by the next `mount`.
+//! The mount daemon: `uploadfs mount` re-executes itself with `--foreground` as a detached
+//! child and waits on a ready pipe; the foreground process builds the filesystem core,
+//! starts the fuser session, serves the control socket and unmounts itself on a signal.
+//! See [`super`] for the whole stop sequence.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
@@ -23,11 +10,14 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
-use serde::{Deserialize, Serialize};
+use anyhow::{bail, Context};
 
-use crate::catalog::{Catalog, NodeRow, ROOT_INO};
-use crate::cli::{MountArgs, StatusArgs, UnmountArgs};
+use super::registry::{
+    mounted, mounted_fstype, pid_alive, read_record, registry_file, MountRecord,
+};
+use super::status::run_unmount;
+use crate::catalog::Catalog;
+use crate::cli::MountArgs;
 use crate::fs::{Fs, FsOptions};
 
 /// Environment variable carrying the ready pipe's descriptor to the daemon.
@@ -39,122 +29,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Listing cache lifetime: files uploaded elsewhere show up within this time.
 const LIST_TTL: Duration = Duration::from_secs(5);
 
-/// How often `status --watch` refreshes.
-const WATCH_INTERVAL: Duration = Duration::from_millis(500);
-
 /// FUSE dispatch threads: enough that slow commits never block lookups and listings.
 const FUSE_THREADS: usize = 8;
-
-/// What a running daemon records about itself.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MountRecord {
-    pub pid: u32,
-    pub mountpoint: PathBuf,
-    pub target: String,
-    pub state_dir: PathBuf,
-    pub cache_dir: PathBuf,
-    pub started_ms: i64,
-    /// The daemon's control socket, when it has one.
-    #[serde(default)]
-    pub control: Option<PathBuf>,
-}
-
-fn registry_dir() -> PathBuf {
-    dirs::runtime_dir()
-        .or_else(dirs::state_dir)
-        .or_else(dirs::data_local_dir)
-        .unwrap_or_else(std::env::temp_dir)
-        .join("uploadfs")
-        .join("mounts")
-}
-
-fn registry_file(mountpoint: &Path) -> PathBuf {
-    use sha1::Digest;
-    let h = hex::encode(sha1::Sha1::digest(
-        mountpoint.as_os_str().as_encoded_bytes(),
-    ));
-    registry_dir().join(format!("{}.json", &h[..16]))
-}
-
-fn read_record(mountpoint: &Path) -> Option<MountRecord> {
-    let text = std::fs::read_to_string(registry_file(mountpoint)).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-fn all_records() -> Vec<MountRecord> {
-    let Ok(rd) = std::fs::read_dir(registry_dir()) else {
-        return vec![];
-    };
-    rd.filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|t| serde_json::from_str::<MountRecord>(&t).ok())
-        .filter(|r| pid_alive(r.pid))
-        .collect()
-}
-
-fn pid_alive(pid: u32) -> bool {
-    // Signal 0 only checks that the process exists; a killed daemon nobody reaped yet
-    // (a zombie) is dead all the same.
-    if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesized command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            .unwrap_or(true),
-        Err(_) => true,
-    }
-}
-
-/// Unescape a mountinfo path field (`\040` for space, ...).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The filesystem type mounted at `mountpoint`, if any (from /proc/self/mountinfo).
-pub fn mounted_fstype(mountpoint: &Path) -> Option<String> {
-    mounted(mountpoint).map(|(t, _)| t)
-}
-
-/// Type and source of the mount on top at `mountpoint` (uploadfs's source is
-/// `uploadfs:TARGET`; a mount made without the setuid helper has type plain `fuse`).
-fn mounted(mountpoint: &Path) -> Option<(String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mountpoint.to_string_lossy();
-    let mut found = None;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        if fields.len() < 5 || unescape_mountinfo(fields[4]) != want {
-            continue;
-        }
-        let sep = fields.iter().position(|f| *f == "-");
-        let field = |k: usize| {
-            sep.and_then(|i| fields.get(i + k))
-                .map(|s| unescape_mountinfo(s))
-                .unwrap_or_default()
-        };
-        let fstype = (field(1), field(2));
-        // The last matching line is the mount on top.
-        found = Some(fstype);
-    }
-    found
-}
 
 fn default_dir(base: Option<PathBuf>, target: &str) -> PathBuf {
     base.unwrap_or_else(|| PathBuf::from("."))
@@ -456,7 +332,10 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
     }
     let control = {
         let _rt = rt.enter();
-        super::control::serve(fs.clone(), &state_dir.join(super::control::SOCKET_NAME))
+        crate::run::control::serve(
+            fs.clone(),
+            &state_dir.join(crate::run::control::SOCKET_NAME),
+        )
     };
     let config = mount_config(&args.target, &args.options)?;
     let adapter =
@@ -469,7 +348,7 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
         target: args.target.clone(),
         state_dir: state_dir.clone(),
         cache_dir,
-        started_ms: crate::fs::now_ms(),
+        started_ms: crate::catalog::now_ms(),
         control: control.clone(),
     };
     let reg = registry_file(&mountpoint);
@@ -566,253 +445,4 @@ fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: &Path) 
         .arg("-z")
         .arg(mountpoint)
         .status();
-}
-
-fn run_unmount(mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
-    let mut fm = Command::new("fusermount3");
-    fm.arg("-u");
-    if lazy {
-        fm.arg("-z");
-    }
-    let out = fm.arg(mountpoint).output();
-    match out {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => {
-            // fusermount3 refuses mounts it did not make (root mounts directly): umount(8).
-            let mut um = Command::new("umount");
-            if lazy {
-                um.arg("-l");
-            }
-            let o2 = um.arg(mountpoint).output()?;
-            if o2.status.success() {
-                Ok(())
-            } else {
-                bail!(
-                    "cannot unmount {}: {}{}",
-                    mountpoint.display(),
-                    String::from_utf8_lossy(&o.stderr).trim(),
-                    if String::from_utf8_lossy(&o2.stderr).contains("busy") {
-                        " (files are still open; close them or use --force)"
-                    } else {
-                        ""
-                    }
-                )
-            }
-        }
-        Err(_) => {
-            let o2 = Command::new("umount").arg(mountpoint).output()?;
-            if o2.status.success() {
-                Ok(())
-            } else {
-                bail!(
-                    "cannot unmount {}: {}",
-                    mountpoint.display(),
-                    String::from_utf8_lossy(&o2.stderr).trim()
-                )
-            }
-        }
-    }
-}
-
-/// `uploadfs unmount`.
-pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
-    let mp = args
-        .mountpoint
-        .canonicalize()
-        .unwrap_or_else(|_| args.mountpoint.clone());
-    match mounted_fstype(&mp) {
-        Some(t) if t == "fuse.uploadfs" || t == "fuse" => {}
-        Some(t) => bail!("{} is a {t} mount, not uploadfs", mp.display()),
-        None => bail!("{} is not mounted", mp.display()),
-    }
-    let record = read_record(&mp).filter(|r| pid_alive(r.pid));
-    let socket = record.as_ref().and_then(|r| r.control.clone());
-    if args.force {
-        // The daemon exits without finishing background uploads; they stay journaled.
-        if let Some(sock) = &socket {
-            if let Err(e) = super::control::abandon(sock) {
-                tracing::warn!(error = %e, "cannot reach the daemon");
-            }
-        }
-        run_unmount(&mp, true)?;
-        if let Some(r) = &record {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while pid_alive(r.pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        return Ok(());
-    }
-    // Drain: wait, showing progress, until nothing is queued or uploading.
-    if let (Some(r), Some(sock)) = (&record, &socket) {
-        let mut view = super::control::LiveView::new(true);
-        let mut last_draw: Option<Instant> = None;
-        loop {
-            let st = match super::control::query_status(sock) {
-                Ok(st) => st,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the daemon's progress");
-                    break;
-                }
-            };
-            if st.busy == 0 {
-                let failed = st.pending.iter().filter(|f| f.state == "failed").count();
-                if failed > 0 {
-                    eprintln!(
-                        "uploadfs: {failed} failed upload(s) stay journaled and are retried at the next mount"
-                    );
-                }
-                break;
-            }
-            // A plain (non-terminal) view prints a snapshot every few seconds only.
-            if last_draw.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
-                let pending = st.pending.clone();
-                view.update(&[super::control::StatusView {
-                    mountpoint: mp.clone(),
-                    target: r.target.clone(),
-                    pid: r.pid,
-                    source: "daemon",
-                    write_back: st.write_back,
-                    totals: super::control::Totals::of(&pending),
-                    pending,
-                }]);
-                last_draw = Some(Instant::now());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        view.finish();
-    }
-    run_unmount(&mp, false)?;
-    // What remains are releases (and uploads they queued) the daemon is still finishing.
-    if let Some(r) = record {
-        let mut last_note = Instant::now();
-        while pid_alive(r.pid) {
-            if last_note.elapsed() > Duration::from_secs(5) {
-                eprintln!(
-                    "waiting for pending uploads of {} to finish...",
-                    mp.display()
-                );
-                last_note = Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    Ok(())
-}
-
-fn node_paths(nodes: &[NodeRow]) -> std::collections::HashMap<u64, String> {
-    let by_ino: std::collections::HashMap<u64, &NodeRow> =
-        nodes.iter().map(|n| (n.ino, n)).collect();
-    let mut out = std::collections::HashMap::new();
-    for n in nodes {
-        let mut parts = vec![];
-        let mut cur = n;
-        let mut guard = 0;
-        while cur.ino != ROOT_INO && guard < 4096 {
-            parts.push(cur.name.clone());
-            match by_ino.get(&cur.parent) {
-                Some(p) => cur = p,
-                None => break,
-            }
-            guard += 1;
-        }
-        parts.reverse();
-        out.insert(n.ino, format!("/{}", parts.join("/")));
-    }
-    out
-}
-
-/// One mount's status: live from the daemon's socket, else from its catalog.
-fn mount_status(r: &MountRecord) -> anyhow::Result<super::control::StatusView> {
-    use super::control::{StatusView, Totals};
-    use super::writeback::FileStatus;
-    if let Some(sock) = &r.control {
-        match super::control::query_status(sock) {
-            Ok(st) => {
-                return Ok(StatusView {
-                    mountpoint: r.mountpoint.clone(),
-                    target: r.target.clone(),
-                    pid: r.pid,
-                    source: "daemon",
-                    write_back: st.write_back,
-                    totals: Totals::of(&st.pending),
-                    pending: st.pending,
-                })
-            }
-            Err(e) => tracing::debug!(error = %e, "daemon unreachable; reading the catalog"),
-        }
-    }
-    let catalog = Catalog::open_read_only(&r.state_dir.join("catalog.db"))?;
-    let nodes = catalog.load_nodes()?;
-    let paths = node_paths(&nodes);
-    let pending: Vec<FileStatus> = catalog
-        .pending_nodes()?
-        .into_iter()
-        .map(|n| FileStatus {
-            path: paths.get(&n.ino).cloned().unwrap_or_default(),
-            state: n.state.as_str().to_string(),
-            size: n.size,
-            bytes_done: 0,
-            parts_done: 0,
-            rate: None,
-            eta_seconds: None,
-            error: n.last_error,
-            attempts: 0,
-            retry_in_seconds: None,
-        })
-        .collect();
-    Ok(StatusView {
-        mountpoint: r.mountpoint.clone(),
-        target: r.target.clone(),
-        pid: r.pid,
-        source: "catalog",
-        write_back: false,
-        totals: Totals::of(&pending),
-        pending,
-    })
-}
-
-/// `uploadfs status`: files of running mounts that are not in sync with the remote, with
-/// live progress; `--watch` redraws until interrupted.
-pub fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let records = || -> anyhow::Result<Vec<MountRecord>> {
-        Ok(match &args.mountpoint {
-            Some(m) => {
-                let mp = m.canonicalize().unwrap_or_else(|_| m.clone());
-                vec![read_record(&mp)
-                    .filter(|r| pid_alive(r.pid))
-                    .ok_or_else(|| anyhow!("{} is not a running uploadfs mount", mp.display()))?]
-            }
-            None => all_records(),
-        })
-    };
-    let views = || -> anyhow::Result<Vec<super::control::StatusView>> {
-        records()?.iter().map(mount_status).collect()
-    };
-    if args.json {
-        loop {
-            println!(
-                "{}",
-                serde_json::to_string(&serde_json::json!({ "mounts": views()? }))?
-            );
-            if !args.watch {
-                return Ok(());
-            }
-            std::thread::sleep(WATCH_INTERVAL);
-        }
-    }
-    if !args.watch {
-        print!("{}", super::control::render_text(&views()?));
-        return Ok(());
-    }
-    let mut view = super::control::LiveView::new(false);
-    loop {
-        let v = views()?;
-        view.update(&v);
-        if v.is_empty() {
-            view.finish();
-            return Ok(());
-        }
-        std::thread::sleep(WATCH_INTERVAL);
-    }
 }
