@@ -8,42 +8,25 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::config::{write_config_file, TargetToml, Token};
 use common::{pattern, sha1_hex, TestServer, TOKEN};
 use uploadfs::config::TargetKind;
 
 const BIN: &str = env!("CARGO_BIN_EXE_uploadfs");
 
-/// A config file with one target per kind, named after the kind, mode 600.
+/// A config file with one target per kind, named after the kind, holding `token`.
 fn write_config(s: &TestServer, token: &str) -> PathBuf {
-    let mut text = String::new();
-    for kind in TargetKind::ALL {
-        let c = s.config(kind);
-        text.push_str(&format!(
-            "[targets.{k}]\nkind = \"{k}\"\nurl = \"{url}\"\ntoken = \"{token}\"\nretry_seconds = 30\n",
-            k = kind.as_str(),
-            url = c.url
-        ));
-        if let Some(u) = &c.upload_url {
-            text.push_str(&format!("upload_url = \"{u}\"\n"));
-        }
-        match kind {
-            TargetKind::Fluxer => text.push_str(&format!(
-                "channel_id = \"{}\"\n",
-                c.channel_id.as_deref().unwrap_or_default()
-            )),
-            TargetKind::Virola => text.push_str(&format!(
-                "room_id = {}\nmessage_id = {}\n",
-                c.room_id.unwrap_or_default(),
-                c.message_id.unwrap_or_default()
-            )),
-            _ => {}
-        }
-        text.push('\n');
-    }
+    let targets: Vec<TargetToml> = TargetKind::ALL
+        .into_iter()
+        .map(|kind| {
+            TargetToml::new(s, kind)
+                .name(kind.as_str())
+                .token(Token::Inline(token.to_string()))
+                .retry_seconds(30)
+        })
+        .collect();
     let path = s.dir.path().join(format!("config-{}.toml", token.len()));
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
+    write_config_file(&path, &targets)
 }
 
 fn run(args: &[&str], home: &Path) -> Output {
@@ -56,6 +39,17 @@ fn run(args: &[&str], home: &Path) -> Output {
         .expect("run uploadfs")
 }
 
+/// [`run`], failing the test with `what` and the stderr unless it succeeds.
+fn run_ok(args: &[&str], home: &Path, what: &str) -> Output {
+    let out = run(args, home);
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn put_get_round_trip(kind: TargetKind) {
     let s = TestServer::new();
     let cfg = write_config(&s, TOKEN);
@@ -65,7 +59,7 @@ fn put_get_round_trip(kind: TargetKind) {
     let src = home.join("payload.bin");
     std::fs::write(&src, &data).unwrap();
     let k = kind.as_str();
-    let out = run(
+    run_ok(
         &[
             "put",
             "--quiet",
@@ -75,11 +69,7 @@ fn put_get_round_trip(kind: TargetKind) {
             cfg,
         ],
         home,
-    );
-    assert!(
-        out.status.success(),
-        "put failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "put",
     );
     let stored = s.files(k);
     assert_eq!(stored.len(), 1, "{stored:?}");
@@ -91,9 +81,7 @@ fn put_get_round_trip(kind: TargetKind) {
     if kind == TargetKind::Box {
         // Box gives the SHA-1: a download spoiled in transit (same length, in a block of
         // its own so no ranged read covers the whole file) is refused.
-        s.control(serde_json::json!({"bad_answers": {
-            "mode": "flip", "count": 1, "path_contains": "/box/2.0/dl/", "method": "GET"
-        }}));
+        s.spoil_answers("flip", 1, "/box/2.0/dl/", "GET");
         let out = run(
             &[
                 "get",
@@ -105,11 +93,7 @@ fn put_get_round_trip(kind: TargetKind) {
             ],
             home,
         );
-        assert_eq!(
-            s.state()["bad_answers_sent"].as_u64(),
-            Some(1),
-            "no spoiled answer sent"
-        );
+        assert_eq!(s.counter("bad_answers_sent"), 1, "no spoiled answer sent");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && err.contains("corrupt"),
@@ -120,7 +104,7 @@ fn put_get_round_trip(kind: TargetKind) {
     // The same name again replaces it: still one file, new content.
     let newer = pattern(1000, 6);
     std::fs::write(&src, &newer).unwrap();
-    let out = run(
+    run_ok(
         &[
             "put",
             "-q",
@@ -130,18 +114,14 @@ fn put_get_round_trip(kind: TargetKind) {
             cfg,
         ],
         home,
-    );
-    assert!(
-        out.status.success(),
-        "second put failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "second put",
     );
     let stored = s.files(k);
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0].2, sha1_hex(&newer));
 
     let dst = home.join("back.bin");
-    let out = run(
+    run_ok(
         &[
             "get",
             "-q",
@@ -151,11 +131,7 @@ fn put_get_round_trip(kind: TargetKind) {
             cfg,
         ],
         home,
-    );
-    assert!(
-        out.status.success(),
-        "get failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "get",
     );
     assert_eq!(std::fs::read(&dst).unwrap(), newer);
     // A tree with --recursive: folders where the target has them, else flat.
@@ -170,16 +146,12 @@ fn put_get_round_trip(kind: TargetKind) {
         std::fs::write(tree.join(rel), &data).unwrap();
         expect.push((rel.rsplit('/').next().unwrap().to_string(), sha1_hex(&data)));
     }
-    let dest = if uploadfs::remote::build(k, &s.config(kind))
-        .unwrap()
-        .capabilities()
-        .folders
-    {
+    let dest = if s.target(kind).capabilities().folders {
         format!("{k}:tree")
     } else {
         k.to_string()
     };
-    let out = run(
+    run_ok(
         &[
             "put",
             "-q",
@@ -192,11 +164,7 @@ fn put_get_round_trip(kind: TargetKind) {
             cfg,
         ],
         home,
-    );
-    assert!(
-        out.status.success(),
-        "put -r failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "put -r",
     );
     let stored = s.files(k);
     for (name, sha) in &expect {

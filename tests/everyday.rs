@@ -11,21 +11,21 @@
 //! (mount(8) with a helper in /sbin); the others need what tests/mount_scenarios.rs needs.
 
 mod common;
-#[path = "common/mnt.rs"]
-mod mnt;
-#[path = "common/mount.rs"]
-mod mount;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{pattern, sha1_hex, TestServer};
-use mnt::{
-    have, is_mounted, run_bounded, server_files, sh_env, sh_ok, text, wait_exit, write_config,
-    xattr, MountGuard, BIN,
+use common::config::{write_config, TargetToml};
+use common::mount::{
+    expect_success, have, is_mounted, require_fuse, run_bounded, sh_run, text, wait_exit, Mount,
+    BIN,
 };
+use common::{pattern, sha1_hex, TestServer};
 use uploadfs::config::TargetKind;
+
+/// Bound on any single tool run through a mount in these tests.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where mount(8) looks for `mount.<type>` helpers (Debian: /sbin → /usr/sbin).
 const HELPER: &str = "/sbin/mount.fuse.uploadfs";
@@ -33,6 +33,16 @@ const HELPER: &str = "/sbin/mount.fuse.uploadfs";
 /// GIO without D-Bus or gvfs daemons: the plain local-file backend Nautilus uses for a
 /// FUSE mount's paths.
 const GIO_ENV: &[(&str, &str)] = &[("GIO_USE_VFS", "local"), ("GIO_USE_VOLUME_MONITOR", "unix")];
+
+/// `sh -c script` in `dir` with `env`: the output, whatever the status.
+fn sh_env(dir: &Path, env: &[(&str, &str)], script: &str) -> Output {
+    sh_run(dir, env, TOOL_TIMEOUT, script)
+}
+
+/// `sh -c script` in `dir` with `env`; panics with the output unless it succeeds.
+fn sh_ok(dir: &Path, env: &[(&str, &str)], script: &str) -> Output {
+    expect_success(script, sh_env(dir, env, script))
+}
 
 /// The helper symlink, removed (or the previous one restored) when dropped.
 struct HelperLink {
@@ -74,7 +84,7 @@ fn mount_cmd(run_dir: &Path) -> Command {
 /// way users do (umount(8), `fusermount3 -u`), with the daemon exiting every time.
 #[test]
 fn mount_helper_and_fstab() {
-    mnt::require_fuse();
+    require_fuse();
     assert_eq!(
         unsafe { libc::geteuid() },
         0,
@@ -82,7 +92,7 @@ fn mount_helper_and_fstab() {
     );
     let s = TestServer::new();
     let work = s.dir.path().to_path_buf();
-    let cfg = write_config(&s, TargetKind::Box, "work", "");
+    let cfg = TargetToml::new(&s, TargetKind::Box).name("work").write(&s);
     let dir = work.join("mnt");
     let run_dir = work.join("run");
     std::fs::create_dir_all(&dir).unwrap();
@@ -123,7 +133,7 @@ fn mount_helper_and_fstab() {
         Duration::from_secs(60),
     );
     assert!(out.status.success(), "mount -t: {}", text(&out.stderr));
-    let guard = MountGuard::adopt(&dir, &run_dir);
+    let guard = Mount::adopt(&work);
     assert!(
         is_mounted(&dir),
         "mount(8) returned before the mount was ready"
@@ -133,7 +143,7 @@ fn mount_helper_and_fstab() {
     std::fs::write(work.join("one.bin"), &one).unwrap();
     sh_ok(&work, &[], "cp one.bin mnt/");
     assert_eq!(
-        server_files(&s, "box").get("one.bin"),
+        s.stored("box").get("one.bin"),
         Some(&(one.len() as u64, sha1_hex(&one)))
     );
     // Plain umount(8): the kernel lets go and the daemon exits.
@@ -161,13 +171,13 @@ fn mount_helper_and_fstab() {
         Duration::from_secs(60),
     );
     assert!(out.status.success(), "mount -T: {}", text(&out.stderr));
-    let guard = MountGuard::adopt(&dir, &run_dir);
+    let guard = Mount::adopt(&work);
     let pid = guard.daemon_pid().expect("the daemon registered itself");
     let two = pattern(70_001, 2);
     std::fs::write(work.join("two.bin"), &two).unwrap();
     sh_ok(&work, &[], "cp two.bin mnt/ && cmp one.bin mnt/one.bin");
     assert_eq!(
-        server_files(&s, "box").get("two.bin"),
+        s.stored("box").get("two.bin"),
         Some(&(two.len() as u64, sha1_hex(&two)))
     );
     // fusermount3 -u works on it too.
@@ -219,8 +229,8 @@ fn gio_scenario(kind: TargetKind) {
     let proto = kind.as_str();
     let folders = s.target(kind).capabilities().folders;
     let work = s.dir.path().to_path_buf();
-    let cfg = write_config(&s, kind, "t", "");
-    let m = MountGuard::start(&work, "t", &cfg);
+    let cfg = write_config(&s, kind, "");
+    let m = Mount::with_config(&work, "t", &cfg, &[]);
     let gio = |script: &str| sh_ok(&work, GIO_ENV, script);
 
     // Copy in: the content lands on the server.
@@ -228,7 +238,7 @@ fn gio_scenario(kind: TargetKind) {
     std::fs::write(work.join("in.bin"), &data).unwrap();
     gio("gio copy in.bin mnt/");
     let want = (data.len() as u64, sha1_hex(&data));
-    assert_eq!(server_files(&s, proto).get("in.bin"), Some(&want));
+    assert_eq!(s.stored(proto).get("in.bin"), Some(&want));
 
     // Browse: list and info (size, type, our xattrs).
     let out = gio("gio list -l mnt");
@@ -259,14 +269,14 @@ fn gio_scenario(kind: TargetKind) {
     gio("gio copy doc.txt mnt/ && echo second > doc.txt && gio copy doc.txt mnt/");
     gio("test \"$(cat mnt/doc.txt)\" = second");
     assert_eq!(
-        server_files(&s, proto).get("doc.txt"),
+        s.stored(proto).get("doc.txt"),
         Some(&(7, sha1_hex(b"second\n")))
     );
     gio("echo third | gio save mnt/doc.txt");
     gio("test \"$(cat mnt/doc.txt)\" = third && test \"$(ls -A mnt | grep -c goutputstream)\" = 0");
     // Also on targets without remote rename, the content lands under the final name: the
     // temporary file's upload waits for the rename.
-    let files = server_files(&s, proto);
+    let files = s.stored(proto);
     assert_eq!(
         files.get("doc.txt"),
         Some(&(6, sha1_hex(b"third\n"))),
@@ -292,7 +302,7 @@ fn gio_scenario(kind: TargetKind) {
     gio("cmp in.bin mnt/renamed.bin");
     gio("gio move mnt/renamed.bin mnt/sub/");
     gio("cmp in.bin mnt/sub/renamed.bin && test ! -e mnt/renamed.bin");
-    let files = server_files(&s, proto);
+    let files = s.stored(proto);
     if folders {
         // A real remote rename and move.
         assert_eq!(files.get("renamed.bin"), Some(&want), "{files:?}");
@@ -308,13 +318,13 @@ fn gio_scenario(kind: TargetKind) {
     }
     // After a remount the moved file is still where it was put (catalog).
     drop(m);
-    let m = MountGuard::start(&work, "t", &cfg);
+    let m = Mount::with_config(&work, "t", &cfg, &[]);
     gio("cmp in.bin mnt/sub/renamed.bin");
 
     // Remove a file and the emptied folder: gone locally and remotely.
     gio("gio remove mnt/sub/renamed.bin && gio remove mnt/sub");
     assert!(!m.path("sub").exists());
-    let files = server_files(&s, proto);
+    let files = s.stored(proto);
     assert!(!files.values().any(|v| *v == want), "{files:?}");
     if folders {
         assert!(
@@ -344,7 +354,7 @@ fn gio_scenario(kind: TargetKind) {
         assert_eq!(box_parent(&s, "t.txt"), box_folder_id(&s, "files"));
         // Emptying it is an ordinary delete.
         gio(&format!("gio remove mnt/.Trash-{uid}/files/t.txt"));
-        assert!(!server_files(&s, proto).contains_key("t.txt"));
+        assert!(!s.stored(proto).contains_key("t.txt"));
     } else {
         // Flat targets refuse a trash (its .trashinfo files would be uploaded too).
         assert!(
@@ -357,7 +367,7 @@ fn gio_scenario(kind: TargetKind) {
             text(&out.stderr)
         );
         gio("cmp t.txt mnt/t.txt");
-        let files = server_files(&s, proto);
+        let files = s.stored(proto);
         assert!(files.contains_key("t.txt"), "{files:?}");
         assert!(!files.keys().any(|n| n.contains("trashinfo")), "{files:?}");
     }
@@ -396,8 +406,8 @@ fn xattr_scenario(kind: TargetKind) {
     let proto = kind.as_str();
     let caps = s.target(kind).capabilities();
     let work = s.dir.path().to_path_buf();
-    let cfg = write_config(&s, kind, "t", "max_file_size = 1048576\n");
-    let m = MountGuard::start(&work, "t", &cfg);
+    let cfg = write_config(&s, kind, "max_file_size = 1048576\n");
+    let m = Mount::with_config(&work, "t", &cfg, &[]);
 
     // Committed.
     std::fs::write(work.join("a.txt"), b"alpha\n").unwrap();
@@ -435,15 +445,9 @@ fn xattr_scenario(kind: TargetKind) {
         use std::io::Write;
         let mut f = std::fs::File::create(m.path("open.txt")).unwrap();
         f.write_all(b"being written").unwrap();
-        assert_eq!(
-            xattr(&m.path("open.txt"), "user.uploadfs.state").as_deref(),
-            Some("staged")
-        );
+        assert_eq!(m.state_of("open.txt").as_deref(), Some("staged"));
     }
-    assert_eq!(
-        xattr(&m.path("open.txt"), "user.uploadfs.state").as_deref(),
-        Some("committed")
-    );
+    assert_eq!(m.state_of("open.txt").as_deref(), Some("committed"));
     // An edit of a committed file is staged again until closed.
     {
         use std::io::Write;
@@ -452,10 +456,7 @@ fn xattr_scenario(kind: TargetKind) {
             .open(m.path("a.txt"))
             .unwrap();
         f.write_all(b"beta\n").unwrap();
-        assert_eq!(
-            xattr(&m.path("a.txt"), "user.uploadfs.state").as_deref(),
-            Some("staged")
-        );
+        assert_eq!(m.state_of("a.txt").as_deref(), Some("staged"));
     }
     assert_eq!(
         getfattr(&work, "mnt/a.txt")["user.uploadfs.sha1"],
@@ -463,7 +464,7 @@ fn xattr_scenario(kind: TargetKind) {
     );
 
     // Uploading: the server is slowed down so the upload can be watched.
-    s.control(serde_json::json!({ "bandwidth": 200_000 }));
+    s.set_bandwidth(200_000);
     let slow = pattern(600_000, 3);
     std::fs::write(work.join("slow.bin"), &slow).unwrap();
     let w = work.clone();
@@ -471,7 +472,7 @@ fn xattr_scenario(kind: TargetKind) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = vec![];
     while !cp.is_finished() && Instant::now() < deadline {
-        if let Some(v) = xattr(&m.path("slow.bin"), "user.uploadfs.state") {
+        if let Some(v) = m.state_of("slow.bin") {
             if seen.last() != Some(&v) {
                 seen.push(v);
             }
@@ -480,7 +481,7 @@ fn xattr_scenario(kind: TargetKind) {
     }
     let out = cp.join().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    s.control(serde_json::json!({ "bandwidth": 0 }));
+    s.set_bandwidth(0);
     assert!(
         seen.iter().any(|v| v == "uploading"),
         "states seen: {seen:?}"
@@ -491,14 +492,14 @@ fn xattr_scenario(kind: TargetKind) {
     );
 
     // Failed: the server refuses the size; the data stays, without a remote id.
-    s.control(serde_json::json!({ "max_file_size": 100_000 }));
+    s.set_max_file_size(100_000);
     std::fs::write(work.join("refused.bin"), pattern(200_000, 4)).unwrap();
     let out = sh_env(&work, &[], "cp refused.bin mnt/");
     assert!(!out.status.success());
     let f = getfattr(&work, "mnt/refused.bin");
     assert_eq!(f["user.uploadfs.state"], "failed", "{f:?}");
     assert!(!f.contains_key("user.uploadfs.remote_id"), "{f:?}");
-    s.control(serde_json::json!({ "max_file_size": 64u64 << 30 }));
+    s.set_max_file_size(64u64 << 30);
 
     // Incomplete: grew past the configured limit while being written.
     std::fs::write(work.join("huge.bin"), pattern(1024 * 1024 + 1, 5)).unwrap();
@@ -508,7 +509,7 @@ fn xattr_scenario(kind: TargetKind) {
         getfattr(&work, "mnt/huge.bin")["user.uploadfs.state"],
         "incomplete"
     );
-    assert!(!server_files(&s, proto).contains_key("huge.bin"));
+    assert!(!s.stored(proto).contains_key("huge.bin"));
 
     // Every entry carries a state (getfattr -R over the whole mount).
     let out = sh_ok(&work, &[], "getfattr -R -d -m user.uploadfs mnt");

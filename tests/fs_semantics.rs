@@ -75,7 +75,7 @@ impl Env {
 
     /// Requests the server has answered, not counting the introspection calls made here.
     fn requests(&self) -> u64 {
-        let n = self.s.state()["requests"].as_u64().unwrap();
+        let n = self.s.requests();
         let probes = self.probes.get() + 1;
         self.probes.set(probes);
         n - probes

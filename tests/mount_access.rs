@@ -2,15 +2,14 @@
 //! (here `nobody`, via `setpriv`) cannot even list it; with `allow_other` it can.
 
 mod common;
-#[path = "common/mount.rs"]
-mod mount;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
+use common::config::write_config;
+use common::mount::{run_bounded, Mount};
 use common::TestServer;
-use mount::{run_bounded, write_config, Mount};
 use uploadfs::config::TargetKind;
 
 /// `ls DIR` as user and group 65534 (nobody): (succeeded, stderr).
@@ -39,22 +38,8 @@ fn mount_is_private_unless_allow_other() {
     // only the mount's own access rule decides.
     std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755)).unwrap();
     let cfg = write_config(&s, TargetKind::Box, "");
-    let args = |extra: &[&str]| {
-        let mut a = vec![
-            "--config".to_string(),
-            cfg.to_string_lossy().into_owned(),
-            "--cache-dir".to_string(),
-            work.join("cache").to_string_lossy().into_owned(),
-            "--state-dir".to_string(),
-            work.join("state").to_string_lossy().into_owned(),
-        ];
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
 
-    let a = args(&[]);
-    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-    let mut m = Mount::start(work, "t", &refs, vec![]);
+    let mut m = Mount::with_config(work, "t", &cfg, &[]);
     std::fs::set_permissions(&m.dir, std::fs::Permissions::from_mode(0o755)).ok();
     std::fs::write(m.path("hello.txt"), b"hi").unwrap();
     let (ok, err) = ls_as_nobody(&m.dir);
@@ -62,10 +47,7 @@ fn mount_is_private_unless_allow_other() {
     assert!(err.contains("Permission denied"), "{err}");
     m.unmount();
 
-    let a = args(&["-o", "allow_other"]);
-    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-    m.args.truncate(5);
-    m.args.extend(refs.iter().map(|s| s.to_string()));
+    m.set_extra(&["-o", "allow_other"]);
     m.mount();
     let (ok, err) = ls_as_nobody(&m.dir);
     assert!(ok, "allow_other: another user cannot list the mount: {err}");

@@ -1,6 +1,7 @@
 //! "Never lose an upload", through a real mount: the `uploadfs` binary mounts a FUSE
 //! filesystem against `uploadfs serve` on loopback and ordinary tools write through it
-//! while the server misbehaves. Scenarios are written once and run per target kind.
+//! while the server misbehaves or the load is heavy. Scenarios are written once and run per
+//! target kind.
 //!
 //! - Faults: 100 files of mixed sizes (a few above the protocol's part size) copied in
 //!   parallel while the server fails 10 %, then 30 %, of part uploads and downloads (503,
@@ -10,106 +11,28 @@
 //! - Concurrency: 16 writers and 16 readers on one mount for a bounded time; every
 //!   operation completes within a timeout and the daemon's memory stays bounded (its peak
 //!   RSS is printed).
-//! - Bad input: names the target refuses (EINVAL), names over 255 bytes (ENAMETOOLONG), a
-//!   full stage disk (ENOSPC, nothing already written is lost), a revoked token (EACCES,
-//!   logged without the token) and garbage answers (EIO, logged, the file kept in state
-//!   `failed` and uploaded by the retry at the next mount).
 //!
-//! Oversized files (EFBIG) are covered by `mount_scenarios`.
+//! Bad input (refused names, a full stage disk, a revoked token, garbage answers) is in
+//! `mount_bad_input`, oversized files (EFBIG) in `mount_scenarios`.
 
 mod common;
-#[path = "common/mount.rs"]
-mod mount;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::mount::{bounded, run_bounded, sh, Mount, TOOL_TIMEOUT};
 use common::{pattern, sha1_hex, TestServer, TOKEN};
-use mount::{
-    bounded, run_bounded, server_files, sh, sh_status, write_config, xattr, Mount, TOOL_TIMEOUT,
-};
-use serde_json::json;
 use uploadfs::config::TargetKind;
 
 const MIB: usize = 1024 * 1024;
-/// Cloudreve chunk size the server is started with: files above the client's 4 MiB
-/// single-request limit then take several chunks without being huge.
-const CLOUDREVE_CHUNK: u64 = 4 * MIB as u64;
 /// Files per fault phase.
 const FILES_PER_PHASE: usize = 100;
 /// Parallel `cp` processes in a fault phase.
 const COPIERS: usize = 4;
-/// Token the server switches to when the client's token is revoked.
-const OTHER_TOKEN: &str = "another-token-9876543210";
-
-fn start_server() -> TestServer {
-    TestServer::start(|o| o.cloudreve_chunk_size = CLOUDREVE_CHUNK)
-}
-
-/// Mount target `t` of `kind` at `<work>/mnt` with the stage under `cache`.
-fn mount_kind(s: &TestServer, kind: TargetKind, config_extra: &str, cache: &Path) -> Mount {
-    let work = s.dir.path();
-    let cfg = write_config(s, kind, config_extra);
-    Mount::start(
-        work,
-        "t",
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--state-dir",
-            work.join("state").to_str().unwrap(),
-        ],
-        vec![],
-    )
-}
-
-/// `POST /_uploadfs/control` authenticated with `token` (the server's current one).
-fn control_as(s: &TestServer, token: &str, body: serde_json::Value) {
-    s.rt.block_on(async {
-        let r = reqwest::Client::new()
-            .post(s.url("/_uploadfs/control"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("control request");
-        assert!(r.status().is_success(), "control failed: {}", r.status());
-    })
-}
-
-/// The daemon's log so far.
-fn daemon_log(s: &TestServer) -> String {
-    std::fs::read_to_string(s.dir.path().join("daemon.log")).unwrap_or_default()
-}
-
-/// Wait until the server holds `name` exactly once, with exactly `data` (a replacement
-/// may list the old and the new copy for a moment; both are complete).
-fn wait_landed(s: &TestServer, proto: &str, name: &str, data: &[u8], timeout: Duration) {
-    let want = (data.len() as u64, sha1_hex(data));
-    let deadline = Instant::now() + timeout;
-    loop {
-        let copies: Vec<_> = s
-            .files(proto)
-            .into_iter()
-            .filter(|(n, _, _)| n == name)
-            .map(|(_, size, sha1)| (size, sha1))
-            .collect();
-        if copies == [want.clone()] {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{proto}: {name} is not on the server once as written: {copies:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 // ----- 1. fault tolerance ------------------------------------------------------------
 
@@ -319,7 +242,7 @@ fn assert_all_landed(s: &TestServer, proto: &str, all: &[Source]) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         // `server_files` fails on a name listed twice.
-        let got = server_files(s, proto);
+        let got = s.stored(proto);
         if got == want {
             return;
         }
@@ -338,7 +261,7 @@ fn assert_all_landed(s: &TestServer, proto: &str, all: &[Source]) {
 }
 
 fn faults(kind: TargetKind) {
-    let s = start_server();
+    let s = TestServer::small_chunks();
     let proto = kind.as_str();
     let work = s.dir.path().to_path_buf();
     let big = big_sizes(kind);
@@ -350,11 +273,11 @@ fn faults(kind: TargetKind) {
         .chain(&p2)
         .map(|f| (f.name.clone(), (f.size, f.sha1.clone())))
         .collect();
-    let m = mount_kind(&s, kind, "", &work.join("cache"));
+    let m = Mount::for_kind(&s, kind, "", &[]);
     let poller = Poller::start(&s, proto, expected);
     let mut landed = vec![];
     for (rate, src, files) in [(0.1, "src1", &p1), (0.3, "src2", &p2)] {
-        s.control(json!({ "fail_rate": rate }));
+        s.set_fail_rate(rate);
         let t0 = Instant::now();
         let failures = copy_all(&work, src, files);
         assert!(
@@ -376,17 +299,11 @@ fn faults(kind: TargetKind) {
             t0.elapsed()
         );
     }
-    s.control(json!({ "fail_rate": 0.0 }));
+    s.set_fail_rate(0.0);
     let samples = poller.finish();
-    let st = s.state();
-    eprintln!(
-        "{proto}: {samples} introspection samples, {} faults injected",
-        st["faults_injected"]
-    );
-    assert!(
-        st["faults_injected"].as_u64().unwrap_or(0) > 0,
-        "no fault was injected"
-    );
+    let injected = s.counter("faults_injected");
+    eprintln!("{proto}: {samples} introspection samples, {injected} faults injected");
+    assert!(injected > 0, "no fault was injected");
     drop(m);
 }
 
@@ -417,7 +334,7 @@ fn rss_kib(pid: i32) -> Option<(u64, u64)> {
 }
 
 fn concurrency(kind: TargetKind) {
-    let s = start_server();
+    let s = TestServer::small_chunks();
     let proto = kind.as_str();
     let work = s.dir.path().to_path_buf();
     let m = Mount::for_kind(&s, kind, "", &["--cache-size", &BLOCK_CACHE.to_string()]);
@@ -615,356 +532,28 @@ fn concurrency(kind: TargetKind) {
     );
     // Everything the writers left is on the server, byte-identical.
     let finals = finals.lock().unwrap().clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = server_files(&s, proto);
-        let missing: Vec<_> = finals
-            .iter()
-            .filter(|(k, v)| got.get(*k) != Some(v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{proto}: not on the server as last written: {missing:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.wait_stored(proto, &finals, Duration::from_secs(20));
     drop(m);
 }
 
-// ----- 3. bad input ---------------------------------------------------------------------
-
-/// A request path substring and method of a call every small upload depends on: the one
-/// that carries the file's bytes (Dyson: completes it; Virola: lists the message).
-fn small_upload_call(kind: TargetKind) -> (&'static str, &'static str) {
-    match kind {
-        TargetKind::Box => ("/box/upload/2.0/files/content", "POST"),
-        TargetKind::Cloudreve => ("/cloudreve/api/v4/file/content", "PUT"),
-        TargetKind::Fluxer => ("/messages", "POST"),
-        // The upload's own answer carries nothing Virola's client needs (it finds the
-        // attachment in the message listing): spoil that listing.
-        TargetKind::Virola => ("/rooms/", "GET"),
-        TargetKind::Dyson => ("/files/upload/complete/", "POST"),
-        TargetKind::Null => unreachable!("not a protocol"),
-    }
-}
-
-/// Names each target refuses (beyond `/` and NUL, which no path can carry).
-fn refused_names(kind: TargetKind) -> Vec<&'static str> {
-    let mut v = vec!["back\\slash.txt"];
-    match kind {
-        // Box: no non-printable characters, no leading or trailing spaces.
-        TargetKind::Box => v.extend(["tab\there.txt", " leading.txt", "trailing.txt "]),
-        // Fluxer: no control characters.
-        TargetKind::Fluxer => v.push("tab\there.txt"),
-        _ => {}
-    }
-    v
-}
-
-/// Refused names, too-long names, a revoked token and garbage answers, on one mount.
-fn bad_input(kind: TargetKind) {
-    let s = start_server();
-    let proto = kind.as_str();
-    let work = s.dir.path().to_path_buf();
-    let caps = s.target(kind).capabilities();
-    let mut m = mount_kind(&s, kind, "", &work.join("cache"));
-    let data = pattern(70_000, 3);
-    std::fs::write(work.join("data.bin"), &data).unwrap();
-
-    // Names the target refuses: EINVAL, nothing remote.
-    for name in refused_names(kind) {
-        let out = run_bounded(
-            Command::new("cp")
-                .arg("data.bin")
-                .arg(format!("mnt/{name}"))
-                .current_dir(&work),
-            TOOL_TIMEOUT,
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{proto}: cp to {name:?} succeeded");
-        assert!(
-            err.contains("Invalid argument"),
-            "{proto}: cp to {name:?}: {err}"
-        );
-        assert!(
-            !server_files(&s, proto).contains_key(name),
-            "{proto}: {name:?} reached the server"
-        );
-        // Refused before anything was staged: no local file that can never upload.
-        assert!(!m.path(name).exists(), "{proto}: {name:?} exists locally");
-        // Renaming to it or (where folders are remote) making a folder of it: EINVAL too.
-        std::fs::write(m.path("to-rename.txt"), b"x").unwrap();
-        let e = std::fs::rename(m.path("to-rename.txt"), m.path(name)).unwrap_err();
-        assert_eq!(
-            e.raw_os_error(),
-            Some(libc::EINVAL),
-            "{proto}: mv to {name:?}"
-        );
-        assert!(m.path("to-rename.txt").exists());
-        std::fs::remove_file(m.path("to-rename.txt")).unwrap();
-        if caps.folders {
-            let e = std::fs::create_dir(m.path(name)).unwrap_err();
-            assert_eq!(
-                e.raw_os_error(),
-                Some(libc::EINVAL),
-                "{proto}: mkdir {name:?}"
-            );
-        }
-    }
-    // Longer than 255 bytes: ENAMETOOLONG; exactly 255 (multi-byte) is fine.
-    let long = "x".repeat(256);
-    let out = sh_status(&work, &format!("cp data.bin mnt/{long}"));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("File name too long"),
-        "{proto}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let max = format!("{}{}", "é".repeat(126), "abc");
-    assert_eq!(max.len(), 255);
-    sh(&work, &format!("cp data.bin mnt/{max}"));
-    wait_landed(&s, proto, &max, &data, Duration::from_secs(10));
-
-    // A revoked token: EACCES, a log line that says so, never the token.
-    sh(&work, "cp data.bin mnt/before-revoke.bin");
-    s.control(json!({ "token": OTHER_TOKEN }));
-    let revoked = pattern(50_000, 4);
-    std::fs::write(work.join("revoked.bin"), &revoked).unwrap();
-    let out = sh_status(&work, "cp revoked.bin mnt/revoked.bin");
-    assert!(
-        !out.status.success(),
-        "{proto}: cp with a revoked token succeeded"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "{proto}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    control_as(&s, OTHER_TOKEN, json!({ "token": TOKEN }));
-    let log = daemon_log(&s);
-    assert!(
-        !log.contains(TOKEN),
-        "{proto}: the token is in the daemon log"
-    );
-    assert!(
-        !log.contains(OTHER_TOKEN),
-        "{proto}: a token is in the daemon log"
-    );
-    let line = log
-        .lines()
-        .find(|l| l.contains("revoked.bin to t failed") && l.to_lowercase().contains("token"))
-        .unwrap_or_else(|| panic!("{proto}: no log line says the token was refused:\n{log}"));
-    eprintln!("{proto}: revoked token logged as: {line}");
-    assert!(
-        line.contains("upload of")
-            && line.contains("to t failed")
-            && line.contains("the token comes from"),
-        "{proto}: the log line names the file, the target and where the token comes from: {line}"
-    );
-    assert_eq!(
-        xattr(&m.path("revoked.bin"), "user.uploadfs.state").as_deref(),
-        Some("failed")
-    );
-
-    // Garbage answers on the upload call: EIO, a log line naming the file and the cause,
-    // the file kept locally in state failed.
-    let garbage = pattern(60_000, 5);
-    std::fs::write(work.join("garbage.bin"), &garbage).unwrap();
-    let (path, method) = small_upload_call(kind);
-    s.control(json!({"bad_answers": {
-        "mode": "garbage_json", "count": 1000, "path_contains": path, "method": method
-    }}));
-    let out = sh_status(&work, "cp garbage.bin mnt/garbage.bin");
-    s.control(json!({"bad_answers": {"mode": "html", "count": 0}}));
-    assert!(
-        !out.status.success(),
-        "{proto}: cp with garbage answers succeeded"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Input/output error"),
-        "{proto}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log = daemon_log(&s);
-    let line = log
-        .lines()
-        .find(|l| l.contains("garbage.bin") && l.contains("upload failed"))
-        .unwrap_or_else(|| panic!("{proto}: no log line names garbage.bin:\n{log}"));
-    eprintln!("{proto}: garbage answer logged as: {line}");
-    let lower = line.to_lowercase();
-    assert!(
-        [
-            "json",
-            "answer",
-            "response",
-            "unexpected",
-            "parse",
-            "decode"
-        ]
-        .iter()
-        .any(|w| lower.contains(w)),
-        "{proto}: the log line does not say what was wrong: {line}"
-    );
-    assert_eq!(
-        xattr(&m.path("garbage.bin"), "user.uploadfs.state").as_deref(),
-        Some("failed")
-    );
-    sh(&work, "cmp garbage.bin mnt/garbage.bin");
-
-    // The failed uploads are retried at the next mount and land exactly once.
-    m.remount();
-    wait_landed(&s, proto, "revoked.bin", &revoked, Duration::from_secs(30));
-    wait_landed(&s, proto, "garbage.bin", &garbage, Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while xattr(&m.path("garbage.bin"), "user.uploadfs.state").as_deref() != Some("committed") {
-        assert!(
-            Instant::now() < deadline,
-            "{proto}: garbage.bin never became committed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    sh(
-        &work,
-        "cmp garbage.bin mnt/garbage.bin && cmp revoked.bin mnt/revoked.bin",
-    );
-    // Nothing is listed twice, and the refused names never reached the server.
-    let files = server_files(&s, proto);
-    for name in refused_names(kind) {
-        assert!(
-            !files.contains_key(name),
-            "{proto}: {name:?} reached the server"
-        );
-    }
-    drop(m);
-}
-
-// ----- full stage disk --------------------------------------------------------------------
-
-/// A small tmpfs, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = run_bounded(
-            Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir),
-            Duration::from_secs(30),
-        );
-        assert!(
-            out.status.success(),
-            "cannot mount a tmpfs (needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-fn stage_disk_full(kind: TargetKind) {
-    let s = start_server();
-    let proto = kind.as_str();
-    let work = s.dir.path().to_path_buf();
-    // Declared before the mount so the mount's guard (dropped first) releases it.
-    let cache = Tmpfs::mount(&work.join("cache"), "8m");
-    let m = mount_kind(&s, kind, "", &cache.0);
-
-    // Committed before the disk fills.
-    let done = pattern(MIB, 21);
-    std::fs::write(work.join("done.bin"), &done).unwrap();
-    sh(&work, "cp done.bin mnt/done.bin");
-    // Staged and still open while the disk fills.
-    let open = pattern(MIB + 5, 22);
-    let f = std::fs::File::create(m.path("open.bin")).unwrap();
-    {
-        use std::io::Write;
-        (&f).write_all(&open).unwrap();
-    }
-    // A write bigger than what is left: ENOSPC to the writer.
-    std::fs::write(work.join("big.bin"), pattern(12 * MIB, 23)).unwrap();
-    let out = sh_status(&work, "cp big.bin mnt/big.bin");
-    assert!(
-        !out.status.success(),
-        "{proto}: cp onto a full stage disk succeeded"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("No space left on device"),
-        "{proto}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Nothing of it is remote, ever.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        !server_files(&s, proto).contains_key("big.bin"),
-        "{proto}: a cut-short file was uploaded"
-    );
-    // Kept locally, marked as not uploadable on its own.
-    assert_eq!(
-        xattr(&m.path("big.bin"), "user.uploadfs.state").as_deref(),
-        Some("incomplete")
-    );
-    // The open file still closes fine and lands; the committed one still reads back.
-    bounded(TOOL_TIMEOUT, move || drop(f));
-    wait_landed(&s, proto, "open.bin", &open, Duration::from_secs(20));
-    std::fs::write(work.join("open.bin"), &open).unwrap();
-    sh(
-        &work,
-        "cmp done.bin mnt/done.bin && cmp open.bin mnt/open.bin",
-    );
-    wait_landed(&s, proto, "done.bin", &done, Duration::from_secs(5));
-    // Removing the failed file gives its space back: the next copy works.
-    sh(&work, "rm -f mnt/big.bin");
-    let after = pattern(2 * MIB, 24);
-    std::fs::write(work.join("after.bin"), &after).unwrap();
-    sh(&work, "cp after.bin mnt/after.bin");
-    wait_landed(&s, proto, "after.bin", &after, Duration::from_secs(10));
-    drop(m);
-    drop(cache);
-}
-
-macro_rules! per_kind {
-    ($($kind:ident => $faults:ident, $bad:ident;)*) => {$(
+macro_rules! faults {
+    ($($kind:ident => $name:ident;)*) => {$(
         #[test]
-        fn $faults() {
+        fn $name() {
             faults(TargetKind::$kind);
-        }
-        #[test]
-        fn $bad() {
-            bad_input(TargetKind::$kind);
         }
     )*};
 }
 
-per_kind! {
-    Box => box_faults, box_bad_input;
-    Cloudreve => cloudreve_faults, cloudreve_bad_input;
-    Fluxer => fluxer_faults, fluxer_bad_input;
-    Virola => virola_faults, virola_bad_input;
-    Dyson => dyson_faults, dyson_bad_input;
+faults! {
+    Box => box_faults;
+    Cloudreve => cloudreve_faults;
+    Fluxer => fluxer_faults;
+    Virola => virola_faults;
+    Dyson => dyson_faults;
 }
 
 #[test]
 fn box_concurrency() {
     concurrency(TargetKind::Box);
-}
-
-#[test]
-fn box_stage_disk_full() {
-    stage_disk_full(TargetKind::Box);
 }

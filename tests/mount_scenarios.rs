@@ -9,8 +9,6 @@
 //! and kills the daemon) when the test ends, so a failing test never leaves a stale mount.
 
 mod common;
-#[path = "common/mount.rs"]
-mod mount;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -18,17 +16,17 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{pattern, sha1_hex, TestServer};
-use mount::*;
+use common::mount::{bounded, run_bounded, sh, sh_status, wait_exit, Mount, TOOL_TIMEOUT};
+use common::{md5_hex, pattern, sha1_hex, TestServer};
 use uploadfs::config::TargetKind;
 
-/// Like [`assert_on_server`], for work done in `release`, which the kernel sends after
+/// Like [`TestServer::assert_stored`], for work done in `release`, which the kernel sends after
 /// `close()` has returned (e.g. the upload of a file that was created and never written).
 fn wait_on_server(s: &TestServer, proto: &str, name: &str, data: &[u8]) {
     let want = (data.len() as u64, sha1_hex(data));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let files = server_files(s, proto);
+        let files = s.stored(proto);
         let landed = files.get(name) == Some(&want)
             || (proto == "dyson" && files.values().any(|v| *v == want));
         if landed || Instant::now() > deadline {
@@ -36,7 +34,7 @@ fn wait_on_server(s: &TestServer, proto: &str, name: &str, data: &[u8]) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_on_server(s, proto, name, data);
+    s.assert_stored(proto, name, data);
 }
 
 /// Every path below `root` → `None` for a directory, the SHA-1 for a file.
@@ -92,24 +90,13 @@ fn make_tree(root: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-fn part_size(kind: TargetKind, s: &TestServer) -> usize {
-    match kind {
-        // The server is started with 4 MiB Cloudreve chunks to keep the test quick.
-        TargetKind::Cloudreve => CLOUDREVE_CHUNK as usize,
-        _ => s.target(kind).capabilities().part_size as usize,
-    }
-}
-
-const CLOUDREVE_CHUNK: u64 = 4 * 1024 * 1024;
-
 /// The whole scenario for one kind.
 fn scenario(kind: TargetKind) {
-    let s = TestServer::start(|o| {
-        o.cloudreve_chunk_size = CLOUDREVE_CHUNK;
-    });
+    // Small Cloudreve chunks keep the test quick.
+    let s = TestServer::small_chunks();
     let proto = kind.as_str();
     let caps = s.target(kind).capabilities();
-    let part = part_size(kind, &s);
+    let part = s.part_size(kind);
     let work = s.dir.path().to_path_buf();
     let src = work.join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -153,7 +140,7 @@ fn scenario(kind: TargetKind) {
             // Without remote rename the data stays under rsync's temporary name.
             let want = (data.len() as u64, sha1_hex(data));
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !server_files(&s, proto).values().any(|v| *v == want) {
+            while !s.stored(proto).values().any(|v| *v == want) {
                 assert!(
                     Instant::now() < deadline,
                     "{proto}: content of {rel} is not on the server"
@@ -162,8 +149,8 @@ fn scenario(kind: TargetKind) {
             }
         }
     }
-    let files_after_first = server_files(&s, proto);
-    let bytes_before = s.state()["bytes_received"].as_u64().unwrap();
+    let files_after_first = s.stored(proto);
+    let bytes_before = s.bytes_received();
     let out = sh(&work, "rsync -a --itemize-changes rs/ mnt/rs/");
     let changes = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -173,11 +160,11 @@ fn scenario(kind: TargetKind) {
         "second rsync transferred files:\n{changes}"
     );
     assert_eq!(
-        s.state()["bytes_received"].as_u64().unwrap(),
+        s.bytes_received(),
         bytes_before,
         "second rsync uploaded data"
     );
-    assert_eq!(server_files(&s, proto), files_after_first);
+    assert_eq!(s.stored(proto), files_after_first);
 
     // 4. mv of a file and of a folder.
     sh(
@@ -190,7 +177,7 @@ fn scenario(kind: TargetKind) {
     );
     sh(&work, "cmp src/f1.bin mnt/f1-moved.bin");
     if caps.rename {
-        let files = server_files(&s, proto);
+        let files = s.stored(proto);
         assert!(files.contains_key("f1-moved.bin") && !files.contains_key("f1.bin"));
     }
     if caps.folders {
@@ -213,7 +200,7 @@ fn scenario(kind: TargetKind) {
         "rm mnt/f0.bin mnt/f1-moved.bin && test ! -e mnt/f0.bin",
     );
     if caps.delete {
-        let files = server_files(&s, proto);
+        let files = s.stored(proto);
         let f1 = pattern(1, 2);
         assert!(
             !files.values().any(|v| *v == (1, sha1_hex(&f1))),
@@ -226,14 +213,14 @@ fn scenario(kind: TargetKind) {
     // 6. touch: a new empty file is created remotely; touching an existing one uploads nothing.
     sh(&work, "touch mnt/empty.txt");
     wait_on_server(&s, proto, "empty.txt", b"");
-    let bytes_before = s.state()["bytes_received"].as_u64().unwrap();
+    let bytes_before = s.bytes_received();
     sh(&work, "touch mnt/f2.bin");
-    assert_eq!(s.state()["bytes_received"].as_u64().unwrap(), bytes_before);
+    assert_eq!(s.bytes_received(), bytes_before);
 
     // 7. Shell redirection: echo > then echo >> (open existing without O_TRUNC, append).
     sh(&work, "echo a > mnt/echo.txt && echo b >> mnt/echo.txt");
     assert_eq!(std::fs::read(mnt.join("echo.txt")).unwrap(), b"a\nb\n");
-    assert_on_server(&s, proto, "echo.txt", b"a\nb\n");
+    s.assert_stored(proto, "echo.txt", b"a\nb\n");
 
     // 8. dd conv=notrunc into the middle of an existing file.
     let mut f3 = pattern(part + 1, 4);
@@ -242,7 +229,7 @@ fn scenario(kind: TargetKind) {
         "printf XXXXX | dd of=mnt/f3.bin bs=1 seek=1000 conv=notrunc status=none",
     );
     f3[1000..1005].copy_from_slice(b"XXXXX");
-    assert_on_server(&s, proto, "f3.bin", &f3);
+    s.assert_stored(proto, "f3.bin", &f3);
     assert_eq!(
         std::fs::metadata(mnt.join("f3.bin")).unwrap().len(),
         f3.len() as u64
@@ -268,13 +255,13 @@ fn scenario(kind: TargetKind) {
             drop(f);
         });
     }
-    assert_on_server(&s, proto, "random.bin", &rnd);
+    s.assert_stored(proto, "random.bin", &rnd);
 
     // 10. cp over an existing file replaces it (one file with the new content).
     let newer = pattern(part / 2 + 3, 77);
     std::fs::write(src.join("newer.bin"), &newer).unwrap();
     sh(&work, "cp src/newer.bin mnt/f4.bin");
-    assert_on_server(&s, proto, "f4.bin", &newer);
+    s.assert_stored(proto, "f4.bin", &newer);
     sh(&work, "cmp src/newer.bin mnt/f4.bin");
 
     // 11. Eight parallel writers.
@@ -301,7 +288,7 @@ fn scenario(kind: TargetKind) {
         });
     }
     for (n, d) in &par {
-        assert_on_server(&s, proto, n, d);
+        s.assert_stored(proto, n, d);
     }
 
     // 12. A crawler (file manager style): list everything, read the first 4 KiB of each.
@@ -352,7 +339,7 @@ fn scenario(kind: TargetKind) {
     sh(&work, "diff -r rs mnt/rs && diff -r tree mnt/tree-moved");
 
     // 14. Over the server's size limit: cp fails with EFBIG and nothing lands remotely.
-    s.control(serde_json::json!({ "max_file_size": 1024 * 1024 }));
+    s.set_max_file_size(1024 * 1024);
     std::fs::write(src.join("huge.bin"), pattern(2 * 1024 * 1024, 3)).unwrap();
     let out = sh_status(&work, "cp src/huge.bin mnt/huge.bin");
     assert!(!out.status.success(), "cp of an oversized file succeeded");
@@ -361,25 +348,15 @@ fn scenario(kind: TargetKind) {
         "cp stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!server_files(&s, proto).contains_key("huge.bin"));
+    assert!(!s.stored(proto).contains_key("huge.bin"));
     // The failed file stays visible locally, marked failed, with its error in `status`.
-    let state = xattr(&mnt.join("huge.bin"), "user.uploadfs.state");
-    assert_eq!(state.as_deref(), Some("failed"));
+    assert_eq!(m.state_of("huge.bin").as_deref(), Some("failed"));
     assert_eq!(
         std::fs::metadata(mnt.join("huge.bin")).unwrap().len(),
         2 * 1024 * 1024,
         "the staged data of a failed upload is kept"
     );
-    let out = run_bounded(
-        m.command().args(["status", "--json"]).arg(&mnt),
-        Duration::from_secs(30),
-    );
-    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "status --json: {e}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let st = m.status_json();
     let pending = st["mounts"][0]["pending"].as_array().unwrap();
     assert!(
         pending
@@ -404,7 +381,7 @@ fn scenario(kind: TargetKind) {
         "symlink: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    s.control(serde_json::json!({ "max_file_size": 64u64 * 1024 * 1024 * 1024 }));
+    s.set_max_file_size(64u64 * 1024 * 1024 * 1024);
 
     m.unmount();
 }
@@ -442,12 +419,12 @@ fn limits_and_foreign_files(kind: TargetKind) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!server_files(&s, proto).contains_key("big.bin"));
+    assert!(!s.stored(proto).contains_key("big.bin"));
     // Exactly at the limit is fine.
     let ok = pattern(1024 * 1024, 2);
     std::fs::write(work.join("ok.bin"), &ok).unwrap();
     sh(&work, "cp ok.bin mnt/ok.bin");
-    assert_on_server(&s, proto, "ok.bin", &ok);
+    s.assert_stored(proto, "ok.bin", &ok);
 
     // Uploaded by someone else: visible after the listing TTL.
     let other = pattern(5000, 8);
@@ -460,7 +437,7 @@ fn limits_and_foreign_files(kind: TargetKind) {
         size: other.len() as u64,
         digests: uploadfs::remote::Digests {
             sha1: Some(sha1_hex(&other)),
-            md5: Some(common::md5_hex(&other)),
+            md5: Some(md5_hex(&other)),
         },
         mtime_ms: 1_700_000_000_000,
         replaces: None,
@@ -500,7 +477,7 @@ fn limits_and_foreign_files(kind: TargetKind) {
             size: newer.len() as u64,
             digests: uploadfs::remote::Digests {
                 sha1: Some(sha1_hex(&newer)),
-                md5: Some(common::md5_hex(&newer)),
+                md5: Some(md5_hex(&newer)),
             },
             mtime_ms: 1_700_000_100_000,
             replaces: Some(old.clone()),
@@ -608,15 +585,13 @@ fn local_target_needs_no_config() {
     // SIGTERM makes the daemon unmount cleanly.
     let pid = m.daemon_pid().expect("daemon registered");
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while unsafe { libc::kill(pid, 0) } == 0 {
-        assert!(Instant::now() < deadline, "daemon did not exit on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_exit(pid, Duration::from_secs(20)),
+        "daemon did not exit on SIGTERM"
+    );
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mi.contains(&*m.dir.to_string_lossy()),
         "still mounted after SIGTERM"
     );
-    m.mounted = false;
 }

@@ -5,16 +5,13 @@
 //! `ls -l` stops asking for them) while ours still read.
 
 mod common;
-#[path = "common/mount.rs"]
-mod mount;
 
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+use common::mount::{getxattr_raw, sh, sh_status, xattr, Mount};
 use common::{pattern, sha1_hex, TestServer};
-use mount::{sh, sh_status, xattr, Mount};
-use serde_json::json;
 use uploadfs::config::TargetKind;
 
 /// The mount's fetch unit for reads that are not sequential (`read::BLOCK_SIZE`).
@@ -26,13 +23,6 @@ const BIG: usize = 20 * 1024 * 1024 + 12_345;
 
 fn mount_box(s: &TestServer) -> Mount {
     Mount::for_kind(s, TargetKind::Box, "", &[])
-}
-
-/// Bytes the server has sent for downloads so far.
-fn served(s: &TestServer) -> u64 {
-    s.state()["bytes_served"]
-        .as_u64()
-        .expect("bytes_served in the introspection")
 }
 
 /// Committed files of `len` bytes each (contents by seed), written through the mount,
@@ -69,7 +59,7 @@ fn random_reads_fetch_small_ranges() {
     // No kernel read-ahead: each pread below reaches the daemon as one 4 KiB read.
     let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
     assert_eq!(r, 0, "posix_fadvise");
-    let before = served(&s);
+    let before = s.bytes_served();
     // Offsets in no order, each more than a MiB from the one before (none at the start,
     // none in the same block).
     let offsets: Vec<u64> = [7u64, 2, 10, 4, 0, 9, 5, 11, 1, 8, 3, 6]
@@ -84,7 +74,7 @@ fn random_reads_fetch_small_ranges() {
             "wrong data at {off}"
         );
     }
-    let sent = served(&s) - before;
+    let sent = s.bytes_served() - before;
     let n = offsets.len() as u64;
     assert!(
         sent >= n * 4096,
@@ -99,23 +89,17 @@ fn random_reads_fetch_small_ranges() {
     drop(f);
 
     // A sequential read (of a file not read before) still fetches with large GETs.
-    let (before, before_requests) = (served(&s), requests(&s));
+    let (before, before_requests) = (s.bytes_served(), s.requests());
     let out = sh(&m.dir, "sha1sum seq.bin");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with(&sha1_hex(&seq)), "sequential read: {text}");
-    let gets = requests(&s) - before_requests;
-    let sent = served(&s) - before;
+    let gets = s.requests() - before_requests;
+    let sent = s.bytes_served() - before;
     assert!(sent >= BIG as u64, "the sequential read got {sent} bytes");
     assert!(
         gets <= 20,
         "a sequential read of {BIG} bytes took {gets} requests (1 MiB or less each)"
     );
-}
-
-fn requests(s: &TestServer) -> u64 {
-    s.state()["requests"]
-        .as_u64()
-        .expect("requests in the introspection")
 }
 
 #[test]
@@ -128,7 +112,7 @@ fn whole_read_is_verified_and_corruption_fails_with_eio() {
     // Healthy: the read is right and the daemon verified it.
     let out = sh(&m.dir, "sha1sum big.bin");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&want));
-    let log = std::fs::read_to_string(s.dir.path().join("daemon.log")).unwrap();
+    let log = m.log();
     assert!(
         log.contains("whole-file read verified"),
         "the whole-file read was not verified"
@@ -136,19 +120,17 @@ fn whole_read_is_verified_and_corruption_fails_with_eio() {
 
     // One download answered with every byte inverted (same length), on a cold cache.
     m.remount();
-    s.control(json!({"bad_answers": {
-        "mode": "flip", "count": 1, "path_contains": "/box/2.0/dl/", "method": "GET"
-    }}));
+    s.spoil_answers("flip", 1, "/box/2.0/dl/", "GET");
     let out = sh_status(&m.dir, "cat big.bin > /dev/null");
     assert_eq!(
-        s.state()["bad_answers_sent"].as_u64(),
-        Some(1),
+        s.counter("bad_answers_sent"),
+        1,
         "the corrupted answer was not sent"
     );
     assert!(!out.status.success(), "a read of corrupted data succeeded");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Input/output error"), "cat said: {err}");
-    let log = std::fs::read_to_string(s.dir.path().join("daemon.log")).unwrap();
+    let log = m.log();
     assert!(
         log.contains("SHA-1 mismatch on read"),
         "mismatch not logged"
@@ -175,10 +157,7 @@ fn xattrs_outside_user_are_not_supported_and_read_ahead_is_raised() {
         );
     }
     assert_eq!(getxattr_errno(&p, "user.other"), Some(libc::ENODATA));
-    assert_eq!(
-        xattr(&p, "user.uploadfs.state").as_deref(),
-        Some("committed")
-    );
+    assert_eq!(m.state_of("a.txt").as_deref(), Some("committed"));
     assert_eq!(
         xattr(&p, "user.uploadfs.sha1").as_deref(),
         Some(&*sha1_hex(b"hello"))
@@ -194,7 +173,7 @@ fn xattrs_outside_user_are_not_supported_and_read_ahead_is_raised() {
 
 /// The errno of getxattr(path, name), None when it succeeds.
 fn getxattr_errno(path: &Path, name: &str) -> Option<i32> {
-    mount::getxattr_raw(path, name).err()
+    getxattr_raw(path, name).err()
 }
 
 /// `major:minor` of the mount at `dir`.

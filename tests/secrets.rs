@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::config::{TargetToml, Token};
 use common::{pattern, sha1_hex, TestServer, TOKEN};
 use uploadfs::config::TargetKind;
 use uploadfs::remote::http::HttpClient;
@@ -17,33 +17,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_uploadfs");
 /// A wrong token, which must not show up in the refusal either.
 const WRONG_TOKEN: &str = "wrong-token-ABCDEF-0123456789";
 
-/// A config with one target named after `kind`, holding `token`, mode 600.
+/// A config with one target named after `kind`, holding `token`, as `file`.
 fn write_config(s: &TestServer, kind: TargetKind, token: &str, file: &str) -> PathBuf {
-    let c = s.config(kind);
-    let k = kind.as_str();
-    let mut text = format!(
-        "[targets.{k}]\nkind = \"{k}\"\nurl = \"{}\"\ntoken = \"{token}\"\nretry_seconds = 5\n",
-        c.url
-    );
-    if let Some(u) = &c.upload_url {
-        text.push_str(&format!("upload_url = \"{u}\"\n"));
-    }
-    if let Some(ch) = &c.channel_id {
-        if kind == TargetKind::Fluxer {
-            text.push_str(&format!("channel_id = \"{ch}\"\n"));
-        }
-    }
-    if kind == TargetKind::Virola {
-        text.push_str(&format!(
-            "room_id = {}\nmessage_id = {}\n",
-            c.room_id.unwrap_or_default(),
-            c.message_id.unwrap_or_default()
-        ));
-    }
-    let path = s.dir.path().join(file);
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
+    TargetToml::new(s, kind)
+        .name(kind.as_str())
+        .token(Token::Inline(token.to_string()))
+        .retry_seconds(5)
+        .write_as(s, file)
 }
 
 fn run(args: &[&str], home: &Path, log: &Path) -> Output {

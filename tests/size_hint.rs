@@ -7,8 +7,6 @@
 //! longer, removes the file) still gets exactly its data, or nothing, on the server.
 
 mod common;
-#[path = "common/mount.rs"]
-mod mount;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -17,12 +15,10 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::mount::{bounded, run_bounded, Mount};
 use common::{pattern, TestServer};
-use mount::*;
 use uploadfs::config::TargetKind;
 
-/// Cloudreve chunks are 4 MiB in these tests (the server's option) to keep them quick.
-const CLOUDREVE_CHUNK: u64 = 4 * 1024 * 1024;
 /// Longest a single step through the mount may take.
 const STEP: Duration = Duration::from_secs(90);
 
@@ -133,20 +129,17 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 fn scenario(kind: TargetKind) {
-    let s = TestServer::start(|o| o.cloudreve_chunk_size = CLOUDREVE_CHUNK);
+    // Small Cloudreve chunks keep the multi-part files small.
+    let s = TestServer::small_chunks();
     let proto = kind.as_str();
     let caps = s.target(kind).capabilities();
-    let part = if kind == TargetKind::Cloudreve {
-        CLOUDREVE_CHUNK as usize
-    } else {
-        caps.part_size as usize
-    };
+    let part = s.part_size(kind);
     let size = (3 * part + 7).max((8 << 20) + 7);
     let early = caps.early_start;
     let work = s.dir.path().to_path_buf();
     let m = Mount::for_kind(&s, kind, "", &[]);
-    let received = || s.state()["bytes_received"].as_u64().unwrap_or(0);
-    let visible = |name: &str| server_files(&s, proto).contains_key(name);
+    let received = || s.bytes_received();
+    let visible = |name: &str| s.stored(proto).contains_key(name);
     // Parts go up before close where the protocol allows, and nothing does elsewhere.
     let sent_early = |before: u64| {
         if early {
@@ -172,7 +165,7 @@ fn scenario(kind: TargetKind) {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!visible("hinted.bin"), "{proto}: visible before close");
     w.close();
-    assert_on_server(&s, proto, "hinted.bin", &data);
+    s.assert_stored(proto, "hinted.bin", &data);
     assert!(
         received() - before < (size + part) as u64,
         "{proto}: the data went up more than once ({} bytes for {size})",
@@ -193,7 +186,7 @@ fn scenario(kind: TargetKind) {
     data[10..17].copy_from_slice(b"changed");
     w.write(&data, 10..17);
     w.close();
-    assert_on_server(&s, proto, "rewritten.bin", &data);
+    s.assert_stored(proto, "rewritten.bin", &data);
 
     // 3. Shorter than announced (truncated back before close), 4. longer than announced.
     for (name, len, seed) in [("short.bin", size - 1000, 3), ("long.bin", size + 1000, 4)] {
@@ -206,7 +199,7 @@ fn scenario(kind: TargetKind) {
             w.set_len(len as u64);
         }
         w.close();
-        assert_on_server(&s, proto, name, &data);
+        s.assert_stored(proto, name, &data);
     }
 
     // 5. Removed while it is written: nothing lands, no session is left open.
@@ -239,7 +232,7 @@ fn scenario(kind: TargetKind) {
     sent_early(before);
     w.write(&data, 2 * part..size);
     w.close();
-    assert_on_server(&s, proto, "fallocated.bin", &data);
+    s.assert_stored(proto, "fallocated.bin", &data);
 
     // 7. Space reserved without a size change (FALLOC_FL_KEEP_SIZE) succeeds but is no
     // size hint (rsync reserves one byte less than it writes): nothing goes up before close.
@@ -257,7 +250,7 @@ fn scenario(kind: TargetKind) {
     );
     w.write(&data, 2 * part..size);
     w.close();
-    assert_on_server(&s, proto, "reserved.bin", &data);
+    s.assert_stored(proto, "reserved.bin", &data);
 
     // 8. `rsync --preallocate` (which reserves with KEEP_SIZE) exits 0 without complaint
     // and sends the file once.
@@ -266,8 +259,7 @@ fn scenario(kind: TargetKind) {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("synced.bin"), &data).unwrap();
     let announced = |log: &str| log.matches("size announced before writing").count();
-    let log_before =
-        announced(&std::fs::read_to_string(work.join("daemon.log")).unwrap_or_default());
+    let log_before = announced(&m.log());
     let out = run_bounded(
         std::process::Command::new("rsync")
             .args(["--preallocate", "--inplace"])
@@ -281,16 +273,15 @@ fn scenario(kind: TargetKind) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_on_server(&s, proto, "synced.bin", &data);
-    let log_after =
-        announced(&std::fs::read_to_string(work.join("daemon.log")).unwrap_or_default());
+    s.assert_stored(proto, "synced.bin", &data);
+    let log_after = announced(&m.log());
     assert_eq!(
         log_after, log_before,
         "{proto}: rsync --preallocate started an early upload"
     );
 
     // Nothing else landed (the given-up attempts left no copies).
-    let names: Vec<String> = server_files(&s, proto).into_keys().collect();
+    let names: Vec<String> = s.stored(proto).into_keys().collect();
     for n in &names {
         assert!(
             [
