@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::config::{write_config_file, TargetToml, Token};
-use common::{pattern, sha1_hex, TestServer, TOKEN};
+use common::{pattern, sha1_hex, TestServer, BIN, TOKEN};
 use uploadfs::config::TargetKind;
-
-const BIN: &str = env!("CARGO_BIN_EXE_uploadfs");
 
 /// A config file with one target per kind, named after the kind, holding `token`.
 fn write_config(s: &TestServer, token: &str) -> PathBuf {

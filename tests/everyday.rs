@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use common::config::{write_config, TargetToml};
 use common::mount::{
-    expect_success, have, is_mounted, require_fuse, run_bounded, sh_run, text, wait_exit, Mount,
-    BIN,
+    assert_fails_with, expect_success, have, is_mounted, require_fuse, run_bounded, sh_run, text,
+    wait_exit, Mount,
 };
-use common::{pattern, sha1_hex, TestServer};
+use common::{pattern, sha1_hex, TestServer, BIN};
 use uploadfs::config::TargetKind;
 
 /// Bound on any single tool run through a mount in these tests.
@@ -78,6 +78,18 @@ fn mount_cmd(run_dir: &Path) -> Command {
     // The daemon's registry (how `uploadfs unmount/status` and the guard find it).
     c.env("XDG_RUNTIME_DIR", run_dir);
     c
+}
+
+/// Unmount `dir` with `cmd` (`what`), as users do: it succeeds, the mount is gone and its
+/// daemon `pid` exits.
+fn unmount_by(cmd: &mut Command, dir: &Path, pid: i32, what: &str) {
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+    assert!(!is_mounted(dir));
+    assert!(
+        wait_exit(pid, Duration::from_secs(20)),
+        "daemon still running after {what}"
+    );
 }
 
 /// `mount -t fuse.uploadfs` and an fstab line (`mount -T FSTAB DIR`), each unmounted the
@@ -147,13 +159,7 @@ fn mount_helper_and_fstab() {
         Some(&(one.len() as u64, sha1_hex(&one)))
     );
     // Plain umount(8): the kernel lets go and the daemon exits.
-    let out = run_bounded(Command::new("umount").arg(&dir), Duration::from_secs(60));
-    assert!(out.status.success(), "umount: {}", text(&out.stderr));
-    assert!(!is_mounted(&dir));
-    assert!(
-        wait_exit(pid, Duration::from_secs(20)),
-        "daemon still running after umount"
-    );
+    unmount_by(Command::new("umount").arg(&dir), &dir, pid, "umount");
     drop(guard);
 
     // 2. An fstab line, used through an alternative fstab (mount -T).
@@ -181,19 +187,11 @@ fn mount_helper_and_fstab() {
         Some(&(two.len() as u64, sha1_hex(&two)))
     );
     // fusermount3 -u works on it too.
-    let out = run_bounded(
+    unmount_by(
         Command::new("fusermount3").arg("-u").arg(&dir),
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "fusermount3 -u: {}",
-        text(&out.stderr)
-    );
-    assert!(!is_mounted(&dir));
-    assert!(
-        wait_exit(pid, Duration::from_secs(20)),
-        "daemon still running after fusermount3 -u"
+        &dir,
+        pid,
+        "fusermount3 -u",
     );
     drop(guard);
 }
@@ -357,14 +355,10 @@ fn gio_scenario(kind: TargetKind) {
         assert!(!s.stored(proto).contains_key("t.txt"));
     } else {
         // Flat targets refuse a trash (its .trashinfo files would be uploaded too).
-        assert!(
-            !out.status.success(),
-            "gio trash succeeded on a flat target"
-        );
-        assert!(
-            text(&out.stderr).contains("Unable to find or create trash directory"),
-            "{}",
-            text(&out.stderr)
+        assert_fails_with(
+            &out,
+            "Unable to find or create trash directory",
+            "gio trash on a flat target",
         );
         gio("cmp t.txt mnt/t.txt");
         let files = s.stored(proto);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mount::{bounded, run_bounded, sh, sh_status, Mount, TOOL_TIMEOUT};
+use common::mount::{assert_fails_with, bounded, run_bounded, sh, sh_status, Mount, TOOL_TIMEOUT};
 use common::{pattern, sha1_hex, TestServer, TOKEN};
 use serde_json::json;
 use uploadfs::config::TargetKind;
@@ -92,11 +92,10 @@ fn bad_input(kind: TargetKind) {
                 .current_dir(&work),
             TOOL_TIMEOUT,
         );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{proto}: cp to {name:?} succeeded");
-        assert!(
-            err.contains("Invalid argument"),
-            "{proto}: cp to {name:?}: {err}"
+        assert_fails_with(
+            &out,
+            "Invalid argument",
+            &format!("{proto}: cp to {name:?}"),
         );
         assert!(
             !s.stored(proto).contains_key(name),
@@ -142,14 +141,10 @@ fn bad_input(kind: TargetKind) {
     let revoked = pattern(50_000, 4);
     std::fs::write(work.join("revoked.bin"), &revoked).unwrap();
     let out = sh_status(&work, "cp revoked.bin mnt/revoked.bin");
-    assert!(
-        !out.status.success(),
-        "{proto}: cp with a revoked token succeeded"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "{proto}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_fails_with(
+        &out,
+        "Permission denied",
+        &format!("{proto}: cp with a revoked token"),
     );
     s.control_as(OTHER_TOKEN, json!({ "token": TOKEN }));
     let log = m.log();
@@ -182,14 +177,10 @@ fn bad_input(kind: TargetKind) {
     s.spoil_answers("garbage_json", 1000, path, method);
     let out = sh_status(&work, "cp garbage.bin mnt/garbage.bin");
     s.heal_answers();
-    assert!(
-        !out.status.success(),
-        "{proto}: cp with garbage answers succeeded"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Input/output error"),
-        "{proto}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_fails_with(
+        &out,
+        "Input/output error",
+        &format!("{proto}: cp with garbage answers"),
     );
     let log = m.log();
     let line = log
@@ -299,14 +290,10 @@ fn stage_disk_full(kind: TargetKind) {
     // A write bigger than what is left: ENOSPC to the writer.
     std::fs::write(work.join("big.bin"), pattern(12 * MIB, 23)).unwrap();
     let out = sh_status(&work, "cp big.bin mnt/big.bin");
-    assert!(
-        !out.status.success(),
-        "{proto}: cp onto a full stage disk succeeded"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("No space left on device"),
-        "{proto}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_fails_with(
+        &out,
+        "No space left on device",
+        &format!("{proto}: cp onto a full stage disk"),
     );
     // Nothing of it is remote, ever.
     std::thread::sleep(Duration::from_millis(500));

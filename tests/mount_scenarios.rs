@@ -16,8 +16,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::mount::{bounded, run_bounded, sh, sh_status, wait_exit, Mount, TOOL_TIMEOUT};
-use common::{md5_hex, pattern, sha1_hex, TestServer};
+use common::mount::{
+    assert_fails_with, bounded, run_bounded, sh, sh_status, wait_exit, Mount, TOOL_TIMEOUT,
+};
+use common::{pattern, sha1_hex, TestServer};
 use uploadfs::config::TargetKind;
 
 /// Like [`TestServer::assert_stored`], for work done in `release`, which the kernel sends after
@@ -342,12 +344,7 @@ fn scenario(kind: TargetKind) {
     s.set_max_file_size(1024 * 1024);
     std::fs::write(src.join("huge.bin"), pattern(2 * 1024 * 1024, 3)).unwrap();
     let out = sh_status(&work, "cp src/huge.bin mnt/huge.bin");
-    assert!(!out.status.success(), "cp of an oversized file succeeded");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("File too large"),
-        "cp stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_fails_with(&out, "File too large", "cp of an oversized file");
     assert!(!s.stored(proto).contains_key("huge.bin"));
     // The failed file stays visible locally, marked failed, with its error in `status`.
     assert_eq!(m.state_of("huge.bin").as_deref(), Some("failed"));
@@ -431,21 +428,8 @@ fn limits_and_foreign_files(kind: TargetKind) {
     let path = work.join("other.bin");
     std::fs::write(&path, &other).unwrap();
     let t = s.target(kind);
-    s.rt.block_on(t.upload(uploadfs::remote::UploadRequest {
-        parent: None,
-        name: "foreign.bin".into(),
-        size: other.len() as u64,
-        digests: uploadfs::remote::Digests {
-            sha1: Some(sha1_hex(&other)),
-            md5: Some(md5_hex(&other)),
-        },
-        mtime_ms: 1_700_000_000_000,
-        replaces: None,
-        resume_session: None,
-        source: std::sync::Arc::new(uploadfs::remote::FileSource::open(&path).unwrap()),
-        observer: std::sync::Arc::new(uploadfs::remote::ByteCounter::default()),
-    }))
-    .expect("direct upload");
+    s.rt.block_on(t.upload(s.upload_request("foreign.bin", &other, None)))
+        .expect("direct upload");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let out = sh(&work, "ls mnt");
@@ -470,22 +454,11 @@ fn limits_and_foreign_files(kind: TargetKind) {
             .find(|f| f.name == "foreign.bin")
             .unwrap();
     let caps = t.capabilities();
+    let mut req = s.upload_request("foreign.bin", &newer, Some(old.clone()));
+    req.mtime_ms = 1_700_000_100_000;
     let replaced =
-        s.rt.block_on(t.upload(uploadfs::remote::UploadRequest {
-            parent: None,
-            name: "foreign.bin".into(),
-            size: newer.len() as u64,
-            digests: uploadfs::remote::Digests {
-                sha1: Some(sha1_hex(&newer)),
-                md5: Some(md5_hex(&newer)),
-            },
-            mtime_ms: 1_700_000_100_000,
-            replaces: Some(old.clone()),
-            resume_session: None,
-            source: std::sync::Arc::new(uploadfs::remote::FileSource::open(&path).unwrap()),
-            observer: std::sync::Arc::new(uploadfs::remote::ByteCounter::default()),
-        }))
-        .expect("direct replacing upload");
+        s.rt.block_on(t.upload(req))
+            .expect("direct replacing upload");
     if !caps.replaces_in_place && replaced.id != old.id {
         s.rt.block_on(t.delete(&old)).unwrap();
     }

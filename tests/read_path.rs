@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-use common::mount::{getxattr_raw, sh, sh_status, xattr, Mount};
+use common::mount::{assert_fails_with, getxattr_raw, sh, sh_status, xattr, Mount};
 use common::{pattern, sha1_hex, TestServer};
 use uploadfs::config::TargetKind;
 
@@ -127,9 +127,7 @@ fn whole_read_is_verified_and_corruption_fails_with_eio() {
         1,
         "the corrupted answer was not sent"
     );
-    assert!(!out.status.success(), "a read of corrupted data succeeded");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Input/output error"), "cat said: {err}");
+    assert_fails_with(&out, "Input/output error", "a read of corrupted data");
     let log = m.log();
     assert!(
         log.contains("SHA-1 mismatch on read"),

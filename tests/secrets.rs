@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::config::{TargetToml, Token};
-use common::{pattern, sha1_hex, TestServer, TOKEN};
+use common::{pattern, sha1_hex, TestServer, BIN, TOKEN};
 use uploadfs::config::TargetKind;
 use uploadfs::remote::http::HttpClient;
 
-const BIN: &str = env!("CARGO_BIN_EXE_uploadfs");
 /// A wrong token, which must not show up in the refusal either.
 const WRONG_TOKEN: &str = "wrong-token-ABCDEF-0123456789";
 
@@ -37,6 +36,22 @@ fn run(args: &[&str], home: &Path, log: &Path) -> Output {
         .env("XDG_DATA_HOME", home.join(".local/share"))
         .output()
         .expect("run uploadfs")
+}
+
+/// `uploadfs put -q SRC DEST --config CFG`, logging to `log`.
+fn put(src: &Path, dest: &str, cfg: &Path, home: &Path, log: &Path) -> Output {
+    run(
+        &[
+            "put",
+            "-q",
+            src.to_str().unwrap(),
+            dest,
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        home,
+        log,
+    )
 }
 
 /// Neither the log nor the output holds `secret`.
@@ -66,18 +81,7 @@ fn no_token_in_logs(kind: TargetKind) {
     std::fs::write(&src, &data).unwrap();
 
     let log = home.join("put.log");
-    let out = run(
-        &[
-            "put",
-            "-q",
-            src.to_str().unwrap(),
-            &format!("{k}:secret.bin"),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        home,
-        &log,
-    );
+    let out = put(&src, &format!("{k}:secret.bin"), &cfg, home, &log);
     assert!(
         out.status.success(),
         "put failed: {}",
@@ -117,18 +121,7 @@ fn no_token_in_logs(kind: TargetKind) {
     // A refused token: the error says so without repeating it.
     let bad = write_config(&s, kind, WRONG_TOKEN, "bad.toml");
     let log = home.join("refused.log");
-    let out = run(
-        &[
-            "put",
-            "-q",
-            src.to_str().unwrap(),
-            &format!("{k}:refused.bin"),
-            "--config",
-            bad.to_str().unwrap(),
-        ],
-        home,
-        &log,
-    );
+    let out = put(&src, &format!("{k}:refused.bin"), &bad, home, &log);
     assert!(!out.status.success(), "put with a wrong token succeeded");
     let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(

@@ -11,6 +11,9 @@ pub mod config;
 pub mod mount;
 pub mod server;
 
+/// The `uploadfs` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_uploadfs");
+
 // Not every test binary uses both.
 #[allow(unused_imports)]
 pub use server::{TestServer, TOKEN};

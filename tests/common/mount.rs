@@ -20,8 +20,7 @@ use uploadfs::config::TargetKind;
 
 use super::config::write_config;
 use super::server::TestServer;
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_uploadfs");
+use super::BIN;
 
 /// Bound on any single tool run through a mount.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(180);
@@ -134,6 +133,13 @@ pub fn sh(dir: &Path, script: &str) -> Output {
 /// `sh -c script` in `dir`: the output, whatever the status.
 pub fn sh_status(dir: &Path, script: &str) -> Output {
     sh_run(dir, &[], TOOL_TIMEOUT, script)
+}
+
+/// `out` of `what` failed, and its stderr says `error` (an errno's text, say).
+pub fn assert_fails_with(out: &Output, error: &str, what: &str) {
+    assert!(!out.status.success(), "{what} succeeded");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(error), "{what}: {stderr}");
 }
 
 pub fn text(b: &[u8]) -> String {

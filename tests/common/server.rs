@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use uploadfs::config::{TargetConfig, TargetKind};
-use uploadfs::remote::Target;
+use uploadfs::remote::{ByteCounter, Digests, FileSource, RemoteFile, Target, UploadRequest};
 use uploadfs::server::{RunningServer, ServeOptions};
 
-use super::sha1_hex;
+use super::{md5_hex, sha1_hex};
 
 /// The token the server starts with and every test client uses.
 pub const TOKEN: &str = "test-token-0123456789";
@@ -81,6 +81,32 @@ impl TestServer {
     /// A client for protocol `kind`.
     pub fn target(&self, kind: TargetKind) -> Arc<dyn Target> {
         uploadfs::remote::build(kind.as_str(), &self.config(kind)).expect("client builds")
+    }
+
+    /// A request to upload `data` as `name` in the root, replacing `replaces`, with both
+    /// digests, read from a file `src-NAME` written in the server's directory.
+    pub fn upload_request(
+        &self,
+        name: &str,
+        data: &[u8],
+        replaces: Option<RemoteFile>,
+    ) -> UploadRequest {
+        let path = self.dir.path().join(format!("src-{name}"));
+        std::fs::write(&path, data).unwrap();
+        UploadRequest {
+            parent: None,
+            name: name.to_string(),
+            size: data.len() as u64,
+            digests: Digests {
+                sha1: Some(sha1_hex(data)),
+                md5: Some(md5_hex(data)),
+            },
+            mtime_ms: 1_700_000_000_000,
+            replaces,
+            resume_session: None,
+            source: Arc::new(FileSource::open(&path).unwrap()),
+            observer: Arc::new(ByteCounter::default()),
+        }
     }
 
     /// The size of one part of a multi-part upload of `kind` to this server: Cloudreve's
