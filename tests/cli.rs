@@ -182,20 +182,13 @@ fn put_get_round_trip(kind: TargetKind) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.bin"));
 }
 
-macro_rules! put_get {
-    ($name:ident, $kind:expr) => {
-        #[test]
-        fn $name() {
-            put_get_round_trip($kind);
-        }
-    };
-}
-
-put_get!(put_get_box, TargetKind::Box);
-put_get!(put_get_cloudreve, TargetKind::Cloudreve);
-put_get!(put_get_fluxer, TargetKind::Fluxer);
-put_get!(put_get_virola, TargetKind::Virola);
-put_get!(put_get_dyson, TargetKind::Dyson);
+common::per_kind!(put_get_round_trip;
+    put_get_box => Box,
+    put_get_cloudreve => Cloudreve,
+    put_get_fluxer => Fluxer,
+    put_get_virola => Virola,
+    put_get_dyson => Dyson,
+);
 
 #[test]
 fn put_to_local_needs_no_config() {

@@ -80,6 +80,19 @@ fn mount_cmd(run_dir: &Path) -> Command {
     c
 }
 
+/// Mount with `cmd` (mount(8), `what`) at `work/mnt`: it succeeds and returns once the
+/// mount is ready; the guard owns the mount.
+fn mount_by(cmd: &mut Command, work: &Path, what: &str) -> Mount {
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+    let guard = Mount::adopt(work);
+    assert!(
+        is_mounted(&guard.dir),
+        "{what} returned before the mount was ready"
+    );
+    guard
+}
+
 /// Unmount `dir` with `cmd` (`what`), as users do: it succeeds, the mount is gone and its
 /// daemon `pid` exits.
 fn unmount_by(cmd: &mut Command, dir: &Path, pid: i32, what: &str) {
@@ -127,37 +140,28 @@ fn mount_helper_and_fstab() {
             .arg(format!("{opts},bogus_option")),
         Duration::from_secs(60),
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("unknown mount option \"bogus_option\""),
-        "{}",
-        text(&out.stderr)
+    assert_fails_with(
+        &out,
+        "unknown mount option \"bogus_option\"",
+        "mount with an unknown option",
     );
     assert!(!is_mounted(&dir));
 
     // 1. mount -t fuse.uploadfs NAME DIR -o ...: returns once mounted.
-    let out = run_bounded(
+    let guard = mount_by(
         mount_cmd(&run_dir)
             .args(["-t", "fuse.uploadfs", "work"])
             .arg(&dir)
             .arg("-o")
             .arg(&opts),
-        Duration::from_secs(60),
-    );
-    assert!(out.status.success(), "mount -t: {}", text(&out.stderr));
-    let guard = Mount::adopt(&work);
-    assert!(
-        is_mounted(&dir),
-        "mount(8) returned before the mount was ready"
+        &work,
+        "mount -t",
     );
     let pid = guard.daemon_pid().expect("the daemon registered itself");
     let one = pattern(300_000, 1);
     std::fs::write(work.join("one.bin"), &one).unwrap();
     sh_ok(&work, &[], "cp one.bin mnt/");
-    assert_eq!(
-        s.stored("box").get("one.bin"),
-        Some(&(one.len() as u64, sha1_hex(&one)))
-    );
+    s.assert_stored("box", "one.bin", &one);
     // Plain umount(8): the kernel lets go and the daemon exits.
     unmount_by(Command::new("umount").arg(&dir), &dir, pid, "umount");
     drop(guard);
@@ -172,20 +176,16 @@ fn mount_helper_and_fstab() {
         ),
     )
     .unwrap();
-    let out = run_bounded(
+    let guard = mount_by(
         mount_cmd(&run_dir).arg("-T").arg(&fstab).arg(&dir),
-        Duration::from_secs(60),
+        &work,
+        "mount -T",
     );
-    assert!(out.status.success(), "mount -T: {}", text(&out.stderr));
-    let guard = Mount::adopt(&work);
     let pid = guard.daemon_pid().expect("the daemon registered itself");
     let two = pattern(70_001, 2);
     std::fs::write(work.join("two.bin"), &two).unwrap();
     sh_ok(&work, &[], "cp two.bin mnt/ && cmp one.bin mnt/one.bin");
-    assert_eq!(
-        s.stored("box").get("two.bin"),
-        Some(&(two.len() as u64, sha1_hex(&two)))
-    );
+    s.assert_stored("box", "two.bin", &two);
     // fusermount3 -u works on it too.
     unmount_by(
         Command::new("fusermount3").arg("-u").arg(&dir),
@@ -368,15 +368,7 @@ fn gio_scenario(kind: TargetKind) {
     drop(m);
 }
 
-#[test]
-fn gio_box() {
-    gio_scenario(TargetKind::Box);
-}
-
-#[test]
-fn gio_fluxer() {
-    gio_scenario(TargetKind::Fluxer);
-}
+common::per_kind!(gio_scenario; gio_box => Box, gio_fluxer => Fluxer);
 
 /// `getfattr -d -m user.uploadfs` output of one path: name → value.
 fn getfattr(work: &Path, rel: &str) -> std::collections::BTreeMap<String, String> {
@@ -536,15 +528,7 @@ fn xattr_scenario(kind: TargetKind) {
     drop(m);
 }
 
-#[test]
-fn xattrs_box() {
-    xattr_scenario(TargetKind::Box);
-}
-
-#[test]
-fn xattrs_fluxer() {
-    xattr_scenario(TargetKind::Fluxer);
-}
+common::per_kind!(xattr_scenario; xattrs_box => Box, xattrs_fluxer => Fluxer);
 
 /// The systemd user unit example parses: `systemd-analyze verify` where available (on a
 /// copy naming an instance and the built binary), and its structure in any case.

@@ -322,24 +322,12 @@ fn stage_disk_full(kind: TargetKind) {
     drop(cache);
 }
 
-macro_rules! bad_input {
-    ($($kind:ident => $name:ident;)*) => {$(
-        #[test]
-        fn $name() {
-            bad_input(TargetKind::$kind);
-        }
-    )*};
-}
+common::per_kind!(bad_input;
+    box_bad_input => Box,
+    cloudreve_bad_input => Cloudreve,
+    fluxer_bad_input => Fluxer,
+    virola_bad_input => Virola,
+    dyson_bad_input => Dyson,
+);
 
-bad_input! {
-    Box => box_bad_input;
-    Cloudreve => cloudreve_bad_input;
-    Fluxer => fluxer_bad_input;
-    Virola => virola_bad_input;
-    Dyson => dyson_bad_input;
-}
-
-#[test]
-fn box_stage_disk_full() {
-    stage_disk_full(TargetKind::Box);
-}
+common::per_kind!(stage_disk_full; box_stage_disk_full => Box);

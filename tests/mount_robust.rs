@@ -536,24 +536,12 @@ fn concurrency(kind: TargetKind) {
     drop(m);
 }
 
-macro_rules! faults {
-    ($($kind:ident => $name:ident;)*) => {$(
-        #[test]
-        fn $name() {
-            faults(TargetKind::$kind);
-        }
-    )*};
-}
+common::per_kind!(faults;
+    box_faults => Box,
+    cloudreve_faults => Cloudreve,
+    fluxer_faults => Fluxer,
+    virola_faults => Virola,
+    dyson_faults => Dyson,
+);
 
-faults! {
-    Box => box_faults;
-    Cloudreve => cloudreve_faults;
-    Fluxer => fluxer_faults;
-    Virola => virola_faults;
-    Dyson => dyson_faults;
-}
-
-#[test]
-fn box_concurrency() {
-    concurrency(TargetKind::Box);
-}
+common::per_kind!(concurrency; box_concurrency => Box);

@@ -402,20 +402,14 @@ fn limits_and_foreign_files(kind: TargetKind) {
             .arg(work.join("state2")),
         Duration::from_secs(60),
     );
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no target named 'nosuch'"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_fails_with(
+        &out,
+        "no target named 'nosuch'",
+        "mount of an unknown target",
     );
     std::fs::write(work.join("big.bin"), pattern(1024 * 1024 + 1, 1)).unwrap();
     let out = sh_status(&work, "cp big.bin mnt/big.bin");
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("File too large"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_fails_with(&out, "File too large", "cp over the configured limit");
     assert!(!s.stored(proto).contains_key("big.bin"));
     // Exactly at the limit is fine.
     let ok = pattern(1024 * 1024, 2);
@@ -489,26 +483,21 @@ fn limits_and_foreign_files(kind: TargetKind) {
     drop(m);
 }
 
-macro_rules! per_kind {
-    ($($kind:ident => $scenario:ident, $limits:ident;)*) => {$(
-        #[test]
-        fn $scenario() {
-            scenario(TargetKind::$kind);
-        }
-        #[test]
-        fn $limits() {
-            limits_and_foreign_files(TargetKind::$kind);
-        }
-    )*};
-}
+common::per_kind!(scenario;
+    box_tools => Box,
+    cloudreve_tools => Cloudreve,
+    fluxer_tools => Fluxer,
+    virola_tools => Virola,
+    dyson_tools => Dyson,
+);
 
-per_kind! {
-    Box => box_tools, box_limits;
-    Cloudreve => cloudreve_tools, cloudreve_limits;
-    Fluxer => fluxer_tools, fluxer_limits;
-    Virola => virola_tools, virola_limits;
-    Dyson => dyson_tools, dyson_limits;
-}
+common::per_kind!(limits_and_foreign_files;
+    box_limits => Box,
+    cloudreve_limits => Cloudreve,
+    fluxer_limits => Fluxer,
+    virola_limits => Virola,
+    dyson_limits => Dyson,
+);
 
 /// `uploadfs mount local DIR` with no configuration at all: the built-in local target.
 #[test]
@@ -549,11 +538,10 @@ fn local_target_needs_no_config() {
         m.command().args(["mount", "local"]).arg(&m.dir),
         Duration::from_secs(60),
     );
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("already mounted"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_fails_with(
+        &out,
+        "already mounted",
+        "a second mount on top of a running one",
     );
     // SIGTERM makes the daemon unmount cleanly.
     let pid = m.daemon_pid().expect("daemon registered");

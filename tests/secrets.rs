@@ -135,20 +135,13 @@ fn no_token_in_logs(kind: TargetKind) {
     assert_clean(WRONG_TOKEN, &log, &out, "refused put");
 }
 
-macro_rules! secrets {
-    ($name:ident, $kind:expr) => {
-        #[test]
-        fn $name() {
-            no_token_in_logs($kind);
-        }
-    };
-}
-
-secrets!(box_logs, TargetKind::Box);
-secrets!(cloudreve_logs, TargetKind::Cloudreve);
-secrets!(fluxer_logs, TargetKind::Fluxer);
-secrets!(virola_logs, TargetKind::Virola);
-secrets!(dyson_logs, TargetKind::Dyson);
+common::per_kind!(no_token_in_logs;
+    box_logs => Box,
+    cloudreve_logs => Cloudreve,
+    fluxer_logs => Fluxer,
+    virola_logs => Virola,
+    dyson_logs => Dyson,
+);
 
 /// `Debug` of every configuration and client shows no token.
 #[test]

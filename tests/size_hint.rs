@@ -300,27 +300,10 @@ fn scenario(kind: TargetKind) {
     drop(m);
 }
 
-#[test]
-fn size_hint_box() {
-    scenario(TargetKind::Box);
-}
-
-#[test]
-fn size_hint_cloudreve() {
-    scenario(TargetKind::Cloudreve);
-}
-
-#[test]
-fn size_hint_fluxer() {
-    scenario(TargetKind::Fluxer);
-}
-
-#[test]
-fn size_hint_virola() {
-    scenario(TargetKind::Virola);
-}
-
-#[test]
-fn size_hint_dyson() {
-    scenario(TargetKind::Dyson);
-}
+common::per_kind!(scenario;
+    size_hint_box => Box,
+    size_hint_cloudreve => Cloudreve,
+    size_hint_fluxer => Fluxer,
+    size_hint_virola => Virola,
+    size_hint_dyson => Dyson,
+);

@@ -4,7 +4,8 @@
 //! - [`config`]: config files naming targets at a test server;
 //! - [`mount`]: real FUSE mounts of the `uploadfs` binary and bounded tool runs;
 //!
-//! and, below, deterministic test data and the digests the targets use.
+//! and, below, the binary under test, the [`per_kind!`] test generator, deterministic test
+//! data and the digests the targets use.
 #![allow(dead_code)]
 
 pub mod config;
@@ -17,6 +18,20 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_uploadfs");
 // Not every test binary uses both.
 #[allow(unused_imports)]
 pub use server::{TestServer, TOKEN};
+
+/// One `#[test]` per listed kind, each running `scenario(TargetKind::KIND)`:
+/// `common::per_kind!(scenario; box_x => Box, fluxer_x => Fluxer);`
+#[allow(unused_macros)]
+macro_rules! per_kind {
+    ($scenario:ident; $($name:ident => $kind:ident),+ $(,)?) => {$(
+        #[test]
+        fn $name() {
+            $scenario(uploadfs::config::TargetKind::$kind);
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use per_kind;
 
 /// Deterministic pseudo-random bytes (xorshift), distinct per seed.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
