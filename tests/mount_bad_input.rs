@@ -43,7 +43,7 @@ fn wait_landed(s: &TestServer, proto: &str, name: &str, data: &[u8], timeout: Du
     }
 }
 
-// ----- 3. bad input ---------------------------------------------------------------------
+// ----- names, tokens and answers -------------------------------------------------------
 
 /// A request path substring and method of a call every small upload depends on: the one
 /// that carries the file's bytes (Dyson: completes it; Virola: lists the message).
