@@ -241,7 +241,7 @@ fn assert_all_landed(s: &TestServer, proto: &str, all: &[Source]) {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        // `server_files` fails on a name listed twice.
+        // `stored` fails on a name listed twice.
         let got = s.stored(proto);
         if got == want {
             return;
