@@ -22,18 +22,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
-use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_RANGE, RANGE};
-use reqwest::{RequestBuilder, StatusCode};
+use reqwest::header::{HeaderName, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha1::Digest as _;
 
 use super::http::{
-    describe_reqwest, excerpt, parse_json, retry_after, status_error, Attempt, HttpClient,
+    excerpt, parse_json, ranged_body, status_error, Attempt, Exchange, HttpClient, Reply, Request,
 };
+use super::session::{self, Flow, Layout, Open, Opened, Part, PartPlan, PartProtocol, PartSession};
 use super::{
-    Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Target, TargetError,
+    Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Sealed, Target, TargetError,
     UploadRequest,
 };
 use crate::config::TargetConfig;
@@ -52,8 +51,10 @@ const LIST_FIELDS: &str = "name,size,modified_at,content_modified_at,sha1";
 const DEFAULT_UPLOAD_URL: &str = "https://upload.box.com/api/2.0";
 /// Wait before retrying a 202 that carries no `Retry-After`.
 const DEFAULT_NOT_READY_WAIT: Duration = Duration::from_secs(1);
-/// Chunk size when streaming a direct upload body or hashing the source.
-const READ_CHUNK: usize = 1024 * 1024;
+/// Box's `Digest` header (`sha=<base64 SHA-1>`) on parts and commits.
+const DIGEST: HeaderName = HeaderName::from_static("digest");
+/// Box checks `Content-MD5` (which carries the hex SHA-1) on direct uploads when given.
+const CONTENT_MD5: HeaderName = HeaderName::from_static("content-md5");
 
 /// `Debug` shows no token (the [`HttpClient`] keeps it as a `Secret`).
 #[derive(Debug)]
@@ -252,8 +253,8 @@ impl Failure {
     }
 }
 
-/// Answer of one request: success (status, headers, body) or a failure to inspect.
-type Answer = std::result::Result<(StatusCode, HeaderMap, Bytes), Failure>;
+/// Answer of one request: success or a failure to inspect.
+type Answer = std::result::Result<Reply, Failure>;
 
 fn b64(raw: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(raw)
@@ -272,41 +273,27 @@ fn rfc3339(ms: i64) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
-/// Read a part and its SHA-1 (hex) off the async threads.
-async fn read_part(src: &Arc<dyn PartSource>, offset: u64, len: usize) -> Result<(Bytes, String)> {
-    let data = super::read_source(src, offset, len).await?;
-    let d = data.clone();
-    let sha = tokio::task::spawn_blocking(move || hex::encode(sha1::Sha1::digest(&d)))
-        .await
-        .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("hashing: {e}")))?;
-    Ok((data, sha))
-}
-
 impl BoxTarget {
     /// Send with the shared retry policy, read the body, split success from failure.
     async fn call<F>(&self, what: &str, build: F) -> Result<Answer>
     where
-        F: Fn() -> RequestBuilder,
+        F: Fn() -> Request,
     {
-        // An answer cut short is retried like a lost one (`send_bytes`).
-        let (status, headers, body) = self
-            .http
-            .send_bytes(what, || self.http.auth(build()))
-            .await?;
-        if status.is_success() {
-            Ok(Ok((status, headers, body)))
+        let reply = self.http.call(what, || self.http.auth(build())).await?;
+        if reply.status.is_success() {
+            Ok(Ok(reply))
         } else {
-            Ok(Err(Failure::from_body(status, &body)))
+            Ok(Err(Failure::from_body(reply.status, &reply.body)))
         }
     }
 
     /// [`call`](Self::call), with any failure turned into an error.
-    async fn call_ok<F>(&self, what: &str, build: F) -> Result<(StatusCode, Bytes)>
+    async fn call_ok<F>(&self, what: &str, build: F) -> Result<Bytes>
     where
-        F: Fn() -> RequestBuilder,
+        F: Fn() -> Request,
     {
         match self.call(what, build).await? {
-            Ok((s, _, b)) => Ok((s, b)),
+            Ok(r) => Ok(r.body),
             Err(f) => Err(f.into_error(what)),
         }
     }
@@ -350,53 +337,45 @@ impl BoxTarget {
             Some(id) => format!("{}/files/{id}/content", self.upload),
             None => format!("{}/files/content", self.upload),
         };
-        let size = req.size;
         let sha1 = req.final_digests().await?.sha1;
-        let build = || {
-            let src = req.source.clone();
-            let stream = futures_util::stream::try_unfold(0u64, move |off| {
-                let src = src.clone();
-                async move {
-                    if off >= size {
-                        return Ok(None);
-                    }
-                    let want = (size - off).min(READ_CHUNK as u64) as usize;
-                    let chunk = super::read_source(&src, off, want)
-                        .await
-                        .map_err(|e| std::io::Error::other(e.message))?;
-                    Ok::<_, std::io::Error>(Some((chunk, off + want as u64)))
+        let answer = self
+            .http
+            .retry(&what, || async {
+                let (file, failure) =
+                    match super::source::file_part(&req.source, req.size, &req.name) {
+                        Ok(p) => p,
+                        Err(e) => return Attempt::Fail(e),
+                    };
+                let form = reqwest::multipart::Form::new()
+                    .part(
+                        "attributes",
+                        reqwest::multipart::Part::text(attributes.clone()),
+                    )
+                    .part("file", file);
+                let mut rb = self.http.auth(self.http.post(&url)).multipart(form);
+                if let Some(sha) = &sha1 {
+                    rb = rb.header(CONTENT_MD5, sha.as_str());
                 }
-            });
-            let file = reqwest::multipart::Part::stream_with_length(
-                reqwest::Body::wrap_stream(stream),
-                size,
-            )
-            .file_name(req.name.clone())
-            .mime_str("application/octet-stream")
-            .unwrap_or_else(|_| {
-                reqwest::multipart::Part::bytes(Vec::new()).file_name(req.name.clone())
-            });
-            let form = reqwest::multipart::Form::new()
-                .part(
-                    "attributes",
-                    reqwest::multipart::Part::text(attributes.clone()),
-                )
-                .part("file", file);
-            let mut rb = self.http.client.post(&url).multipart(form);
-            // Box checks `Content-MD5` (which carries the hex SHA-1) when given.
-            if let Some(sha) = &sha1 {
-                rb = rb.header("content-md5", sha.as_str());
-            }
-            rb
-        };
-        match self.call(&what, build).await? {
-            Ok((_, _, body)) => Ok(Ok(Self::files_to_file(&what, &body)?)),
-            Err(f) => Ok(Err(f)),
+                let ex = self.http.exchange(rb).await;
+                if let Some(e) = failure.take(&what) {
+                    return Attempt::Fail(e);
+                }
+                match ex {
+                    Exchange::Answer(r) => r.busy().unwrap_or(Attempt::Done(r)),
+                    Exchange::Lost(reason) => Attempt::again(reason),
+                    Exchange::Fatal(e) => Attempt::Fail(e),
+                }
+            })
+            .await?;
+        if answer.status.is_success() {
+            Ok(Ok(Self::files_to_file(&what, &answer.body)?))
+        } else {
+            Ok(Err(Failure::from_body(answer.status, &answer.body)))
         }
     }
 
     // -----------------------------------------------------------------------------------
-    // Sessions
+    // Sessions: the protocol steps; the part lifecycle is `session::drive`.
 
     async fn create_session(
         &self,
@@ -416,31 +395,20 @@ impl BoxTarget {
             ),
         };
         match self
-            .call(&what, || self.http.client.post(&url).json(&body))
+            .call(&what, || self.http.post(&url).json(&body))
             .await?
         {
-            Ok((_, _, b)) => Ok(Ok(self.check_session(&what, req.size, &b)?)),
+            Ok(r) => Ok(Ok(check_session(&what, req.size, &r.body)?)),
             Err(f) => Ok(Err(f)),
         }
-    }
-
-    fn check_session(&self, what: &str, size: u64, body: &[u8]) -> Result<UploadSession> {
-        let s: UploadSession = parse_json(what, body)?;
-        if s.part_size == 0 || s.total_parts != size.div_ceil(s.part_size) {
-            return Err(TargetError::protocol(format!(
-                "{what}: the session's part size {} and {} parts do not fit {size} bytes",
-                s.part_size, s.total_parts
-            )));
-        }
-        Ok(s)
     }
 
     /// A journaled session, if the server still has it for a file of this size.
     async fn resume(&self, req: &UploadRequest, sid: &str) -> Result<Option<UploadSession>> {
         let what = format!("box resume of {}", req.name);
         let url = format!("{}/files/upload_sessions/{sid}", self.upload);
-        match self.call(&what, || self.http.client.get(&url)).await? {
-            Ok((_, _, b)) => match self.check_session(&what, req.size, &b) {
+        match self.call(&what, || self.http.get(&url)).await? {
+            Ok(r) => match check_session(&what, req.size, &r.body) {
                 Ok(s) => Ok(Some(s)),
                 Err(e) => {
                     tracing::info!(session = sid, error = %e, "box: journaled session unusable");
@@ -458,10 +426,9 @@ impl BoxTarget {
         loop {
             let url = s.session_endpoints.list_parts.clone();
             let offset = out.len();
-            let (_, body) = self
+            let body = self
                 .call_ok(what, || {
                     self.http
-                        .client
                         .get(&url)
                         .query(&[("offset", offset as u64), ("limit", PAGE_LIMIT as u64)])
                 })
@@ -472,183 +439,6 @@ impl BoxTarget {
             if n == 0 || page.total_count.is_some_and(|t| out.len() as u64 >= t) {
                 return Ok(out);
             }
-        }
-    }
-
-    /// Send one part, retried on its own; an overlap answer after a lost first answer is
-    /// settled by listing the session's parts.
-    async fn send_part(
-        &self,
-        req: &UploadRequest,
-        s: &UploadSession,
-        index: u64,
-    ) -> Result<UploadPart> {
-        let offset = index * s.part_size;
-        let len = s.part_size.min(req.size - offset);
-        let what = format!("box part {index} of {}", req.name);
-        // A file still being written: its bytes first (holding no memory meanwhile).
-        super::wait_ready(&req.source, offset, len).await?;
-        // Held until the part's request is over: bounds the buffered parts of all uploads.
-        let _mem = super::budget::reserve(len).await;
-        let (data, sha) = read_part(&req.source, offset, len as usize).await?;
-        let digest = format!("sha={}", hex_to_b64(&sha)?);
-        let range = format!("bytes {}-{}/{}", offset, offset + len - 1, req.size);
-        let url = &s.session_endpoints.upload_part;
-        let part = self
-            .http
-            .retry(&what, || async {
-                let rb = self
-                    .http
-                    .auth(self.http.client.put(url))
-                    .header("digest", &digest)
-                    .header(CONTENT_RANGE, &range)
-                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                    .body(data.clone());
-                let resp = match rb.send().await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Attempt::Retry {
-                            after: None,
-                            reason: format!("connection error: {}", describe_reqwest(e)),
-                        }
-                    }
-                };
-                let status = resp.status();
-                let after = retry_after(resp.headers());
-                let body = match resp.bytes().await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        return Attempt::Retry {
-                            after: None,
-                            reason: format!("answer cut short: {}", describe_reqwest(e)),
-                        }
-                    }
-                };
-                if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                    return Attempt::Retry {
-                        after,
-                        reason: format!("server answered {status}"),
-                    };
-                }
-                if status.is_success() {
-                    return match parse_json::<UploadedPart>(&what, &body) {
-                        Ok(p) => Attempt::Done(p.part),
-                        Err(e) => Attempt::Fail(e),
-                    };
-                }
-                let f = Failure::from_body(status, &body);
-                if f.error.code != "range_overlaps_existing_part" {
-                    return Attempt::Fail(f.into_error(&what));
-                }
-                // An earlier attempt may have landed with its answer lost.
-                match self.list_parts(&what, s).await {
-                    Ok(parts) => match parts.into_iter().find(|p| p.offset == offset) {
-                        Some(p) if p.sha1.as_deref() == Some(sha.as_str()) && p.size == len => {
-                            Attempt::Done(p)
-                        }
-                        Some(p) => Attempt::Fail(TargetError::protocol(format!(
-                            "{what}: the server holds different data at offset {offset} (sha1 {:?})",
-                            p.sha1
-                        ))),
-                        // Still being received from the earlier attempt: ask again later.
-                        None => Attempt::Retry {
-                            after: None,
-                            reason: "part range busy on the server".to_string(),
-                        },
-                    },
-                    Err(e) => Attempt::Fail(e),
-                }
-            })
-            .await?;
-        if part.offset != offset || part.size != len {
-            return Err(TargetError::protocol(format!(
-                "{what}: the server recorded {}+{} instead of {offset}+{len}",
-                part.offset, part.size
-            )));
-        }
-        if let Some(h) = &part.sha1 {
-            if !h.eq_ignore_ascii_case(&sha) {
-                return Err(TargetError::protocol(format!(
-                    "{what}: the server's SHA-1 {h} differs from ours {sha}"
-                )));
-            }
-        }
-        req.observer.part_done(index, len);
-        Ok(part)
-    }
-
-    /// Commit: `Digest` of the whole file, the parts as returned; 202 means "not yet".
-    async fn commit(
-        &self,
-        req: &UploadRequest,
-        s: &UploadSession,
-        parts: &[UploadPart],
-        sha1_hex: &str,
-    ) -> Result<RemoteFile> {
-        let what = format!("box commit of {}", req.name);
-        let digest = format!("sha={}", hex_to_b64(sha1_hex)?);
-        let mut body = json!({ "parts": parts });
-        if let Some(t) = rfc3339(req.mtime_ms) {
-            body["attributes"] = json!({ "content_modified_at": t });
-        }
-        let url = &s.session_endpoints.commit;
-        self.http
-            .retry(&what, || async {
-                let rb = self
-                    .http
-                    .auth(self.http.client.post(url))
-                    .header("digest", &digest)
-                    .json(&body);
-                let resp = match rb.send().await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Attempt::Retry {
-                            after: None,
-                            reason: format!("connection error: {}", describe_reqwest(e)),
-                        }
-                    }
-                };
-                let status = resp.status();
-                let after = retry_after(resp.headers());
-                let bytes = match resp.bytes().await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        return Attempt::Retry {
-                            after: None,
-                            reason: format!("answer cut short: {}", describe_reqwest(e)),
-                        }
-                    }
-                };
-                if status == StatusCode::ACCEPTED {
-                    return Attempt::Retry {
-                        after: Some(after.unwrap_or(DEFAULT_NOT_READY_WAIT)),
-                        reason: "the server is still processing the parts (202)".to_string(),
-                    };
-                }
-                if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                    return Attempt::Retry {
-                        after,
-                        reason: format!("server answered {status}"),
-                    };
-                }
-                if status.is_success() {
-                    return match Self::files_to_file(&what, &bytes) {
-                        Ok(f) => Attempt::Done(f),
-                        Err(e) => Attempt::Fail(e),
-                    };
-                }
-                Attempt::Fail(Failure::from_body(status, &bytes).into_error(&what))
-            })
-            .await
-    }
-
-    async fn abort(&self, req: &UploadRequest, s: &UploadSession) {
-        let what = format!("box abort of the session for {}", req.name);
-        let url = &s.session_endpoints.abort;
-        match self.call(&what, || self.http.client.delete(url)).await {
-            Ok(Ok(_)) => tracing::info!(session = %s.id, name = %req.name, "box: session aborted"),
-            Ok(Err(f)) => tracing::warn!(session = %s.id, status = %f.status, "box: abort refused"),
-            Err(e) => tracing::warn!(session = %s.id, error = %e, "box: abort failed"),
         }
     }
 
@@ -667,7 +457,8 @@ impl BoxTarget {
             if p.offset % s.part_size != 0 || p.offset >= req.size || p.size != len {
                 return Ok(None);
             }
-            let (_, sha) = read_part(&req.source, p.offset, len as usize).await?;
+            let data = super::read_source(&req.source, p.offset, len as usize).await?;
+            let sha = super::source::hash_bytes::<sha1::Sha1>(&data).await?;
             if p.sha1
                 .as_deref()
                 .is_some_and(|h| !h.eq_ignore_ascii_case(&sha))
@@ -678,36 +469,62 @@ impl BoxTarget {
         }
         Ok(Some(out))
     }
+}
 
-    /// Upload through a session. `fresh` skips the journaled session: set when starting
-    /// over because the session vanished (expired, or lost by the server) mid-upload.
-    async fn session_upload(
-        &self,
-        req: &UploadRequest,
-        parent: &str,
-        version_of: Option<&str>,
-        fresh: bool,
-    ) -> Result<RemoteFile> {
+fn check_session(what: &str, size: u64, body: &[u8]) -> Result<UploadSession> {
+    let s: UploadSession = parse_json(what, body)?;
+    if s.part_size == 0 || s.total_parts != size.div_ceil(s.part_size) {
+        return Err(TargetError::protocol(format!(
+            "{what}: the session's part size {} and {} parts do not fit {size} bytes",
+            s.part_size, s.total_parts
+        )));
+    }
+    Ok(s)
+}
+
+/// One session upload: where the file goes and what it replaces.
+struct SessionUpload<'a> {
+    t: &'a BoxTarget,
+    parent: &'a str,
+    version_of: Option<&'a str>,
+}
+
+/// An open Box upload session.
+struct BoxSession<'a> {
+    t: &'a BoxTarget,
+    s: UploadSession,
+    name: String,
+    size: u64,
+    mtime_ms: i64,
+    source: Arc<dyn PartSource>,
+}
+
+#[async_trait]
+impl<'a> PartProtocol for SessionUpload<'a> {
+    type Session = BoxSession<'a>;
+
+    async fn open(&self, req: &UploadRequest, round: u32) -> Result<Open<BoxSession<'a>>> {
         let what = format!("box upload of {}", req.name);
+        let t = self.t;
         // A journaled session first; a session that is gone or holds other data is dropped.
         let mut resumed = None;
-        if let Some(sid) = req.resume_session.as_ref().filter(|_| !fresh) {
-            if let Some(s) = self.resume(req, sid).await? {
-                match self.usable_parts(req, &s).await? {
+        if let Some(sid) = req.resume_session.as_ref().filter(|_| round == 0) {
+            if let Some(s) = t.resume(req, sid).await? {
+                match t.usable_parts(req, &s).await? {
                     Some(parts) => resumed = Some((s, parts)),
-                    None => self.abort(req, &s).await,
+                    None => t.abort_session(&req.name, &s).await,
                 }
             }
         }
-        let (session, done) = match resumed {
+        let (s, done) = match resumed {
             Some(r) => r,
             None => {
-                let s = match self.create_session(req, parent, version_of).await? {
+                let s = match t.create_session(req, self.parent, self.version_of).await? {
                     Ok(s) => s,
-                    Err(f) => match (version_of, f.conflicting_file()) {
+                    Err(f) => match (self.version_of, f.conflicting_file()) {
                         // The name is taken by a file: upload as its new version.
-                        (None, Some(id)) => self
-                            .create_session(req, parent, Some(&id))
+                        (None, Some(id)) => t
+                            .create_session(req, self.parent, Some(&id))
                             .await?
                             .map_err(|f| f.into_error(&what))?,
                         _ => return Err(f.into_error(&what)),
@@ -716,81 +533,193 @@ impl BoxTarget {
                 (s, Vec::new())
             }
         };
-        req.observer.session_started(&session.id);
-        tracing::info!(session = %session.id, name = %req.name, part_size = session.part_size,
-            parts = session.total_parts, resumed = done.len(), "box: session upload");
-
-        let have: std::collections::HashSet<u64> = done.iter().map(|(i, _)| *i).collect();
-        let missing: Vec<u64> = (0..session.total_parts)
-            .filter(|i| !have.contains(i))
-            .collect();
-        let sent: Result<Vec<UploadPart>> = futures_util::stream::iter(missing)
-            .map(|i| self.send_part(req, &session, i))
-            .buffer_unordered(PARALLEL_PARTS)
-            .try_collect()
-            .await;
-        let result = match sent {
-            Ok(mut parts) => {
-                parts.extend(done.into_iter().map(|(_, p)| p));
-                parts.sort_by_key(|p| p.offset);
-                // The commit makes the file visible: a file still being written waits for
-                // its writer here, and its digest is only known then.
-                match req.final_digests().await {
-                    Ok(d) => {
-                        let sha1 = match d.sha1 {
-                            Some(h) => h,
-                            None => super::hash_source::<sha1::Sha1>(&req.source, req.size).await?,
-                        };
-                        self.commit(req, &session, &parts, &sha1).await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
+        tracing::info!(session = %s.id, name = %req.name, part_size = s.part_size,
+            parts = s.total_parts, resumed = done.len(), "box: session upload");
+        let layout = Layout {
+            label: "box",
+            plan: PartPlan::fixed(s.part_size),
+            flow: Flow::Parallel(PARALLEL_PARTS),
+            part_sha1: true,
+            streamed: false,
+            last_part_completes: false,
         };
-        match result {
-            Ok(f) => Ok(f),
-            // The server could not be reached: leave the session for a later resume.
-            Err(e) if e.kind == ErrorKind::Unavailable => Err(e),
-            // Parts and commit only name the session, so a 404 means it vanished under us
-            // (expired, or lost by the server): start over once with a new session.
-            Err(e) if e.kind == ErrorKind::NotFound && !fresh => {
-                tracing::warn!(session = %session.id, name = %req.name, error = %e,
-                    "box: the upload session vanished; starting again with a new one");
-                Box::pin(self.session_upload(req, parent, version_of, true)).await
-            }
-            Err(e) => {
-                self.abort(req, &session).await;
-                Err(e)
-            }
+        Ok(Open::Session(Opened {
+            id: s.id.clone(),
+            session: BoxSession {
+                t,
+                s,
+                name: req.name.clone(),
+                size: req.size,
+                mtime_ms: req.mtime_ms,
+                source: req.source.clone(),
+            },
+            layout,
+            done,
+        }))
+    }
+
+    fn resumable(&self) -> bool {
+        true
+    }
+}
+#[async_trait]
+impl PartSession for BoxSession<'_> {
+    type Receipt = UploadPart;
+    type Output = RemoteFile;
+
+    /// One attempt; an overlap answer after a lost first answer is settled by listing the
+    /// session's parts.
+    async fn put_part(&self, part: &Part, _attempt: u32) -> Attempt<UploadPart> {
+        let what = format!("box part {} of {}", part.index, self.name);
+        let (offset, len) = (part.offset, part.len);
+        let sha = part.sha1.clone().unwrap_or_default();
+        let digest = match hex_to_b64(&sha) {
+            Ok(b) => format!("sha={b}"),
+            Err(e) => return Attempt::Fail(e),
+        };
+        let range = format!("bytes {}-{}/{}", offset, offset + len - 1, self.size);
+        let rb = self
+            .t
+            .http
+            .auth(self.t.http.put(&self.s.session_endpoints.upload_part))
+            .header(DIGEST, digest)
+            .header(CONTENT_RANGE, range)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(part.body().0);
+        let reply = match self.t.http.exchange(rb).await {
+            Exchange::Answer(r) => r,
+            Exchange::Lost(reason) => return Attempt::again(reason),
+            Exchange::Fatal(e) => return Attempt::Fail(e),
+        };
+        if let Some(busy) = reply.busy() {
+            return busy;
         }
+        let got = if reply.status.is_success() {
+            match parse_json::<UploadedPart>(&what, &reply.body) {
+                Ok(p) => p.part,
+                Err(e) => return Attempt::Fail(e),
+            }
+        } else {
+            let f = Failure::from_body(reply.status, &reply.body);
+            if f.error.code != "range_overlaps_existing_part" {
+                return Attempt::Fail(f.into_error(&what));
+            }
+            // An earlier attempt may have landed with its answer lost.
+            match self.t.list_parts(&what, &self.s).await {
+                Ok(parts) => match parts.into_iter().find(|p| p.offset == offset) {
+                    Some(p) if p.sha1.as_deref() == Some(sha.as_str()) && p.size == len => p,
+                    Some(p) => return Attempt::Fail(TargetError::protocol(format!(
+                        "{what}: the server holds different data at offset {offset} (sha1 {:?})",
+                        p.sha1
+                    ))),
+                    // Still being received from the earlier attempt: ask again later.
+                    None => return Attempt::again("part range busy on the server"),
+                },
+                Err(e) => return Attempt::Fail(e),
+            }
+        };
+        if got.offset != offset || got.size != len {
+            return Attempt::Fail(TargetError::protocol(format!(
+                "{what}: the server recorded {}+{} instead of {offset}+{len}",
+                got.offset, got.size
+            )));
+        }
+        if got
+            .sha1
+            .as_ref()
+            .is_some_and(|h| !h.eq_ignore_ascii_case(&sha))
+        {
+            return Attempt::Fail(TargetError::protocol(format!(
+                "{what}: the server's SHA-1 {:?} differs from ours {sha}",
+                got.sha1
+            )));
+        }
+        Attempt::Done(got)
+    }
+
+    /// Commit: `Digest` of the whole file, the parts as returned; 202 means "not yet".
+    async fn complete(&self, parts: Vec<(u64, UploadPart)>, sealed: &Sealed) -> Result<RemoteFile> {
+        let what = format!("box commit of {}", self.name);
+        let sha1_hex = match &sealed.digests.sha1 {
+            Some(h) => h.clone(),
+            None => super::hash_source::<sha1::Sha1>(&self.source, self.size).await?,
+        };
+        let digest = format!("sha={}", hex_to_b64(&sha1_hex)?);
+        let parts: Vec<UploadPart> = parts.into_iter().map(|(_, p)| p).collect();
+        let mut body = json!({ "parts": parts });
+        if let Some(t) = rfc3339(self.mtime_ms) {
+            body["attributes"] = json!({ "content_modified_at": t });
+        }
+        let http = &self.t.http;
+        let url = &self.s.session_endpoints.commit;
+        http.retry(&what, || async {
+            let rb = http
+                .auth(http.post(url))
+                .header(DIGEST, digest.as_str())
+                .json(&body);
+            let reply = match http.exchange(rb).await {
+                Exchange::Answer(r) => r,
+                Exchange::Lost(reason) => return Attempt::again(reason),
+                Exchange::Fatal(e) => return Attempt::Fail(e),
+            };
+            if reply.status == StatusCode::ACCEPTED {
+                return Attempt::Retry {
+                    after: Some(
+                        super::http::retry_after(&reply.headers).unwrap_or(DEFAULT_NOT_READY_WAIT),
+                    ),
+                    reason: "the server is still processing the parts (202)".to_string(),
+                };
+            }
+            if let Some(busy) = reply.busy() {
+                return busy;
+            }
+            if reply.status.is_success() {
+                return match BoxTarget::files_to_file(&what, &reply.body) {
+                    Ok(f) => Attempt::Done(f),
+                    Err(e) => Attempt::Fail(e),
+                };
+            }
+            Attempt::Fail(Failure::from_body(reply.status, &reply.body).into_error(&what))
+        })
+        .await
+    }
+
+    async fn abort(&self) {
+        self.t.abort_session(&self.name, &self.s).await;
+    }
+}
+
+impl BoxTarget {
+    async fn abort_session(&self, name: &str, s: &UploadSession) {
+        let what = format!("box abort of the session for {name}");
+        let url = &s.session_endpoints.abort;
+        match self.call(&what, || self.http.delete(url)).await {
+            Ok(Ok(_)) => tracing::info!(session = %s.id, name, "box: session aborted"),
+            Ok(Err(f)) => tracing::warn!(session = %s.id, status = %f.status, "box: abort refused"),
+            Err(e) => tracing::warn!(session = %s.id, error = %e, "box: abort failed"),
+        }
+    }
+
+    /// Upload through sessions ([`session::drive`]).
+    async fn session_upload(
+        &self,
+        req: &UploadRequest,
+        parent: &str,
+        version_of: Option<&str>,
+    ) -> Result<RemoteFile> {
+        let proto = SessionUpload {
+            t: self,
+            parent,
+            version_of,
+        };
+        session::drive(self.http.policy(), &proto, req).await
     }
 }
 
 #[async_trait]
 impl Target for BoxTarget {
     fn check_name(&self, name: &str) -> Result<()> {
-        // Box's rules: 1..=255 bytes, no `/` or `\`, nothing non-printable, no leading or
-        // trailing spaces, not `.` or `..` (else 400 `item_name_invalid`).
-        let why = if name.is_empty() {
-            "the name is empty"
-        } else if name.len() > 255 {
-            "the name is longer than 255 bytes"
-        } else if name.contains(['/', '\\']) {
-            "the name contains / or \\"
-        } else if name.chars().any(char::is_control) {
-            "the name contains non-printable characters"
-        } else if name == "." || name == ".." {
-            "the names . and .. are reserved"
-        } else if name.starts_with(' ') || name.ends_with(' ') {
-            "the name has leading or trailing spaces"
-        } else {
-            return Ok(());
-        };
-        Err(TargetError::new(
-            ErrorKind::InvalidName,
-            format!("{name:?}: Box refuses this name: {why}"),
-        ))
+        super::names::check_box_name(name)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -808,10 +737,12 @@ impl Target for BoxTarget {
             case_insensitive_names: true,
             replaces_in_place: true,
             early_start: true,
+            size_later: false,
         }
     }
 
     async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
+        let req = req.with_final_size().await?;
         let what = format!("box upload of {}", req.name);
         if let Some(max) = self.max_file_size {
             if req.size > max {
@@ -852,12 +783,12 @@ impl Target for BoxTarget {
             };
         }
         match self
-            .session_upload(&req, &parent, version_of.as_deref(), false)
+            .session_upload(&req, &parent, version_of.as_deref())
             .await
         {
             Err(e) if e.kind == ErrorKind::NotFound && version_of.is_some() => {
                 // The replaced file vanished before the session was created.
-                self.session_upload(&req, &parent, None, false).await
+                self.session_upload(&req, &parent, None).await
             }
             r => r,
         }
@@ -875,7 +806,7 @@ impl Target for BoxTarget {
         let mut out = Vec::new();
         let mut marker: Option<String> = None;
         loop {
-            let (_, body) = self
+            let body = self
                 .call_ok(&what, || {
                     let mut q = vec![
                         ("fields", LIST_FIELDS.to_string()),
@@ -885,7 +816,7 @@ impl Target for BoxTarget {
                     if let Some(m) = &marker {
                         q.push(("marker", m.clone()));
                     }
-                    self.http.client.get(&url).query(&q)
+                    self.http.get(&url).query(&q)
                 })
                 .await?;
             let page: ItemsPage = parse_json(&what, &body)?;
@@ -909,7 +840,7 @@ impl Target for BoxTarget {
         } else {
             format!("{}/files/{}", self.api, file.id)
         };
-        self.call_ok(&what, || self.http.client.delete(&url))
+        self.call_ok(&what, || self.http.delete(&url))
             .await
             .map(|_| ())
     }
@@ -924,10 +855,9 @@ impl Target for BoxTarget {
         let kind = if file.is_dir { "folders" } else { "files" };
         let url = format!("{}/{kind}/{}", self.api, file.id);
         let body = json!({"name": new_name, "parent": {"id": self.folder_id(new_parent)}});
-        let (_, b) = self
+        let b = self
             .call_ok(&what, || {
                 self.http
-                    .client
                     .put(&url)
                     .query(&[("fields", LIST_FIELDS)])
                     .json(&body)
@@ -940,8 +870,8 @@ impl Target for BoxTarget {
         let what = format!("box mkdir of {name}");
         let url = format!("{}/folders", self.api);
         let body = json!({"name": name, "parent": {"id": self.folder_id(parent)}});
-        let (_, b) = self
-            .call_ok(&what, || self.http.client.post(&url).json(&body))
+        let b = self
+            .call_ok(&what, || self.http.post(&url).json(&body))
             .await?;
         Self::item_to_file(&what, &b)
     }
@@ -949,11 +879,9 @@ impl Target for BoxTarget {
     async fn check(&self) -> Result<()> {
         let what = format!("box check of folder {}", self.root);
         let url = format!("{}/folders/{}", self.api, self.root);
-        self.call_ok(&what, || {
-            self.http.client.get(&url).query(&[("fields", "id")])
-        })
-        .await
-        .map(|_| ())
+        self.call_ok(&what, || self.http.get(&url).query(&[("fields", "id")]))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -971,76 +899,29 @@ impl BoxTarget {
                 // reqwest follows the 302 to the download link (Range is kept).
                 let rb = self
                     .http
-                    .auth(self.http.client.get(&url))
-                    .header(RANGE, &range);
-                let resp = match rb.send().await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Attempt::Retry {
-                            after: None,
-                            reason: format!("connection error: {}", describe_reqwest(e)),
-                        }
-                    }
+                    .auth(self.http.get(&url))
+                    .header(RANGE, range.as_str());
+                let reply = match self.http.exchange(rb).await {
+                    Exchange::Answer(r) => r,
+                    Exchange::Lost(reason) => return Attempt::again(reason),
+                    Exchange::Fatal(e) => return Attempt::Fail(e),
                 };
-                let status = resp.status();
-                let after = retry_after(resp.headers());
-                let expected = resp
-                    .headers()
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                let start = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if status == StatusCode::ACCEPTED {
+                if reply.status == StatusCode::ACCEPTED {
+                    let after = super::http::retry_after(&reply.headers);
                     return Attempt::Retry {
                         after: Some(after.unwrap_or(DEFAULT_NOT_READY_WAIT)),
                         reason: "the file is not ready for download yet (202)".to_string(),
                     };
                 }
-                if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                    return Attempt::Retry {
-                        after,
-                        reason: format!("server answered {status}"),
-                    };
+                if let Some(busy) = reply.busy() {
+                    return busy;
                 }
-                if status == StatusCode::RANGE_NOT_SATISFIABLE {
-                    // The range starts at or past the end of the file.
-                    return Attempt::Done(Bytes::new());
-                }
-                let body = match resp.bytes().await {
-                    Ok(b) if expected.is_none_or(|n| n == b.len() as u64) => b,
-                    Ok(b) => {
-                        return Attempt::Retry {
-                            after: None,
-                            reason: format!("body cut short: {} of {expected:?} bytes", b.len()),
-                        }
-                    }
-                    Err(e) => {
-                        return Attempt::Retry {
-                            after: None,
-                            reason: format!("body cut short: {}", describe_reqwest(e)),
-                        }
-                    }
-                };
-                match status {
-                    StatusCode::PARTIAL_CONTENT if start == Some(offset) => {
-                        Attempt::Done(body.slice(..body.len().min(len as usize)))
-                    }
-                    StatusCode::PARTIAL_CONTENT => Attempt::Fail(TargetError::protocol(format!(
-                        "{what}: asked for offset {offset}, got a range starting at {start:?}"
-                    ))),
-                    // The whole file: cut our range out of it.
-                    StatusCode::OK => {
-                        let from = (offset as usize).min(body.len());
-                        let to = (offset.saturating_add(len) as usize).min(body.len());
-                        Attempt::Done(body.slice(from..to))
-                    }
-                    _ => Attempt::Fail(Failure::from_body(status, &body).into_error(&what)),
+                match ranged_body(&what, &reply, offset, len) {
+                    Some(Ok(b)) => Attempt::Done(b),
+                    Some(Err(e)) => Attempt::Fail(e),
+                    None => Attempt::Fail(
+                        Failure::from_body(reply.status, &reply.body).into_error(&what),
+                    ),
                 }
             })
             .await
