@@ -101,6 +101,21 @@ fn every_kind_fails_at_once_on_a_refused_certificate() {
             .block_on(t.list(&None))
             .expect_err("listing over a refused certificate");
         assert_eq!(err.kind, ErrorKind::Auth, "{kind:?} list: {err}");
+        let file = uploadfs::remote::RemoteFile {
+            id: "1".to_string(),
+            name: "f.bin".to_string(),
+            size: 10,
+            mtime_ms: 0,
+            is_dir: false,
+            sha1: None,
+            md5: None,
+            url: Some(format!("https://{addr}/cdn/f.bin")),
+            extra: Some("1".to_string()),
+        };
+        let err = rt
+            .block_on(t.read_range(&file, 0, 10))
+            .expect_err("reading over a refused certificate");
+        assert_eq!(err.kind, ErrorKind::Auth, "{kind:?} read: {err}");
         for size in [10u64, 21_000_000] {
             let req = UploadRequest {
                 parent: None,

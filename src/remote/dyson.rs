@@ -376,10 +376,12 @@ impl Target for DysonTarget {
         let req = req.with_final_size().await?;
         // The MD5 opens the upload: a file still being written is complete first.
         let digests = req.final_digests().await?;
-        let md5 = match &digests.md5 {
-            Some(m) => m.to_ascii_lowercase(),
-            None => super::hash_source::<md5::Md5>(&req.source.clone(), req.size).await?,
-        };
+        let md5 = super::source::given_or_hashed::<md5::Md5>(
+            digests.md5.as_deref(),
+            &req.source,
+            req.size,
+        )
+        .await?;
         if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(TargetError::new(
                 ErrorKind::LocalIo,

@@ -290,6 +290,22 @@ where
     .await
 }
 
+/// A whole-file digest as lowercase hex: the one `given` (the writer's, computed while
+/// writing), else hashed from the first `size` bytes of the source.
+pub async fn given_or_hashed<D>(
+    given: Option<&str>,
+    src: &Arc<dyn PartSource>,
+    size: u64,
+) -> Result<String>
+where
+    D: sha1::Digest + Send + 'static,
+{
+    match given {
+        Some(h) => Ok(h.to_ascii_lowercase()),
+        None => hash_source::<D>(src, size).await,
+    }
+}
+
 /// Lowercase hex digest of bytes already read, off the async threads.
 pub async fn hash_bytes<D>(data: &Bytes) -> Result<String>
 where

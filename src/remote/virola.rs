@@ -251,10 +251,12 @@ impl Target for VirolaTarget {
         // One request posts the file, checksum first: a file still being written is
         // complete first.
         let digests = req.final_digests().await?;
-        let sha1 = match &digests.sha1 {
-            Some(s) => s.to_ascii_lowercase(),
-            None => super::hash_source::<sha1::Sha1>(&req.source.clone(), req.size).await?,
-        };
+        let sha1 = super::source::given_or_hashed::<sha1::Sha1>(
+            digests.sha1.as_deref(),
+            &req.source,
+            req.size,
+        )
+        .await?;
         let before: HashSet<String> = self
             .message_attachments()
             .await?

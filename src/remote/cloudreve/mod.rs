@@ -17,7 +17,6 @@
 //! before it expires, and fetch ranges from it without the token.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,14 +28,16 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{
+use crate::config::TargetConfig;
+use crate::remote::http::{
     excerpt, parse_json, ranged_body, status_error, Attempt, Exchange, HttpClient, Request,
 };
-use super::session::{self, Flow, Layout, Open, Opened, Part, PartPlan, PartProtocol, PartSession};
-use super::{
-    Capabilities, DirRef, ErrorKind, RemoteFile, Result, Sealed, Target, TargetError, UploadRequest,
+use crate::remote::session;
+use crate::remote::{
+    Capabilities, DirRef, ErrorKind, RemoteFile, Result, Target, TargetError, UploadRequest,
 };
-use crate::config::TargetConfig;
+
+mod chunks;
 
 /// The default local storage policy's chunk size (25 MiB); the session answer decides.
 const PART_SIZE: u64 = 25 * 1024 * 1024;
@@ -314,8 +315,8 @@ impl CloudreveTarget {
     async fn put_content(&self, uri: &str, req: &UploadRequest) -> Result<RemoteFile> {
         let what = format!("upload of {}", req.name);
         // Held until the request is over: bounds the buffered bodies of all uploads.
-        let _mem = super::budget::reserve(req.size).await;
-        let data = super::read_source(&req.source, 0, req.size as usize).await?;
+        let _mem = crate::remote::budget::reserve(req.size).await;
+        let data = crate::remote::read_source(&req.source, 0, req.size as usize).await?;
         let v = self
             .call(&what, || {
                 self.http
@@ -421,153 +422,6 @@ impl CloudreveTarget {
     }
 }
 
-/// The chunked upload of one file.
-struct Chunks<'a> {
-    t: &'a CloudreveTarget,
-    uri: &'a str,
-}
-
-/// An open upload session.
-struct ChunkSession<'a> {
-    t: &'a CloudreveTarget,
-    uri: &'a str,
-    id: String,
-    name: String,
-    size: u64,
-    mtime_ms: i64,
-    chunks: u64,
-    /// An attempt of the part in flight may have reached the server unseen.
-    ambiguous: AtomicBool,
-}
-
-#[async_trait]
-impl<'a> PartProtocol for Chunks<'a> {
-    type Session = ChunkSession<'a>;
-
-    async fn open(&self, req: &UploadRequest, _round: u32) -> Result<Open<ChunkSession<'a>>> {
-        let s = self.t.create_session(self.uri, req).await?;
-        // A zero chunk size means one chunk holds everything.
-        let chunk_size = if s.chunk_size == 0 {
-            req.size.max(1)
-        } else {
-            s.chunk_size
-        };
-        Ok(Open::Session(Opened {
-            id: s.session_id.clone(),
-            layout: Layout {
-                label: "cloudreve",
-                plan: PartPlan::fixed(chunk_size),
-                flow: Flow::InOrder,
-                part_sha1: false,
-                streamed: true,
-                last_part_completes: true,
-            },
-            session: ChunkSession {
-                t: self.t,
-                uri: self.uri,
-                id: s.session_id,
-                name: req.name.clone(),
-                size: req.size,
-                mtime_ms: req.mtime_ms,
-                chunks: req.size.div_ceil(chunk_size),
-                ambiguous: AtomicBool::new(false),
-            },
-            done: Vec::new(),
-        }))
-    }
-}
-
-#[async_trait]
-impl PartSession for ChunkSession<'_> {
-    type Receipt = ();
-    type Output = RemoteFile;
-
-    /// One chunk, with the exact `Content-Length`; the last one completes the upload.
-    async fn put_part(&self, part: &Part, attempt: u32) -> Attempt<()> {
-        if attempt == 1 {
-            self.ambiguous.store(false, Ordering::Relaxed);
-        }
-        let what = format!(
-            "upload of {}: chunk {} of {}",
-            self.name, part.index, self.chunks
-        );
-        let url = self
-            .t
-            .endpoint(&format!("/file/upload/{}/{}", self.id, part.index));
-        let (body, failure) = part.body();
-        let rb = self
-            .t
-            .http
-            .auth(self.t.http.post(&url))
-            .header(CONTENT_LENGTH, part.len)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(body);
-        let outcome = self.t.attempt(rb).await;
-        if let Some(e) = failure.take(&what) {
-            return Attempt::Fail(e);
-        }
-        match outcome {
-            Outcome::Data(_) => Attempt::Done(()),
-            Outcome::Transient(after, reason) => {
-                self.ambiguous.store(true, Ordering::Relaxed);
-                Attempt::Retry { after, reason }
-            }
-            // The server could not take the whole body (cut short): send again.
-            Outcome::Code(c, m) if (50000..60000).contains(&c) => {
-                Attempt::again(format!("Cloudreve error {c}: {m}"))
-            }
-            // The last chunk landed on an earlier attempt and completed the upload, so
-            // the session is gone: check the file is there.
-            Outcome::Code(code::SESSION_EXPIRED, _)
-                if part.last && self.ambiguous.load(Ordering::Relaxed) =>
-            {
-                match self.t.info(self.uri, &what).await {
-                    Ok(f) if f.size == self.size && !f.is_dir => Attempt::Done(()),
-                    _ => Attempt::Fail(TargetError::protocol(format!(
-                        "{what}: the upload session vanished before the file was complete"
-                    ))),
-                }
-            }
-            // The session vanished mid-upload (expired, or the server lost it).
-            Outcome::Code(code::SESSION_EXPIRED, m) => Attempt::Fail(TargetError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "{what}: the upload session is gone (Cloudreve error 40011: {})",
-                    excerpt(&m)
-                ),
-            )),
-            Outcome::Code(c, m) => Attempt::Fail(code_error(&what, c, &m)),
-            Outcome::Fatal(e) => Attempt::Fail(prefix(&what, e)),
-        }
-    }
-
-    /// The last chunk completed the upload: look the file up.
-    async fn complete(&self, _receipts: Vec<(u64, ())>, _sealed: &Sealed) -> Result<RemoteFile> {
-        let what = format!("upload of {}", self.name);
-        match self.t.info(self.uri, &what).await {
-            Ok(f) => Ok(f),
-            Err(e) => {
-                tracing::warn!(file = %self.name, error = %e, "file info after upload failed");
-                Ok(RemoteFile {
-                    id: self.uri.to_string(),
-                    name: self.name.clone(),
-                    size: self.size,
-                    mtime_ms: self.mtime_ms,
-                    is_dir: false,
-                    sha1: None,
-                    md5: None,
-                    url: None,
-                    extra: None,
-                })
-            }
-        }
-    }
-
-    async fn abort(&self) {
-        self.t.cancel(&self.id, self.uri, &self.name).await;
-    }
-}
-
 fn short_source(name: &str, size: u64) -> TargetError {
     TargetError::new(
         ErrorKind::LocalIo,
@@ -615,7 +469,7 @@ fn code_error(what: &str, code: i64, msg: &str) -> TargetError {
 impl Target for CloudreveTarget {
     fn check_name(&self, name: &str) -> Result<()> {
         // Else code 40052, illegal name.
-        super::check_plain_name(name, "Cloudreve refuses this name")
+        crate::remote::check_plain_name(name, "Cloudreve refuses this name")
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -654,18 +508,23 @@ impl Target for CloudreveTarget {
         }
         if req.source.seal().is_none() {
             // A source shorter than announced fails here, before a session holds the name.
-            let tail = super::source::read_upto(&req.source, req.size - 1, 1).await?;
+            let tail = crate::remote::source::read_upto(&req.source, req.size - 1, 1).await?;
             if tail.len() != 1 {
                 return Err(short_source(&req.name, req.size));
             }
         }
         // A session that vanishes mid-upload (chunks answer 40011) is replaced once.
-        session::drive(self.http.policy(), &Chunks { t: self, uri: &uri }, &req).await
+        session::drive(
+            self.http.policy(),
+            &chunks::Chunks { t: self, uri: &uri },
+            &req,
+        )
+        .await
     }
 
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
         let data = self.read_unchecked(file, offset, len).await?;
-        super::http::check_read(&read_what(file), file, offset, len, data)
+        crate::remote::http::check_read(&read_what(file), file, offset, len, data)
     }
 
     async fn list(&self, dir: &DirRef) -> Result<Vec<RemoteFile>> {
@@ -781,7 +640,7 @@ impl Target for CloudreveTarget {
 }
 
 impl CloudreveTarget {
-    /// A ranged read as the server answered it ([`super::http::check_read`] checks it).
+    /// A ranged read as the server answered it ([`crate::remote::http::check_read`] checks it).
     async fn read_unchecked(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
         if len == 0 {
             return Ok(Bytes::new());
