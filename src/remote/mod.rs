@@ -1,12 +1,19 @@
 //! Remote upload targets: the [`Target`] trait the filesystem and `uploadfs put` speak, and
 //! one client per protocol (`box_`, `cloudreve`, `fluxer`, `virola`, `dyson`).
 //!
-//! A target client owns its whole wire protocol. The caller hands it a [`PartSource`] (the
-//! staged file, readable at any offset) and the final size; the client cuts the data into
-//! the protocol's parts, sends them with the parallelism the protocol allows, retries each
-//! part on its own (never the whole file), and commits. This keeps protocol quirks — Box's
-//! server-chosen part size, Cloudreve's in-order chunks, Fluxer's message step, Virola's
-//! single multipart body, Dyson's MD5 dedupe — inside one file each.
+//! The caller hands a client an [`UploadRequest`]: a [`PartSource`] (the staged file,
+//! readable at any offset, perhaps still being written: its [`Seal`]) and the final size.
+//! Where things live:
+//! - `session.rs`: the part-session seam and its one driver — wait for the data, reserve
+//!   part memory, read, send parts with the protocol's parallelism (each retried on its
+//!   own), complete in part order, abort on failure or a cancelled seal. Box, Cloudreve,
+//!   Fluxer and Dyson sessions (and S3's) are protocol steps plugged into it.
+//! - `http.rs`: the one raw attempt every request goes through, and the retry policy.
+//! - `source.rs`: the source, the seal, and the one reader (parts, hashes, streamed bodies).
+//! - `names.rs`: which names each service refuses.
+//! - one file (or folder) per protocol with only its protocol steps: sessions, the
+//!   single-request small-file path, reads, listing, rename, delete, mkdir. Virola has one
+//!   streamed request per file, so no session.
 //!
 //! Directories are addressed by a [`DirRef`]: `None` is the target's configured root;
 //! `Some(id)` is the remote id of a native folder (Box folder id, Cloudreve `cloudreve://`
@@ -137,6 +144,7 @@ impl UploadObserver for ByteCounter {
 pub struct UploadRequest {
     pub parent: DirRef,
     pub name: String,
+    /// The final size; ignored while an open-ended [`Seal`] is open (the seal gives it).
     pub size: u64,
     pub digests: Digests,
     /// Modification time to record remotely, ms since the epoch.
@@ -184,11 +192,11 @@ impl UploadRequest {
         }
     }
 
-    /// The final size, when it is known before the writer is done (always, but for an
-    /// open-ended [`Seal`]).
+    /// The final size, when it is known: always, but for an open-ended [`Seal`] that
+    /// has not resolved yet (its `size` field means nothing).
     pub fn known_size(&self) -> Option<u64> {
         match self.source.seal() {
-            Some(seal) if seal.is_open_ended() => None,
+            Some(seal) if seal.is_open_ended() => seal.final_size(),
             _ => Some(self.size),
         }
     }
@@ -196,7 +204,7 @@ impl UploadRequest {
     /// For targets that need the size up front: an open-ended request waits for the
     /// writer and takes the final size; any other is returned as it is.
     pub async fn with_final_size(mut self) -> Result<Self> {
-        if self.known_size().is_none() {
+        if self.source.seal().is_some_and(|s| s.is_open_ended()) {
             let sealed = self.sealed().await?;
             self.size = sealed.size.unwrap_or(self.size);
             self.digests = sealed.digests;

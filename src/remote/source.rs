@@ -129,6 +129,14 @@ impl Seal {
         matches!(*self.state.borrow(), SealState::Sealed(_))
     }
 
+    /// The final size, once sealed with one.
+    pub fn final_size(&self) -> Option<u64> {
+        match &*self.state.borrow() {
+            SealState::Sealed(s) => s.size,
+            _ => None,
+        }
+    }
+
     /// The upload was given up.
     pub fn is_cancelled(&self) -> bool {
         matches!(*self.state.borrow(), SealState::Cancelled)
