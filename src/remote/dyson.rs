@@ -16,12 +16,12 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RANGE};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{excerpt, parse_json, ranged_body, status_error, Attempt, Exchange, HttpClient};
+use super::http::{excerpt, parse_json, status_error, Attempt, Exchange, HttpClient};
 use super::session::{self, Flow, Layout, Open, Opened, Part, PartPlan, PartProtocol, PartSession};
 use super::{
     Capabilities, DirRef, ErrorKind, RemoteFile, Result, Sealed, Target, TargetError, UploadRequest,
@@ -484,18 +484,11 @@ impl DysonTarget {
         }
         let what = read_what(file);
         let url = self.url(&format!("/files/{}", file.id));
-        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
         // Stored files answer with a redirect to storage; reqwest follows it.
-        let r = self
-            .http
-            .call(&what, || {
-                self.http
-                    .auth(self.http.get(&url))
-                    .header(RANGE, range.as_str())
-            })
-            .await?;
-        ranged_body(&what, &r, offset, len)
-            .unwrap_or_else(|| Err(self.fail(&what, r.status, &r.body)))
+        match self.http.get_range(&what, &url, offset, len, true).await? {
+            Ok(data) => Ok(data),
+            Err(r) => Err(self.fail(&what, r.status, &r.body)),
+        }
     }
 }
 

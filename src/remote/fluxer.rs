@@ -25,14 +25,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, RANGE};
+use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    excerpt, parse_json, ranged_body, retry_after, status_error, Attempt, Exchange, HttpClient,
-    Reply, Request,
+    excerpt, parse_json, retry_after, status_error, Attempt, Exchange, HttpClient, Reply, Request,
 };
 use super::session::{self, Flow, Layout, Open, Opened, Part, PartPlan, PartProtocol, PartSession};
 use super::{
@@ -719,15 +718,15 @@ impl FluxerTarget {
             }
         };
         let end = (offset + len).min(file.size) - 1;
-        let range = format!("bytes={offset}-{end}");
         // No token here: the CDN needs none and is another host.
-        let r = self
+        match self
             .http
-            .call(&what, || self.http.get(&url).header(RANGE, range.as_str()))
-            .await?;
-        let want = end - offset + 1;
-        ranged_body(&what, &r, offset, want)
-            .unwrap_or_else(|| Err(status_error(&what, r.status, &r.text())))
+            .get_range(&what, &url, offset, end - offset + 1, false)
+            .await?
+        {
+            Ok(data) => Ok(data),
+            Err(r) => Err(status_error(&what, r.status, &r.text())),
+        }
     }
 }
 

@@ -318,6 +318,36 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// A ranged GET of `len` bytes at `offset` (`len > 0`), with the token when `authed`
+    /// (a CDN or a signed URL needs none), cut to the range by [`ranged_body`]; `Err(reply)`
+    /// for any other answer, for the protocol to map.
+    pub async fn get_range(
+        &self,
+        what: &str,
+        url: &str,
+        offset: u64,
+        len: u64,
+        authed: bool,
+    ) -> Result<std::result::Result<Bytes, Reply>> {
+        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
+        let r = self
+            .call(what, || {
+                let r = self.get(url).header(reqwest::header::RANGE, range.as_str());
+                if authed {
+                    self.auth(r)
+                } else {
+                    r
+                }
+            })
+            .await?;
+        match ranged_body(what, &r, offset, len) {
+            Some(read) => read.map(Ok),
+            None => Ok(Err(r)),
+        }
+    }
+}
+
 /// A request that got no answer: lost (worth retrying), except a refused TLS certificate,
 /// which no retry can fix.
 fn connection_failed(e: reqwest::Error) -> Exchange {

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::http::{excerpt, parse_json, ranged_body, status_error, Attempt, Exchange, HttpClient};
+use super::http::{excerpt, parse_json, status_error, Attempt, Exchange, HttpClient};
 use super::{
     Capabilities, DirRef, ErrorKind, RemoteFile, Result, Target, TargetError, UploadRequest,
 };
@@ -386,17 +386,10 @@ impl VirolaTarget {
         let name =
             percent_encoding::utf8_percent_encode(&file.name, percent_encoding::NON_ALPHANUMERIC);
         let url = self.url(&format!("/attachments/{}/{name}", file.id));
-        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
-        let r = self
-            .http
-            .call(&what, || {
-                self.http
-                    .auth(self.http.get(&url))
-                    .header(reqwest::header::RANGE, range.as_str())
-            })
-            .await?;
-        ranged_body(&what, &r, offset, len)
-            .unwrap_or_else(|| Err(self.fail(&what, r.status, &r.body)))
+        match self.http.get_range(&what, &url, offset, len, true).await? {
+            Ok(data) => Ok(data),
+            Err(r) => Err(self.fail(&what, r.status, &r.body)),
+        }
     }
 }
 

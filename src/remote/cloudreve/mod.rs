@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::TargetConfig;
 use crate::remote::http::{
-    excerpt, parse_json, ranged_body, status_error, Attempt, Exchange, HttpClient, Request,
+    excerpt, parse_json, status_error, Attempt, Exchange, HttpClient, Request,
 };
 use crate::remote::session;
 use crate::remote::{
@@ -646,26 +646,18 @@ impl CloudreveTarget {
             return Ok(Bytes::new());
         }
         let what = read_what(file);
-        let end = offset.saturating_add(len - 1);
         for fresh in [false, true] {
             let url = self.content_url(file, fresh).await?;
-            let r = self
-                .http
-                .call(&what, || {
-                    self.http
-                        .get(&url)
-                        .header(RANGE, format!("bytes={offset}-{end}"))
-                })
-                .await?;
-            match ranged_body(&what, &r, offset, len) {
-                Some(read) => return read,
+            match self.http.get_range(&what, &url, offset, len, false).await? {
+                Ok(data) => return Ok(data),
                 // An expired or stale URL (new content, server restart): ask for a new one.
-                None if !fresh
-                    && matches!(r.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) =>
+                Err(r)
+                    if !fresh
+                        && matches!(r.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) =>
                 {
                     continue
                 }
-                None => return Err(status_error(&what, r.status, &r.text())),
+                Err(r) => return Err(status_error(&what, r.status, &r.text())),
             }
         }
         Err(TargetError::protocol(format!(
