@@ -334,7 +334,6 @@ fn parts<'a>(
     layout: &'a Layout,
     skip: &'a HashSet<u64>,
 ) -> impl futures_util::Stream<Item = Result<(Part, Option<Reservation>)>> + Send + 'a {
-    let known = req.known_size();
     let start = Cursor {
         index: 0,
         offset: 0,
@@ -342,6 +341,8 @@ fn parts<'a>(
     };
     futures_util::stream::try_unfold(start, move |mut c| async move {
         loop {
+            // Known from the start, or from the seal on (an open-ended file).
+            let known = req.known_size();
             if c.ended || known.is_some_and(|size| c.offset >= size) {
                 return Ok(None);
             }
@@ -362,7 +363,7 @@ fn parts<'a>(
                 c.offset += len;
                 continue;
             }
-            let part = next_part(req, layout, &mut c, len).await?;
+            let part = next_part(req, layout, &mut c, len, known).await?;
             c.index += 1;
             c.offset += len;
             return Ok(part.map(|p| (p, c)));
@@ -376,9 +377,9 @@ async fn next_part(
     layout: &Layout,
     c: &mut Cursor,
     len: u64,
+    known: Option<u64>,
 ) -> Result<Option<(Part, Option<Reservation>)>> {
     let src = &req.source;
-    let known = req.known_size();
     let last = known.is_some_and(|size| c.offset + len >= size);
     // A file still being written: its bytes first (holding no memory meanwhile).
     source::wait_ready(src, c.offset, len).await?;

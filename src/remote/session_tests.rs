@@ -261,27 +261,31 @@ async fn a_cancelled_seal_aborts_at_once() {
 
 #[tokio::test]
 async fn an_unknown_size_is_resolved_at_the_seal() {
-    for total in [0usize, 25, 30] {
-        let log = Log::default();
-        let fake = Fake::new(&log, layout(PartPlan::fixed(10), Flow::Parallel(2)));
-        let seal = Seal::open_ended();
-        let src = Feed::new(vec![1; total], Some(seal.clone()));
-        // The request's size means nothing for an open-ended seal.
-        let req = request(src.clone(), 0);
-        let writer = async {
-            src.arrive(total.min(20));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            src.arrive(total);
-            seal.seal_sized(total as u64, Digests::default());
-        };
-        let (r, ()) = tokio::join!(drive(POLICY, &fake, &req), writer);
-        let want: Vec<u64> = (0..(total as u64).div_ceil(10)).collect();
-        assert_eq!(r.unwrap(), want, "{total} bytes");
-        let sent: u64 = log.parts.lock().unwrap().iter().map(|p| p.2).sum();
-        assert_eq!(
-            sent, total as u64,
-            "no empty or missing part for {total} bytes"
-        );
+    // The seal lands before, between and after the parts are read.
+    for pause in [0u64, 3, 50] {
+        for total in [0usize, 25, 30] {
+            let log = Log::default();
+            let fake = Fake::new(&log, layout(PartPlan::fixed(10), Flow::Parallel(2)));
+            let seal = Seal::open_ended();
+            let src = Feed::new(vec![1; total], Some(seal.clone()));
+            // The request's size means nothing for an open-ended seal.
+            let req = request(src.clone(), 0);
+            let writer = async {
+                src.arrive(total.min(20));
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                src.arrive(total);
+                seal.seal_sized(total as u64, Digests::default());
+            };
+            let (r, ()) = tokio::join!(drive(POLICY, &fake, &req), writer);
+            let want: Vec<u64> = (0..(total as u64).div_ceil(10)).collect();
+            let got = r.unwrap_or_else(|e| panic!("{total} bytes, sealed after {pause} ms: {e}"));
+            assert_eq!(got, want, "{total} bytes");
+            let sent: u64 = log.parts.lock().unwrap().iter().map(|p| p.2).sum();
+            assert_eq!(
+                sent, total as u64,
+                "no empty or missing part for {total} bytes"
+            );
+        }
     }
 }
 
