@@ -216,6 +216,16 @@ impl Growing {
             seal: Seal::new(),
         })
     }
+    /// A file whose size is known only when its writer closes it.
+    fn open_ended(data: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self {
+            data,
+            arrived: std::sync::Mutex::new(0),
+            more: std::sync::Condvar::new(),
+            given_up: std::sync::atomic::AtomicBool::new(false),
+            seal: Seal::open_ended(),
+        })
+    }
     fn arrive(&self, upto: usize) {
         *self.arrived.lock().unwrap() = upto;
         self.more.notify_all();
@@ -385,4 +395,65 @@ fn sealed_virola() {
 #[test]
 fn sealed_dyson() {
     sealed_scenario(TargetKind::Dyson);
+}
+
+/// An upload whose size is known only at the seal: a client that needs the size up front
+/// sends nothing before it, then lands the file at the sealed size (the request's `size`
+/// is only a placeholder).
+fn open_ended_scenario(kind: TargetKind) {
+    let s = TestServer::start(|o| o.cloudreve_chunk_size = 4 * 1024 * 1024);
+    let t = s.target(kind);
+    let part = t.capabilities().part_size as usize;
+    let size = 2 * part + 3;
+    let proto = kind.as_str();
+    let data = pattern(size, 43);
+    let src = Growing::open_ended(data.clone());
+    let mut req = growing_request("open-ended.bin", &src);
+    req.size = 0;
+    let task = s.rt.spawn({
+        let t = t.clone();
+        async move { t.upload(req).await }
+    });
+    src.arrive(size);
+    if !t.capabilities().size_later {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(
+            s.state()["bytes_received"].as_u64().unwrap_or(0),
+            0,
+            "{proto}: nothing may be sent before the size is known"
+        );
+    }
+    assert!(!task.is_finished(), "{proto}: completed before the seal");
+    src.seal.seal_sized(
+        size as u64,
+        Digests {
+            sha1: Some(sha1_hex(&data)),
+            md5: Some(common::md5_hex(&data)),
+        },
+    );
+    let f =
+        s.rt.block_on(task)
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{proto}: open-ended upload failed: {e}"));
+    assert_eq!(f.size, size as u64, "{proto}: the sealed size");
+    let stored = s.files(proto);
+    let hits: Vec<_> = stored
+        .iter()
+        .filter(|(n, _, _)| n == "open-ended.bin")
+        .collect();
+    assert_eq!(hits.len(), 1, "{proto}: stored once: {stored:?}");
+    assert_eq!(hits[0].2, sha1_hex(&data), "{proto}: stored content");
+}
+
+#[test]
+fn open_ended_every_kind() {
+    for kind in [
+        TargetKind::Box,
+        TargetKind::Cloudreve,
+        TargetKind::Fluxer,
+        TargetKind::Virola,
+        TargetKind::Dyson,
+    ] {
+        open_ended_scenario(kind);
+    }
 }

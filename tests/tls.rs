@@ -61,7 +61,7 @@ fn self_signed_certificate_is_refused_unless_insecure() {
 
     let strict = HttpClient::new("tls", &cfg).unwrap();
     let err = rt
-        .block_on(strict.send("probe", || strict.client.get(&url)))
+        .block_on(strict.call("probe", || strict.get(&url)))
         .expect_err("self-signed certificate must be refused");
     assert_eq!(err.kind, ErrorKind::Auth, "{err}");
     assert!(
@@ -72,7 +72,75 @@ fn self_signed_certificate_is_refused_unless_insecure() {
     cfg.insecure = true;
     let lax = HttpClient::new("tls", &cfg).unwrap();
     let resp = rt
-        .block_on(lax.send("probe", || lax.client.get(&url)))
+        .block_on(lax.call("probe", || lax.get(&url)))
         .expect("insecure accepts the self-signed certificate");
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status, 200);
+}
+
+/// Every client, on every kind of request it makes first (listing, upload), fails at once
+/// with `Auth` on a refused certificate: no client has a request path that retries it.
+#[test]
+fn every_kind_fails_at_once_on_a_refused_certificate() {
+    use uploadfs::remote::{ByteCounter, Digests, FileSource, UploadRequest};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(self_signed_server());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    // Over every client's single-request limit, so the session path is taken too.
+    std::fs::write(&path, vec![7u8; 21_000_000]).unwrap();
+    for kind in TargetKind::ALL {
+        if kind == TargetKind::Null {
+            continue;
+        }
+        let mut cfg = TargetConfig::for_local_server(kind, &format!("https://{addr}"), "tok");
+        // A retried failure would take this long; failing at once takes far less.
+        cfg.retry_seconds = 30;
+        let t = uploadfs::remote::build(kind.as_str(), &cfg).expect("client");
+        let started = std::time::Instant::now();
+        let err = rt
+            .block_on(t.list(&None))
+            .expect_err("listing over a refused certificate");
+        assert_eq!(err.kind, ErrorKind::Auth, "{kind:?} list: {err}");
+        let file = uploadfs::remote::RemoteFile {
+            id: "1".to_string(),
+            name: "f.bin".to_string(),
+            size: 10,
+            mtime_ms: 0,
+            is_dir: false,
+            sha1: None,
+            md5: None,
+            url: Some(format!("https://{addr}/cdn/f.bin")),
+            extra: Some("1".to_string()),
+        };
+        let err = rt
+            .block_on(t.read_range(&file, 0, 10))
+            .expect_err("reading over a refused certificate");
+        assert_eq!(err.kind, ErrorKind::Auth, "{kind:?} read: {err}");
+        for size in [10u64, 21_000_000] {
+            let req = UploadRequest {
+                parent: None,
+                name: "f.bin".to_string(),
+                size,
+                digests: Digests::default(),
+                mtime_ms: 0,
+                replaces: None,
+                resume_session: None,
+                source: Arc::new(FileSource::open(&path).unwrap()),
+                observer: Arc::new(ByteCounter::default()),
+            };
+            let err = rt
+                .block_on(t.upload(req))
+                .expect_err("uploading over a refused certificate");
+            assert_eq!(
+                err.kind,
+                ErrorKind::Auth,
+                "{kind:?} upload of {size}: {err}"
+            );
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{kind:?}: the certificate error was retried ({:?})",
+            started.elapsed()
+        );
+    }
 }

@@ -16,14 +16,15 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{excerpt, parse_json, status_error, HttpClient};
+use super::http::{excerpt, parse_json, status_error, Attempt, Exchange, HttpClient};
+use super::session::{self, Flow, Layout, Open, Opened, Part, PartPlan, PartProtocol, PartSession};
 use super::{
-    Capabilities, DirRef, ErrorKind, RemoteFile, Result, Target, TargetError, UploadRequest,
+    Capabilities, DirRef, ErrorKind, RemoteFile, Result, Sealed, Target, TargetError, UploadRequest,
 };
 use crate::config::TargetConfig;
 
@@ -115,82 +116,39 @@ impl DysonTarget {
             body["pool_id"] = json!(p);
         }
         let url = self.url("/files/upload/create");
-        // An answer cut short is retried (`send_bytes`): creating a task twice is harmless.
-        let (status, _, answer) = self
+        // An answer cut short is retried: creating a task twice is harmless.
+        let r = self
             .http
-            .send_bytes(&what, || {
-                self.http.auth(self.http.client.post(&url)).json(&body)
-            })
+            .call(&what, || self.http.auth(self.http.post(&url)).json(&body))
             .await?;
-        if !status.is_success() {
-            return Err(self.fail(&what, status, &answer));
+        if !r.status.is_success() {
+            return Err(self.fail(&what, r.status, &r.body));
         }
-        parse_json(&what, &answer)
+        parse_json(&what, &r.body)
     }
+}
 
-    /// Send chunk `index`; `Ok(false)` when the task is gone (404).
-    async fn send_chunk(
-        &self,
-        req: &UploadRequest,
-        task: &str,
-        index: u64,
-        chunk_size: u64,
-    ) -> Result<bool> {
-        let offset = index * chunk_size;
-        let len = (req.size - offset).min(chunk_size);
-        // Held until the chunk's request is over: bounds the buffered chunks of all uploads.
-        let _mem = super::budget::reserve(len).await;
-        let src = req.source.clone();
-        let data = tokio::task::spawn_blocking(move || src.read_at(offset, len as usize))
-            .await
-            .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("reading: {e}")))??;
-        if data.len() as u64 != len {
-            return Err(TargetError::new(
-                ErrorKind::LocalIo,
-                format!(
-                    "{}: staged data ended at {} bytes, expected {}",
-                    req.name,
-                    offset + data.len() as u64,
-                    req.size
-                ),
-            ));
-        }
-        let what = format!("uploading chunk {index} of {}", req.name);
-        let url = self.url(&format!("/files/upload/chunk/{task}/{index}"));
-        let resp = self
-            .http
-            .send(&what, || {
-                let mut headers = reqwest::header::HeaderMap::new();
-                headers.insert(
-                    reqwest::header::CONTENT_TYPE,
-                    reqwest::header::HeaderValue::from_static("application/octet-stream"),
-                );
-                let part = reqwest::multipart::Part::stream_with_length(
-                    reqwest::Body::from(data.clone()),
-                    len,
-                )
-                .file_name(format!("chunk_{index}"))
-                .headers(headers);
-                let form = reqwest::multipart::Form::new().part("chunk", part);
-                self.http.auth(self.http.client.post(&url)).multipart(form)
-            })
-            .await?;
-        let status = resp.status();
-        if status.is_success() {
-            req.observer.part_done(index, len);
-            return Ok(true);
-        }
-        let b = resp.bytes().await.unwrap_or_default();
-        if status == StatusCode::NOT_FOUND {
-            tracing::warn!(name = %req.name, index, "dyson: upload task vanished");
-            return Ok(false);
-        }
-        Err(self.fail(&what, status, &b))
-    }
+/// One Dyson upload: the whole file's MD5 opens it.
+struct DysonUpload<'a> {
+    t: &'a DysonTarget,
+    md5: String,
+}
 
-    /// One round: create, chunks, complete. `Ok(None)`: the task was lost, start over.
-    async fn round(&self, req: &UploadRequest, md5: &str) -> Result<Option<RemoteFile>> {
-        let created = self.create(req, md5).await?;
+/// An open upload task.
+struct Task<'a> {
+    t: &'a DysonTarget,
+    id: String,
+    name: String,
+    size: u64,
+    md5: String,
+}
+
+#[async_trait]
+impl<'a> PartProtocol for DysonUpload<'a> {
+    type Session = Task<'a>;
+
+    async fn open(&self, req: &UploadRequest, _round: u32) -> Result<Open<Task<'a>>> {
+        let created = self.t.create(req, &self.md5).await?;
         if created.file_exists {
             let f = created.file.ok_or_else(|| {
                 TargetError::protocol(format!(
@@ -209,12 +167,12 @@ impl DysonTarget {
                     req.name, r.size, req.size
                 )));
             }
-            return Ok(Some(r));
+            return Ok(Open::Landed(r));
         }
         let bad = |why: &str| {
             TargetError::protocol(format!("creating the upload of {}: {why}", req.name))
         };
-        let task = created.task_id.ok_or_else(|| bad("no task_id"))?;
+        let id = created.task_id.ok_or_else(|| bad("no task_id"))?;
         let chunk_size = created.chunk_size.unwrap_or(CHUNK_SIZE);
         if chunk_size == 0 || chunk_size > CHUNK_SIZE {
             return Err(bad(&format!(
@@ -228,49 +186,108 @@ impl DysonTarget {
                 created.chunks_count
             )));
         }
-        req.observer.session_started(&task);
-        let mut chunks = futures_util::stream::iter(0..count)
-            .map(|i| self.send_chunk(req, &task, i, chunk_size))
-            .buffer_unordered(PARALLEL);
-        while let Some(r) = chunks.next().await {
-            if !r? {
-                return Ok(None);
-            }
+        Ok(Open::Session(Opened {
+            id: id.clone(),
+            session: Task {
+                t: self.t,
+                id,
+                name: req.name.clone(),
+                size: req.size,
+                md5: self.md5.clone(),
+            },
+            layout: Layout {
+                label: "dyson",
+                plan: PartPlan::fixed(chunk_size),
+                flow: Flow::Parallel(PARALLEL),
+                part_sha1: false,
+                streamed: false,
+                last_part_completes: false,
+            },
+            done: Vec::new(),
+        }))
+    }
+
+    /// A lost task starts over from `create`, which also finds a completed file by its hash.
+    fn restarts(&self) -> u32 {
+        MAX_ROUNDS - 1
+    }
+}
+
+#[async_trait]
+impl PartSession for Task<'_> {
+    type Receipt = ();
+    type Output = RemoteFile;
+
+    async fn put_part(&self, part: &Part, _attempt: u32) -> Attempt<()> {
+        let what = format!("uploading chunk {} of {}", part.index, self.name);
+        let url = self
+            .t
+            .url(&format!("/files/upload/chunk/{}/{}", self.id, part.index));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let chunk = reqwest::multipart::Part::stream_with_length(part.body().0, part.len)
+            .file_name(format!("chunk_{}", part.index))
+            .headers(headers);
+        let form = reqwest::multipart::Form::new().part("chunk", chunk);
+        let http = &self.t.http;
+        let reply = match http
+            .exchange(http.auth(http.post(&url)).multipart(form))
+            .await
+        {
+            Exchange::Answer(r) => r,
+            Exchange::Lost(reason) => return Attempt::again(reason),
+            Exchange::Fatal(e) => return Attempt::Fail(e),
+        };
+        if let Some(busy) = reply.busy() {
+            return busy;
         }
-        drop(chunks);
-        let what = format!("completing the upload of {}", req.name);
-        let url = self.url(&format!("/files/upload/complete/{task}"));
+        match reply.status {
+            s if s.is_success() => Attempt::Done(()),
+            StatusCode::NOT_FOUND => Attempt::Fail(TargetError::new(
+                ErrorKind::NotFound,
+                format!("{what}: the upload task vanished"),
+            )),
+            s => Attempt::Fail(self.t.fail(&what, s, &reply.body)),
+        }
+    }
+
+    async fn complete(&self, _receipts: Vec<(u64, ())>, _sealed: &Sealed) -> Result<RemoteFile> {
+        let what = format!("completing the upload of {}", self.name);
+        let url = self.t.url(&format!("/files/upload/complete/{}", self.id));
         // A completion answer cut short is sent again; the task is gone by then (404), so
         // the next round's create finds the stored file by its hash.
-        let (status, _, body) = self
-            .http
-            .send_bytes(&what, || self.http.auth(self.http.client.post(&url)))
-            .await?;
-        if status.is_success() {
-            let f: CloudFile = parse_json(&what, &body)?;
-            let r = to_remote(f);
-            if r.size != req.size {
+        let http = &self.t.http;
+        let r = http.call(&what, || http.auth(http.post(&url))).await?;
+        if r.status.is_success() {
+            let f = to_remote(parse_json::<CloudFile>(&what, &r.body)?);
+            if f.size != self.size {
                 return Err(TargetError::protocol(format!(
                     "{what}: the server stored {} bytes, expected {}",
-                    r.size, req.size
+                    f.size, self.size
                 )));
             }
-            if r.md5.as_deref().is_some_and(|h| h != md5) {
+            if f.md5.as_deref().is_some_and(|h| h != self.md5) {
                 return Err(TargetError::protocol(format!(
                     "{what}: the stored file's MD5 differs from the data sent"
                 )));
             }
-            return Ok(Some(r));
+            return Ok(f);
         }
-        let err: Option<ApiError> = serde_json::from_slice(&body).ok();
-        let missing = err.as_ref().is_some_and(|e| e.code == "CHUNK_MISSING");
-        if missing || status == StatusCode::NOT_FOUND {
+        let err: Option<ApiError> = serde_json::from_slice(&r.body).ok();
+        if err.as_ref().is_some_and(|e| e.code == "CHUNK_MISSING")
+            || r.status == StatusCode::NOT_FOUND
+        {
             // Either way the task is gone on the server; a lost completion answer also
             // ends here, and the next create finds the file by its hash.
-            tracing::warn!(name = %req.name, status = %status, "dyson: task lost at completion, starting over");
-            return Ok(None);
+            return Err(TargetError::new(
+                ErrorKind::NotFound,
+                format!("{what}: the server lost the upload task ({})", r.status),
+            ));
         }
-        Err(self.fail(&what, status, &body))
+        Err(self.t.fail(&what, r.status, &r.body))
     }
 }
 
@@ -350,17 +367,21 @@ impl Target for DysonTarget {
             case_insensitive_names: false,
             replaces_in_place: false,
             early_start: false,
+            size_later: false,
         }
     }
 
     async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
         check_name(&req.name)?;
+        let req = req.with_final_size().await?;
         // The MD5 opens the upload: a file still being written is complete first.
         let digests = req.final_digests().await?;
-        let md5 = match &digests.md5 {
-            Some(m) => m.to_ascii_lowercase(),
-            None => super::hash_source::<md5::Md5>(&req.source.clone(), req.size).await?,
-        };
+        let md5 = super::source::given_or_hashed::<md5::Md5>(
+            digests.md5.as_deref(),
+            &req.source,
+            req.size,
+        )
+        .await?;
         if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(TargetError::new(
                 ErrorKind::LocalIo,
@@ -370,19 +391,8 @@ impl Target for DysonTarget {
                 ),
             ));
         }
-        for round in 1..=MAX_ROUNDS {
-            if let Some(f) = self.round(&req, &md5).await? {
-                return Ok(f);
-            }
-            tracing::info!(name = %req.name, round, "dyson: restarting upload from create");
-        }
-        Err(TargetError::new(
-            ErrorKind::Unavailable,
-            format!(
-                "uploading {}: the server lost the upload task {MAX_ROUNDS} times (chunks missing at completion)",
-                req.name
-            ),
-        ))
+        let proto = DysonUpload { t: self, md5 };
+        session::drive(self.http.policy(), &proto, &req).await
     }
 
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
@@ -406,15 +416,16 @@ impl Target for DysonTarget {
             if let Some(p) = &self.pool_id {
                 url.push_str(&format!("&pool={p}"));
             }
-            let (status, headers, body) = self
+            let r = self
                 .http
-                .send_bytes(what, || self.http.auth(self.http.client.get(&url)))
+                .call(what, || self.http.auth(self.http.get(&url)))
                 .await?;
-            if !status.is_success() {
-                return Err(self.fail(what, status, &body));
+            if !r.status.is_success() {
+                return Err(self.fail(what, r.status, &r.body));
             }
-            let page: Vec<CloudFile> = parse_json(what, &body)?;
-            let total = headers
+            let page: Vec<CloudFile> = parse_json(what, &r.body)?;
+            let total = r
+                .headers
                 .get("x-total")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
@@ -434,14 +445,14 @@ impl Target for DysonTarget {
     async fn delete(&self, file: &RemoteFile) -> Result<()> {
         let what = format!("deleting {}", file.name);
         let url = self.url(&format!("/files/{}", file.id));
-        let (status, _, body) = self
+        let r = self
             .http
-            .send_bytes(&what, || self.http.auth(self.http.client.delete(&url)))
+            .call(&what, || self.http.auth(self.http.delete(&url)))
             .await?;
-        if status.is_success() {
+        if r.status.is_success() {
             Ok(())
         } else {
-            Err(self.fail(&what, status, &body))
+            Err(self.fail(&what, r.status, &r.body))
         }
     }
 
@@ -450,16 +461,14 @@ impl Target for DysonTarget {
         let what = format!("renaming {} to {new_name}", file.name);
         let url = self.url(&format!("/files/{}/name", file.id));
         let body = json!(new_name);
-        let (status, _, answer) = self
+        let r = self
             .http
-            .send_bytes(&what, || {
-                self.http.auth(self.http.client.patch(&url)).json(&body)
-            })
+            .call(&what, || self.http.auth(self.http.patch(&url)).json(&body))
             .await?;
-        if !status.is_success() {
-            return Err(self.fail(&what, status, &answer));
+        if !r.status.is_success() {
+            return Err(self.fail(&what, r.status, &r.body));
         }
-        Ok(to_remote(parse_json(&what, &answer)?))
+        Ok(to_remote(parse_json(&what, &r.body)?))
     }
 
     async fn mkdir(&self, _parent: &DirRef, _name: &str) -> Result<RemoteFile> {
@@ -475,25 +484,10 @@ impl DysonTarget {
         }
         let what = read_what(file);
         let url = self.url(&format!("/files/{}", file.id));
-        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
         // Stored files answer with a redirect to storage; reqwest follows it.
-        let (status, _, body) = self
-            .http
-            .send_bytes(&what, || {
-                self.http
-                    .auth(self.http.client.get(&url))
-                    .header(reqwest::header::RANGE, &range)
-            })
-            .await?;
-        match status {
-            StatusCode::PARTIAL_CONTENT => Ok(body),
-            StatusCode::OK => {
-                let start = offset.min(body.len() as u64) as usize;
-                let end = offset.saturating_add(len).min(body.len() as u64) as usize;
-                Ok(body.slice(start..end))
-            }
-            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
-            s => Err(self.fail(&what, s, &body)),
+        match self.http.get_range(&what, &url, offset, len, true).await? {
+            Ok(data) => Ok(data),
+            Err(r) => Err(self.fail(&what, r.status, &r.body)),
         }
     }
 }

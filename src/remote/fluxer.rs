@@ -21,22 +21,21 @@
 //! Rate limits: a 429's JSON `retry_after` (fractional seconds) is honoured.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
-use reqwest::{RequestBuilder, StatusCode};
+use reqwest::header::CONTENT_TYPE;
+use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    describe_reqwest, excerpt, parse_json, retry_after, status_error, Attempt, HttpClient,
+    excerpt, parse_json, retry_after, status_error, Attempt, Exchange, HttpClient, Reply, Request,
 };
+use super::session::{self, Flow, Layout, Open, Opened, Part, PartPlan, PartProtocol, PartSession};
 use super::{
-    Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Target, TargetError,
-    UploadRequest,
+    Capabilities, DirRef, ErrorKind, RemoteFile, Result, Sealed, Target, TargetError, UploadRequest,
 };
 use crate::config::TargetConfig;
 
@@ -49,10 +48,6 @@ const PART_SIZE: u64 = 8 * 1024 * 1024;
 const PARALLEL_CHUNKS: usize = 4;
 /// Largest `limit` of a message listing.
 const PAGE: usize = 100;
-/// Read size when streaming an inline file from the source.
-const STREAM_PIECE: usize = 256 * 1024;
-/// Longest file name the service accepts, bytes.
-const MAX_NAME_BYTES: usize = 255;
 
 /// `Debug` shows no token (the [`HttpClient`] keeps it as a `Secret`).
 #[derive(Debug)]
@@ -168,41 +163,6 @@ fn api_error(what: &str, status: StatusCode, body: &[u8]) -> TargetError {
     }
 }
 
-/// Why a name cannot be a Fluxer attachment name (it becomes a CDN URL path segment).
-fn name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("the name is empty")
-    } else if name.len() > MAX_NAME_BYTES {
-        Some("the name is longer than 255 bytes")
-    } else if name.contains(['/', '\\']) {
-        Some("the name contains a slash or backslash")
-    } else if name.chars().any(char::is_control) {
-        Some("the name contains control characters")
-    } else if name == "." || name == ".." {
-        Some("the name is a relative path")
-    } else {
-        None
-    }
-}
-
-/// Read `len` bytes at `offset` off the async runtime; short data is an error.
-async fn read_part(source: &Arc<dyn PartSource>, offset: u64, len: usize) -> Result<Bytes> {
-    let src = source.clone();
-    let data = tokio::task::spawn_blocking(move || src.read_at(offset, len))
-        .await
-        .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("reading the source: {e}")))??;
-    if data.len() != len {
-        return Err(TargetError::new(
-            ErrorKind::LocalIo,
-            format!(
-                "the source ended early: {} of {len} bytes at offset {offset}",
-                data.len()
-            ),
-        ));
-    }
-    Ok(data)
-}
-
 /// How to wait after a retryable answer: a 429's JSON `retry_after`, else `Retry-After`.
 fn wait_for(
     status: StatusCode,
@@ -219,30 +179,39 @@ fn wait_for(
     retry_after(headers)
 }
 
-/// One request's outcome before classification.
-enum Raw {
-    /// No (complete) answer: the request may or may not have been processed.
-    Lost(String),
-    Answer(StatusCode, reqwest::header::HeaderMap, Bytes),
-}
-
-async fn send_once(rb: RequestBuilder) -> Raw {
-    match rb.send().await {
-        Err(e) => Raw::Lost(format!("connection error: {}", describe_reqwest(e))),
-        Ok(resp) => {
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            match resp.bytes().await {
-                Ok(b) => Raw::Answer(status, headers, b),
-                Err(e) => Raw::Lost(format!("answer cut short: {}", describe_reqwest(e))),
-            }
-        }
-    }
-}
-
-/// 429 and 503 mean "not done, try later"; other 5xx may come after the work was done.
+/// 429 and 5xx mean "try later"; a 5xx other than 503 may come after the work was done.
 fn retryable(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// A retryable answer that does not say the request was left undone.
+fn maybe_done(status: StatusCode) -> bool {
+    status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// One attempt's outcome, Fluxer's way: 429 waits as its JSON says. `ambiguous` is set
+/// when the request may have been processed without our seeing the answer.
+async fn attempt(http: &HttpClient, r: Request, ambiguous: Option<&AtomicBool>) -> Attempt<Reply> {
+    let flag = |on: bool| {
+        if let (true, Some(a)) = (on, ambiguous) {
+            a.store(true, Ordering::SeqCst);
+        }
+    };
+    match http.exchange(http.auth(r)).await {
+        Exchange::Lost(reason) => {
+            flag(true);
+            Attempt::again(reason)
+        }
+        Exchange::Fatal(e) => Attempt::Fail(e),
+        Exchange::Answer(reply) if retryable(reply.status) => {
+            flag(maybe_done(reply.status));
+            Attempt::Retry {
+                after: wait_for(reply.status, &reply.headers, &reply.body),
+                reason: format!("server answered {}", reply.status),
+            }
+        }
+        Exchange::Answer(reply) => Attempt::Done(reply),
+    }
 }
 
 impl FluxerTarget {
@@ -266,31 +235,19 @@ impl FluxerTarget {
     /// Send with retries of 429/5xx/connection errors; any other answer is returned.
     async fn call<F>(&self, what: &str, build: F) -> Result<(StatusCode, Bytes)>
     where
-        F: Fn() -> RequestBuilder,
+        F: Fn() -> Request,
     {
-        self.http
-            .retry(what, || async {
-                match send_once(self.http.auth(build())).await {
-                    Raw::Lost(reason) => Attempt::Retry {
-                        after: None,
-                        reason,
-                    },
-                    Raw::Answer(status, headers, body) if retryable(status) => Attempt::Retry {
-                        after: wait_for(status, &headers, &body),
-                        reason: format!("server answered {status}"),
-                    },
-                    Raw::Answer(status, _, body) => Attempt::Done((status, body)),
-                }
-            })
-            .await
+        let r = self
+            .http
+            .retry(what, || attempt(&self.http, build(), None))
+            .await?;
+        Ok((r.status, r.body))
     }
 
     /// GET one page of messages (newest first).
     async fn messages_page(&self, what: &str, query: &[(&str, String)]) -> Result<Vec<Message>> {
         let url = self.channel_url("/messages");
-        let (status, body) = self
-            .call(what, || self.http.client.get(&url).query(query))
-            .await?;
+        let (status, body) = self.call(what, || self.http.get(&url).query(query)).await?;
         if status != StatusCode::OK {
             return Err(api_error(what, status, &body));
         }
@@ -376,39 +333,24 @@ impl FluxerTarget {
                     Ok(f) => f,
                     Err(e) => return Attempt::Fail(e),
                 };
-                let rb = self.http.auth(self.http.client.post(&url)).multipart(form);
-                match send_once(rb).await {
-                    Raw::Lost(reason) => {
-                        ambiguous.store(true, Ordering::SeqCst);
-                        Attempt::Retry {
-                            after: None,
-                            reason,
-                        }
-                    }
-                    Raw::Answer(status, headers, body) if retryable(status) => {
-                        if status != StatusCode::TOO_MANY_REQUESTS
-                            && status != StatusCode::SERVICE_UNAVAILABLE
-                        {
-                            ambiguous.store(true, Ordering::SeqCst);
-                        }
-                        Attempt::Retry {
-                            after: wait_for(status, &headers, &body),
-                            reason: format!("server answered {status}"),
-                        }
-                    }
-                    Raw::Answer(StatusCode::OK, _, body) => {
-                        let m: Message = match parse_json(&what, &body) {
-                            Ok(m) => m,
-                            Err(e) => return Attempt::Fail(e),
-                        };
-                        match m.attachments.first().cloned() {
-                            Some(a) => Attempt::Done((m, a)),
-                            None => Attempt::Fail(TargetError::protocol(format!(
-                                "{what}: the posted message has no attachment"
-                            ))),
-                        }
-                    }
-                    Raw::Answer(status, _, body) => Attempt::Fail(api_error(&what, status, &body)),
+                let r = self.http.post(&url).multipart(form);
+                let reply = match attempt(&self.http, r, Some(&ambiguous)).await {
+                    Attempt::Done(reply) => reply,
+                    Attempt::Retry { after, reason } => return Attempt::Retry { after, reason },
+                    Attempt::Fail(e) => return Attempt::Fail(e),
+                };
+                if reply.status != StatusCode::OK {
+                    return Attempt::Fail(api_error(&what, reply.status, &reply.body));
+                }
+                let m: Message = match parse_json(&what, &reply.body) {
+                    Ok(m) => m,
+                    Err(e) => return Attempt::Fail(e),
+                };
+                match m.attachments.first().cloned() {
+                    Some(a) => Attempt::Done((m, a)),
+                    None => Attempt::Fail(TargetError::protocol(format!(
+                        "{what}: the posted message has no attachment"
+                    ))),
                 }
             })
             .await
@@ -421,55 +363,34 @@ impl FluxerTarget {
         baseline: Option<u64>,
     ) -> Result<(Message, Attachment)> {
         let payload = json!({ "attachments": [{ "id": 0, "filename": req.name }] }).to_string();
-        let size = req.size;
-        let source = req.source.clone();
-        let name = req.name.clone();
-        let observer = req.observer.clone();
+        // A local read failure inside the streamed body is not a network error to retry.
+        let failure = std::sync::Mutex::new(None);
         let r = self
             .post_message(req, baseline, || {
-                let src = source.clone();
-                let stream = futures_util::stream::try_unfold(0u64, move |off| {
-                    let src = src.clone();
-                    async move {
-                        if off >= size {
-                            return Ok::<_, TargetError>(None);
-                        }
-                        let n = (size - off).min(STREAM_PIECE as u64) as usize;
-                        let data = read_part(&src, off, n).await?;
-                        Ok(Some((data, off + n as u64)))
-                    }
-                });
-                let body = reqwest::Body::wrap_stream(stream);
-                let part = reqwest::multipart::Part::stream_with_length(body, size)
-                    .file_name(name.clone())
-                    .mime_str("application/octet-stream")
-                    .map_err(|e| TargetError::protocol(format!("building the form: {e}")))?;
+                let (part, f) = super::source::file_part(&req.source, req.size, &req.name)?;
+                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
                 Ok(reqwest::multipart::Form::new()
                     .text("payload_json", payload.clone())
                     .part("files[0]", part))
             })
-            .await?;
-        observer.part_done(0, size);
+            .await;
+        let local = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(e) = local.and_then(|f| f.take(&format!("fluxer: posting {}", req.name))) {
+            return Err(e);
+        }
+        let r = r?;
+        req.observer.part_done(0, req.size);
         Ok(r)
     }
 
-    /// Large file: chunked upload, then a message naming the uploaded file.
+    /// Large file: chunked upload ([`session::drive`]), then a message naming the
+    /// uploaded file.
     async fn upload_chunked(
         &self,
         req: &UploadRequest,
         baseline: Option<u64>,
     ) -> Result<(Message, Attachment)> {
-        let mut restarted = false;
-        let upload_filename = loop {
-            match self.chunked_session(req).await {
-                Ok(uf) => break uf,
-                Err(e) if e.kind == ErrorKind::NotFound && !restarted => {
-                    tracing::warn!(name = %req.name, error = %e, "fluxer: upload session expired; starting again");
-                    restarted = true;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let upload_filename = session::drive(self.http.policy(), &Chunked { t: self }, req).await?;
         let payload = json!({
             "attachments": [{ "id": 0, "filename": req.name, "uploaded_filename": upload_filename }]
         })
@@ -480,124 +401,9 @@ impl FluxerTarget {
         .await
     }
 
-    /// Create → chunks → complete; returns the `upload_filename`.
-    async fn chunked_session(&self, req: &UploadRequest) -> Result<String> {
-        let what = format!("fluxer: starting the upload of {}", req.name);
-        let url = self.channel_url("/chunked-uploads");
-        let body = json!({ "filename": req.name, "file_size": req.size });
-        let (status, answer) = self
-            .call(&what, || self.http.client.post(&url).json(&body))
-            .await?;
-        if status != StatusCode::CREATED && status != StatusCode::OK {
-            return Err(api_error(&what, status, &answer));
-        }
-        let s: CreateResp = parse_json(&what, &answer)?;
-        if s.chunk_size == 0 || s.chunk_count != req.size.div_ceil(s.chunk_size) {
-            return Err(TargetError::protocol(format!(
-                "{what}: the server announced {} chunks of {} bytes for {} bytes",
-                s.chunk_count, s.chunk_size, req.size
-            )));
-        }
-        req.observer.session_started(&s.upload_id);
-        tracing::debug!(name = %req.name, upload_id = %s.upload_id, chunks = s.chunk_count, "fluxer: session created");
-        let mut etags: Vec<(u64, String)> = futures_util::stream::iter(0..s.chunk_count)
-            .map(|i| self.put_chunk(req, &s, i))
-            .buffer_unordered(PARALLEL_CHUNKS)
-            .try_collect()
-            .await?;
-        etags.sort_by_key(|(i, _)| *i);
-        // Completing makes the file usable: a file still being written waits for its writer.
-        req.final_digests().await?;
-        self.complete(req, &s, &etags).await
-    }
-
-    async fn put_chunk(
-        &self,
-        req: &UploadRequest,
-        s: &CreateResp,
-        i: u64,
-    ) -> Result<(u64, String)> {
-        let what = format!("fluxer: uploading chunk {i} of {}", req.name);
-        let offset = i * s.chunk_size;
-        let len = (req.size - offset).min(s.chunk_size);
-        // A file still being written: its bytes first (holding no memory meanwhile).
-        super::wait_ready(&req.source, offset, len).await?;
-        // Held until the chunk's request is over: bounds the buffered chunks of all uploads.
-        let _mem = super::budget::reserve(len).await;
-        let data = read_part(&req.source, offset, len as usize).await?;
-        let url = self.channel_url(&format!("/chunked-uploads/{}/chunks/{i}", s.upload_id));
-        let (status, body) = self
-            .call(&what, || {
-                self.http
-                    .client
-                    .put(&url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                    .body(data.clone())
-            })
-            .await?;
-        if status != StatusCode::OK {
-            return Err(api_error(&what, status, &body));
-        }
-        let r: ChunkResp = parse_json(&what, &body)?;
-        if r.etag.is_empty() {
-            return Err(TargetError::protocol(format!("{what}: empty etag")));
-        }
-        req.observer.part_done(i, len);
-        Ok((i, r.etag))
-    }
-
-    async fn complete(
-        &self,
-        req: &UploadRequest,
-        s: &CreateResp,
-        etags: &[(u64, String)],
-    ) -> Result<String> {
-        let what = format!("fluxer: completing the upload of {}", req.name);
-        let url = self.channel_url(&format!("/chunked-uploads/{}/complete", s.upload_id));
-        let body = json!({
-            "etags": etags.iter().map(|(i, e)| json!({ "chunk_index": i, "etag": e })).collect::<Vec<_>>()
-        });
-        let lost_once = AtomicBool::new(false);
-        let (status, answer) = self
-            .http
-            .retry(&what, || async {
-                match send_once(self.http.auth(self.http.client.post(&url).json(&body))).await {
-                    Raw::Lost(reason) => {
-                        lost_once.store(true, Ordering::SeqCst);
-                        Attempt::Retry {
-                            after: None,
-                            reason,
-                        }
-                    }
-                    Raw::Answer(status, headers, b) if retryable(status) => {
-                        if status != StatusCode::TOO_MANY_REQUESTS
-                            && status != StatusCode::SERVICE_UNAVAILABLE
-                        {
-                            lost_once.store(true, Ordering::SeqCst);
-                        }
-                        Attempt::Retry {
-                            after: wait_for(status, &headers, &b),
-                            reason: format!("server answered {status}"),
-                        }
-                    }
-                    Raw::Answer(status, _, b) => Attempt::Done((status, b)),
-                }
-            })
-            .await?;
-        if status == StatusCode::NOT_FOUND && lost_once.load(Ordering::SeqCst) {
-            // The earlier attempt completed the session; its upload is ours.
-            return Ok(s.upload_filename.clone());
-        }
-        if status != StatusCode::OK {
-            return Err(api_error(&what, status, &answer));
-        }
-        let r: CompleteResp = parse_json(&what, &answer)?;
-        Ok(r.upload_filename)
-    }
-
     async fn get_message(&self, what: &str, mid: &str) -> Result<Option<Message>> {
         let url = self.channel_url(&format!("/messages/{mid}"));
-        let (status, body) = self.call(what, || self.http.client.get(&url)).await?;
+        let (status, body) = self.call(what, || self.http.get(&url)).await?;
         match status {
             StatusCode::OK => parse_json(what, &body).map(Some),
             StatusCode::NOT_FOUND => Ok(None),
@@ -611,7 +417,7 @@ impl FluxerTarget {
         let (status, body) = self
             .call(what, || {
                 attempts.fetch_add(1, Ordering::SeqCst);
-                self.http.client.delete(url)
+                self.http.delete(url)
             })
             .await?;
         match status {
@@ -619,6 +425,121 @@ impl FluxerTarget {
             StatusCode::NOT_FOUND if attempts.load(Ordering::SeqCst) > 1 => Ok(()),
             _ => Err(api_error(what, status, &body)),
         }
+    }
+}
+
+/// The chunked-upload protocol of one upload.
+struct Chunked<'a> {
+    t: &'a FluxerTarget,
+}
+
+/// An open chunked upload.
+struct ChunkSession<'a> {
+    t: &'a FluxerTarget,
+    s: CreateResp,
+    name: String,
+}
+
+#[async_trait]
+impl<'a> PartProtocol for Chunked<'a> {
+    type Session = ChunkSession<'a>;
+
+    async fn open(&self, req: &UploadRequest, _round: u32) -> Result<Open<ChunkSession<'a>>> {
+        let what = format!("fluxer: starting the upload of {}", req.name);
+        let url = self.t.channel_url("/chunked-uploads");
+        let body = json!({ "filename": req.name, "file_size": req.size });
+        let (status, answer) = self
+            .t
+            .call(&what, || self.t.http.post(&url).json(&body))
+            .await?;
+        if status != StatusCode::CREATED && status != StatusCode::OK {
+            return Err(api_error(&what, status, &answer));
+        }
+        let s: CreateResp = parse_json(&what, &answer)?;
+        if s.chunk_size == 0 || s.chunk_count != req.size.div_ceil(s.chunk_size) {
+            return Err(TargetError::protocol(format!(
+                "{what}: the server announced {} chunks of {} bytes for {} bytes",
+                s.chunk_count, s.chunk_size, req.size
+            )));
+        }
+        Ok(Open::Session(Opened {
+            id: s.upload_id.clone(),
+            layout: Layout {
+                label: "fluxer",
+                plan: PartPlan::fixed(s.chunk_size),
+                flow: Flow::Parallel(PARALLEL_CHUNKS),
+                part_sha1: false,
+                streamed: false,
+                last_part_completes: false,
+            },
+            session: ChunkSession {
+                t: self.t,
+                s,
+                name: req.name.clone(),
+            },
+            done: Vec::new(),
+        }))
+    }
+}
+
+#[async_trait]
+impl PartSession for ChunkSession<'_> {
+    /// The chunk's ETag, kept verbatim.
+    type Receipt = String;
+    /// The `upload_filename` a message then names.
+    type Output = String;
+
+    async fn put_part(&self, part: &Part, _attempt: u32) -> Attempt<String> {
+        let what = format!("fluxer: uploading chunk {} of {}", part.index, self.name);
+        let url = self.t.channel_url(&format!(
+            "/chunked-uploads/{}/chunks/{}",
+            self.s.upload_id, part.index
+        ));
+        let r = self
+            .t
+            .http
+            .put(&url)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(part.body().0);
+        let reply = match attempt(&self.t.http, r, None).await {
+            Attempt::Done(reply) => reply,
+            Attempt::Retry { after, reason } => return Attempt::Retry { after, reason },
+            Attempt::Fail(e) => return Attempt::Fail(e),
+        };
+        if reply.status != StatusCode::OK {
+            return Attempt::Fail(api_error(&what, reply.status, &reply.body));
+        }
+        match parse_json::<ChunkResp>(&what, &reply.body) {
+            Ok(r) if !r.etag.is_empty() => Attempt::Done(r.etag),
+            Ok(_) => Attempt::Fail(TargetError::protocol(format!("{what}: empty etag"))),
+            Err(e) => Attempt::Fail(e),
+        }
+    }
+
+    async fn complete(&self, etags: Vec<(u64, String)>, _sealed: &Sealed) -> Result<String> {
+        let what = format!("fluxer: completing the upload of {}", self.name);
+        let url = self
+            .t
+            .channel_url(&format!("/chunked-uploads/{}/complete", self.s.upload_id));
+        let body = json!({
+            "etags": etags.iter().map(|(i, e)| json!({ "chunk_index": i, "etag": e })).collect::<Vec<_>>()
+        });
+        let lost_once = AtomicBool::new(false);
+        let http = &self.t.http;
+        let reply = http
+            .retry(&what, || {
+                attempt(http, http.post(&url).json(&body), Some(&lost_once))
+            })
+            .await?;
+        if reply.status == StatusCode::NOT_FOUND && lost_once.load(Ordering::SeqCst) {
+            // The earlier attempt completed the session; its upload is ours.
+            return Ok(self.s.upload_filename.clone());
+        }
+        if reply.status != StatusCode::OK {
+            return Err(api_error(&what, reply.status, &reply.body));
+        }
+        let r: CompleteResp = parse_json(&what, &reply.body)?;
+        Ok(r.upload_filename)
     }
 }
 
@@ -645,13 +566,7 @@ fn to_remote(m: &Message, a: &Attachment) -> RemoteFile {
 #[async_trait]
 impl Target for FluxerTarget {
     fn check_name(&self, name: &str) -> Result<()> {
-        match name_problem(name) {
-            Some(why) => Err(TargetError::new(
-                ErrorKind::InvalidName,
-                format!("fluxer: {name:?} cannot be a file name: {why}"),
-            )),
-            None => Ok(()),
-        }
+        super::names::check_fluxer_name(name)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -669,16 +584,13 @@ impl Target for FluxerTarget {
             case_insensitive_names: false,
             replaces_in_place: false,
             early_start: true,
+            size_later: false,
         }
     }
 
     async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
-        if let Some(why) = name_problem(&req.name) {
-            return Err(TargetError::new(
-                ErrorKind::InvalidName,
-                format!("fluxer: cannot upload {:?}: {why}", req.name),
-            ));
-        }
+        super::names::check_fluxer_name(&req.name)?;
+        let req = req.with_final_size().await?;
         if let Some(max) = self.max_file_size {
             if req.size > max {
                 return Err(TargetError::new(
@@ -806,40 +718,14 @@ impl FluxerTarget {
             }
         };
         let end = (offset + len).min(file.size) - 1;
-        let range = format!("bytes={offset}-{end}");
         // No token here: the CDN needs none and is another host.
-        let (status, headers, body) = self
+        match self
             .http
-            .send_bytes(&what, || {
-                self.http
-                    .client
-                    .get(&url)
-                    .header(reqwest::header::RANGE, &range)
-            })
-            .await?;
-        let want = (end - offset + 1) as usize;
-        match status {
-            StatusCode::PARTIAL_CONTENT => {
-                let start = headers
-                    .get(reqwest::header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if start != Some(offset) {
-                    return Err(TargetError::protocol(format!(
-                        "{what}: the server sent a different range than asked ({range})"
-                    )));
-                }
-                Ok(body.slice(..want.min(body.len())))
-            }
-            StatusCode::OK => {
-                // The CDN ignored the range: cut ours out of the whole body.
-                let from = (offset as usize).min(body.len());
-                let to = (from + want).min(body.len());
-                Ok(body.slice(from..to))
-            }
-            _ => Err(status_error(&what, status, &String::from_utf8_lossy(&body))),
+            .get_range(&what, &url, offset, end - offset + 1, false)
+            .await?
+        {
+            Ok(data) => Ok(data),
+            Err(r) => Err(status_error(&what, r.status, &r.text())),
         }
     }
 }

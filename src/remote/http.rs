@@ -1,19 +1,29 @@
 //! The one HTTP layer every target client uses: a reqwest client (rustls, certificates
 //! verified unless the target is configured `insecure`), the bearer token kept as a
-//! [`Secret`], and retries.
+//! [`Secret`], one raw attempt helper and the retry loop.
 //!
-//! Retry policy: 429, 5xx and connection errors are retried with exponential backoff and
-//! full jitter, honouring `Retry-After` when the server sends it, until a total time
-//! budget is spent. Retries are per request — per part for uploads — so one bad part never
-//! re-sends a whole file. Protocols whose errors hide inside HTTP 200 (Cloudreve) classify
-//! answers themselves with [`HttpClient::retry`] and [`Attempt`].
+//! Every request of every client goes through [`HttpClient::exchange`]: clients build a
+//! [`Request`] (which cannot send itself), and `exchange` sends it once, reads the whole
+//! answer, and sorts out what no protocol may treat differently — a refused TLS
+//! certificate fails at once as `ErrorKind::Auth` (no retry can fix it), a connection
+//! error or an answer cut short is a [`Exchange::Lost`] request. Protocols then classify
+//! the [`Reply`] themselves where their errors hide in answers (Cloudreve's envelopes,
+//! Box's 202, Fluxer's JSON `retry_after`), or take [`HttpClient::call`]'s default.
+//!
+//! Retry policy ([`RetryPolicy`]): 429, 5xx and lost requests are retried with exponential
+//! backoff and full jitter, honouring `Retry-After` when the server sends it, until a total
+//! time budget is spent. Retries are per request — per part for uploads — so one bad part
+//! never re-sends a whole file.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rand::Rng;
-use reqwest::{RequestBuilder, Response, StatusCode};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::{ErrorKind, RemoteFile, Result, TargetError};
 use crate::config::{Secret, TargetConfig};
@@ -40,10 +50,143 @@ pub enum Attempt<T> {
     Fail(TargetError),
 }
 
+impl<T> Attempt<T> {
+    /// Retry after backoff, for `reason`.
+    pub fn again(reason: impl Into<String>) -> Self {
+        Attempt::Retry {
+            after: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How long and how often one request is tried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Total time one request may spend retrying.
+    pub budget: Duration,
+}
+
+impl RetryPolicy {
+    /// Run `attempt` until it is done, fails, or the retry budget is spent. `attempt` gets
+    /// the attempt number (1-based).
+    pub async fn run<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        let start = Instant::now();
+        let mut n = 0u32;
+        loop {
+            n += 1;
+            match attempt(n).await {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Retry { after, reason } => {
+                    let delay = after
+                        .map(|d| d.min(MAX_DELAY))
+                        .unwrap_or_else(|| backoff(n));
+                    if n >= MAX_ATTEMPTS || start.elapsed() + delay > self.budget {
+                        return Err(TargetError::new(
+                            ErrorKind::Unavailable,
+                            format!("{what}: gave up after {n} attempts: {reason}"),
+                        ));
+                    }
+                    tracing::debug!(what, attempt = n, ?delay, reason, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// A request being built. It has no way to send itself: only [`HttpClient::exchange`]
+/// sends, so every request meets the same connection-failure rules.
+pub struct Request {
+    rb: RequestBuilder,
+    /// A header value that could not be built; the request fails instead of going without.
+    bad: Option<String>,
+}
+
+impl Request {
+    fn map(self, f: impl FnOnce(RequestBuilder) -> RequestBuilder) -> Self {
+        Request {
+            rb: f(self.rb),
+            bad: self.bad,
+        }
+    }
+
+    pub fn header<V>(mut self, name: HeaderName, value: V) -> Self
+    where
+        V: TryInto<HeaderValue>,
+        V::Error: std::fmt::Display,
+    {
+        match value.try_into() {
+            Ok(v) => self.map(|rb| rb.header(name, v)),
+            Err(e) => {
+                self.bad = Some(format!("header {name}: {e}"));
+                self
+            }
+        }
+    }
+
+    pub fn query<T: Serialize + ?Sized>(self, query: &T) -> Self {
+        self.map(|rb| rb.query(query))
+    }
+
+    pub fn json<T: Serialize + ?Sized>(self, json: &T) -> Self {
+        self.map(|rb| rb.json(json))
+    }
+
+    pub fn body(self, body: impl Into<reqwest::Body>) -> Self {
+        self.map(|rb| rb.body(body))
+    }
+
+    pub fn multipart(self, form: reqwest::multipart::Form) -> Self {
+        self.map(|rb| rb.multipart(form))
+    }
+}
+
+/// A whole answer: status, headers and body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// 429 or 5xx: the server asks to be tried again (after `Retry-After` when given).
+    pub fn busy<T>(&self) -> Option<Attempt<T>> {
+        (self.status == StatusCode::TOO_MANY_REQUESTS || self.status.is_server_error()).then(|| {
+            Attempt::Retry {
+                after: retry_after(&self.headers),
+                reason: format!("server answered {}", self.status),
+            }
+        })
+    }
+
+    /// The body as text, for error messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One attempt's outcome, before any protocol reads the answer.
+pub enum Exchange {
+    /// A whole answer, whatever its status.
+    Answer(Reply),
+    /// No whole answer (connection refused or reset, body cut short): the request may or
+    /// may not have been processed. Worth another attempt.
+    Lost(String),
+    /// No attempt can succeed (a refused TLS certificate).
+    Fatal(TargetError),
+}
+
 /// Shared HTTP client of one configured target.
 #[derive(Clone)]
 pub struct HttpClient {
-    pub client: reqwest::Client,
+    client: reqwest::Client,
     token: Secret,
     /// The config name of the target, used in error messages.
     pub target_name: String,
@@ -82,10 +225,70 @@ impl HttpClient {
         &self.token
     }
 
+    /// The retry policy of this target's requests.
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            budget: self.retry_budget,
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, url: impl AsRef<str>) -> Request {
+        Request {
+            rb: self.client.request(method, url.as_ref()),
+            bad: None,
+        }
+    }
+
+    pub fn get(&self, url: impl AsRef<str>) -> Request {
+        self.request(reqwest::Method::GET, url)
+    }
+    pub fn post(&self, url: impl AsRef<str>) -> Request {
+        self.request(reqwest::Method::POST, url)
+    }
+    pub fn put(&self, url: impl AsRef<str>) -> Request {
+        self.request(reqwest::Method::PUT, url)
+    }
+    pub fn patch(&self, url: impl AsRef<str>) -> Request {
+        self.request(reqwest::Method::PATCH, url)
+    }
+    pub fn delete(&self, url: impl AsRef<str>) -> Request {
+        self.request(reqwest::Method::DELETE, url)
+    }
+
     /// `Authorization: Bearer <token>` on a request. `bearer_auth` marks the header value
     /// sensitive, so HTTP-level debug and trace output never prints it.
-    pub fn auth(&self, rb: RequestBuilder) -> RequestBuilder {
-        rb.bearer_auth(self.token.expose())
+    pub fn auth(&self, r: Request) -> Request {
+        r.map(|rb| rb.bearer_auth(self.token.expose()))
+    }
+
+    /// Send a request once and read its whole answer: the one place a request goes out.
+    pub async fn exchange(&self, r: Request) -> Exchange {
+        if let Some(bad) = r.bad {
+            return Exchange::Fatal(TargetError::protocol(format!(
+                "building the request: {bad}"
+            )));
+        }
+        let resp = match r.rb.send().await {
+            Ok(resp) => resp,
+            Err(e) => return connection_failed(e),
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let expected = resp.content_length();
+        match resp.bytes().await {
+            Ok(body) if expected.is_none_or(|n| n == body.len() as u64) => {
+                Exchange::Answer(Reply {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            Ok(b) => Exchange::Lost(format!(
+                "answer cut short: {} of {expected:?} bytes",
+                b.len()
+            )),
+            Err(e) => Exchange::Lost(format!("answer cut short: {}", describe_reqwest(e))),
+        }
     }
 
     /// Run `attempt` until it is done, fails, or the retry budget is spent.
@@ -94,96 +297,67 @@ impl HttpClient {
         F: FnMut() -> Fut,
         Fut: Future<Output = Attempt<T>>,
     {
-        let start = Instant::now();
-        let mut n = 0u32;
-        loop {
-            n += 1;
-            match attempt().await {
-                Attempt::Done(v) => return Ok(v),
-                Attempt::Fail(e) => return Err(e),
-                Attempt::Retry { after, reason } => {
-                    let delay = after
-                        .map(|d| d.min(MAX_DELAY))
-                        .unwrap_or_else(|| backoff(n));
-                    if n >= MAX_ATTEMPTS || start.elapsed() + delay > self.retry_budget {
-                        return Err(TargetError::new(
-                            ErrorKind::Unavailable,
-                            format!("{what}: gave up after {n} attempts: {reason}"),
-                        ));
-                    }
-                    tracing::debug!(what, attempt = n, ?delay, reason, "retrying");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+        self.policy().run(what, |_| attempt()).await
     }
 
     /// Send a request built by `build` (called again for each attempt), retrying 429, 5xx
-    /// and connection errors. Any other answer — success or a 4xx — is returned for the
+    /// and lost requests. Any other answer — success or a 4xx — is returned for the
     /// caller to interpret.
-    pub async fn send<F>(&self, what: &str, build: F) -> Result<Response>
+    pub async fn call<F>(&self, what: &str, build: F) -> Result<Reply>
     where
-        F: Fn() -> RequestBuilder,
+        F: Fn() -> Request,
     {
         self.retry(what, || async {
-            match build().send().await {
-                Ok(resp) => classify(resp),
-                Err(e) => connection_failed(e),
-            }
-        })
-        .await
-    }
-
-    /// [`send`](Self::send), then read the body as bytes; a body cut short is retried too.
-    pub async fn send_bytes<F>(
-        &self,
-        what: &str,
-        build: F,
-    ) -> Result<(StatusCode, reqwest::header::HeaderMap, bytes::Bytes)>
-    where
-        F: Fn() -> RequestBuilder,
-    {
-        self.retry(what, || async {
-            let resp = match build().send().await {
-                Ok(resp) => resp,
-                Err(e) => return connection_failed(e),
-            };
-            let resp = match classify(resp) {
-                Attempt::Done(r) => r,
-                Attempt::Retry { after, reason } => return Attempt::Retry { after, reason },
-                Attempt::Fail(e) => return Attempt::Fail(e),
-            };
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let expected = resp.content_length();
-            match resp.bytes().await {
-                Ok(b) if expected.is_none_or(|n| n == b.len() as u64) => {
-                    Attempt::Done((status, headers, b))
-                }
-                Ok(b) => Attempt::Retry {
-                    after: None,
-                    reason: format!("body cut short: {} of {:?} bytes", b.len(), expected),
-                },
-                Err(e) => Attempt::Retry {
-                    after: None,
-                    reason: format!("body cut short: {}", describe_reqwest(e)),
-                },
+            match self.exchange(build()).await {
+                Exchange::Answer(reply) => reply.busy().unwrap_or(Attempt::Done(reply)),
+                Exchange::Lost(reason) => Attempt::again(reason),
+                Exchange::Fatal(e) => Attempt::Fail(e),
             }
         })
         .await
     }
 }
 
-/// A request that got no answer: retried, except a refused TLS certificate, which no
-/// retry can fix.
-pub fn connection_failed<T>(e: reqwest::Error) -> Attempt<T> {
+impl HttpClient {
+    /// A ranged GET of `len` bytes at `offset` (`len > 0`), with the token when `authed`
+    /// (a CDN or a signed URL needs none), cut to the range by [`ranged_body`]; `Err(reply)`
+    /// for any other answer, for the protocol to map.
+    pub async fn get_range(
+        &self,
+        what: &str,
+        url: &str,
+        offset: u64,
+        len: u64,
+        authed: bool,
+    ) -> Result<std::result::Result<Bytes, Reply>> {
+        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
+        let r = self
+            .call(what, || {
+                let r = self.get(url).header(reqwest::header::RANGE, range.as_str());
+                if authed {
+                    self.auth(r)
+                } else {
+                    r
+                }
+            })
+            .await?;
+        match ranged_body(what, &r, offset, len) {
+            Some(read) => read.map(Ok),
+            None => Ok(Err(r)),
+        }
+    }
+}
+
+/// A request that got no answer: lost (worth retrying), except a refused TLS certificate,
+/// which no retry can fix.
+fn connection_failed(e: reqwest::Error) -> Exchange {
     let text = describe_reqwest(e);
     let lower = text.to_ascii_lowercase();
     if lower.contains("certificate")
         || lower.contains("invalidcert")
         || lower.contains("unknownissuer")
     {
-        return Attempt::Fail(TargetError::new(
+        return Exchange::Fatal(TargetError::new(
             ErrorKind::Auth,
             format!(
                 "the server's TLS certificate was not accepted ({text}); for a self-signed \
@@ -191,23 +365,7 @@ pub fn connection_failed<T>(e: reqwest::Error) -> Attempt<T> {
             ),
         ));
     }
-    Attempt::Retry {
-        after: None,
-        reason: format!("connection error: {text}"),
-    }
-}
-
-/// Retry 429 and 5xx; pass everything else through.
-fn classify(resp: Response) -> Attempt<Response> {
-    let status = resp.status();
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        Attempt::Retry {
-            after: retry_after(resp.headers()),
-            reason: format!("server answered {status}"),
-        }
-    } else {
-        Attempt::Done(resp)
-    }
+    Exchange::Lost(format!("connection error: {text}"))
 }
 
 /// Exponential backoff with full jitter for attempt `n` (1-based).
@@ -241,6 +399,19 @@ pub fn describe_reqwest(e: reqwest::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+/// The first byte of a `Content-Range: bytes A-B/N` answer.
+pub fn range_start(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(reqwest::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Map a non-success HTTP status to an error category, for protocols with ordinary
@@ -286,15 +457,27 @@ pub fn parse_json<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<T> {
     })
 }
 
-/// Read a response body and parse it as JSON.
-pub async fn json<T: DeserializeOwned>(what: &str, resp: Response) -> Result<T> {
-    let body = resp.bytes().await.map_err(|e| {
-        TargetError::new(
-            ErrorKind::Unavailable,
-            format!("{what}: reading the answer failed: {}", describe_reqwest(e)),
-        )
-    })?;
-    parse_json(what, &body)
+/// A ranged GET's answer cut to the `len` bytes asked for at `offset`: 206 must start at
+/// `offset`; a 200 is the whole file (the server ignored the range), sliced here; 416 means
+/// the range starts at or past the end. `None` for any other status, for the protocol to
+/// map.
+pub fn ranged_body(what: &str, reply: &Reply, offset: u64, len: u64) -> Option<Result<Bytes>> {
+    let body = &reply.body;
+    Some(match reply.status {
+        StatusCode::PARTIAL_CONTENT => match range_start(&reply.headers) {
+            Some(start) if start == offset => Ok(body.slice(..body.len().min(len as usize))),
+            start => Err(TargetError::protocol(format!(
+                "{what}: asked for offset {offset}, got a range starting at {start:?}"
+            ))),
+        },
+        StatusCode::OK => {
+            let from = offset.min(body.len() as u64) as usize;
+            let to = offset.saturating_add(len).min(body.len() as u64) as usize;
+            Ok(body.slice(from..to))
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
+        _ => return None,
+    })
 }
 
 /// Check what a read of `len` bytes at `offset` of `file` returned before handing it on:

@@ -1,12 +1,19 @@
 //! Remote upload targets: the [`Target`] trait the filesystem and `uploadfs put` speak, and
 //! one client per protocol (`box_`, `cloudreve`, `fluxer`, `virola`, `dyson`).
 //!
-//! A target client owns its whole wire protocol. The caller hands it a [`PartSource`] (the
-//! staged file, readable at any offset) and the final size; the client cuts the data into
-//! the protocol's parts, sends them with the parallelism the protocol allows, retries each
-//! part on its own (never the whole file), and commits. This keeps protocol quirks — Box's
-//! server-chosen part size, Cloudreve's in-order chunks, Fluxer's message step, Virola's
-//! single multipart body, Dyson's MD5 dedupe — inside one file each.
+//! The caller hands a client an [`UploadRequest`]: a [`PartSource`] (the staged file,
+//! readable at any offset, perhaps still being written: its [`Seal`]) and the final size.
+//! Where things live:
+//! - `session.rs`: the part-session seam and its one driver — wait for the data, reserve
+//!   part memory, read, send parts with the protocol's parallelism (each retried on its
+//!   own), complete in part order, abort on failure or a cancelled seal. Box, Cloudreve,
+//!   Fluxer and Dyson sessions (and S3's) are protocol steps plugged into it.
+//! - `http.rs`: the one raw attempt every request goes through, and the retry policy.
+//! - `source.rs`: the source, the seal, and the one reader (parts, hashes, streamed bodies).
+//! - `names.rs`: which names each service refuses.
+//! - one file (or folder) per protocol with only its protocol steps: sessions, the
+//!   single-request small-file path, reads, listing, rename, delete, mkdir. Virola has one
+//!   streamed request per file, so no session.
 //!
 //! Directories are addressed by a [`DirRef`]: `None` is the target's configured root;
 //! `Some(id)` is the remote id of a native folder (Box folder id, Cloudreve `cloudreve://`
@@ -19,8 +26,14 @@ pub mod cloudreve;
 pub mod dyson;
 pub mod fluxer;
 pub mod http;
+pub mod names;
 pub mod null;
+pub mod session;
+pub mod source;
 pub mod virola;
+
+pub use names::{check_plain_name, MAX_NAME_BYTES};
+pub use source::{hash_source, read_source, wait_ready, FileSource, PartSource, Seal, Sealed};
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +78,9 @@ pub struct Capabilities {
     /// Parts can go up while the file is still being written (a size hint): the protocol
     /// needs no whole-file digest before its last step and sends more than one request.
     pub early_start: bool,
+    /// Parts can go up before the final size is known (an open-ended [`Seal`]): the
+    /// protocol needs no size before its last step. Other targets wait for the seal.
+    pub size_later: bool,
 }
 
 /// Whole-file digests, computed by the caller while writing when possible.
@@ -106,228 +122,6 @@ pub struct RemoteFile {
     pub extra: Option<String>,
 }
 
-/// Where an upload's bytes come from: the stage file, or a local file for `uploadfs put`.
-pub trait PartSource: Send + Sync {
-    /// Read exactly `len` bytes at `offset` (short only at end of data).
-    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes>;
-    /// Path of the whole data on disk, for protocols that stream one body (Virola).
-    fn path(&self) -> Option<&std::path::Path> {
-        None
-    }
-    /// Block until `len` bytes at `offset` can be read: at once for data that is complete,
-    /// later for a file still being written (see [`Seal`]). Clients call it (through
-    /// [`wait_ready`]) before they reserve memory or open a request for a part.
-    fn wait_ready(&self, _offset: u64, _len: u64) -> std::io::Result<()> {
-        Ok(())
-    }
-    /// The seal of a file still being written when its upload started; `None` when the
-    /// data is complete.
-    fn seal(&self) -> Option<Arc<Seal>> {
-        None
-    }
-}
-
-/// The end of a file that was still being written when its upload started: the writer
-/// announced the final size (`ftruncate`/`fallocate` before writing), so the upload began
-/// at once and reads its parts as the data arrives ([`PartSource::wait_ready`]).
-///
-/// Whatever makes the file visible remotely (a commit, the last chunk, a completion call)
-/// first waits here ([`UploadRequest::final_digests`]): the seal resolves with the
-/// whole-file digests once the writer closed the file and what was read is what was
-/// written, or is cancelled (the writer went back over bytes already sent, the size
-/// changed, the file was removed) and the upload gives up before anything is visible.
-pub struct Seal {
-    state: tokio::sync::watch::Sender<SealState>,
-}
-
-#[derive(Clone)]
-enum SealState {
-    Open,
-    Sealed(Digests),
-    Cancelled,
-}
-
-impl Seal {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            state: tokio::sync::watch::channel(SealState::Open).0,
-        })
-    }
-
-    /// The writer closed the file; these are its digests.
-    pub fn seal(&self, digests: Digests) {
-        self.state.send_if_modified(|s| {
-            let open = matches!(s, SealState::Open);
-            if open {
-                *s = SealState::Sealed(digests);
-            }
-            open
-        });
-    }
-
-    /// The upload must not complete (a no-op once sealed).
-    pub fn cancel(&self) {
-        self.state.send_if_modified(|s| {
-            let open = matches!(s, SealState::Open);
-            if open {
-                *s = SealState::Cancelled;
-            }
-            open
-        });
-    }
-
-    /// The writer closed the file and the upload may complete.
-    pub fn is_sealed(&self) -> bool {
-        matches!(*self.state.borrow(), SealState::Sealed(_))
-    }
-
-    /// Wait for the writer: the digests, or `ErrorKind::Cancelled`.
-    pub async fn wait(&self) -> Result<Digests> {
-        let mut rx = self.state.subscribe();
-        let settled = rx
-            .wait_for(|s| !matches!(s, SealState::Open))
-            .await
-            .map(|s| s.clone());
-        match settled {
-            Ok(SealState::Sealed(d)) => Ok(d),
-            _ => Err(TargetError::new(
-                ErrorKind::Cancelled,
-                "the upload started early was given up: the file changed after its size was announced",
-            )),
-        }
-    }
-}
-
-impl fmt::Debug for Seal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match *self.state.borrow() {
-            SealState::Open => "open",
-            SealState::Sealed(_) => "sealed",
-            SealState::Cancelled => "cancelled",
-        };
-        f.debug_struct("Seal").field("state", &state).finish()
-    }
-}
-
-/// [`PartSource::wait_ready`] off the async threads.
-pub async fn wait_ready(src: &Arc<dyn PartSource>, offset: u64, len: u64) -> Result<()> {
-    if src.seal().is_none() {
-        return Ok(());
-    }
-    let src = src.clone();
-    tokio::task::spawn_blocking(move || src.wait_ready(offset, len))
-        .await
-        .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("reading the stage: {e}")))??;
-    Ok(())
-}
-
-/// A [`PartSource`] over a file on disk.
-pub struct FileSource {
-    file: std::fs::File,
-    path: std::path::PathBuf,
-}
-
-impl FileSource {
-    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
-        Ok(Self {
-            file: std::fs::File::open(path)?,
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl PartSource for FileSource {
-    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len];
-        let mut done = 0;
-        while done < len {
-            let n = self.file.read_at(&mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        buf.truncate(done);
-        Ok(Bytes::from(buf))
-    }
-    fn path(&self) -> Option<&std::path::Path> {
-        Some(&self.path)
-    }
-}
-
-/// Read exactly `len` bytes at `offset` of a source, off the async threads.
-pub async fn read_source(src: &Arc<dyn PartSource>, offset: u64, len: usize) -> Result<Bytes> {
-    let src = src.clone();
-    let data = tokio::task::spawn_blocking(move || src.read_at(offset, len))
-        .await
-        .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("reading the stage: {e}")))??;
-    if data.len() != len {
-        return Err(TargetError::new(
-            ErrorKind::LocalIo,
-            format!(
-                "the staged data ended early: {} of {len} bytes at offset {offset}",
-                data.len()
-            ),
-        ));
-    }
-    Ok(data)
-}
-
-/// Bytes hashed per read when a whole source is hashed.
-const HASH_READ: u64 = 8 << 20;
-
-/// Lowercase hex digest (SHA-1, MD5, …) of the first `size` bytes of a source, computed
-/// off the async threads (for callers that were not given the digest).
-pub async fn hash_source<D>(src: &Arc<dyn PartSource>, size: u64) -> Result<String>
-where
-    D: sha1::Digest + Send + 'static,
-{
-    let src = src.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut h = D::new();
-        let mut off = 0u64;
-        while off < size {
-            let want = (size - off).min(HASH_READ) as usize;
-            let b = src.read_at(off, want)?;
-            if b.len() != want {
-                return Err(TargetError::new(
-                    ErrorKind::LocalIo,
-                    format!("the staged data ended early at offset {off}"),
-                ));
-            }
-            h.update(&b);
-            off += want as u64;
-        }
-        Ok(hex::encode(h.finalize()))
-    })
-    .await
-    .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("hashing: {e}")))?
-}
-
-/// The longest name any target takes, in bytes.
-pub const MAX_NAME_BYTES: usize = 255;
-
-/// The name rules every target shares: not empty, at most 255 bytes, no `/`, `\` or NUL,
-/// not `.` or `..`. `what` says who refuses, e.g. "Virola refuses this attachment name".
-pub fn check_plain_name(name: &str, what: &str) -> Result<()> {
-    let why = if name.is_empty() {
-        "the name is empty"
-    } else if name.len() > MAX_NAME_BYTES {
-        "the name is longer than 255 bytes"
-    } else if name.contains(['/', '\\', '\0']) {
-        "the name contains '/', '\\' or NUL"
-    } else if name == "." || name == ".." {
-        "the name is '.' or '..'"
-    } else {
-        return Ok(());
-    };
-    Err(TargetError::new(
-        ErrorKind::InvalidName,
-        format!("{name:?}: {what}: {why}"),
-    ))
-}
-
 /// Progress and resume hooks for one upload. All methods have no-op defaults.
 pub trait UploadObserver: Send + Sync {
     /// A session was created remotely (id is protocol-specific), so it can be journaled.
@@ -350,6 +144,7 @@ impl UploadObserver for ByteCounter {
 pub struct UploadRequest {
     pub parent: DirRef,
     pub name: String,
+    /// The final size; ignored while an open-ended [`Seal`] is open (the seal gives it).
     pub size: u64,
     pub digests: Digests,
     /// Modification time to record remotely, ms since the epoch.
@@ -368,10 +163,53 @@ impl UploadRequest {
     /// the upload started, once the writer closed it. Every client calls this before the
     /// step that makes the file visible remotely (and before it needs the digests).
     pub async fn final_digests(&self) -> Result<Digests> {
+        self.sealed().await.map(|s| s.digests)
+    }
+
+    /// Digests and final size, once the writer is done (at once for complete data).
+    pub async fn sealed(&self) -> Result<Sealed> {
         match self.source.seal() {
-            Some(seal) => seal.wait().await,
-            None => Ok(self.digests.clone()),
+            Some(seal) => {
+                let mut s = seal.sealed().await?;
+                if !seal.is_open_ended() {
+                    s.size = Some(self.size);
+                }
+                if s.size.is_none() {
+                    return Err(TargetError::new(
+                        ErrorKind::LocalIo,
+                        format!(
+                            "{}: the writer closed the file without a final size",
+                            self.name
+                        ),
+                    ));
+                }
+                Ok(s)
+            }
+            None => Ok(Sealed {
+                digests: self.digests.clone(),
+                size: Some(self.size),
+            }),
         }
+    }
+
+    /// The final size, when it is known: always, but for an open-ended [`Seal`] that
+    /// has not resolved yet (its `size` field means nothing).
+    pub fn known_size(&self) -> Option<u64> {
+        match self.source.seal() {
+            Some(seal) if seal.is_open_ended() => seal.final_size(),
+            _ => Some(self.size),
+        }
+    }
+
+    /// For targets that need the size up front: an open-ended request waits for the
+    /// writer and takes the final size; any other is returned as it is.
+    pub async fn with_final_size(mut self) -> Result<Self> {
+        if self.source.seal().is_some_and(|s| s.is_open_ended()) {
+            let sealed = self.sealed().await?;
+            self.size = sealed.size.unwrap_or(self.size);
+            self.digests = sealed.digests;
+        }
+        Ok(self)
     }
 }
 

@@ -46,10 +46,12 @@ impl Target for NullTarget {
             case_insensitive_names: false,
             replaces_in_place: true,
             early_start: true,
+            size_later: false,
         }
     }
 
     async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
+        let req = req.with_final_size().await?;
         // Read every part as a real client would, so the stage's read cost is measured.
         let mut off = 0;
         while off < req.size {

@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,10 +24,9 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::http::{describe_reqwest, excerpt, parse_json, status_error, Attempt, HttpClient};
+use super::http::{excerpt, parse_json, status_error, Attempt, Exchange, HttpClient};
 use super::{
-    Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Target, TargetError,
-    UploadRequest,
+    Capabilities, DirRef, ErrorKind, RemoteFile, Result, Target, TargetError, UploadRequest,
 };
 use crate::config::TargetConfig;
 
@@ -35,8 +34,6 @@ use crate::config::TargetConfig;
 const NOMINAL_PART: u64 = 8 * 1024 * 1024;
 /// Messages asked for per page when looking for the configured message.
 const PAGE: usize = 50;
-/// Read size when streaming from a source without a path.
-const STREAM_CHUNK: usize = 1024 * 1024;
 /// How often to look again for an accepted upload that is not listed yet.
 const FIND_ATTEMPTS: u32 = 5;
 
@@ -108,14 +105,14 @@ impl VirolaTarget {
             if let Some(c) = cursor {
                 url.push_str(&format!("&cursor={c}"));
             }
-            let (status, _, body) = self
+            let r = self
                 .http
-                .send_bytes(&what, || self.http.auth(self.http.client.get(&url)))
+                .call(&what, || self.http.auth(self.http.get(&url)))
                 .await?;
-            if !status.is_success() {
-                return Err(self.fail(&what, status, &body));
+            if !r.status.is_success() {
+                return Err(self.fail(&what, r.status, &r.body));
             }
-            let page: MessagesPage = parse_json(&what, &body)?;
+            let page: MessagesPage = parse_json(&what, &r.body)?;
             let mut progressed = false;
             let mut lowest = u64::MAX;
             for m in page.messages {
@@ -170,27 +167,6 @@ impl VirolaTarget {
         Ok(hit)
     }
 
-    /// One multipart body with a single `files` part streamed from the source.
-    async fn form(&self, req: &UploadRequest) -> Result<reqwest::multipart::Form> {
-        let body = match req.source.path() {
-            Some(path) => {
-                let f = tokio::fs::File::open(path).await.map_err(|e| {
-                    TargetError::new(
-                        ErrorKind::LocalIo,
-                        format!("{}: cannot open the staged data: {e}", req.name),
-                    )
-                })?;
-                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f))
-            }
-            None => reqwest::Body::wrap_stream(source_stream(req.source.clone(), req.size)),
-        };
-        let part = reqwest::multipart::Part::stream_with_length(body, req.size)
-            .file_name(req.name.clone())
-            .mime_str("application/octet-stream")
-            .map_err(|e| TargetError::protocol(format!("{}: {e}", req.name)))?;
-        Ok(reqwest::multipart::Form::new().part("files", part))
-    }
-
     fn to_remote(&self, a: Attachment) -> RemoteFile {
         RemoteFile {
             id: a.attachment_id.to_string(),
@@ -207,33 +183,6 @@ impl VirolaTarget {
             extra: Some(self.message_id.to_string()),
         }
     }
-}
-
-/// The source read in chunks on the blocking pool, as a body stream.
-fn source_stream(
-    src: Arc<dyn PartSource>,
-    size: u64,
-) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    futures_util::stream::try_unfold(0u64, move |off| {
-        let src = src.clone();
-        async move {
-            if off >= size {
-                return Ok(None);
-            }
-            let len = (size - off).min(STREAM_CHUNK as u64) as usize;
-            let b = tokio::task::spawn_blocking(move || src.read_at(off, len))
-                .await
-                .map_err(std::io::Error::other)??;
-            if b.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "staged data shorter than its size",
-                ));
-            }
-            let next = off + b.len() as u64;
-            Ok(Some((b, next)))
-        }
-    })
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -292,18 +241,22 @@ impl Target for VirolaTarget {
             case_insensitive_names: false,
             replaces_in_place: false,
             early_start: false,
+            size_later: false,
         }
     }
 
     async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
         check_name(&req.name)?;
+        let req = req.with_final_size().await?;
         // One request posts the file, checksum first: a file still being written is
         // complete first.
         let digests = req.final_digests().await?;
-        let sha1 = match &digests.sha1 {
-            Some(s) => s.to_ascii_lowercase(),
-            None => super::hash_source::<sha1::Sha1>(&req.source.clone(), req.size).await?,
-        };
+        let sha1 = super::source::given_or_hashed::<sha1::Sha1>(
+            digests.sha1.as_deref(),
+            &req.source,
+            req.size,
+        )
+        .await?;
         let before: HashSet<String> = self
             .message_attachments()
             .await?
@@ -325,36 +278,29 @@ impl Target for VirolaTarget {
                         Err(e) => return Attempt::Fail(e),
                     }
                 }
-                let form = match self.form(&req).await {
-                    Ok(f) => f,
-                    Err(e) => return Attempt::Fail(e),
-                };
-                let resp = match self
-                    .http
-                    .auth(self.http.client.post(&url))
-                    .multipart(form)
-                    .send()
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Attempt::Retry {
-                            after: None,
-                            reason: format!("connection error: {}", describe_reqwest(e)),
-                        }
-                    }
-                };
-                let status = resp.status();
-                let retry_after = super::http::retry_after(resp.headers());
-                let body = resp.bytes().await.unwrap_or_default();
-                if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                    return Attempt::Retry {
-                        after: retry_after,
-                        reason: format!("server answered {status}"),
+                let (part, failure) =
+                    match super::source::file_part(&req.source, req.size, &req.name) {
+                        Ok(p) => p,
+                        Err(e) => return Attempt::Fail(e),
                     };
+                let form = reqwest::multipart::Form::new().part("files", part);
+                let ex = self
+                    .http
+                    .exchange(self.http.auth(self.http.post(&url)).multipart(form))
+                    .await;
+                if let Some(e) = failure.take(&what) {
+                    return Attempt::Fail(e);
                 }
-                if !status.is_success() {
-                    return Attempt::Fail(self.fail(&what, status, &body));
+                let reply = match ex {
+                    Exchange::Answer(r) => r,
+                    Exchange::Lost(reason) => return Attempt::again(reason),
+                    Exchange::Fatal(e) => return Attempt::Fail(e),
+                };
+                if let Some(busy) = reply.busy() {
+                    return busy;
+                }
+                if !reply.status.is_success() {
+                    return Attempt::Fail(self.fail(&what, reply.status, &reply.body));
                 }
                 Attempt::Done(None)
             })
@@ -405,15 +351,15 @@ impl Target for VirolaTarget {
     async fn delete(&self, file: &RemoteFile) -> Result<()> {
         let what = format!("deleting {}", file.name);
         let url = self.url(&format!("/attachments/{}", file.id));
-        let (status, _, body) = self
+        let r = self
             .http
-            .send_bytes(&what, || self.http.auth(self.http.client.delete(&url)))
+            .call(&what, || self.http.auth(self.http.delete(&url)))
             .await?;
-        if status.is_success() {
+        if r.status.is_success() {
             self.claimed().remove(&file.id);
             Ok(())
         } else {
-            Err(self.fail(&what, status, &body))
+            Err(self.fail(&what, r.status, &r.body))
         }
     }
 
@@ -440,26 +386,9 @@ impl VirolaTarget {
         let name =
             percent_encoding::utf8_percent_encode(&file.name, percent_encoding::NON_ALPHANUMERIC);
         let url = self.url(&format!("/attachments/{}/{name}", file.id));
-        let range = format!("bytes={}-{}", offset, offset.saturating_add(len - 1));
-        let (status, _, body) = self
-            .http
-            .send_bytes(&what, || {
-                self.http
-                    .auth(self.http.client.get(&url))
-                    .header(reqwest::header::RANGE, &range)
-            })
-            .await?;
-        match status {
-            StatusCode::PARTIAL_CONTENT => Ok(body),
-            // A server that ignores Range sends everything.
-            StatusCode::OK => {
-                let start = (offset.min(body.len() as u64)) as usize;
-                let end = (offset.saturating_add(len).min(body.len() as u64)) as usize;
-                Ok(body.slice(start..end))
-            }
-            // Reading at or past the end.
-            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
-            s => Err(self.fail(&what, s, &body)),
+        match self.http.get_range(&what, &url, offset, len, true).await? {
+            Ok(data) => Ok(data),
+            Err(r) => Err(self.fail(&what, r.status, &r.body)),
         }
     }
 }

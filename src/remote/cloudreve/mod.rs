@@ -17,25 +17,27 @@
 //! before it expires, and fetch ranges from it without the token.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
-use reqwest::{RequestBuilder, StatusCode};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{
-    describe_reqwest, excerpt, parse_json, retry_after, status_error, Attempt, HttpClient,
-};
-use super::{
-    Capabilities, DirRef, ErrorKind, PartSource, RemoteFile, Result, Target, TargetError,
-    UploadRequest,
-};
 use crate::config::TargetConfig;
+use crate::remote::http::{
+    excerpt, parse_json, status_error, Attempt, Exchange, HttpClient, Request,
+};
+use crate::remote::session;
+use crate::remote::{
+    Capabilities, DirRef, ErrorKind, RemoteFile, Result, Target, TargetError, UploadRequest,
+};
+
+mod chunks;
 
 /// The default local storage policy's chunk size (25 MiB); the session answer decides.
 const PART_SIZE: u64 = 25 * 1024 * 1024;
@@ -48,8 +50,6 @@ const PAGE_SIZE: u64 = 1000;
 const URL_MARGIN: Duration = Duration::from_secs(60);
 /// How long a signed URL is trusted when the answer gives no expiry.
 const URL_DEFAULT_TTL: Duration = Duration::from_secs(600);
-/// Piece size when streaming a chunk from the source.
-const STREAM_PIECE: usize = 1024 * 1024;
 /// Metadata key the server puts on upload placeholders.
 const META_SESSION: &str = "sys:upload_session_id";
 
@@ -231,40 +231,19 @@ impl CloudreveTarget {
     }
 
     /// Send once and classify the answer.
-    async fn attempt(&self, rb: RequestBuilder) -> Outcome {
-        let resp = match rb.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::Transient(
-                    None,
-                    format!("connection error: {}", describe_reqwest(e)),
-                )
-            }
+    async fn attempt(&self, r: Request) -> Outcome {
+        let reply = match self.http.exchange(r).await {
+            Exchange::Answer(r) => r,
+            Exchange::Lost(reason) => return Outcome::Transient(None, reason),
+            Exchange::Fatal(e) => return Outcome::Fatal(e),
         };
-        let status = resp.status();
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            return Outcome::Transient(
-                retry_after(resp.headers()),
-                format!("server answered {status}"),
-            );
+        if let Some(Attempt::Retry { after, reason }) = reply.busy::<()>() {
+            return Outcome::Transient(after, reason);
         }
-        let body = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                return Outcome::Transient(
-                    None,
-                    format!("answer cut short: {}", describe_reqwest(e)),
-                )
-            }
-        };
-        if !status.is_success() {
-            return Outcome::Fatal(status_error(
-                "request",
-                status,
-                &String::from_utf8_lossy(&body),
-            ));
+        if !reply.status.is_success() {
+            return Outcome::Fatal(status_error("request", reply.status, &reply.text()));
         }
-        match parse_json::<Envelope>("request", &body) {
+        match parse_json::<Envelope>("request", &reply.body) {
             Ok(env) if env.code == 0 => Outcome::Data(env.data.unwrap_or(Value::Null)),
             Ok(env) => Outcome::Code(env.code, env.msg),
             Err(e) => Outcome::Fatal(e),
@@ -275,7 +254,7 @@ impl CloudreveTarget {
     /// error is final.
     async fn call<F>(&self, what: &str, build: F) -> Result<Value>
     where
-        F: Fn() -> RequestBuilder,
+        F: Fn() -> Request,
     {
         self.http
             .retry(what, || async {
@@ -297,7 +276,7 @@ impl CloudreveTarget {
         build: F,
     ) -> Result<std::result::Result<Value, (i64, String)>>
     where
-        F: Fn() -> RequestBuilder,
+        F: Fn() -> Request,
     {
         self.http
             .retry(what, || async {
@@ -315,7 +294,6 @@ impl CloudreveTarget {
         let data = self
             .call(what, || {
                 self.http
-                    .client
                     .get(self.endpoint("/file/info"))
                     .query(&[("uri", uri)])
             })
@@ -337,24 +315,11 @@ impl CloudreveTarget {
     async fn put_content(&self, uri: &str, req: &UploadRequest) -> Result<RemoteFile> {
         let what = format!("upload of {}", req.name);
         // Held until the request is over: bounds the buffered bodies of all uploads.
-        let _mem = super::budget::reserve(req.size).await;
-        let data = if req.size == 0 {
-            Bytes::new()
-        } else {
-            let src = req.source.clone();
-            let size = req.size as usize;
-            let data = tokio::task::spawn_blocking(move || src.read_at(0, size))
-                .await
-                .map_err(|e| TargetError::new(ErrorKind::LocalIo, format!("{what}: {e}")))??;
-            if data.len() != size {
-                return Err(short_source(&req.name, req.size));
-            }
-            data
-        };
+        let _mem = crate::remote::budget::reserve(req.size).await;
+        let data = crate::remote::read_source(&req.source, 0, req.size as usize).await?;
         let v = self
             .call(&what, || {
                 self.http
-                    .client
                     .put(self.endpoint("/file/content"))
                     .query(&[("uri", uri)])
                     .header(CONTENT_TYPE, "application/octet-stream")
@@ -384,10 +349,7 @@ impl CloudreveTarget {
             }
             let r = self
                 .call_code(&what, || {
-                    self.http
-                        .client
-                        .put(self.endpoint("/file/upload"))
-                        .json(&body)
+                    self.http.put(self.endpoint("/file/upload")).json(&body)
                 })
                 .await?;
             match r {
@@ -404,96 +366,12 @@ impl CloudreveTarget {
         let body = json!({"id": session_id, "uri": uri});
         if let Err(e) = self
             .call(&what, || {
-                self.http
-                    .client
-                    .delete(self.endpoint("/file/upload"))
-                    .json(&body)
+                self.http.delete(self.endpoint("/file/upload")).json(&body)
             })
             .await
         {
             tracing::warn!(file = name, error = %e, "cancelling the upload session failed");
         }
-    }
-
-    /// Send every chunk in order; the server completes after the last.
-    async fn send_chunks(&self, uri: &str, s: &SessionResp, req: &UploadRequest) -> Result<()> {
-        let chunks = if s.chunk_size == 0 || req.size == 0 {
-            1
-        } else {
-            req.size.div_ceil(s.chunk_size)
-        };
-        for index in 0..chunks {
-            let offset = index * s.chunk_size;
-            let len = if s.chunk_size == 0 {
-                req.size
-            } else {
-                s.chunk_size.min(req.size - offset)
-            };
-            let last = index + 1 == chunks;
-            // A file still being written: wait for the chunk's bytes before the request
-            // opens, and the last chunk (it completes the file) waits for the writer.
-            super::wait_ready(&req.source, offset, len).await?;
-            if last {
-                req.final_digests().await?;
-            }
-            let what = format!("upload of {}: chunk {index} of {chunks}", req.name);
-            let url = self.endpoint(&format!("/file/upload/{}/{index}", s.session_id));
-            // Set once an attempt may have reached the server without us seeing the answer.
-            let ambiguous = std::sync::atomic::AtomicBool::new(false);
-            let failure: LocalFailure = Arc::default();
-            self.http
-                .retry(&what, || async {
-                    let rb = self
-                        .http
-                        .auth(self.http.client.post(&url))
-                        .header(CONTENT_LENGTH, len)
-                        .header(CONTENT_TYPE, "application/octet-stream")
-                        .body(source_body(req.source.clone(), offset, len, failure.clone()));
-                    let outcome = self.attempt(rb).await;
-                    if let Some(cause) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                        return Attempt::Fail(TargetError::new(
-                            ErrorKind::LocalIo,
-                            format!("{what}: {cause}"),
-                        ));
-                    }
-                    match outcome {
-                        Outcome::Data(_) => Attempt::Done(()),
-                        Outcome::Transient(after, reason) => {
-                            ambiguous.store(true, std::sync::atomic::Ordering::Relaxed);
-                            Attempt::Retry { after, reason }
-                        }
-                        // The server could not take the whole body (cut short): send again.
-                        Outcome::Code(c, m) if (50000..60000).contains(&c) => Attempt::Retry {
-                            after: None,
-                            reason: format!("Cloudreve error {c}: {m}"),
-                        },
-                        // The last chunk landed on an earlier attempt and completed the
-                        // upload, so the session is gone: check the file is there.
-                        Outcome::Code(code::SESSION_EXPIRED, _)
-                            if last && ambiguous.load(std::sync::atomic::Ordering::Relaxed) =>
-                        {
-                            match self.info(uri, &what).await {
-                                Ok(f) if f.size == req.size && !f.is_dir => Attempt::Done(()),
-                                _ => Attempt::Fail(TargetError::protocol(format!(
-                                    "{what}: the upload session vanished before the file was complete"
-                                ))),
-                            }
-                        }
-                        // The session vanished mid-upload (expired, or the server lost it).
-                        Outcome::Code(code::SESSION_EXPIRED, m) => {
-                            Attempt::Fail(TargetError::new(
-                                ErrorKind::NotFound,
-                                format!("{what}: the upload session is gone (Cloudreve error 40011: {})", excerpt(&m)),
-                            ))
-                        }
-                        Outcome::Code(c, m) => Attempt::Fail(code_error(&what, c, &m)),
-                        Outcome::Fatal(e) => Attempt::Fail(prefix(&what, e)),
-                    }
-                })
-                .await?;
-            req.observer.part_done(index, len);
-        }
-        Ok(())
     }
 
     /// A signed URL for `file`, from the cache unless `fresh`.
@@ -511,10 +389,7 @@ impl CloudreveTarget {
         let body = json!({"uris": [file.id], "download": true});
         let v = self
             .call(&what, || {
-                self.http
-                    .client
-                    .post(self.endpoint("/file/url"))
-                    .json(&body)
+                self.http.post(self.endpoint("/file/url")).json(&body)
             })
             .await?;
         let url = v["urls"][0]["url"]
@@ -545,52 +420,6 @@ impl CloudreveTarget {
             .insert(key, (url.clone(), until));
         Ok(url)
     }
-}
-
-/// The request body of one chunk, streamed from the source in pieces.
-/// A local read failure inside a streamed body, kept so it is not mistaken for (and
-/// retried as) a network error.
-type LocalFailure = Arc<Mutex<Option<String>>>;
-
-fn source_body(
-    src: Arc<dyn PartSource>,
-    offset: u64,
-    len: u64,
-    failure: LocalFailure,
-) -> reqwest::Body {
-    let stream = futures_util::stream::unfold((src, offset, len), move |(src, pos, left)| {
-        let failure = failure.clone();
-        async move {
-            if left == 0 {
-                return None;
-            }
-            let want = left.min(STREAM_PIECE as u64) as usize;
-            let s = src.clone();
-            let r = tokio::task::spawn_blocking(move || s.read_at(pos, want))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
-            match r {
-                Ok(b) if b.len() == want => {
-                    Some((Ok(b), (src, pos + want as u64, left - want as u64)))
-                }
-                Ok(_) => {
-                    let msg = "the staged data is shorter than its size".to_string();
-                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
-                    Some((
-                        Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, msg)),
-                        (src, pos, 0),
-                    ))
-                }
-                Err(e) => {
-                    *failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(format!("reading the staged data: {e}"));
-                    Some((Err(e), (src, pos, 0)))
-                }
-            }
-        }
-    });
-    reqwest::Body::wrap_stream(stream)
 }
 
 fn short_source(name: &str, size: u64) -> TargetError {
@@ -639,20 +468,8 @@ fn code_error(what: &str, code: i64, msg: &str) -> TargetError {
 #[async_trait]
 impl Target for CloudreveTarget {
     fn check_name(&self, name: &str) -> Result<()> {
-        // Cloudreve's rules: not empty, at most 255 bytes, no `/`, `\` or NUL, not `.`
-        // or `..` (else code 40052, illegal name).
-        if name.is_empty()
-            || name.len() > 255
-            || name == "."
-            || name == ".."
-            || name.contains(['/', '\\', '\0'])
-        {
-            return Err(TargetError::new(
-                ErrorKind::InvalidName,
-                format!("{name:?}: Cloudreve refuses this name (empty, '.', '..', over 255 bytes, or with '/', '\\' or NUL)"),
-            ));
-        }
-        Ok(())
+        // Else code 40052, illegal name.
+        crate::remote::check_plain_name(name, "Cloudreve refuses this name")
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -670,10 +487,12 @@ impl Target for CloudreveTarget {
             case_insensitive_names: false,
             replaces_in_place: true,
             early_start: true,
+            size_later: false,
         }
     }
 
     async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
+        let req = req.with_final_size().await?;
         let dir = self.dir_uri(&req.parent);
         let uri = format!("{dir}/{}", escape(&req.name));
         self.forget_urls(&uri);
@@ -689,57 +508,23 @@ impl Target for CloudreveTarget {
         }
         if req.source.seal().is_none() {
             // A source shorter than announced fails here, before a session holds the name.
-            let src = req.source.clone();
-            let last = req.size - 1;
-            let tail = tokio::task::spawn_blocking(move || src.read_at(last, 1))
-                .await
-                .map_err(|e| TargetError::new(ErrorKind::LocalIo, e.to_string()))??;
+            let tail = crate::remote::source::read_upto(&req.source, req.size - 1, 1).await?;
             if tail.len() != 1 {
                 return Err(short_source(&req.name, req.size));
             }
         }
         // A session that vanishes mid-upload (chunks answer 40011) is replaced once.
-        let mut restarted = false;
-        loop {
-            let session = self.create_session(&uri, &req).await?;
-            req.observer.session_started(&session.session_id);
-            tracing::debug!(file = %req.name, session = %session.session_id, chunk_size = session.chunk_size, "cloudreve session");
-            match self.send_chunks(&uri, &session, &req).await {
-                Ok(()) => break,
-                Err(e) if e.kind == ErrorKind::NotFound && !restarted => {
-                    tracing::warn!(file = %req.name, error = %e, "cloudreve: the upload session vanished; starting again");
-                    restarted = true;
-                    self.cancel(&session.session_id, &uri, &req.name).await;
-                }
-                Err(e) => {
-                    self.cancel(&session.session_id, &uri, &req.name).await;
-                    return Err(e);
-                }
-            }
-        }
-        let what = format!("upload of {}", req.name);
-        match self.info(&uri, &what).await {
-            Ok(f) => Ok(f),
-            Err(e) => {
-                tracing::warn!(file = %req.name, error = %e, "file info after upload failed");
-                Ok(RemoteFile {
-                    id: uri,
-                    name: req.name.clone(),
-                    size: req.size,
-                    mtime_ms: req.mtime_ms,
-                    is_dir: false,
-                    sha1: None,
-                    md5: None,
-                    url: None,
-                    extra: None,
-                })
-            }
-        }
+        session::drive(
+            self.http.policy(),
+            &chunks::Chunks { t: self, uri: &uri },
+            &req,
+        )
+        .await
     }
 
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
         let data = self.read_unchecked(file, offset, len).await?;
-        super::http::check_read(&read_what(file), file, offset, len, data)
+        crate::remote::http::check_read(&read_what(file), file, offset, len, data)
     }
 
     async fn list(&self, dir: &DirRef) -> Result<Vec<RemoteFile>> {
@@ -763,7 +548,7 @@ impl Target for CloudreveTarget {
                     if let Some(t) = &token {
                         q.push(("next_page_token", t.as_str()));
                     }
-                    self.http.client.get(self.endpoint("/file")).query(&q)
+                    self.http.get(self.endpoint("/file")).query(&q)
                 })
                 .await?;
             let files: Vec<FileResp> = from_value(&what, data["files"].clone())?;
@@ -803,7 +588,7 @@ impl Target for CloudreveTarget {
         self.forget_urls(&file.id);
         let body = json!({"uris": [file.id], "unlink": false, "skip_soft_delete": true});
         self.call(&what, || {
-            self.http.client.delete(self.endpoint("/file")).json(&body)
+            self.http.delete(self.endpoint("/file")).json(&body)
         })
         .await?;
         Ok(())
@@ -822,10 +607,7 @@ impl Target for CloudreveTarget {
         if decoded(&dst) != decoded(&parent_uri(&file.id)) {
             let body = json!({"uris": [uri], "dst": dst, "copy": false});
             self.call(&what, || {
-                self.http
-                    .client
-                    .post(self.endpoint("/file/move"))
-                    .json(&body)
+                self.http.post(self.endpoint("/file/move")).json(&body)
             })
             .await?;
             uri = format!("{dst}/{}", escape(&file.name));
@@ -836,10 +618,7 @@ impl Target for CloudreveTarget {
         let body = json!({"uri": uri, "new_name": new_name});
         let v = self
             .call(&what, || {
-                self.http
-                    .client
-                    .post(self.endpoint("/file/rename"))
-                    .json(&body)
+                self.http.post(self.endpoint("/file/rename")).json(&body)
             })
             .await?;
         let f: FileResp = from_value(&what, v)?;
@@ -852,10 +631,7 @@ impl Target for CloudreveTarget {
         let body = json!({"uri": format!("{dir}/{}", escape(name)), "type": "folder", "err_on_conflict": true});
         let v = self
             .call(&what, || {
-                self.http
-                    .client
-                    .post(self.endpoint("/file/create"))
-                    .json(&body)
+                self.http.post(self.endpoint("/file/create")).json(&body)
             })
             .await?;
         let f: FileResp = from_value(&what, v)?;
@@ -864,51 +640,24 @@ impl Target for CloudreveTarget {
 }
 
 impl CloudreveTarget {
-    /// A ranged read as the server answered it ([`super::http::check_read`] checks it).
+    /// A ranged read as the server answered it ([`crate::remote::http::check_read`] checks it).
     async fn read_unchecked(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
         if len == 0 {
             return Ok(Bytes::new());
         }
         let what = read_what(file);
-        let end = offset.saturating_add(len - 1);
         for fresh in [false, true] {
             let url = self.content_url(file, fresh).await?;
-            let (status, headers, body) = self
-                .http
-                .send_bytes(&what, || {
-                    self.http
-                        .client
-                        .get(&url)
-                        .header(RANGE, format!("bytes={offset}-{end}"))
-                })
-                .await?;
-            match status {
-                StatusCode::PARTIAL_CONTENT => {
-                    let start = headers
-                        .get(CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("bytes "))
-                        .and_then(|v| v.split_once('-'))
-                        .and_then(|(s, _)| s.parse::<u64>().ok());
-                    if start != Some(offset) {
-                        return Err(TargetError::protocol(format!(
-                            "{what}: the server sent a different range than asked ({offset}-{end})"
-                        )));
-                    }
-                    let n = body.len().min(len as usize);
-                    return Ok(body.slice(..n));
-                }
-                StatusCode::OK => {
-                    let from = (offset as usize).min(body.len());
-                    let to = (offset.saturating_add(len) as usize).min(body.len());
-                    return Ok(body.slice(from..to));
-                }
-                StatusCode::RANGE_NOT_SATISFIABLE => return Ok(Bytes::new()),
+            match self.http.get_range(&what, &url, offset, len, false).await? {
+                Ok(data) => return Ok(data),
                 // An expired or stale URL (new content, server restart): ask for a new one.
-                StatusCode::FORBIDDEN | StatusCode::NOT_FOUND if !fresh => continue,
-                s => {
-                    return Err(status_error(&what, s, &String::from_utf8_lossy(&body)));
+                Err(r)
+                    if !fresh
+                        && matches!(r.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) =>
+                {
+                    continue
                 }
+                Err(r) => return Err(status_error(&what, r.status, &r.text())),
             }
         }
         Err(TargetError::protocol(format!(
