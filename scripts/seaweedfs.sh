@@ -157,11 +157,14 @@ start_once() {
   local master="127.0.0.1:$mport"
   MASTER_URL="http://$master"
 
-  # Volumes of VOL_MB; the master grows a collection by 6 volumes at a time with one
-  # replica (12 slots over the servers), so each server gets the space for its share of
-  # twice the data, plus one round of growth, plus the first round of a second bucket.
+  # Volumes of 1 GiB. The master grows a collection by 6 volumes at a time, with one
+  # replica 12 slots over the three servers, and right after start two collections have
+  # grown (the filer's own and the bucket's: 24 of the slots). So each server gets slots
+  # for its share of twice the data, plus one more round of growth for each of three
+  # collections, plus one round ahead. (Slots cost nothing until written: volumes are not
+  # preallocated.)
   local vol_mb=1024
-  local per_server=$(((2 * DATA_MB + vol_mb - 1) / vol_mb / 3 + 8))
+  local per_server=$(((2 * DATA_MB + vol_mb - 1) / vol_mb / 3 + 16))
 
   (
     cd "$dir"
