@@ -221,6 +221,7 @@ start_once() {
 # A detached process that stops the cluster after TTL seconds, or once OWNER exits.
 start_watchdog() {
   local dir=$1
+  # shellcheck disable=SC2016 # the loop runs in the child shell, with its own variables
   SEAWEEDFS_DIR="$dir" SEAWEEDFS_TTL_END=$(($(date +%s) + TTL)) setsid bash -c '
     dir=$SEAWEEDFS_DIR
     while [ "$(date +%s)" -lt "$SEAWEEDFS_TTL_END" ]; do

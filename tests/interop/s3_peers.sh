@@ -137,7 +137,8 @@ peers_tag() { echo "$1" | md5sum | cut -c1-8; }
 # peers_rclone_pending DIR — uploads queued or running in the rclone mount at DIR (its
 # VFS cache), from its remote control; empty when unknown.
 peers_rclone_pending() {
-  local f=$S3_PEERS_DIR/rclone-rc-$(peers_tag "$1")
+  local f
+  f=$S3_PEERS_DIR/rclone-rc-$(peers_tag "$1")
   [ -f "$f" ] || return 0
   curl -s --max-time 5 -X POST "http://127.0.0.1:$(cat "$f")/vfs/stats" 2>/dev/null |
     python3 -c 'import sys, json; d = json.load(sys.stdin).get("diskCache", {}); print(d.get("uploadsInProgress", 0) + d.get("uploadsQueued", 0))' 2>/dev/null || true
@@ -197,7 +198,9 @@ peers_mount_rclone() {
 peers_mount_mountpoint() {
   peers_env
   local dir=$1
-  [ -n "${UPLOADFS_MOUNT_S3:-}" ] && [ -x "$UPLOADFS_MOUNT_S3" ] || peers_die "UPLOADFS_MOUNT_S3 does not name a mount-s3 binary"
+  if [ -z "${UPLOADFS_MOUNT_S3:-}" ] || [ ! -x "$UPLOADFS_MOUNT_S3" ]; then
+    peers_die "UPLOADFS_MOUNT_S3 does not name a mount-s3 binary"
+  fi
   mkdir -p "$dir"
   AWS_ACCESS_KEY_ID=$UPLOADFS_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$UPLOADFS_S3_SECRET_KEY \
     "$UPLOADFS_MOUNT_S3" "$UPLOADFS_S3_BUCKET" "$dir" --endpoint-url "$UPLOADFS_S3_ENDPOINT" \
