@@ -7,7 +7,9 @@
 # on their own directories and measured in turn (the order rotates with each run, so no
 # subject always goes first or last):
 #   uploadfs       our mount (`uploadfs mount s3 …`, a table `kind = "s3"`)
-#   rclone-writes  rclone mount --vfs-cache-mode writes (rclone's advice for writing)
+#   rclone-writes  rclone mount --vfs-cache-mode writes (rclone's advice for writing; it
+#                  starts an upload 5 s after the last close, its --vfs-write-back default,
+#                  and "until stored" includes that wait)
 #   rclone-off     rclone mount --vfs-cache-mode off
 #   s3fs           s3fs (Debian's)
 #   mountpoint     mountpoint-s3, when UPLOADFS_MOUNT_S3 names a `mount-s3` binary

@@ -35,8 +35,13 @@
 # - s3fs 1.90: `-o passwd_file=F` (a file `ACCESS:SECRET`, mode 600 or s3fs refuses it),
 #   `-o url=http://127.0.0.1:PORT`, `-o use_path_request_style`, `-o endpoint=us-east-1`
 #   (the SigV4 region; without it s3fs tries SigV2 first), `-o sigv4`. s3fs daemonizes.
-#   It stores mtime as `x-amz-meta-mtime` in integer seconds plus `x-amz-meta-mode`, `-uid`,
-#   `-gid`; a common prefix without a marker shows as a directory (compat_dir, the default).
+#   It stores `x-amz-meta-mtime` as seconds with nine decimals (`981173106.789000000`),
+#   plus `-atime`, `-ctime` (integer), `-mode` (decimal st_mode), `-uid`, `-gid`; a common
+#   prefix without a marker shows as a directory (compat_dir, the default).
+# - rclone (copy, copyto and mount alike) stores `x-amz-meta-mtime` as `981173106.789`.
+# - SeaweedFS keeps no metadata on a `dir/` marker (HEAD answers none, whatever the PUT
+#   sent) and answers NoSuchKey to a CopyObject whose source is one; s3fs changes a
+#   directory's mtime or mode by such a copy, so that fails with ENOENT here (see smoke).
 #   Its stat cache keeps an entry 900 s: S3_PEERS_S3FS_OPTS="stat_cache_expire=1" where a
 #   check must see another client's change at once.
 set -euo pipefail
