@@ -265,7 +265,7 @@ for r in $(seq "$RUNS"); do
           cp "$BIG" "$(mnt "$s")/$key"
         rm -f "$(mnt "$s")/$key" 2>/dev/null || true ;;
     esac
-    $S3TOOL delete-prefix "$key"
+    $S3TOOL delete-prefix "$key" || true
     vacuum
   done
 
@@ -351,7 +351,7 @@ for s in $(order 1 "${SUBJECTS[@]}"); do
   wait "$waiter" || ok=0
   if [ "$ok" = 1 ]; then record "$W_RSS" s3 "$s" 0 "$(peak_kib "$pid")" KiB; else note "$s: 16 writers failed"; na "$W_RSS" "$s" KiB; fi
   rm -rf "$d" 2>/dev/null || true
-  $S3TOOL delete-prefix "bench/$s/rss/"
+  $S3TOOL delete-prefix "bench/$s/rss/" || true
   vacuum
 done
 rm -f "$WORK/rss.bin"
