@@ -25,8 +25,9 @@
 #   `region = us-east-1`, `no_check_bucket = true` (the bucket exists; skips a
 #   CreateBucket per upload), `directory_markers = true` (an empty directory, from `rclone
 #   copy --create-empty-src-dirs` or from `mkdir` in a mount, becomes a zero-byte `dir/`
-#   object, the same form s3fs writes). rclone stores mtime as `X-Amz-Meta-Mtime`, fractional
-#   Unix seconds, and s3fs reads it.
+#   object, the same form s3fs writes). Markers cost time: `rclone copy` of 100 small files
+#   took 3-5 s with them, 0.6-0.9 s without (`--s3-directory-markers=false` per command).
+#   rclone stores mtime as `X-Amz-Meta-Mtime`, fractional Unix seconds; s3fs reads it.
 # - rclone mount: `--vfs-cache-mode off|writes`, `--dir-cache-time` (default 5 min: a
 #   mount does not see what another client wrote for that long; the interop checks pass
 #   S3_PEERS_RCLONE_ARGS="--dir-cache-time 1s" where they need it), `--allow-non-empty` is
