@@ -2,9 +2,10 @@
 # A real SeaweedFS cluster on loopback, for the S3 tests and the peers benchmark.
 #
 #   scripts/seaweedfs.sh weed          install `weed` when missing; print its path
-#   scripts/seaweedfs.sh start DIR     start a cluster whose state lives in DIR; print
-#                                      `export` lines (endpoint, region, keys, bucket),
-#                                      also written to DIR/env
+#   scripts/seaweedfs.sh start DIR     start a fresh cluster whose state lives in DIR (what
+#                                      an earlier cluster left there is removed); print
+#                                      `export` lines (endpoint, region, keys, bucket,
+#                                      master), also written to DIR/env (mode 600)
 #   scripts/seaweedfs.sh stop DIR      stop it: filer, then volumes, then master; SIGKILL
 #                                      what is left after a grace period
 #   scripts/seaweedfs.sh vacuum DIR    reclaim the space of deleted objects now
@@ -240,7 +241,12 @@ cmd_start() {
   dir=$(cd "$dir" && pwd)
   # Unix socket paths are limited to 107 bytes.
   [ ${#dir} -le 90 ] || die "DIR must be an absolute path of at most 90 bytes: $dir"
-  [ -z "$(ls -A "$dir/pids" 2>/dev/null)" ] || die "$dir already has a running cluster (stop it first)"
+  local name
+  for name in master volume1 volume2 volume3 filer watchdog; do
+    live_pid "$dir" "$name" >/dev/null && die "$dir already has a running cluster (stop it first)"
+  done
+  # What a killed run left behind: stale pid files and the old cluster's data.
+  rm -rf "$dir/pids" "$dir/master" "$dir"/volume? "$dir/filer"
   mkdir -p "$dir/pids" "$dir/logs"
 
   DATA_MB=${SEAWEEDFS_DATA_MB:-4096}

