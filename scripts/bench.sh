@@ -9,11 +9,37 @@
 # the stage directory, and the FUSE write ceiling of the daemon with uploads discarded (the
 # `null` target).
 #
+# With --peers it runs the S3 comparison instead: our mount of an S3 bucket side by side
+# with rclone mount, s3fs, mountpoint-s3 and the direct clients, on one SeaweedFS cluster
+# (scripts/bench/peers.sh says how).
+#
 # Knobs (environment): BENCH_RUNS (3), BENCH_BIG_MB (1024), BENCH_SMALL_N (1000),
 # BENCH_LS_N (10000), BENCH_KINDS ("box cloudreve dyson"), BENCH_RSS_MB (256),
-# BENCH_OUT (a TSV of every sample).
+# BENCH_OUT (a TSV of every sample). The same as options, for a reduced run:
+#   --runs N  --size 64M (or 1G: the big file)  --files N (small files)
+#   --ls-files N (the listed directory)  --rss-mb N (each of the 16 writers)  --peers
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+PEERS=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --peers) PEERS=1 ;;
+    --runs) BENCH_RUNS=$2; shift ;;
+    --size)
+      case "$2" in
+        *[gG]) BENCH_BIG_MB=$((${2%[gG]} * 1024)) ;;
+        *[mM]) BENCH_BIG_MB=${2%[mM]} ;;
+        *) BENCH_BIG_MB=$2 ;;
+      esac
+      shift ;;
+    --files) BENCH_SMALL_N=$2; shift ;;
+    --ls-files) BENCH_LS_N=$2; shift ;;
+    --rss-mb) BENCH_RSS_MB=$2; shift ;;
+    *) echo "bench.sh: unknown option $1 (see the comment at the top)" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 RUNS=${BENCH_RUNS:-3}
 BIG_MB=${BENCH_BIG_MB:-1024}
@@ -22,6 +48,11 @@ LS_N=${BENCH_LS_N:-10000}
 KINDS=${BENCH_KINDS:-"box cloudreve dyson"}
 RSS_MB=${BENCH_RSS_MB:-256}
 TOKEN="bench-$RANDOM-$RANDOM"
+
+if [ "$PEERS" = 1 ]; then
+  export RUNS BIG_MB SMALL_N LS_N RSS_MB
+  exec bash scripts/bench/peers.sh
+fi
 
 command -v fusermount3 >/dev/null || { echo "bench.sh: needs fuse3 (run scripts/test.sh first)" >&2; exit 1; }
 command -v rsync >/dev/null || { echo "bench.sh: needs rsync (run scripts/test.sh first)" >&2; exit 1; }
@@ -42,19 +73,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now_ms() { date +%s%3N; }
-# record WORKLOAD KIND SIDE MS BYTES_OR_FILES UNIT
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$OUT"; }
-# timed WORKLOAD KIND SIDE AMOUNT UNIT -- command...
-timed() {
-  local w=$1 k=$2 side=$3 amount=$4 unit=$5; shift 6
-  local t0 t1
-  t0=$(now_ms); "$@"; t1=$(now_ms)
-  record "$w" "$k" "$side" $((t1 - t0)) "$amount" "$unit"
-}
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/bench/common.sh
+. scripts/bench/common.sh
 
 start_server() {
   rm -rf "$WORK/data"
@@ -116,26 +136,7 @@ remount_kind() { # keep catalog and cache dirs: a cold block cache, same namespa
     --state-dir "$WORK/state" --log-file "$WORK/mount-$k.log" "$@"
 }
 unmount() { "$BIN" unmount "$MNT"; }
-daemon_pid() {
-  local p
-  for p in $(pgrep -f "uploadfs .*mount .*$MNT"); do
-    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "--foreground" && { echo "$p"; return; }
-  done
-}
-reset_peak() { echo 5 > "/proc/$1/clear_refs" 2>/dev/null || true; }
-peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-
-gen_tree() { # DIR N SIZE SEED — N files of SIZE bytes with distinct contents
-  python3 - "$@" <<'EOF'
-import os, sys, random
-d, n, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-os.makedirs(d, exist_ok=True)
-r = random.Random(seed)
-for i in range(n):
-    with open(os.path.join(d, f"s{seed}-f{i:05d}.bin"), "wb") as f:
-        f.write(r.randbytes(size))
-EOF
-}
+daemon_pid() { uploadfs_daemon_pid "$MNT"; }
 
 echo "bench.sh: work dir $WORK, runs $RUNS, kinds: $KINDS" >&2
 BIG=$WORK/big.bin
