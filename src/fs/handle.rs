@@ -11,6 +11,8 @@ use std::sync::Arc;
 use crate::read::ReadAhead;
 use crate::write::Stage;
 
+use super::commit::early::EarlyUpload;
+
 /// Per-inode write state, shared by every handle of the inode.
 pub struct OpenFile {
     pub stage: Arc<Stage>,
@@ -45,35 +47,6 @@ pub struct OpenFile {
     known_digests: std::sync::Mutex<Option<(u64, crate::remote::Digests)>>,
     /// An upload started by a size hint while the file is written, taken by the commit.
     early: std::sync::Mutex<Option<EarlyUpload>>,
-}
-
-/// An upload started before its file was complete: the writer announced the final size
-/// (`ftruncate`/`fallocate` on an empty file), so the parts go up while it writes. The
-/// commit seals it (same size, same place, nothing sent was rewritten) and takes its
-/// result, or cancels it and uploads the ordinary way.
-pub struct EarlyUpload {
-    /// The size announced; the file must have exactly this size at close.
-    pub size: u64,
-    /// Where it goes: the commit checks the file is still there.
-    pub parent: crate::remote::DirRef,
-    pub name: String,
-    /// Id of the remote file it replaces, if any.
-    pub replaces: Option<String>,
-    pub seal: Arc<crate::remote::Seal>,
-    pub stage: Arc<Stage>,
-    pub task:
-        tokio::task::JoinHandle<Result<crate::remote::RemoteFile, crate::remote::TargetError>>,
-}
-
-impl Drop for EarlyUpload {
-    /// Dropped without being sealed: give the upload up, so that it ends (its reads and
-    /// its final step fail) and nothing becomes visible remotely.
-    fn drop(&mut self) {
-        if !self.seal.is_sealed() {
-            self.seal.cancel();
-            self.stage.early_cancel();
-        }
-    }
 }
 
 impl OpenFile {
