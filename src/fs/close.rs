@@ -22,9 +22,7 @@ impl Fs {
             return Ok(());
         };
         let mut st = h.state.lock().await;
-        if let HandleState::Failed(e) = &*st {
-            return Err(*e);
-        }
+        st.sticky()?;
         if self.waits_for_rename(h.ino) {
             return Ok(());
         }
@@ -47,7 +45,7 @@ impl Fs {
         let r = self.close_commit(h.ino, &of).await;
         *st = match r {
             Ok(()) => HandleState::Committed,
-            Err(e) => HandleState::Failed(e),
+            Err(ref e) => HandleState::Failed(e.clone()),
         };
         r
     }
@@ -61,9 +59,7 @@ impl Fs {
             return Ok(());
         };
         let mut st = h.state.lock().await;
-        if let HandleState::Failed(e) = &*st {
-            return Err(*e);
-        }
+        st.sticky()?;
         if !of.dirty() || self.waits_for_rename(h.ino) {
             return Ok(());
         }
@@ -71,7 +67,7 @@ impl Fs {
         let r = self.close_commit(h.ino, &of).await;
         *st = match r {
             Ok(()) => HandleState::Committed,
-            Err(e) => HandleState::Failed(e),
+            Err(ref e) => HandleState::Failed(e.clone()),
         };
         r
     }
@@ -110,10 +106,8 @@ impl Fs {
                 wait
             };
             if todo && !deferred {
+                // The adapter logs a failure (and `status` shows it).
                 result = self.close_commit(h.ino, &of).await;
-                if let Err(e) = result {
-                    tracing::warn!(ino = h.ino, errno = e, "commit at release failed");
-                }
             }
         }
         // The writer count already went down above.

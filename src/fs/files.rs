@@ -18,7 +18,7 @@ use crate::write::Stage;
 
 use super::handle::{Handle, HandleState, OpenFile};
 use super::names::{check_new_name, tgid_of};
-use super::{io_errno, Attr, Fs, FsResult, Opened};
+use super::{Attr, Error, Fs, FsResult, Opened};
 
 /// Size of one ranged read when an existing file is fetched into a stage for editing.
 const LOAD_CHUNK: u64 = 8 * 1024 * 1024;
@@ -29,11 +29,11 @@ impl Fs {
             let t = self.tree();
             let n = t.get(ino).ok_or(libc::ENOENT)?;
             if n.is_dir() {
-                return Err(libc::EISDIR);
+                return Err(Error::new(libc::EISDIR));
             }
         }
         if self.max_size().is_some_and(|m| size > m) {
-            return Err(libc::EFBIG);
+            return Err(Error::new(libc::EFBIG));
         }
         // A committed file without local data: the same size is a no-op.
         {
@@ -77,10 +77,10 @@ impl Fs {
     /// would be sent twice.
     pub fn reserve(&self, fh: u64, end: u64) -> FsResult<()> {
         if self.max_size().is_some_and(|m| end > m) {
-            return Err(libc::EFBIG);
+            return Err(Error::new(libc::EFBIG));
         }
         if !self.handle(fh)?.writable {
-            return Err(libc::EBADF);
+            return Err(Error::new(libc::EBADF));
         }
         Ok(())
     }
@@ -92,7 +92,7 @@ impl Fs {
         }
         let _l = of.load_lock.lock().await;
         let _g = of.gate.read().await;
-        of.stage.truncate(size).map_err(|e| io_errno(&e))?;
+        of.stage.truncate(size)?;
         if of.unloaded().is_some() {
             of.set_loaded(None);
             of.mark_needs_commit();
@@ -134,9 +134,10 @@ impl Fs {
         };
         let _g = of.gate.read().await;
         if let Err(e) = self.load_remote(&of.stage, &remote).await {
-            tracing::warn!(name = %remote.name, error = %e, "cannot fetch the file for editing");
             let _ = of.stage.truncate(0);
-            return Err(e.kind.errno());
+            return Err(
+                Error::from(e).context(format_args!("cannot fetch {} for editing", remote.name))
+            );
         }
         of.set_loaded(Some(of.stage.version()));
         Ok(())
@@ -169,7 +170,7 @@ impl Fs {
                 }
                 let n = t.get(ino).ok_or(libc::ENOENT)?;
                 if n.is_dir() {
-                    return Err(libc::EISDIR);
+                    return Err(Error::new(libc::EISDIR));
                 }
                 if let Some(of) = &n.open {
                     take(of);
@@ -186,7 +187,7 @@ impl Fs {
                     let r = async {
                         let _l = of.load_lock.lock().await;
                         let _g = of.gate.read().await;
-                        of.stage.truncate(0).map_err(|e| io_errno(&e))?;
+                        of.stage.truncate(0)?;
                         of.set_loaded(None);
                         of.mark_needs_commit();
                         Ok(())
@@ -202,16 +203,16 @@ impl Fs {
             let md5 = self.caps.needs_md5;
             let (stage, needs_commit, reused) = match &stage_path {
                 Some(p) if state != NodeState::Committed && p.exists() => {
-                    let s = Stage::open_existing(p, md5).map_err(|e| io_errno(&e))?;
+                    let s = Stage::open_existing(p, md5)?;
                     if trunc {
-                        s.truncate(0).map_err(|e| io_errno(&e))?;
+                        s.truncate(0)?;
                     }
                     // Pending data is uploaded at the next close; an incomplete stage
                     // only once something is written to it.
                     (Arc::new(s), trunc || state != NodeState::Incomplete, true)
                 }
                 _ => {
-                    let s = self.new_stage().map_err(|e| io_errno(&e))?;
+                    let s = self.new_stage()?;
                     let needs_commit = remote.is_none() || trunc;
                     (s, needs_commit, false)
                 }
@@ -225,7 +226,7 @@ impl Fs {
                 if !reused {
                     stage.remove_file();
                 }
-                return Err(libc::ENOENT);
+                return Err(Error::new(libc::ENOENT));
             };
             if n.open.is_some() {
                 if !reused {
@@ -292,7 +293,7 @@ impl Fs {
             let t = self.tree();
             let n = t.get(ino).ok_or(libc::ENOENT)?;
             if n.is_dir() {
-                return Err(libc::EISDIR);
+                return Err(Error::new(libc::EISDIR));
             }
             let local =
                 n.open.is_some() || (n.row.stage.is_some() && n.row.state != NodeState::Committed);
@@ -345,13 +346,13 @@ impl Fs {
             let t = self.tree();
             let p = t.get(parent).ok_or(libc::ENOENT)?;
             if !p.is_dir() {
-                return Err(libc::ENOTDIR);
+                return Err(Error::new(libc::ENOTDIR));
             }
             t.child(parent, name)
         };
         if let Some(ino) = existing {
             if flags & libc::O_EXCL != 0 {
-                return Err(libc::EEXIST);
+                return Err(Error::new(libc::EEXIST));
             }
             let fh = self.open(ino, flags, pid).await?;
             return Ok((self.getattr(ino)?, fh));
@@ -359,10 +360,10 @@ impl Fs {
         let (attr, of) = {
             let mut t = self.tree();
             if t.child(parent, name).is_some() {
-                return Err(libc::EEXIST);
+                return Err(Error::new(libc::EEXIST));
             }
             // The stage first, so the row is written once, with its stage.
-            let stage = self.new_stage().map_err(|e| io_errno(&e))?;
+            let stage = self.new_stage()?;
             let mut row = self.new_row(parent, name, NodeKind::File, mode, uid, gid);
             row.state = NodeState::Staged;
             row.stage = Some(stage.path().to_path_buf());
@@ -398,7 +399,7 @@ impl Fs {
         let h = self.handle(fh)?;
         let mut st = h.state.lock().await;
         let (name, pending) = match &mut *st {
-            HandleState::Failed(e) => return Err(*e),
+            HandleState::Failed(e) => return Err(Error::new(e.errno)),
             HandleState::Reading(ra) => (
                 ra.file().name.clone(),
                 ra.start(&self.cache, &self.target, offset, size),
@@ -407,9 +408,7 @@ impl Fs {
                 return match &h.open {
                     Some(of) => {
                         self.ensure_loaded(of).await?;
-                        of.stage
-                            .read_at(offset, size as usize)
-                            .map_err(|e| io_errno(&e))
+                        of.stage.read_at(offset, size as usize).map_err(Error::from)
                     }
                     None => Ok(Bytes::new()),
                 }
@@ -419,19 +418,18 @@ impl Fs {
         let Some(pending) = pending else {
             return Ok(Bytes::new());
         };
-        let failed = |e: ReadError| match e {
-            ReadError::Target(e) => {
-                tracing::warn!(name = %name, offset, error = %e, "read failed");
-                e.kind.errno()
-            }
-            ReadError::Corrupt { expected, actual } => {
-                tracing::error!(name = %name, %expected, %actual, "SHA-1 mismatch on read");
-                // The kernel holds pages of the bad data: the next open must drop them.
-                if let Some(n) = self.tree().get_mut(h.ino) {
-                    n.page_cache = None;
+        let failed = |e: ReadError| {
+            let what = match &e {
+                ReadError::Target(_) => format!("read of {name} at {offset} failed"),
+                ReadError::Corrupt { .. } => {
+                    // The kernel holds pages of the bad data: the next open must drop them.
+                    if let Some(n) = self.tree().get_mut(h.ino) {
+                        n.page_cache = None;
+                    }
+                    format!("SHA-1 mismatch on read of {name}")
                 }
-                libc::EIO
-            }
+            };
+            Error::from(e).context(what)
         };
         let done = pending.wait().await.map_err(failed)?;
         let step = match &*h.state.lock().await {
@@ -441,14 +439,14 @@ impl Fs {
         if let Some(step) = step {
             if let Err(e) = step.run(&self.cache, &self.target, &done).await {
                 let corrupt = matches!(e, ReadError::Corrupt { .. });
-                let errno = failed(e);
+                let err = failed(e);
                 if corrupt {
                     // Every later read of this handle fails too: the kernel retries a
                     // failed read-ahead page with a read of its own, which must not
                     // succeed now that the verdict is in.
-                    *h.state.lock().await = HandleState::Failed(errno);
+                    *h.state.lock().await = HandleState::Failed(err.clone());
                 }
-                return Err(errno);
+                return Err(err);
             }
         }
         Ok(done.data)
@@ -474,25 +472,23 @@ impl Fs {
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.handle(fh)?;
         if !h.writable {
-            return Err(libc::EBADF);
+            return Err(Error::new(libc::EBADF));
         }
         let of = h.open.clone().ok_or(libc::EBADF)?;
         let mut st = h.state.lock().await;
-        if let HandleState::Failed(e) = &*st {
-            return Err(*e);
-        }
+        st.sticky()?;
         let end = offset + data.len() as u64;
         if let Some(max) = self.max_size() {
             if end > max {
                 // Nothing of this file may reach the target: fail the handle for good.
-                *st = HandleState::Failed(libc::EFBIG);
-                // The stage now holds only the first part: never upload it on its own.
-                self.set_state(
-                    h.ino,
-                    NodeState::Incomplete,
-                    &format!("the file grew past the target's limit of {max} bytes; only the first part is kept locally"),
+                let err = Error::msg(
+                    libc::EFBIG,
+                    format!("the file grew past the target's limit of {max} bytes; only the first part is kept locally"),
                 );
-                return Err(libc::EFBIG);
+                *st = HandleState::Failed(err.clone());
+                // The stage now holds only the first part: never upload it on its own.
+                self.set_state(h.ino, NodeState::Incomplete, &err.message);
+                return Err(err);
             }
         }
         self.ensure_loaded(&of).await?;
@@ -503,14 +499,13 @@ impl Fs {
         if let Err(e) = written {
             // The stage lost this write (disk full, I/O error): what it holds is not what
             // the writer wrote, so it must never be uploaded as the file.
-            let errno = io_errno(&e);
-            *st = HandleState::Failed(errno);
-            self.set_state(
-                h.ino,
-                NodeState::Incomplete,
-                &format!("a write to the local stage failed ({e}); the data is incomplete and is not uploaded"),
+            let message = format!("a write to the local stage failed ({e}); the data is incomplete and is not uploaded");
+            self.set_state(h.ino, NodeState::Incomplete, &message);
+            let err = Error::from(e).context(
+                "a write to the local stage failed; the data is incomplete and is not uploaded",
             );
-            return Err(errno);
+            *st = HandleState::Failed(err.clone());
+            return Err(err);
         }
         *st = HandleState::Writing;
         drop(st);

@@ -15,7 +15,7 @@ use crate::catalog::{NodeKind, NodeRow, ROOT_INO};
 use crate::remote::RemoteFile;
 
 use super::inode::Node;
-use super::{Attr, DirEntry, Fs, FsResult};
+use super::{Attr, DirEntry, Error, Fs, FsResult};
 
 /// How long a local delete hides the deleted remote id from listings that started before it.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(120);
@@ -220,7 +220,7 @@ impl Fs {
             let t = self.tree();
             let n = t.get(ino).ok_or(libc::ENOENT)?;
             if !n.is_dir() {
-                return Err(libc::ENOTDIR);
+                return Err(Error::new(libc::ENOTDIR));
             }
         }
         self.refresh(ino, false).await;
@@ -263,7 +263,7 @@ impl Fs {
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh)
             .cloned()
-            .ok_or(libc::EBADF)
+            .ok_or(Error::new(libc::EBADF))
     }
 
     /// The attributes of `ino` if it is still called `name` in `dir`. A directory snapshot

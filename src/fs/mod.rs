@@ -22,6 +22,7 @@
 
 mod close;
 pub mod commit;
+pub mod error;
 mod files;
 pub mod handle;
 pub mod inode;
@@ -49,13 +50,10 @@ use crate::write::Stage;
 use handle::Handle;
 use inode::{Node, Tree};
 
-/// An errno.
-pub type Errno = i32;
-pub type FsResult<T> = std::result::Result<T, Errno>;
+pub use error::{Errno, Error, ToErrno};
 
-fn io_errno(e: &std::io::Error) -> Errno {
-    e.raw_os_error().unwrap_or(libc::EIO)
-}
+/// What every operation returns.
+pub type FsResult<T> = std::result::Result<T, Error>;
 
 /// Settings of one mount.
 #[derive(Debug, Clone)]
@@ -200,10 +198,9 @@ impl Fs {
     }
 
     pub(super) fn persist(&self, row: &NodeRow) -> FsResult<()> {
-        self.catalog.update_node(row).map_err(|e| {
-            tracing::error!(error = %e, "catalog update failed");
-            libc::EIO
-        })
+        self.catalog
+            .update_node(row)
+            .map_err(|e| Error::from(e).context("catalog update failed"))
     }
 
     pub(super) fn max_size(&self) -> Option<u64> {
@@ -240,7 +237,7 @@ impl Fs {
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh)
             .cloned()
-            .ok_or(libc::EBADF)
+            .ok_or(Error::new(libc::EBADF))
     }
 
     pub(super) fn new_fh(&self) -> u64 {
@@ -310,10 +307,10 @@ impl Fs {
 
     /// Insert a new row into the catalog and the tree; returns its attributes.
     pub(super) fn insert_row(&self, t: &mut Tree, mut row: NodeRow) -> FsResult<Attr> {
-        let ino = self.catalog.insert_node(&row).map_err(|e| {
-            tracing::error!(error = %e, "catalog insert failed");
-            libc::EIO
-        })?;
+        let ino = self
+            .catalog
+            .insert_node(&row)
+            .map_err(|e| Error::from(e).context("catalog insert failed"))?;
         row.ino = ino;
         let node = Node::new(row);
         let attr = self.attr_of(&node);

@@ -3,7 +3,7 @@
 //! flat target refuses, GIO's safe-save temporary files whose upload waits for the rename
 //! into place, and the caller's thread group (a forked child's close does not commit).
 
-use super::{Fs, FsResult};
+use super::{Error, Fs, FsResult};
 
 /// Longest name a directory entry may have (bytes), as on local filesystems.
 pub const NAME_MAX: usize = 255;
@@ -34,11 +34,11 @@ pub(super) fn tgid_of(pid: u32) -> u32 {
 /// Validate a name for a new entry.
 pub(super) fn check_new_name(name: &std::ffi::OsStr) -> FsResult<&str> {
     if name.len() > NAME_MAX {
-        return Err(libc::ENAMETOOLONG);
+        return Err(Error::new(libc::ENAMETOOLONG));
     }
     let s = name.to_str().ok_or(libc::EINVAL)?;
     if s.is_empty() || s == "." || s == ".." || s.contains('/') || s.contains('\0') {
-        return Err(libc::EINVAL);
+        return Err(Error::new(libc::EINVAL));
     }
     Ok(s)
 }
@@ -62,9 +62,9 @@ pub(super) fn is_trash_dir(name: &str) -> bool {
 /// Validate a name being looked up (a name that cannot exist is simply absent).
 pub(super) fn check_lookup_name(name: &std::ffi::OsStr) -> FsResult<&str> {
     if name.len() > NAME_MAX {
-        return Err(libc::ENAMETOOLONG);
+        return Err(Error::new(libc::ENAMETOOLONG));
     }
-    name.to_str().ok_or(libc::ENOENT)
+    name.to_str().ok_or(Error::new(libc::ENOENT))
 }
 
 impl Fs {
@@ -76,8 +76,9 @@ impl Fs {
             return Ok(());
         }
         self.target.check_name(name).map_err(|e| {
-            tracing::warn!(error = %e, "name refused");
-            libc::EINVAL
+            let mut e = Error::from(e).context(format_args!("name {name:?} refused"));
+            e.errno = libc::EINVAL;
+            e
         })
     }
 

@@ -9,7 +9,7 @@ use crate::catalog::{NodeKind, ROOT_INO};
 use crate::remote::{ErrorKind, RemoteFile};
 
 use super::names::{check_lookup_name, check_new_name, is_save_temp, is_trash_dir};
-use super::{Attr, Fs, FsResult, SetAttr};
+use super::{Attr, Error, Fs, FsResult, SetAttr};
 
 impl Fs {
     /// Look a name up, merging the directory's remote listing first when it is older than
@@ -20,18 +20,20 @@ impl Fs {
             let t = self.tree();
             let p = t.get(parent).ok_or(libc::ENOENT)?;
             if !p.is_dir() {
-                return Err(libc::ENOTDIR);
+                return Err(Error::new(libc::ENOTDIR));
             }
         }
         self.refresh(parent, false).await;
         let t = self.tree();
         let c = t.child(parent, name).ok_or(libc::ENOENT)?;
-        t.get(c).map(|n| self.attr_of(n)).ok_or(libc::ENOENT)
+        Ok(t.get(c).map(|n| self.attr_of(n)).ok_or(libc::ENOENT)?)
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         let t = self.tree();
-        t.get(ino).map(|n| self.attr_of(n)).ok_or(libc::ENOENT)
+        t.get(ino)
+            .map(|n| self.attr_of(n))
+            .ok_or(Error::new(libc::ENOENT))
     }
 
     pub async fn setattr(&self, ino: u64, s: SetAttr) -> FsResult<Attr> {
@@ -75,34 +77,36 @@ impl Fs {
             // A desktop trash here would upload every trashed file's `.trashinfo` to the
             // flat target (a channel, a message): refuse, so file managers say the trash
             // is unavailable and offer a permanent delete instead.
-            return Err(libc::EPERM);
+            return Err(Error::new(libc::EPERM));
         }
         self.refresh(parent, false).await;
         let pref = {
             let t = self.tree();
             let p = t.get(parent).ok_or(libc::ENOENT)?;
             if !p.is_dir() {
-                return Err(libc::ENOTDIR);
+                return Err(Error::new(libc::ENOTDIR));
             }
             if t.child(parent, name).is_some() {
-                return Err(libc::EEXIST);
+                return Err(Error::new(libc::EEXIST));
             }
             if self.caps.folders && parent != ROOT_INO && p.row.remote.is_none() {
-                return Err(libc::EIO);
+                return Err(Error::new(libc::EIO));
             }
             self.dir_ref(&t, parent)
         };
         let remote = if self.caps.folders {
-            Some(self.target.mkdir(&pref, name).await.map_err(|e| {
-                tracing::warn!(name, error = %e, "mkdir failed");
-                e.kind.errno()
-            })?)
+            Some(
+                self.target
+                    .mkdir(&pref, name)
+                    .await
+                    .map_err(|e| Error::from(e).context(format_args!("mkdir {name}")))?,
+            )
         } else {
             None
         };
         let mut t = self.tree();
         if t.child(parent, name).is_some() {
-            return Err(libc::EEXIST);
+            return Err(Error::new(libc::EEXIST));
         }
         if let Some(r) = &remote {
             // A folder just made is empty: no need to list it soon.
@@ -146,10 +150,7 @@ impl Fs {
                 self.tombstone(&remote.id);
                 Ok(())
             }
-            Err(e) => {
-                tracing::warn!(name = %remote.name, error = %e, "remote delete failed");
-                Err(e.kind.errno())
-            }
+            Err(e) => Err(Error::from(e).context(format_args!("remote delete of {}", remote.name))),
         }
     }
 
@@ -160,7 +161,7 @@ impl Fs {
             let c = t.child(parent, name).ok_or(libc::ENOENT)?;
             let n = t.get(c).ok_or(libc::ENOENT)?;
             if n.is_dir() {
-                return Err(libc::EISDIR);
+                return Err(Error::new(libc::EISDIR));
             }
             (c, n.row.remote.clone(), n.row.replaces.clone())
         };
@@ -197,7 +198,7 @@ impl Fs {
             let c = t.child(parent, name).ok_or(libc::ENOENT)?;
             let n = t.get(c).ok_or(libc::ENOENT)?;
             if !n.is_dir() {
-                return Err(libc::ENOTDIR);
+                return Err(Error::new(libc::ENOTDIR));
             }
             c
         };
@@ -205,18 +206,18 @@ impl Fs {
         let remote = {
             let t = self.tree();
             if t.has_children(ino) {
-                return Err(libc::ENOTEMPTY);
+                return Err(Error::new(libc::ENOTEMPTY));
             }
             t.get(ino).ok_or(libc::ENOENT)?.row.remote.clone()
         };
         if let Some(r) = &remote {
             if self.caps.folders {
-                self.delete_remote(r, ino).await.map_err(|e| {
-                    if e == libc::EEXIST {
-                        libc::ENOTEMPTY
-                    } else {
-                        e
+                self.delete_remote(r, ino).await.map_err(|mut e| {
+                    // A folder the target refuses to delete for its content is not empty.
+                    if e.errno == libc::EEXIST {
+                        e.errno = libc::ENOTEMPTY;
                     }
+                    e
                 })?;
             }
         }
@@ -236,7 +237,7 @@ impl Fs {
         flags: u32,
     ) -> FsResult<()> {
         if flags & (libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT) != 0 {
-            return Err(libc::EINVAL);
+            return Err(Error::new(libc::EINVAL));
         }
         let name = check_lookup_name(name)?;
         let new_name = check_new_name(new_name)?;
@@ -247,29 +248,26 @@ impl Fs {
             let src = t.child(parent, name).ok_or(libc::ENOENT)?;
             let np = t.get(new_parent).ok_or(libc::ENOENT)?;
             if !np.is_dir() {
-                return Err(libc::ENOTDIR);
+                return Err(Error::new(libc::ENOTDIR));
             }
             let s = t.get(src).ok_or(libc::ENOENT)?;
             if s.is_dir() && t.is_ancestor(src, new_parent) {
-                return Err(libc::EINVAL);
+                return Err(Error::new(libc::EINVAL));
             }
             let dst = t.child(new_parent, new_name).filter(|d| *d != src);
             if let Some(d) = dst {
                 if flags & libc::RENAME_NOREPLACE != 0 {
-                    return Err(libc::EEXIST);
+                    return Err(Error::new(libc::EEXIST));
                 }
                 let dn = t.get(d).ok_or(libc::ENOENT)?;
                 match (s.is_dir(), dn.is_dir()) {
-                    (false, true) => return Err(libc::EISDIR),
-                    (true, false) => return Err(libc::ENOTDIR),
-                    (true, true) if t.has_children(d) => return Err(libc::ENOTEMPTY),
+                    (false, true) => return Err(Error::new(libc::EISDIR)),
+                    (true, false) => return Err(Error::new(libc::ENOTDIR)),
+                    (true, true) if t.has_children(d) => return Err(Error::new(libc::ENOTEMPTY)),
                     _ => {}
                 }
             }
-            let committing = s
-                .open
-                .as_ref()
-                .is_some_and(|o| o.committing.load(Ordering::SeqCst));
+            let committing = s.open.as_ref().is_some_and(|o| o.is_uploading());
             // A remote file that other paths share (Dyson's content dedupe) keeps its
             // remote name: only this path moves.
             let shared = s
@@ -320,14 +318,18 @@ impl Fs {
                 let moved = self.caps.folders && old_pref != new_pref;
                 let renamed = r.name != new_name;
                 if (moved || renamed) && self.caps.rename && (!src_is_dir || self.caps.folders) {
-                    let out = self.target.rename(r, &new_pref, new_name).await.map_err(|e| {
-                        tracing::warn!(from = %r.name, to = new_name, error = %e, "remote rename failed");
-                        e.kind.errno()
-                    })?;
+                    let out = self
+                        .target
+                        .rename(r, &new_pref, new_name)
+                        .await
+                        .map_err(|e| {
+                            Error::from(e)
+                                .context(format_args!("remote rename of {} to {new_name}", r.name))
+                        })?;
                     new_remote = Some(out);
                 } else if moved && !self.caps.rename {
                     // A folder target that cannot move: refuse rather than lie.
-                    return Err(libc::EXDEV);
+                    return Err(Error::new(libc::EXDEV));
                 }
             }
         }
@@ -335,7 +337,7 @@ impl Fs {
         {
             let mut t = self.tree();
             if t.get(src).is_none() {
-                return Err(libc::ENOENT);
+                return Err(Error::new(libc::ENOENT));
             }
             t.relink(src, new_parent, new_name);
             if let Some(r) = new_remote {

@@ -4,7 +4,7 @@
 use crate::catalog::NodeState;
 
 use super::names::NAME_MAX;
-use super::{Fs, FsResult, StatFs};
+use super::{Error, Fs, FsResult, StatFs};
 
 /// Names of the read-only extended attributes.
 pub const XATTR_STATE: &str = "user.uploadfs.state";
@@ -58,7 +58,7 @@ impl Fs {
         if !name.as_encoded_bytes().starts_with(b"user.") {
             // Still ENOENT for an inode that is gone.
             self.tree().get(ino).ok_or(libc::ENOENT)?;
-            return Err(libc::EOPNOTSUPP);
+            return Err(Error::new(libc::EOPNOTSUPP));
         }
         let attrs = self.xattrs(ino)?;
         let name = name.to_str().ok_or(libc::ENODATA)?;
@@ -66,7 +66,7 @@ impl Fs {
             .into_iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.into_bytes())
-            .ok_or(libc::ENODATA)
+            .ok_or(Error::new(libc::ENODATA))
     }
 
     /// NUL-separated names of the extended attributes present.

@@ -1,21 +1,54 @@
 //! Adopting a copy that already landed: an upload whose answer was lost (a failed attempt,
 //! or a crash before the catalog heard of the result) may have completed on the server.
-//! Before sending the file again, the target's listing is searched for that copy; when it
-//! provably holds this data it becomes the upload, else the new upload replaces it.
+//! Before sending the file again, the target's listing is searched for that copy with one
+//! matcher ([`Fs::find_landed`]); when it provably holds this data ([`Content`]) it
+//! becomes the upload, else the new upload replaces it.
 
 use crate::catalog::NodeState;
-use crate::remote::{DirRef, RemoteFile};
+use crate::remote::{Digests, DirRef, RemoteFile};
 
+use super::Landed;
 use crate::fs::Fs;
 
+/// What a landed copy must hold to be this upload: the size and a digest the remote
+/// reports (SHA-1 when both sides have one, else MD5; hex compared without case).
+#[derive(Debug, Clone, Copy)]
+pub struct Content<'a> {
+    pub size: u64,
+    pub sha1: Option<&'a str>,
+    pub md5: Option<&'a str>,
+}
+
+impl<'a> Content<'a> {
+    pub fn of(size: u64, d: &'a Digests) -> Self {
+        Self {
+            size,
+            sha1: d.sha1.as_deref(),
+            md5: d.md5.as_deref(),
+        }
+    }
+
+    pub fn held_by(&self, e: &RemoteFile) -> bool {
+        let same = match (e.sha1.as_deref(), self.sha1, e.md5.as_deref(), self.md5) {
+            (Some(a), Some(b), _, _) => a.eq_ignore_ascii_case(b),
+            (_, _, Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            _ => false,
+        };
+        e.size == self.size && same
+    }
+}
+
 impl Fs {
-    /// The remote file named `name` in `dir` that no other node uses: what an earlier
-    /// failed upload of `ino` may have left after all. Listing errors mean "none".
-    pub(in crate::fs) async fn landed_copy(
+    /// The one "landed copy" matcher: the remote file named `name` in `dir` (as the
+    /// target compares names) that is not hidden and that no other node uses, holding
+    /// `content` when given: what an earlier attempt of `ino`'s upload may have left.
+    /// Listing errors mean "none".
+    pub(in crate::fs) async fn find_landed(
         &self,
         ino: u64,
         dir: &DirRef,
         name: &str,
+        content: Option<Content<'_>>,
     ) -> Option<RemoteFile> {
         let entries = match self.target.list(dir).await {
             Ok(e) => e,
@@ -30,21 +63,19 @@ impl Fs {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let t = self.tree();
-        let found = entries.into_iter().find(|e| {
+        entries.into_iter().find(|e| {
             !e.is_dir
                 && t.key(&e.name) == t.key(name)
                 && !hidden.contains(&e.id)
                 && t.by_remote(&e.id).iter().all(|i| *i == ino)
-        });
-        if let Some(e) = &found {
-            tracing::info!(name, id = %e.id, "an earlier failed upload had landed; replacing it");
-        }
-        found
+                && content.is_none_or(|c| c.held_by(e))
+        })
     }
 
-    /// After a crash: an upload whose journal shows it had started may have completed on
-    /// the server before the catalog heard of it. A remote file with the journaled name,
-    /// size and digest is that upload: adopt it instead of uploading a second copy.
+    /// Recovery's adopt (Queued | Failed → Landed without uploading): an upload whose
+    /// journal shows it had started may have completed on the server before the catalog
+    /// heard of it. A remote file with the journaled name, size and digest is that
+    /// upload: adopt it instead of uploading a second copy.
     pub(in crate::fs) async fn adopt_finished_upload(&self, ino: u64) -> bool {
         let Ok(Some(j)) = self.catalog.journal_get(ino) else {
             return false;
@@ -52,52 +83,36 @@ impl Fs {
         if j.started_ms == 0 {
             return false;
         }
-        let Ok(list) = self.target.list(&j.parent_remote).await else {
-            return false;
+        let content = Content {
+            size: j.size,
+            sha1: j.sha1.as_deref(),
+            md5: j.md5.as_deref(),
         };
-        let same_digest = |e: &crate::remote::RemoteFile| match (&e.sha1, &j.sha1, &e.md5, &j.md5) {
-            (Some(a), Some(b), _, _) => a.eq_ignore_ascii_case(b),
-            (_, _, Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-            _ => false,
-        };
-        let Some(found) = list
-            .into_iter()
-            .find(|e| !e.is_dir && e.name == j.name && e.size == j.size && same_digest(e))
+        let Some(found) = self
+            .find_landed(ino, &j.parent_remote, &j.name, Some(content))
+            .await
         else {
             return false;
         };
-        let replaced = {
+        let landed = Landed {
+            sha1: j.sha1.clone().or(found.sha1.clone()),
+            md5: j.md5.clone().or(found.md5.clone()),
+            size: found.size,
+            remote: found.clone(),
+        };
+        let applied = {
             let mut t = self.tree();
             let Some(n) = t.get(ino) else { return false };
             if n.open.is_some() || !matches!(n.row.state, NodeState::Queued | NodeState::Failed) {
                 return false;
             }
-            let old = [n.row.remote.clone(), n.row.replaces.clone()];
-            let stage = n.row.stage.clone();
-            t.set_remote(ino, Some(found.clone()));
-            if let Some(n) = t.get_mut(ino) {
-                n.row.state = NodeState::Committed;
-                n.row.sha1 = j.sha1.clone().or(found.sha1.clone());
-                n.row.md5 = j.md5.clone().or(found.md5.clone());
-                n.row.size = found.size;
-                n.row.last_error = None;
-                n.row.replaces = None;
-                n.row.stage = None;
-                let row = n.row.clone();
-                let _ = self.persist(&row);
-            }
-            if let Some(p) = stage {
-                let _ = std::fs::remove_file(p);
-            }
-            old
+            self.apply_committed(&mut t, ino, &landed, true)
         };
+        let Some(before) = applied else { return false };
         let _ = self.catalog.journal_end(ino);
         tracing::info!(ino, name = %j.name, id = %found.id, "the interrupted upload had completed; adopted it");
-        for old in replaced.into_iter().flatten() {
-            if old.id != found.id {
-                let _ = self.delete_remote(&old, ino).await;
-            }
-        }
+        self.delete_replaced(ino, &found, [before.remote, before.replaces])
+            .await;
         true
     }
 }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::catalog::NodeState;
-use crate::remote::{DirRef, RemoteFile, Seal, TargetError};
+use crate::remote::{Digests, DirRef, RemoteFile, Seal, TargetError};
 use crate::write::{uploader, Stage};
 
 use crate::fs::handle::OpenFile;
@@ -21,21 +21,65 @@ use crate::fs::Fs;
 /// links, less than what starting early could save.
 const EARLY_START_MIN: u64 = 8 << 20;
 
-/// An upload started before its file was complete: the writer announced the final size
-/// (`ftruncate`/`fallocate` on an empty file), so the parts go up while it writes. The
-/// commit seals it (same size, same place, nothing sent was rewritten) and takes its
+/// What the writer promised when the upload started early; the closed file is held to it.
+/// A size hint is the one trigger today. A stream whose size is only known at close (the
+/// next trigger: parts sent from the first sequential write) becomes a second variant
+/// whose `fits` holds for any size, sealed with the size and digests found at close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// `ftruncate`/`fallocate` announced the final size: the file must have exactly it.
+    Size(u64),
+}
+
+impl Expected {
+    /// The closed file's `size` is what was promised.
+    fn fits(self, size: u64) -> bool {
+        match self {
+            Expected::Size(n) => n == size,
+        }
+    }
+
+    /// The size the upload was started with (what the request announces).
+    fn announced(self) -> u64 {
+        match self {
+            Expected::Size(n) => n,
+        }
+    }
+}
+
+/// Where an upload goes: the place an early upload started for, and the place the file
+/// has when it is closed. They must be the same for the upload to be sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place<'a> {
+    pub parent: &'a DirRef,
+    pub name: &'a str,
+    /// Id of the remote file it replaces, if any.
+    pub replaces: Option<&'a str>,
+}
+
+/// An upload started before its file was complete (the `Early` state of the lifecycle):
+/// the parts go up while the writer writes. The commit at close seals it (the file is
+/// what was promised, in the same place, and nothing sent was rewritten) and takes its
 /// result, or cancels it and uploads the ordinary way.
 pub struct EarlyUpload {
-    /// The size announced; the file must have exactly this size at close.
-    pub size: u64,
+    pub expected: Expected,
     /// Where it goes: the commit checks the file is still there.
     pub parent: DirRef,
     pub name: String,
-    /// Id of the remote file it replaces, if any.
     pub replaces: Option<String>,
     pub seal: Arc<Seal>,
     pub stage: Arc<Stage>,
     pub task: tokio::task::JoinHandle<Result<RemoteFile, TargetError>>,
+}
+
+impl EarlyUpload {
+    fn place(&self) -> Place<'_> {
+        Place {
+            parent: &self.parent,
+            name: &self.name,
+            replaces: self.replaces.as_deref(),
+        }
+    }
 }
 
 impl Drop for EarlyUpload {
@@ -50,14 +94,13 @@ impl Drop for EarlyUpload {
 }
 
 impl Fs {
-    /// A size hint: an empty file open for writing was extended to its final size
-    /// (`ftruncate`/`fallocate` before writing, as download managers and many copy
-    /// tools do), so its upload starts now and sends the
-    /// parts as the writer fills them in order. The commit at close seals it, or gives it
-    /// up and uploads the ordinary way when the writer did something else (see
-    /// [`EarlyUpload`]). Not for small files (nothing to gain), not
-    /// in write-back mode (close does not wait for the upload there), and not for targets
-    /// that need the whole file first (Dyson's MD5, Virola's single request).
+    /// A size hint (Staged → Early): an empty file open for writing was extended to its
+    /// final size (`ftruncate`/`fallocate` before writing, as download managers and many
+    /// copy tools do), so its upload starts now and sends the parts as the writer fills
+    /// them in order. The commit at close seals it, or gives it up and uploads the
+    /// ordinary way when the writer did something else. Not for small files (nothing to
+    /// gain), not in write-back mode (close does not wait for the upload there), and not
+    /// for targets that need the whole file first (Dyson's MD5, Virola's single request).
     pub(in crate::fs) fn start_early(&self, ino: u64, of: &Arc<OpenFile>, size: u64) {
         if !self.caps.early_start
             || size < EARLY_START_MIN
@@ -88,14 +131,17 @@ impl Fs {
         if !of.stage.early_begin() {
             return;
         }
-        let seal = crate::remote::Seal::new();
+        let expected = Expected::Size(size);
+        let seal = Seal::new();
         let commit = uploader::Commit {
-            ino,
-            target_name: self.opts.target_name.clone(),
-            parent: parent.clone(),
-            name: name.clone(),
-            size,
-            digests: crate::remote::Digests::default(),
+            // The digests are only known once sealed.
+            dest: self.destination(
+                ino,
+                &parent,
+                &name,
+                expected.announced(),
+                Digests::default(),
+            ),
             mtime_ms,
             replaces: replaces.clone(),
             max_size: self.max_size(),
@@ -108,38 +154,36 @@ impl Fs {
             uploader::upload(target.as_ref(), &catalog, &stage, commit).await
         });
         tracing::info!(ino, name = %name, size, "size announced before writing: upload started");
-        of.set_early(EarlyUpload {
-            size,
+        let early = EarlyUpload {
+            expected,
             parent,
             name,
             replaces: replaces.map(|r| r.id),
             seal,
             stage: of.stage.clone(),
             task,
-        });
+        };
+        if !of.begin_early(early) {
+            // A commit got in first: the upload was given up (dropped) before it could
+            // complete.
+            self.uploads.end(ino);
+        }
     }
 
-    /// Seal an early upload when the closed file is what it announced (same size and
-    /// place, nothing it read rewritten) and wait for it; else give it up. `Some` when it
-    /// landed; `None` means "upload the ordinary way". Writers are kept out by the caller.
-    #[allow(clippy::too_many_arguments)]
+    /// Early → Landed, or back to an ordinary upload: seal the early upload when the
+    /// closed file is what it promised (same size and place, nothing it read rewritten)
+    /// and wait for it; else give it up. `Some` when it landed; `None` means "upload the
+    /// ordinary way". Writers are kept out by the caller.
     pub(in crate::fs) async fn finish_early(
         &self,
         ino: u64,
         mut e: EarlyUpload,
         size: u64,
-        parent: &DirRef,
-        name: &str,
-        old_remote: &Option<RemoteFile>,
-        extra_replaced: &Option<RemoteFile>,
-        digests: &crate::remote::Digests,
+        place: Place<'_>,
+        digests: &Digests,
     ) -> Option<RemoteFile> {
-        let replaces = old_remote
-            .as_ref()
-            .or(extra_replaced.as_ref())
-            .map(|r| r.id.clone());
-        let same =
-            e.size == size && &e.parent == parent && e.name == name && e.replaces == replaces;
+        let name = place.name;
+        let same = e.expected.fits(size) && e.place() == place;
         let intact = same && e.stage.early_seal();
         if intact {
             e.seal.seal(digests.clone());
@@ -147,7 +191,7 @@ impl Fs {
             tracing::info!(
                 ino,
                 name,
-                announced = e.size,
+                announced = e.expected.announced(),
                 size,
                 "the file changed after its size was announced: uploading it the ordinary way"
             );
@@ -162,8 +206,8 @@ impl Fs {
             Ok(Ok(r)) => {
                 // A client completed without waiting for the seal: never keep that copy.
                 tracing::error!(ino, name, id = %r.id, "an upload given up completed anyway; replacing it");
-                if let Err(errno) = self.delete_remote(&r, ino).await {
-                    tracing::warn!(ino, name, errno, "cannot delete the copy");
+                if let Err(e) = self.delete_remote(&r, ino).await {
+                    tracing::warn!(ino, name, error = %e, "cannot delete the copy");
                 }
                 None
             }

@@ -1,6 +1,41 @@
 //! The upload lifecycle of one file, in one place.
 //!
-//! (state machine documentation: see below)
+//! A file's data reaches the target through one state machine; the folder holds all of
+//! it: the commit driver (here), write-back's queue ([`queue`]), the size-hinted early
+//! start ([`early`]), adopting a copy that already landed ([`adopt`]), crash recovery
+//! ([`recover`]) and what `uploadfs status` shows ([`status`]).
+//!
+//! ```text
+//!            write/truncate                    close (write-back)
+//!   ┌──────► Staged ─────────────────────────────► Queued ──────┐ worker, or
+//!   │          │  size hint (empty file             (durable,    │ recovery at mount
+//!   │          │  extended, not write-back)          journaled)  │
+//!   │          ▼                                                 ▼
+//!   │        Early ── close: seal or give up ──►  Uploading ◄────┘
+//!   │   (session open, parts                  close (default mode), fsync,
+//!   │    sent as written)                     rename of a save's temp file
+//!   │                                          │  digests → [adopt landed copy]
+//!   │                                          │  → session → parts → seal → commit
+//!   │                                          ▼
+//!   │                           Landed (row `committed`)  │  Failed(errno)
+//!   └──── next write ◄──────────────────────────┴─────────┘
+//! ```
+//!
+//! - In memory, an [`OpenFile`]'s [`UploadState`] says what is in flight for the inode:
+//!   nothing (`Staged`), an [`early::EarlyUpload`], a write-back version waiting in the
+//!   queue, or a running commit (`Uploading`). Every transition is a method here.
+//! - On disk, the catalog row's `NodeState` is the same lifecycle as recovery needs it:
+//!   `staged` → `queued` → `uploading` → `committed` | `failed` | `incomplete`, with a
+//!   journal row (built once, by [`crate::write::uploader::Destination::journal_row`])
+//!   from the queueing or the first attempt until the upload lands.
+//! - Failed is sticky where a caller can see it: the handle whose close committed keeps
+//!   the error and reports it to every later call ([`super::handle::HandleState::Failed`]);
+//!   the row stays `failed` with its message (shown by `status`) until the next close,
+//!   fsync or mount uploads it again.
+//! - Session, parts and seal run inside the target's upload ([`crate::remote::Target`]),
+//!   reported through the journal's [`crate::write::JournalObserver`].
+//! - Landing is one step for every path ([`Fs::apply_committed`]): a commit, an early
+//!   upload sealed at close, and a copy adopted after a failure or a crash.
 
 pub mod adopt;
 pub mod early;
@@ -15,13 +50,169 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::catalog::NodeState;
-use crate::write::uploader;
+use crate::remote::{Digests, DirRef, RemoteFile, TargetError};
+use crate::write::uploader::{self, Destination};
 
 use super::handle::OpenFile;
-use super::{io_errno, Fs, FsResult};
+use super::inode::Tree;
+use super::{Error, Fs, FsResult};
+
+use early::EarlyUpload;
 
 /// Stages up to this size are hashed on the committing thread (well under a millisecond).
 pub(in crate::fs) const INLINE_DIGEST_MAX: u64 = 256 * 1024;
+
+/// What is in flight for an inode's stage (the in-memory half of the lifecycle above).
+#[derive(Default)]
+pub enum UploadState {
+    /// Nothing in flight: the stage holds the data (being written, or closed and not yet
+    /// committed, or committed).
+    #[default]
+    Staged,
+    /// A size hint started the upload while the writer fills the stage.
+    Early(EarlyUpload),
+    /// Write-back: stage version `version` is durable, journaled and queued.
+    Queued { version: u64 },
+    /// A commit is sending the stage (renames stay local meanwhile; the commit follows
+    /// them up). `queued`: the version write-back had queued, kept for when it ends.
+    Uploading { queued: Option<u64> },
+}
+
+impl UploadState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            UploadState::Staged => "staged",
+            UploadState::Early(_) => "early",
+            UploadState::Queued { .. } => "queued",
+            UploadState::Uploading { .. } => "uploading",
+        }
+    }
+
+    fn queued(&self) -> Option<u64> {
+        match self {
+            UploadState::Queued { version } => Some(*version),
+            UploadState::Uploading { queued } => *queued,
+            _ => None,
+        }
+    }
+}
+
+/// The transitions of [`UploadState`].
+impl OpenFile {
+    fn upload_state(&self) -> std::sync::MutexGuard<'_, UploadState> {
+        self.upload.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A commit is uploading right now.
+    pub fn is_uploading(&self) -> bool {
+        matches!(*self.upload_state(), UploadState::Uploading { .. })
+    }
+
+    /// An early upload runs for this stage.
+    pub fn has_early(&self) -> bool {
+        matches!(*self.upload_state(), UploadState::Early(_))
+    }
+
+    /// Staged → Early. `false` (and `e` dropped, which gives it up) from any other state.
+    fn begin_early(&self, e: EarlyUpload) -> bool {
+        let mut st = self.upload_state();
+        if !matches!(*st, UploadState::Staged) {
+            return false;
+        }
+        *st = UploadState::Early(e);
+        true
+    }
+
+    /// Early → Staged without waiting for the upload (the file was removed or nobody will
+    /// close it for writing): dropping it cancels it, so nothing becomes visible
+    /// remotely. `true` when there was one.
+    pub fn cancel_early(&self) -> bool {
+        let e = {
+            let mut st = self.upload_state();
+            match std::mem::take(&mut *st) {
+                UploadState::Early(e) => Some(e),
+                other => {
+                    *st = other;
+                    None
+                }
+            }
+        };
+        e.is_some()
+    }
+
+    /// Staged | Queued → Queued: stage version `version` is durable and queued.
+    fn mark_queued(&self, version: u64, digests: Digests) {
+        {
+            let mut st = self.upload_state();
+            match &mut *st {
+                UploadState::Uploading { queued } => *queued = Some(version),
+                UploadState::Early(_) => {}
+                other => *other = UploadState::Queued { version },
+            }
+        }
+        self.set_known_digests(version, digests);
+    }
+
+    /// The current content is already queued (nothing new since).
+    pub fn is_queued(&self) -> bool {
+        self.upload_state().queued() == Some(self.stage.version())
+    }
+
+    /// Any state → Uploading; hands over the early upload to seal, if one runs.
+    fn begin_upload(&self) -> Option<EarlyUpload> {
+        let mut st = self.upload_state();
+        let queued = st.queued();
+        match std::mem::replace(&mut *st, UploadState::Uploading { queued }) {
+            UploadState::Early(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Uploading → Staged, or back to Queued when write-back had queued it (its worker
+    /// owns the retries), or back to Early when the commit stopped before touching it.
+    fn end_upload(&self, early: Option<EarlyUpload>) {
+        let mut st = self.upload_state();
+        let queued = st.queued();
+        *st = match (early, queued) {
+            (Some(e), _) => UploadState::Early(e),
+            (None, Some(version)) => UploadState::Queued { version },
+            (None, None) => UploadState::Staged,
+        };
+    }
+}
+
+/// Where the node stood when its commit began: where the upload goes and what it replaces.
+struct Snapshot {
+    name: String,
+    parent: DirRef,
+    mtime_ms: i64,
+    /// The remote file the node had.
+    remote: Option<RemoteFile>,
+    /// The remote file a replacing rename put in its way.
+    replaces: Option<RemoteFile>,
+    path: String,
+    /// An earlier attempt failed (reopening for write makes a failed node `staged`; its
+    /// error stays).
+    retried: bool,
+}
+
+/// An upload that landed: the remote file and the content it holds.
+pub(in crate::fs) struct Landed {
+    pub remote: RemoteFile,
+    pub size: u64,
+    pub sha1: Option<String>,
+    pub md5: Option<String>,
+}
+
+/// What [`Fs::apply_committed`] found in the row it changed.
+pub(in crate::fs) struct Applied {
+    /// Where the node is now (a rename may have happened during the upload).
+    pub name: String,
+    pub parent: DirRef,
+    /// The row's remote file and `replaces` before the change.
+    pub remote: Option<RemoteFile>,
+    pub replaces: Option<RemoteFile>,
+}
 
 impl Fs {
     /// Commit as `close()` does in this mode: upload now, or (write-back) make the stage
@@ -33,7 +224,9 @@ impl Fs {
             self.commit(ino, of).await
         }
     }
-    /// Upload the inode's stage if it has anything the remote lacks; the outcome as errno.
+
+    /// Upload the inode's stage if it has anything the remote lacks: Uploading, then
+    /// Landed or Failed. Writers are kept out until it ends.
     pub(in crate::fs) async fn commit(&self, ino: u64, of: &Arc<OpenFile>) -> FsResult<()> {
         let _c = of.commit_lock.lock().await;
         let _gate = of.gate.write().await;
@@ -45,199 +238,279 @@ impl Fs {
         }
         let version = of.stage.version();
         let size = of.stage.size();
-        let (name, parent_ref, mtime_ms, old_remote, extra_replaced, path, was_failed) = {
-            let t = self.tree();
-            let Some(n) = t.get(ino) else { return Ok(()) };
-            (
-                n.row.name.clone(),
-                self.dir_ref(&t, n.row.parent),
-                n.row.mtime_ms,
-                n.row.remote.clone(),
-                n.row.replaces.clone(),
-                t.path(ino),
-                // Reopening for write makes a failed node `staged`; its error stays.
-                n.row.state == NodeState::Failed || n.row.last_error.is_some(),
-            )
+        let Some(snap) = self.snapshot(ino) else {
+            return Ok(());
         };
-        of.committing.store(true, Ordering::SeqCst);
-        let stage = of.stage.clone();
-        let known = of.digests_at(version);
-        // A small stage is hashed in place: handing it to the blocking pool costs more.
-        let digests = match known {
-            Some(d) => Ok(Ok(d)),
-            None if size <= INLINE_DIGEST_MAX => Ok(stage.digests()),
-            None => tokio::task::spawn_blocking(move || stage.digests()).await,
-        };
-        let digests = match digests {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
-                of.committing.store(false, Ordering::SeqCst);
-                self.set_failed(ino, &format!("reading the stage of {path}: {e}"));
-                return Err(io_errno(&e));
-            }
+        let early = of.begin_upload();
+        let digests = match self.stage_digests(of, version, size).await {
+            Ok(d) => d,
             Err(e) => {
-                of.committing.store(false, Ordering::SeqCst);
-                self.set_failed(ino, &format!("hashing {path}: {e}"));
-                return Err(libc::EIO);
+                of.end_upload(early);
+                let e = e.context(format_args!("reading the stage of {}", snap.path));
+                self.set_failed(ino, &e.message);
+                return Err(e);
             }
         };
-        {
-            let mut t = self.tree();
-            if let Some(n) = t.get_mut(ino) {
-                n.row.state = NodeState::Uploading;
-                n.row.size = size;
-                let row = n.row.clone();
-                let _ = self.persist(&row);
-            }
-        }
-        // An upload started by a size hint: complete it when the file is what it expected.
-        let early_landed = match of.take_early() {
-            Some(e) => {
-                self.finish_early(
-                    ino,
-                    e,
-                    size,
-                    &parent_ref,
-                    &name,
-                    &old_remote,
-                    &extra_replaced,
-                    &digests,
-                )
-                .await
-            }
-            None => None,
-        };
-        // A failed attempt may have landed anyway (the server stored the file, then its
-        // answer was lost or spoiled): replace that copy instead of adding a second one.
-        let landed = match &old_remote {
-            None if was_failed && extra_replaced.is_none() => {
-                self.landed_copy(ino, &parent_ref, &name).await
-            }
-            _ => None,
-        };
-        // When that copy provably holds this data, it is the upload.
-        let adopt = landed.clone().filter(|e| {
-            e.size == size
-                && ((e.sha1.is_some() && e.sha1 == digests.sha1)
-                    || (e.md5.is_some() && e.md5 == digests.md5))
-        });
-        let old_remote = old_remote.or(landed);
-        let replaces = old_remote.clone().or(extra_replaced.clone());
-        let result = if let Some(r) = early_landed {
-            Ok(r)
-        } else if let Some(e) = adopt {
-            tracing::info!(name = %name, id = %e.id, "the earlier upload is complete; keeping it");
-            Ok(e)
-        } else {
-            let progress = self.uploads.begin(ino, size);
-            let r = uploader::upload(
-                self.target.as_ref(),
-                &self.catalog,
-                &of.stage,
-                uploader::Commit {
-                    ino,
-                    target_name: self.opts.target_name.clone(),
-                    parent: parent_ref.clone(),
-                    name: name.clone(),
-                    size,
-                    digests: digests.clone(),
-                    mtime_ms,
-                    replaces,
-                    max_size: self.max_size(),
-                    progress,
-                    early: None,
-                },
-            )
-            .await;
-            self.uploads.end(ino);
-            r
-        };
-        of.committing.store(false, Ordering::SeqCst);
+        self.set_uploading(ino, size);
+        let (result, found) = self.send(ino, of, &snap, size, &digests, early).await;
+        of.end_upload(None);
         let remote = match result {
             Ok(r) => r,
             Err(e) => {
-                let message = self.upload_failure(&path, &e);
-                tracing::error!("{message}");
+                // Failed: the row keeps the line for people (`status`), the caller gets it
+                // with its cause and logs it once.
+                let message = self.upload_failure(&snap.path, &e);
                 self.set_failed(ino, &message);
-                return Err(e.kind.errno());
+                let mut err = Error::from(e);
+                err.message = message.into();
+                return Err(err);
             }
         };
         of.mark_committed(version);
-        if self
-            .hidden
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&remote.id)
-        {
-            // A deduplicating target handed back an id hidden earlier: it is in use again.
-            let _ = self.catalog.unhide(&remote.id);
-        }
-        // Where the node is now (a rename may have happened during the upload).
-        let now = {
-            let mut t = self.tree();
-            match t.get(ino) {
-                None => None,
-                Some(n) => {
-                    let cur = (n.row.name.clone(), self.dir_ref(&t, n.row.parent));
-                    t.set_remote(ino, Some(remote.clone()));
-                    if let Some(n) = t.get_mut(ino) {
-                        n.row.state = NodeState::Committed;
-                        n.row.size = size;
-                        n.row.sha1 = digests.sha1.clone().or(remote.sha1.clone());
-                        n.row.md5 = digests.md5.clone().or(remote.md5.clone());
-                        n.row.last_error = None;
-                        // A replacing rename during the upload set a new one: handle it below.
-                        let later = if n.row.replaces != extra_replaced {
-                            n.row.replaces.take()
-                        } else {
-                            n.row.replaces = None;
-                            None
-                        };
-                        let row = n.row.clone();
-                        let _ = self.persist(&row);
-                        Some((cur, later))
-                    } else {
-                        None
-                    }
-                }
-            }
+        let landed = Landed {
+            sha1: digests.sha1.clone().or(remote.sha1.clone()),
+            md5: digests.md5.clone().or(remote.md5.clone()),
+            remote,
+            size,
         };
-        let Some(((cur_name, cur_parent), later_replaced)) = now else {
+        self.after_landing(ino, &snap, found, landed).await;
+        Ok(())
+    }
+
+    /// The node's place and remote state as the commit begins; `None` when it is gone.
+    fn snapshot(&self, ino: u64) -> Option<Snapshot> {
+        let t = self.tree();
+        let n = t.get(ino)?;
+        Some(Snapshot {
+            name: n.row.name.clone(),
+            parent: self.dir_ref(&t, n.row.parent),
+            mtime_ms: n.row.mtime_ms,
+            remote: n.row.remote.clone(),
+            replaces: n.row.replaces.clone(),
+            path: t.path(ino),
+            retried: n.row.state == NodeState::Failed || n.row.last_error.is_some(),
+        })
+    }
+
+    /// The stage's digests at `version`: known from queueing, or computed now.
+    async fn stage_digests(&self, of: &OpenFile, version: u64, size: u64) -> FsResult<Digests> {
+        if let Some(d) = of.digests_at(version) {
+            return Ok(d);
+        }
+        let stage = of.stage.clone();
+        // A small stage is hashed in place: handing it to the blocking pool costs more.
+        let digests = if size <= INLINE_DIGEST_MAX {
+            Ok(stage.digests())
+        } else {
+            tokio::task::spawn_blocking(move || stage.digests()).await
+        };
+        match digests {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(Error::msg(libc::EIO, format!("hashing: {e}"))),
+        }
+    }
+
+    /// The row enters `uploading` (recovery turns it back into `queued`).
+    fn set_uploading(&self, ino: u64, size: u64) {
+        let mut t = self.tree();
+        if let Some(n) = t.get_mut(ino) {
+            n.row.state = NodeState::Uploading;
+            n.row.size = size;
+            let row = n.row.clone();
+            let _ = self.persist(&row);
+        }
+    }
+
+    /// Get the stage to the target: seal the early upload if the file is what it
+    /// announced, else keep a copy an earlier attempt left that holds this data, else
+    /// upload (replacing such a copy that holds something else). Also returns the copy
+    /// found, which the new upload replaces.
+    async fn send(
+        &self,
+        ino: u64,
+        of: &OpenFile,
+        snap: &Snapshot,
+        size: u64,
+        digests: &Digests,
+        early: Option<EarlyUpload>,
+    ) -> (Result<RemoteFile, TargetError>, Option<RemoteFile>) {
+        let replaces_id = snap
+            .remote
+            .as_ref()
+            .or(snap.replaces.as_ref())
+            .map(|r| r.id.clone());
+        if let Some(e) = early {
+            let dest = early::Place {
+                parent: &snap.parent,
+                name: &snap.name,
+                replaces: replaces_id.as_deref(),
+            };
+            if let Some(r) = self.finish_early(ino, e, size, dest, digests).await {
+                return (Ok(r), None);
+            }
+        }
+        // A failed attempt may have landed anyway (the server stored the file, then its
+        // answer was lost or spoiled): replace that copy instead of adding a second one,
+        // or keep it when it provably holds this data.
+        let landed = match &snap.remote {
+            None if snap.retried && snap.replaces.is_none() => {
+                self.find_landed(ino, &snap.parent, &snap.name, None).await
+            }
+            _ => None,
+        };
+        if let Some(e) = &landed {
+            if adopt::Content::of(size, digests).held_by(e) {
+                tracing::info!(name = %snap.name, id = %e.id, "the earlier upload is complete; keeping it");
+                return (Ok(e.clone()), landed);
+            }
+            tracing::info!(name = %snap.name, id = %e.id, "an earlier failed upload had landed; replacing it");
+        }
+        let replaces = snap
+            .remote
+            .clone()
+            .or(landed.clone())
+            .or(snap.replaces.clone());
+        let progress = self.uploads.begin(ino, size);
+        let r = uploader::upload(
+            self.target.as_ref(),
+            &self.catalog,
+            &of.stage,
+            uploader::Commit {
+                dest: self.destination(ino, &snap.parent, &snap.name, size, digests.clone()),
+                mtime_ms: snap.mtime_ms,
+                replaces,
+                max_size: self.max_size(),
+                progress,
+                early: None,
+            },
+        )
+        .await;
+        self.uploads.end(ino);
+        (r, landed)
+    }
+
+    /// Landed: record it in the row, then follow up what happened while it uploaded (an
+    /// unlink, a replacing rename, a rename) and delete the remote files it replaces
+    /// (`found`: a copy an earlier attempt left).
+    async fn after_landing(
+        &self,
+        ino: u64,
+        snap: &Snapshot,
+        found: Option<RemoteFile>,
+        landed: Landed,
+    ) {
+        let remote = landed.remote.clone();
+        let applied = self.apply_committed(&mut self.tree(), ino, &landed, false);
+        let Some(now) = applied else {
             // Unlinked while uploading: the upload must not outlive the file.
             let _ = self.delete_remote(&remote, ino).await;
-            return Ok(());
+            return;
         };
-        if let Some(old) = &later_replaced {
-            if old.id != remote.id {
-                if let Err(e) = self.delete_remote(old, ino).await {
-                    tracing::warn!(name = %old.name, errno = e, "cannot delete the replaced remote file");
-                }
-            }
-        }
-        let moved = remote.name != cur_name || (self.caps.folders && cur_parent != parent_ref);
+        // A replacing rename during the upload set a new file to replace.
+        let later = now.replaces.filter(|r| Some(r) != snap.replaces.as_ref());
+        self.delete_replaced(ino, &remote, [later]).await;
+        let moved = remote.name != now.name || (self.caps.folders && now.parent != snap.parent);
         if moved && self.caps.rename {
             // Renamed while the upload ran: move the new remote file after it.
-            match self.target.rename(&remote, &cur_parent, &cur_name).await {
+            match self.target.rename(&remote, &now.parent, &now.name).await {
                 Ok(r) => self.tree().set_remote(ino, Some(r)),
                 Err(e) => {
-                    tracing::warn!(from = %remote.name, to = %cur_name, error = %e, "rename after upload failed")
+                    tracing::warn!(from = %remote.name, to = %now.name, error = %e, "rename after upload failed")
                 }
             }
         }
-        for old in [old_remote, extra_replaced].into_iter().flatten() {
-            if old.id != remote.id {
-                if let Err(e) = self.delete_remote(&old, ino).await {
-                    tracing::warn!(name = %old.name, errno = e, "cannot delete the replaced remote file");
-                }
-            }
-        }
+        let old = snap.remote.clone().or(found);
+        self.delete_replaced(ino, &remote, [old, snap.replaces.clone()])
+            .await;
         if let Some(n) = self.tree().get(ino) {
             let row = n.row.clone();
             let _ = self.persist(&row);
         }
-        Ok(())
     }
 
+    /// Delete the remote files an upload that landed as `remote` replaces.
+    pub(in crate::fs) async fn delete_replaced<const N: usize>(
+        &self,
+        ino: u64,
+        remote: &RemoteFile,
+        old: [Option<RemoteFile>; N],
+    ) {
+        for old in old.into_iter().flatten() {
+            if old.id != remote.id {
+                if let Err(e) = self.delete_remote(&old, ino).await {
+                    tracing::warn!(name = %old.name, error = %e, "cannot delete the replaced remote file");
+                }
+            }
+        }
+    }
+
+    /// The one apply-the-committed-row step, for a commit, a sealed early upload and a
+    /// copy adopted after a failure or a crash: the node becomes `committed` with the
+    /// landed remote file, its size and digests, no error and nothing left to replace
+    /// (`drop_stage`: and no stage; the file is removed). `None` when the node is gone.
+    pub(in crate::fs) fn apply_committed(
+        &self,
+        t: &mut Tree,
+        ino: u64,
+        landed: &Landed,
+        drop_stage: bool,
+    ) -> Option<Applied> {
+        let id = &landed.remote.id;
+        if self
+            .hidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        {
+            // A deduplicating target handed back an id hidden earlier: it is in use again.
+            let _ = self.catalog.unhide(id);
+        }
+        let n = t.get(ino)?;
+        let (name, parent, remote) = (
+            n.row.name.clone(),
+            self.dir_ref(t, n.row.parent),
+            n.row.remote.clone(),
+        );
+        t.set_remote(ino, Some(landed.remote.clone()));
+        let n = t.get_mut(ino)?;
+        n.row.state = NodeState::Committed;
+        n.row.size = landed.size;
+        n.row.sha1 = landed.sha1.clone();
+        n.row.md5 = landed.md5.clone();
+        n.row.last_error = None;
+        let replaces = n.row.replaces.take();
+        let stage = if drop_stage { n.row.stage.take() } else { None };
+        let row = n.row.clone();
+        let _ = self.persist(&row);
+        if let Some(p) = stage {
+            let _ = std::fs::remove_file(p);
+        }
+        Some(Applied {
+            name,
+            parent,
+            remote,
+            replaces,
+        })
+    }
+
+    /// Where an upload of `ino` goes, as the journal and the request describe it.
+    pub(in crate::fs) fn destination(
+        &self,
+        ino: u64,
+        parent: &DirRef,
+        name: &str,
+        size: u64,
+        digests: Digests,
+    ) -> Destination {
+        Destination {
+            ino,
+            target_name: self.opts.target_name.clone(),
+            parent: parent.clone(),
+            name: name.to_string(),
+            size,
+            digests,
+        }
+    }
     /// One line a person can act on: the file, the target, the cause, and for a refused
     /// token where it comes from.
     pub(in crate::fs) fn upload_failure(

@@ -16,9 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::catalog::{JournalRow, NodeState};
+use crate::catalog::NodeState;
 use crate::fs::handle::OpenFile;
-use crate::fs::{io_errno, Fs, FsResult};
+use crate::fs::{Error, Fs, FsResult};
 use crate::write::uploader::Progress;
 
 /// as many as `uploadfs put -r` sends by default, so many small files drain as fast.
@@ -176,12 +176,9 @@ impl Fs {
         } else {
             tokio::task::spawn_blocking(move || stage.digests())
                 .await
-                .map_err(|_| libc::EIO)?
+                .map_err(|e| Error::msg(libc::EIO, format!("hashing the stage: {e}")))?
         }
-        .map_err(|e| {
-            tracing::error!(ino, error = %e, "cannot hash the stage");
-            io_errno(&e)
-        });
+        .map_err(|e| Error::from(e).context("cannot hash the stage"));
         let journaled = match digests {
             Ok(d) => self
                 .journal_queued(ino, of, size, &d)
@@ -189,8 +186,8 @@ impl Fs {
             Err(e) => Err(e),
         };
         let stage_synced = match synced_stage.await {
-            Ok(r) => r.map_err(|e| io_errno(&e)),
-            Err(_) => Err(libc::EIO),
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::new(libc::EIO)),
         };
         let digests = match (journaled, stage_synced) {
             (Ok((true, d)), Ok(())) => d,
@@ -198,10 +195,9 @@ impl Fs {
             (Ok((false, _)), _) => return Ok(()),
             (Err(e), _) => return Err(e),
             (Ok(_), Err(e)) => {
-                tracing::error!(ino, errno = e, "cannot make the stage durable");
                 // Journaled but not durable: not queued now; retried at the next mount.
                 self.set_failed(ino, "the stage could not be synced to disk at close");
-                return Err(e);
+                return Err(e.context("cannot make the stage durable"));
             }
         };
         if let Some(created) = dir_sync {
@@ -234,21 +230,9 @@ impl Fs {
             n.row.state = NodeState::Queued;
             n.row.size = size;
             n.row.last_error = None;
-            let journal = JournalRow {
-                ino,
-                stage: of.stage.path().to_path_buf(),
-                target: self.opts.target_name.clone(),
-                parent_remote,
-                name,
-                size,
-                sha1: digests.sha1.clone(),
-                md5: digests.md5.clone(),
-                session_id: None,
-                parts_done: 0,
-                bytes_done: 0,
-                // 0: no upload attempt yet.
-                started_ms: 0,
-            };
+            let journal = self
+                .destination(ino, &parent_remote, &name, size, digests.clone())
+                .journal_row(of.stage.path());
             // Under the tree lock, so the catalog never lags a later change of the node.
             self.catalog.update_node_and_journal(&n.row, &journal)
         };
@@ -256,7 +240,7 @@ impl Fs {
         // this sync.
         if let Err(e) = written.and_then(|()| self.catalog.sync()) {
             tracing::error!(ino, error = %e, "cannot journal the closed file");
-            return Err(libc::EIO);
+            return Err(Error::new(libc::EIO));
         }
         Ok(true)
     }
@@ -305,6 +289,10 @@ impl Fs {
     }
 
     pub(in crate::fs) fn upload_finished(&self, ino: u64, r: FsResult<()>) {
+        // No caller waits for a background upload: its failure is logged here, once.
+        if let Err(e) = &r {
+            tracing::error!(ino, errno = e.errno, error = %e, "background upload failed");
+        }
         {
             let mut g = self.uploads.lock();
             let write_back = g.write_back;
@@ -324,7 +312,7 @@ impl Fs {
                         ino,
                         attempts = e.attempts,
                         retry_in_s = wait.as_secs(),
-                        "background upload failed; will retry"
+                        "will retry the background upload"
                     );
                 } else {
                     // Default mode: the failure stays visible; the next close or mount

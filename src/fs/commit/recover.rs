@@ -18,7 +18,7 @@ use crate::catalog::{Catalog, CatalogError, NodeKind, NodeState};
 
 use crate::fs::handle::OpenFile;
 use crate::fs::inode::{Node, Tree};
-use crate::fs::{io_errno, Fs, FsResult};
+use crate::fs::{Error, Fs, FsResult};
 
 /// Load the catalog into a tree, bringing rows an earlier run left mid-lifecycle to a state
 /// this run can act on (see the module documentation).
@@ -132,8 +132,7 @@ impl Fs {
         let stage = of.stage.clone();
         let d = tokio::task::spawn_blocking(move || stage.digests())
             .await
-            .map_err(|_| libc::EIO)?
-            .map_err(|e| io_errno(&e))?;
+            .map_err(|_| libc::EIO)??;
         if of.stage.size() == j.size && d.sha1 == j.sha1 {
             of.set_known_digests(version, d);
             return Ok(());
@@ -145,7 +144,7 @@ impl Fs {
             "the mount stopped before this file's data reached the disk; its local data is incomplete",
         );
         let _ = self.catalog.journal_end(ino);
-        Err(libc::EIO)
+        Err(Error::new(libc::EIO))
     }
     /// Upload again every file whose last upload failed (at mount time, in the
     /// background). Returns how many are in sync afterwards.
@@ -165,7 +164,7 @@ impl Fs {
             self.put_open(ino, &of, true);
             match r {
                 Ok(()) => ok += 1,
-                Err(e) => tracing::warn!(ino, errno = e, "retrying a failed upload failed again"),
+                Err(e) => tracing::warn!(ino, error = %e, "retrying a failed upload failed again"),
             }
         }
         ok
