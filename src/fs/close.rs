@@ -152,6 +152,9 @@ impl Fs {
         }
         let row = n.row.clone();
         let persisted = self.persist(&row);
+        if let Err(e) = &persisted {
+            tracing::error!(ino, error = %e, "catalog update failed");
+        }
         if done {
             // Reused only once no row names it any more (a crash must never find a
             // stage shared by two files).

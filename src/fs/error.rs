@@ -15,9 +15,6 @@ use crate::remote::{ErrorKind, TargetError};
 /// An errno.
 pub type Errno = i32;
 
-/// The result of a filesystem operation.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
 /// The errno a failure is reported as.
 pub trait ToErrno {
     fn to_errno(&self) -> Errno;

@@ -464,7 +464,7 @@ impl Fs {
             ) {
                 n.row.state = NodeState::Staged;
                 let row = n.row.clone();
-                let _ = self.persist(&row);
+                self.persist_or_log(&row);
             }
         }
     }

@@ -3,7 +3,8 @@
 //! [`OpenFile`] is per inode: the stage holding its local data, the stage version of the
 //! last commit (so a flush with nothing new does not upload again), and the locks that keep
 //! writers out while a commit uploads. [`Handle`] is per `open()`: an explicit state
-//! machine. A handle that failed keeps its errno and reports it to every later call.
+//! machine, and where a failure is sticky: a handle that failed keeps its [`super::Error`]
+//! and reports its errno to every later call (see [`super::commit`] for the lifecycle).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -193,7 +193,7 @@ impl Fs {
         for ino in dirty {
             if let Some(n) = t.get(ino) {
                 let row = n.row.clone();
-                let _ = self.persist(&row);
+                self.persist_or_log(&row);
             }
         }
         for e in inserts {
@@ -210,7 +210,9 @@ impl Fs {
             row.sha1 = e.sha1.clone();
             row.md5 = e.md5.clone();
             row.remote = Some(e);
-            let _ = self.insert_row(&mut t, row);
+            if let Err(e) = self.insert_row(&mut t, row) {
+                tracing::error!(error = %e, "cannot record a listed entry");
+            }
         }
     }
 

@@ -17,7 +17,7 @@
 //! - [`xattr`]: the read-only extended attributes and statfs; [`names`]: name rules and
 //!   the heuristics for tools' temporary files.
 //!
-//! Operations return [`Result`] with an [`Error`] (an errno plus its cause);
+//! Operations return [`FsResult`]: an [`Error`] is an errno plus what failed and why;
 //! [`crate::fuse`] turns it into the reply and logs the cause.
 
 mod close;
@@ -33,6 +33,7 @@ pub mod pool;
 mod xattr;
 
 pub use commit::{FileStatus, MountStatus, Uploads};
+pub use error::{Errno, Error, ToErrno};
 pub use names::NAME_MAX;
 pub use xattr::{XATTR_REMOTE_ID, XATTR_SHA1, XATTR_STATE, XATTR_URL};
 
@@ -49,8 +50,6 @@ use crate::write::Stage;
 
 use handle::Handle;
 use inode::{Node, Tree};
-
-pub use error::{Errno, Error, ToErrno};
 
 /// What every operation returns.
 pub type FsResult<T> = std::result::Result<T, Error>;
@@ -197,10 +196,19 @@ impl Fs {
         self.tree.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Write a changed row through to the catalog.
     pub(super) fn persist(&self, row: &NodeRow) -> FsResult<()> {
         self.catalog
             .update_node(row)
-            .map_err(|e| Error::from(e).context("catalog update failed"))
+            .map_err(|e| Error::from(e).context(format_args!("recording {}", row.name)))
+    }
+
+    /// Write a changed row through where the operation goes on regardless (the tree is
+    /// right; the catalog catches up at the node's next change): a failure is logged here.
+    pub(super) fn persist_or_log(&self, row: &NodeRow) {
+        if let Err(e) = self.persist(row) {
+            tracing::error!(ino = row.ino, error = %e, "catalog update failed");
+        }
     }
 
     pub(super) fn max_size(&self) -> Option<u64> {
@@ -328,7 +336,7 @@ impl Fs {
             n.row.state = state;
             n.row.last_error = Some(message.to_string());
             let row = n.row.clone();
-            let _ = self.persist(&row);
+            self.persist_or_log(&row);
         }
     }
 

@@ -6,19 +6,25 @@
 //! ([`recover`]) and what `uploadfs status` shows ([`status`]).
 //!
 //! ```text
-//!            write/truncate                    close (write-back)
-//!   ┌──────► Staged ─────────────────────────────► Queued ──────┐ worker, or
-//!   │          │  size hint (empty file             (durable,    │ recovery at mount
-//!   │          │  extended, not write-back)          journaled)  │
-//!   │          ▼                                                 ▼
-//!   │        Early ── close: seal or give up ──►  Uploading ◄────┘
-//!   │   (session open, parts                  close (default mode), fsync,
-//!   │    sent as written)                     rename of a save's temp file
-//!   │                                          │  digests → [adopt landed copy]
-//!   │                                          │  → session → parts → seal → commit
-//!   │                                          ▼
-//!   │                           Landed (row `committed`)  │  Failed(errno)
-//!   └──── next write ◄──────────────────────────┴─────────┘
+//!                 write, truncate, O_TRUNC
+//!        ┌─────────────────────────────────────────────┐
+//!        ▼                                             │
+//!     Staged ── size hint (empty file extended; ──► Early: session open, parts sent
+//!        │       not in write-back mode)              │  as the writer fills the stage
+//!        │                                            │
+//!        │ close, write-back: stage fsynced,          │ close: seal if the file is what
+//!        │ journal row written ──► Queued             │ was promised, else give it up
+//!        │                           │ worker;        │
+//!        │ close, fsync, release,    │ recovery       │
+//!        │ a save's rename           ▼ at mount       ▼
+//!        └───────────────────────► Uploading: digests → adopt a copy that landed?
+//!                                    │        → session → parts → seal → commit
+//!                          ┌─────────┴─────────┐
+//!                          ▼                   ▼
+//!                 Landed (row committed,     Failed(errno): sticky for the handle
+//!                 journal row removed)       that committed; row `failed` + message,
+//!                                            journal kept; next close/fsync/mount
+//!                                            retries (write-back: backoff)
 //! ```
 //!
 //! - In memory, an [`OpenFile`]'s [`UploadState`] says what is in flight for the inode:
@@ -79,15 +85,6 @@ pub enum UploadState {
 }
 
 impl UploadState {
-    pub fn name(&self) -> &'static str {
-        match self {
-            UploadState::Staged => "staged",
-            UploadState::Early(_) => "early",
-            UploadState::Queued { .. } => "queued",
-            UploadState::Uploading { .. } => "uploading",
-        }
-    }
-
     fn queued(&self) -> Option<u64> {
         match self {
             UploadState::Queued { version } => Some(*version),
@@ -317,7 +314,7 @@ impl Fs {
             n.row.state = NodeState::Uploading;
             n.row.size = size;
             let row = n.row.clone();
-            let _ = self.persist(&row);
+            self.persist_or_log(&row);
         }
     }
 
@@ -403,7 +400,9 @@ impl Fs {
         let applied = self.apply_committed(&mut self.tree(), ino, &landed, false);
         let Some(now) = applied else {
             // Unlinked while uploading: the upload must not outlive the file.
-            let _ = self.delete_remote(&remote, ino).await;
+            if let Err(e) = self.delete_remote(&remote, ino).await {
+                tracing::warn!(ino, error = %e, "cannot delete the upload of a removed file");
+            }
             return;
         };
         // A replacing rename during the upload set a new file to replace.
@@ -424,7 +423,7 @@ impl Fs {
             .await;
         if let Some(n) = self.tree().get(ino) {
             let row = n.row.clone();
-            let _ = self.persist(&row);
+            self.persist_or_log(&row);
         }
     }
 
@@ -481,7 +480,7 @@ impl Fs {
         let replaces = n.row.replaces.take();
         let stage = if drop_stage { n.row.stage.take() } else { None };
         let row = n.row.clone();
-        let _ = self.persist(&row);
+        self.persist_or_log(&row);
         if let Some(p) = stage {
             let _ = std::fs::remove_file(p);
         }

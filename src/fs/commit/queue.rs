@@ -187,7 +187,7 @@ impl Fs {
         };
         let stage_synced = match synced_stage.await {
             Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(Error::new(libc::EIO)),
+            Err(e) => Err(Error::msg(libc::EIO, format!("syncing the stage: {e}"))),
         };
         let digests = match (journaled, stage_synced) {
             (Ok((true, d)), Ok(())) => d,

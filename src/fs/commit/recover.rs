@@ -137,15 +137,21 @@ impl Fs {
             of.set_known_digests(version, d);
             return Ok(());
         }
-        tracing::warn!(ino, name = %j.name, "the stage no longer matches its journal; kept as incomplete");
         self.set_state(
             ino,
             NodeState::Incomplete,
             "the mount stopped before this file's data reached the disk; its local data is incomplete",
         );
         let _ = self.catalog.journal_end(ino);
-        Err(Error::new(libc::EIO))
+        Err(Error::msg(
+            libc::EIO,
+            format!(
+                "the stage of {} no longer matches its journal; kept as incomplete",
+                j.name
+            ),
+        ))
     }
+
     /// Upload again every file whose last upload failed (at mount time, in the
     /// background). Returns how many are in sync afterwards.
     pub async fn retry_failed(&self) -> usize {
