@@ -116,3 +116,48 @@ impl Fs {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(size: u64, sha1: Option<&str>, md5: Option<&str>) -> RemoteFile {
+        RemoteFile {
+            id: "1".into(),
+            name: "a".into(),
+            size,
+            sha1: sha1.map(str::to_string),
+            md5: md5.map(str::to_string),
+            mtime_ms: 0,
+            is_dir: false,
+            url: None,
+            extra: None,
+        }
+    }
+
+    #[test]
+    fn a_copy_holds_the_content_only_with_the_size_and_a_digest() {
+        let d = Digests {
+            sha1: Some("ABCD".into()),
+            md5: Some("ef01".into()),
+        };
+        let c = Content::of(4, &d);
+        assert!(
+            c.held_by(&remote(4, Some("abcd"), None)),
+            "hex without case"
+        );
+        assert!(
+            c.held_by(&remote(4, None, Some("EF01"))),
+            "MD5 when no SHA-1"
+        );
+        assert!(!c.held_by(&remote(5, Some("abcd"), None)), "size differs");
+        assert!(
+            !c.held_by(&remote(4, Some("0000"), Some("ef01"))),
+            "SHA-1 decides"
+        );
+        assert!(
+            !c.held_by(&remote(4, None, None)),
+            "no digest proves nothing"
+        );
+    }
+}

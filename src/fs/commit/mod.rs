@@ -527,3 +527,53 @@ impl Fs {
         m
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::Stage;
+
+    fn open_file() -> (tempfile::TempDir, Arc<OpenFile>) {
+        let dir = tempfile::tempdir().unwrap();
+        let stage = Stage::create(&dir.path().join("s"), false).unwrap();
+        (dir, OpenFile::new(Arc::new(stage), true))
+    }
+
+    #[test]
+    fn a_commit_moves_through_uploading_and_back() {
+        let (_d, of) = open_file();
+        assert!(!of.is_uploading());
+        assert!(of.begin_upload().is_none(), "no early upload to hand over");
+        assert!(of.is_uploading());
+        assert!(!of.cancel_early(), "nothing early while uploading");
+        of.end_upload(None);
+        assert!(matches!(*of.upload_state(), UploadState::Staged));
+    }
+
+    #[test]
+    fn a_queued_version_outlives_its_upload_until_new_data() {
+        let (_d, of) = open_file();
+        of.stage.write_at(0, b"data").unwrap();
+        let v = of.stage.version();
+        of.mark_queued(v, Digests::default());
+        assert!(of.is_queued());
+        assert!(of.digests_at(v) == Some(Digests::default()));
+        of.begin_upload();
+        assert!(of.is_queued(), "the worker's upload does not unqueue it");
+        of.end_upload(None);
+        assert!(matches!(*of.upload_state(), UploadState::Queued { version } if version == v));
+        of.stage.write_at(4, b"more").unwrap();
+        assert!(!of.is_queued(), "new data is not queued yet");
+    }
+
+    #[test]
+    fn a_close_during_an_upload_queues_for_after_it() {
+        let (_d, of) = open_file();
+        of.begin_upload();
+        let v = of.stage.version();
+        of.mark_queued(v, Digests::default());
+        assert!(of.is_uploading());
+        of.end_upload(None);
+        assert!(of.is_queued());
+    }
+}

@@ -196,8 +196,9 @@ impl Fs {
             (Err(e), _) => return Err(e),
             (Ok(_), Err(e)) => {
                 // Journaled but not durable: not queued now; retried at the next mount.
-                self.set_failed(ino, "the stage could not be synced to disk at close");
-                return Err(e.context("cannot make the stage durable"));
+                let e = e.context("the stage could not be synced to disk at close");
+                self.set_failed(ino, &e.message);
+                return Err(e);
             }
         };
         if let Some(created) = dir_sync {
