@@ -7,6 +7,10 @@
 //! (same stage file, size and SHA-1) is handed to the client as `resume_session`, so an
 //! upload cut short by a failure or a crash continues where the protocol allows (Box lists
 //! the parts it already has); a failed attempt keeps its journal row for that reason.
+//!
+//! A [`Destination`] (where the stage goes, its size and digests) is the one description
+//! both the journal row and the request are built from, whether the row is written by a
+//! write-back close before any attempt or by the attempt itself.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -43,11 +43,11 @@
 //! - Landing is one step for every path ([`Fs::apply_committed`]): a commit, an early
 //!   upload sealed at close, and a copy adopted after a failure or a crash.
 
-pub mod adopt;
+mod adopt;
 pub mod early;
-pub mod queue;
-pub mod recover;
-pub mod status;
+mod queue;
+pub(super) mod recover;
+mod status;
 
 pub use queue::Uploads;
 pub use status::{FileStatus, MountStatus};
