@@ -2,19 +2,19 @@
 //! (DESIGN.md §4), independent of FUSE so it can be driven and tested directly.
 //!
 //! One file per family of operations:
-//! - [`namespace`]: lookup, getattr/setattr, mkdir, unlink, rmdir, rename. The in-memory
+//! - `namespace`: lookup, getattr/setattr, mkdir, unlink, rmdir, rename. The in-memory
 //!   [`inode::Tree`] mirrors the catalog (written through on every change), so inode
 //!   numbers and catalog-only folders survive remounts.
-//! - [`listing`]: the target's own listing (cached for `list_ttl`) merged with local
+//! - `listing`: the target's own listing (cached for `list_ttl`) merged with local
 //!   pending files; remote entries get stable inodes, matched by remote id first;
 //!   tombstones keep a listing that started before a delete from bringing it back.
-//! - [`files`]: open, create, read, write, truncate. A file's data is staged
+//! - `files`: open, create, read, write, truncate. A file's data is staged
 //!   ([`crate::write::Stage`]); committed files are read through the block cache.
-//! - [`close`]: flush, fsync, release: where a writer's data enters the upload lifecycle.
+//! - `close`: flush, fsync, release: where a writer's data enters the upload lifecycle.
 //! - [`commit`]: the upload lifecycle itself, one state machine (stage → session → parts →
 //!   seal → commit → landed/failed), with write-back's queue, the size-hinted early start,
 //!   adopting a copy that already landed and crash recovery.
-//! - [`xattr`]: the read-only extended attributes and statfs; [`names`]: name rules and
+//! - `xattr`: the read-only extended attributes and statfs; `names`: name rules and
 //!   the heuristics for tools' temporary files.
 //!
 //! Operations return [`FsResult`]: an [`Error`] is an errno plus what failed and why;

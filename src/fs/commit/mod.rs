@@ -1,9 +1,9 @@
 //! The upload lifecycle of one file, in one place.
 //!
 //! A file's data reaches the target through one state machine; the folder holds all of
-//! it: the commit driver (here), write-back's queue ([`queue`]), the size-hinted early
-//! start ([`early`]), adopting a copy that already landed ([`adopt`]), crash recovery
-//! ([`recover`]) and what `uploadfs status` shows ([`status`]).
+//! it: the commit driver (here), write-back's queue (`queue`), the size-hinted early
+//! start ([`early`]), adopting a copy that already landed (`adopt`), crash recovery
+//! (`recover`) and what `uploadfs status` shows (`status`).
 //!
 //! ```text
 //!                 write, truncate, O_TRUNC

@@ -6,7 +6,7 @@
 //! [`Fs::commit`] as the synchronous path, so renames, unlinks and replaced remote files
 //! are handled identically. A failed upload (after the client's own retries) stays queued
 //! with its error and is tried again with exponential backoff; it is never dropped.
-//! Files recovered at mount ([`super::recover`]) go through the same queue in both modes.
+//! Files recovered at mount (`recover`) go through the same queue in both modes.
 //!
 //! The same registry tracks the progress of every running upload, synchronous ones too,
 //! for `uploadfs status` and `uploadfs unmount`.

@@ -10,7 +10,7 @@
 //!
 //! Then ([`Fs::recover`]) files left `queued` or `failed` are queued again in both modes;
 //! the worker first looks remotely for an upload that finished just before the crash
-//! ([`super::adopt`]) and checks that the stage still holds what was journaled.
+//! (`adopt`) and checks that the stage still holds what was journaled.
 
 use std::sync::Arc;
 
