@@ -1,5 +1,6 @@
 //! The thin fuser adapter: for each kernel request, one tracing span, `block_on` the
-//! matching [`Fs`] operation on the daemon's tokio runtime, then reply or send the errno.
+//! matching [`Fs`] operation on the daemon's tokio runtime, then reply, or send the errno
+//! of the [`fs::Error`] and log its cause.
 //! No semantics live here; fuser runs several dispatch threads, so a long commit in one
 //! `flush` never blocks `ls` in another process.
 
@@ -17,7 +18,7 @@ use fuser::{
 use tracing::debug_span;
 
 use crate::catalog::NodeKind;
-use crate::fs::{Attr, Fs, SetAttr};
+use crate::fs::{self, Attr, Fs, SetAttr};
 
 /// How long the kernel may cache attributes and entries. Not zero: a zero TTL makes the
 /// kernel look up every entry again right after readdir.
@@ -166,8 +167,15 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-fn errno(e: i32) -> Errno {
-    Errno::from_i32(e)
+/// The reply to a failed operation: its errno. The cause, when there is more than a bare
+/// errno (a refused upload, a lost stage write, a corrupt read), is logged here, once.
+fn fail(op: &'static str, e: fs::Error) -> Errno {
+    if e.has_cause() {
+        tracing::warn!(op, errno = e.errno, error = %e, "request failed");
+    } else {
+        tracing::trace!(op, errno = e.errno, "request answered with an errno");
+    }
+    Errno::from_i32(e.errno)
 }
 
 impl Filesystem for FuseAdapter {
@@ -197,7 +205,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("lookup", parent = parent.0, name = ?name).entered();
         match self.rt.block_on(self.fs.lookup(parent.0, name)) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("lookup", e)),
         }
     }
 
@@ -206,7 +214,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("getattr", ino = ino.0).entered();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("getattr", e)),
         }
     }
 
@@ -239,7 +247,7 @@ impl Filesystem for FuseAdapter {
         };
         match self.rt.block_on(self.fs.setattr(ino.0, s)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("setattr", e)),
         }
     }
 
@@ -271,7 +279,7 @@ impl Filesystem for FuseAdapter {
             .block_on(self.fs.mkdir(parent.0, name, mode, req.uid(), req.gid()))
         {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("mkdir", e)),
         }
     }
 
@@ -279,7 +287,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("unlink", parent = parent.0, name = ?name).entered();
         match self.rt.block_on(self.fs.unlink(parent.0, name)) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("unlink", e)),
         }
     }
 
@@ -287,7 +295,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("rmdir", parent = parent.0, name = ?name).entered();
         match self.rt.block_on(self.fs.rmdir(parent.0, name)) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("rmdir", e)),
         }
     }
 
@@ -318,7 +326,7 @@ impl Filesystem for FuseAdapter {
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
         ) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("rename", e)),
         }
     }
 
@@ -348,7 +356,7 @@ impl Filesystem for FuseAdapter {
                     FopenFlags::empty()
                 },
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("open", e)),
         }
     }
 
@@ -366,7 +374,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("read", ino = ino.0, offset, size).entered();
         match self.rt.block_on(self.fs.read(fh.0, offset, size)) {
             Ok(b) => reply.data(&b),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("read", e)),
         }
     }
 
@@ -385,7 +393,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
         match self.rt.block_on(self.fs.write(fh.0, offset, data)) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("write", e)),
         }
     }
 
@@ -400,7 +408,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("flush", ino = ino.0, fh = fh.0).entered();
         match self.rt.block_on(self.fs.flush(fh.0, req.pid())) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("flush", e)),
         }
     }
 
@@ -417,7 +425,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("release", ino = ino.0, fh = fh.0).entered();
         match self.rt.block_on(self.fs.release(fh.0)) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("release", e)),
         }
     }
 
@@ -432,7 +440,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("fsync", ino = ino.0).entered();
         match self.rt.block_on(self.fs.fsync(fh.0)) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("fsync", e)),
         }
     }
 
@@ -440,7 +448,7 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("opendir", ino = ino.0).entered();
         match self.rt.block_on(self.fs.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("opendir", e)),
         }
     }
 
@@ -466,7 +474,7 @@ impl Filesystem for FuseAdapter {
                 }
                 reply.ok()
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("readdir", e)),
         }
     }
 
@@ -502,7 +510,7 @@ impl Filesystem for FuseAdapter {
                 }
                 reply.ok()
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("readdirplus", e)),
         }
     }
 
@@ -553,14 +561,14 @@ impl Filesystem for FuseAdapter {
         let _s = debug_span!("getxattr", ino = ino.0, name = ?name).entered();
         match self.fs.getxattr(ino.0, name) {
             Ok(v) => reply_xattr(reply, &v, size),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("getxattr", e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.fs.listxattr(ino.0) {
             Ok(v) => reply_xattr(reply, &v, size),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("listxattr", e)),
         }
     }
 
@@ -573,7 +581,7 @@ impl Filesystem for FuseAdapter {
         // informational (kept for rsync -a), so access is granted to whoever gets here.
         match self.fs.getattr(ino.0) {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("access", e)),
         }
     }
 
@@ -604,7 +612,7 @@ impl Filesystem for FuseAdapter {
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("create", e)),
         }
     }
 
@@ -624,7 +632,7 @@ impl Filesystem for FuseAdapter {
             // Reserving space without a size change (`rsync --preallocate`).
             return match self.fs.reserve(fh.0, end) {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(fail("fallocate", e)),
             };
         }
         if mode != 0 {
@@ -646,11 +654,11 @@ impl Filesystem for FuseAdapter {
                     )
                     .await?;
             }
-            Ok::<(), i32>(())
+            Ok::<(), fs::Error>(())
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("fallocate", e)),
         }
     }
 }

@@ -205,9 +205,18 @@ fn failed_upload_is_sticky_keeps_the_stage_and_is_retried() {
     let data = pattern(5000, 1);
     let (ino, fh) = create(&e, &fs, "big.bin");
     rt.block_on(fs.write(fh, 0, &data)).unwrap();
-    assert_eq!(rt.block_on(fs.flush(fh, me())), Err(libc::EFBIG));
-    assert_eq!(rt.block_on(fs.write(fh, 5000, b"x")), Err(libc::EFBIG));
-    assert_eq!(rt.block_on(fs.flush(fh, me())), Err(libc::EFBIG));
+    assert_eq!(
+        rt.block_on(fs.flush(fh, me())).map_err(|e| e.errno),
+        Err(libc::EFBIG)
+    );
+    assert_eq!(
+        rt.block_on(fs.write(fh, 5000, b"x")).map_err(|e| e.errno),
+        Err(libc::EFBIG)
+    );
+    assert_eq!(
+        rt.block_on(fs.flush(fh, me())).map_err(|e| e.errno),
+        Err(libc::EFBIG)
+    );
     rt.block_on(fs.release(fh)).unwrap();
     assert!(e.files().is_empty(), "nothing partial may land remotely");
     let pending = fs.pending();
@@ -281,7 +290,8 @@ fn listings_merge_remote_changes_and_inodes_survive_restart() {
     .unwrap();
     rt.block_on(fs.refresh(ROOT_INO, true));
     assert_eq!(
-        rt.block_on(fs.lookup(ROOT_INO, OsStr::new("mine.txt"))),
+        rt.block_on(fs.lookup(ROOT_INO, OsStr::new("mine.txt")))
+            .map_err(|e| e.errno),
         Err(libc::ENOENT)
     );
     let other = rt
@@ -323,14 +333,16 @@ fn keep_remote_hides_deleted_files_from_later_listings() {
     assert_eq!(e.files().len(), 1, "--keep-remote never deletes");
     rt.block_on(fs.refresh(ROOT_INO, true));
     assert_eq!(
-        rt.block_on(fs.lookup(ROOT_INO, OsStr::new("kept.txt"))),
+        rt.block_on(fs.lookup(ROOT_INO, OsStr::new("kept.txt")))
+            .map_err(|e| e.errno),
         Err(libc::ENOENT)
     );
     drop(fs);
     let fs = e.fs(true);
     rt.block_on(fs.refresh(ROOT_INO, true));
     assert_eq!(
-        rt.block_on(fs.lookup(ROOT_INO, OsStr::new("kept.txt"))),
+        rt.block_on(fs.lookup(ROOT_INO, OsStr::new("kept.txt")))
+            .map_err(|e| e.errno),
         Err(libc::ENOENT),
         "hidden across restarts"
     );
@@ -390,7 +402,7 @@ fn corrupted_remote_content_fails_a_whole_read_with_eio() {
             }
         };
         rt.block_on(fs.release(fh)).unwrap();
-        r.map(|_| out)
+        r.map(|_| out).map_err(|e| e.errno)
     };
     assert_eq!(read_all(&fs).unwrap(), data);
     // Flip bytes in the stored blob behind the server's back (same size).
@@ -425,16 +437,23 @@ fn failed_uploads_are_retried_by_the_next_mount_but_incomplete_ones_never() {
     // Fails remotely (server limit): complete data, state failed.
     let (_, fh) = create(&e, &fs, "retry.bin");
     rt.block_on(fs.write(fh, 0, &pattern(500, 1))).unwrap();
-    assert_eq!(rt.block_on(fs.flush(fh, me())), Err(libc::EFBIG));
+    assert_eq!(
+        rt.block_on(fs.flush(fh, me())).map_err(|e| e.errno),
+        Err(libc::EFBIG)
+    );
     rt.block_on(fs.release(fh)).unwrap();
     // Over the configured limit while writing: EFBIG at write, only a prefix staged.
     let (ino, fh) = create(&e, &fs, "partial.bin");
     rt.block_on(fs.write(fh, 0, &pattern(800, 2))).unwrap();
     assert_eq!(
-        rt.block_on(fs.write(fh, 800, &[0u8; 400])),
+        rt.block_on(fs.write(fh, 800, &[0u8; 400]))
+            .map_err(|e| e.errno),
         Err(libc::EFBIG)
     );
-    assert_eq!(rt.block_on(fs.flush(fh, me())), Err(libc::EFBIG));
+    assert_eq!(
+        rt.block_on(fs.flush(fh, me())).map_err(|e| e.errno),
+        Err(libc::EFBIG)
+    );
     rt.block_on(fs.release(fh)).unwrap();
     assert_eq!(
         fs.getxattr(ino, OsStr::new("user.uploadfs.state")).unwrap(),

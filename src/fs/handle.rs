@@ -3,13 +3,16 @@
 //! [`OpenFile`] is per inode: the stage holding its local data, the stage version of the
 //! last commit (so a flush with nothing new does not upload again), and the locks that keep
 //! writers out while a commit uploads. [`Handle`] is per `open()`: an explicit state
-//! machine. A handle that failed keeps its errno and reports it to every later call.
+//! machine, and where a failure is sticky: a handle that failed keeps its [`super::Error`]
+//! and reports its errno to every later call (see [`super::commit`] for the lifecycle).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::read::ReadAhead;
 use crate::write::Stage;
+
+use super::commit::UploadState;
 
 /// Per-inode write state, shared by every handle of the inode.
 pub struct OpenFile {
@@ -23,8 +26,6 @@ pub struct OpenFile {
     pub commit_lock: tokio::sync::Mutex<()>,
     /// Writers hold it shared; a commit holds it exclusively while it uploads.
     pub gate: tokio::sync::RwLock<()>,
-    /// A commit is uploading right now (renames then stay local; the commit follows up).
-    pub committing: AtomicBool,
     /// Handles open for writing.
     pub writers: AtomicUsize,
     /// All handles using this stage.
@@ -37,43 +38,12 @@ pub struct OpenFile {
     unloaded: std::sync::Mutex<Option<crate::remote::RemoteFile>>,
     /// Serializes that fetch.
     pub load_lock: tokio::sync::Mutex<()>,
-    /// Write-back: the stage version last made durable and queued for upload (so a later
-    /// release with nothing new does not queue it again).
-    queued_version: std::sync::Mutex<Option<u64>>,
     /// Digests of the stage at a given version, computed when it was queued, so the
     /// background upload does not hash the file a second time.
     known_digests: std::sync::Mutex<Option<(u64, crate::remote::Digests)>>,
-    /// An upload started by a size hint while the file is written, taken by the commit.
-    early: std::sync::Mutex<Option<EarlyUpload>>,
-}
-
-/// An upload started before its file was complete: the writer announced the final size
-/// (`ftruncate`/`fallocate` on an empty file), so the parts go up while it writes. The
-/// commit seals it (same size, same place, nothing sent was rewritten) and takes its
-/// result, or cancels it and uploads the ordinary way.
-pub struct EarlyUpload {
-    /// The size announced; the file must have exactly this size at close.
-    pub size: u64,
-    /// Where it goes: the commit checks the file is still there.
-    pub parent: crate::remote::DirRef,
-    pub name: String,
-    /// Id of the remote file it replaces, if any.
-    pub replaces: Option<String>,
-    pub seal: Arc<crate::remote::Seal>,
-    pub stage: Arc<Stage>,
-    pub task:
-        tokio::task::JoinHandle<Result<crate::remote::RemoteFile, crate::remote::TargetError>>,
-}
-
-impl Drop for EarlyUpload {
-    /// Dropped without being sealed: give the upload up, so that it ends (its reads and
-    /// its final step fail) and nothing becomes visible remotely.
-    fn drop(&mut self) {
-        if !self.seal.is_sealed() {
-            self.seal.cancel();
-            self.stage.early_cancel();
-        }
-    }
+    /// What is in flight for this stage: an early upload, a queued version, a commit
+    /// ([`UploadState`]; its transitions live with the lifecycle in [`super::commit`]).
+    pub(super) upload: std::sync::Mutex<UploadState>,
 }
 
 impl OpenFile {
@@ -85,59 +55,14 @@ impl OpenFile {
             needs_commit: AtomicBool::new(needs_commit),
             commit_lock: tokio::sync::Mutex::new(()),
             gate: tokio::sync::RwLock::new(()),
-            committing: AtomicBool::new(false),
             writers: AtomicUsize::new(0),
             handles: AtomicUsize::new(0),
             unlinked: AtomicBool::new(false),
             unloaded: std::sync::Mutex::new(None),
             load_lock: tokio::sync::Mutex::new(()),
-            queued_version: std::sync::Mutex::new(None),
             known_digests: std::sync::Mutex::new(None),
-            early: std::sync::Mutex::new(None),
+            upload: std::sync::Mutex::new(UploadState::Staged),
         })
-    }
-
-    fn early_lock(&self) -> std::sync::MutexGuard<'_, Option<EarlyUpload>> {
-        self.early.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// An early upload runs for this stage.
-    pub fn has_early(&self) -> bool {
-        self.early_lock().is_some()
-    }
-
-    pub fn set_early(&self, e: EarlyUpload) {
-        *self.early_lock() = Some(e);
-    }
-
-    pub fn take_early(&self) -> Option<EarlyUpload> {
-        self.early_lock().take()
-    }
-
-    /// Give a running early upload up without waiting for it (the file was removed or
-    /// nobody will close it for writing): its reads and its final step fail, so nothing
-    /// becomes visible remotely.
-    pub fn cancel_early(&self) -> bool {
-        // Dropping it cancels it.
-        self.take_early().is_some()
-    }
-
-    /// Write-back: stage version `version` is durable and queued, with these digests.
-    pub fn mark_queued(&self, version: u64, digests: crate::remote::Digests) {
-        *self
-            .queued_version
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(version);
-        self.set_known_digests(version, digests);
-    }
-
-    /// The current content is already queued (nothing new since).
-    pub fn is_queued(&self) -> bool {
-        *self
-            .queued_version
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            == Some(self.stage.version())
     }
 
     pub fn set_known_digests(&self, version: u64, digests: crate::remote::Digests) {
@@ -221,11 +146,21 @@ pub enum HandleState {
     Committing,
     /// This handle's data was committed; a further write makes it `Writing` again.
     Committed,
-    /// The upload (or a write) failed; every later call reports this errno.
-    Failed(i32),
+    /// The upload (or a write) failed; every later call reports this error (sticky, as
+    /// the lifecycle's Failed state is for the handle that committed).
+    Failed(super::Error),
 }
 
 impl HandleState {
+    /// Fail again as the handle failed: the same errno for every later call (the cause
+    /// was logged when it happened).
+    pub fn sticky(&self) -> Result<(), super::Error> {
+        match self {
+            HandleState::Failed(e) => Err(super::Error::new(e.errno)),
+            _ => Ok(()),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             HandleState::Reading(_) => "reading",

@@ -57,15 +57,14 @@ const VERIFY_QUEUE: usize = 16;
 /// Blocks per queued chunk: 1 MiB.
 const VERIFY_CHUNK_BLOCKS: usize = ((1 << 20) / BLOCK_SIZE) as usize;
 
-/// Outcome of a read that the caller turns into an errno.
-#[derive(Debug)]
+/// A failed read of a committed file (the filesystem maps it to an errno).
+#[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    #[error(transparent)]
     Target(TargetError),
     /// The whole file was read and its SHA-1 differs from the remote's.
-    Corrupt {
-        expected: String,
-        actual: String,
-    },
+    #[error("SHA-1 mismatch: the remote reports {expected}, the data read hashes to {actual}")]
+    Corrupt { expected: String, actual: String },
 }
 
 /// The running SHA-1 of one handle's in-order blocks.

@@ -20,8 +20,8 @@ use anyhow::Context;
 use indicatif::{HumanBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget};
 use serde::{Deserialize, Serialize};
 
-use crate::fs::writeback::{FileStatus, MountStatus};
 use crate::fs::Fs;
+use crate::fs::{FileStatus, MountStatus};
 
 /// File name of the socket in the state directory.
 pub const SOCKET_NAME: &str = "control.sock";

@@ -170,7 +170,7 @@ fn node_paths(nodes: &[NodeRow]) -> std::collections::HashMap<u64, String> {
 
 /// One mount's status: live from the daemon's socket, else from its catalog.
 fn mount_status(r: &MountRecord) -> anyhow::Result<crate::run::control::StatusView> {
-    use crate::fs::writeback::FileStatus;
+    use crate::fs::FileStatus;
     use crate::run::control::{StatusView, Totals};
     if let Some(sock) = &r.control {
         match crate::run::control::query_status(sock) {

@@ -7,7 +7,12 @@
 //! (same stage file, size and SHA-1) is handed to the client as `resume_session`, so an
 //! upload cut short by a failure or a crash continues where the protocol allows (Box lists
 //! the parts it already has); a failed attempt keeps its journal row for that reason.
+//!
+//! A [`Destination`] (where the stage goes, its size and digests) is the one description
+//! both the journal row and the request are built from, whether the row is written by a
+//! write-back close before any attempt or by the attempt itself.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -138,14 +143,42 @@ impl UploadObserver for JournalObserver {
     }
 }
 
-/// Everything one commit needs to know.
-pub struct Commit {
+/// Where one stage goes and what it holds: what a journal row and an upload request
+/// share, so both are built from one description.
+#[derive(Debug, Clone)]
+pub struct Destination {
     pub ino: u64,
     pub target_name: String,
     pub parent: DirRef,
     pub name: String,
     pub size: u64,
     pub digests: Digests,
+}
+
+impl Destination {
+    /// The journal row of this upload before any attempt: no session, nothing sent,
+    /// `started_ms` 0 (what a write-back close records). An attempt fills in the rest.
+    pub fn journal_row(&self, stage: &Path) -> JournalRow {
+        JournalRow {
+            ino: self.ino,
+            stage: stage.to_path_buf(),
+            target: self.target_name.clone(),
+            parent_remote: self.parent.clone(),
+            name: self.name.clone(),
+            size: self.size,
+            sha1: self.digests.sha1.clone(),
+            md5: self.digests.md5.clone(),
+            session_id: None,
+            parts_done: 0,
+            bytes_done: 0,
+            started_ms: 0,
+        }
+    }
+}
+
+/// Everything one commit needs to know.
+pub struct Commit {
+    pub dest: Destination,
     pub mtime_ms: i64,
     pub replaces: Option<RemoteFile>,
     /// Largest size the target accepts, when known.
@@ -165,65 +198,59 @@ pub async fn upload(
     stage: &Arc<Stage>,
     c: Commit,
 ) -> Result<RemoteFile, TargetError> {
+    let d = &c.dest;
     if let Some(max) = c.max_size {
-        if c.size > max {
+        if d.size > max {
             return Err(TargetError::new(
                 ErrorKind::TooLarge,
                 format!(
                     "{} is {} bytes; the target accepts at most {max}",
-                    c.name, c.size
+                    d.name, d.size
                 ),
             ));
         }
     }
     // A session journaled for exactly this content is resumed.
-    let earlier = catalog.journal_get(c.ino).ok().flatten().filter(|j| {
+    let earlier = catalog.journal_get(d.ino).ok().flatten().filter(|j| {
         j.session_id.is_some()
             && j.stage == stage.path()
-            && j.size == c.size
+            && j.size == d.size
             && j.sha1.is_some()
-            && j.sha1 == c.digests.sha1
+            && j.sha1 == d.digests.sha1
     });
     let resume_session = earlier.as_ref().and_then(|j| j.session_id.clone());
     let journal = JournalRow {
-        ino: c.ino,
-        stage: stage.path().to_path_buf(),
-        target: c.target_name.clone(),
-        parent_remote: c.parent.clone(),
-        name: c.name.clone(),
-        size: c.size,
-        sha1: c.digests.sha1.clone(),
-        md5: c.digests.md5.clone(),
         session_id: resume_session.clone(),
         parts_done: earlier.as_ref().map_or(0, |j| j.parts_done),
         bytes_done: earlier.as_ref().map_or(0, |j| j.bytes_done),
         started_ms: crate::catalog::now_ms(),
+        ..d.journal_row(stage.path())
     };
     if let Some(sid) = &resume_session {
-        tracing::info!(name = %c.name, session = %sid, "resuming a journaled upload session");
+        tracing::info!(name = %d.name, session = %sid, "resuming a journaled upload session");
     }
-    c.progress.restart(c.size);
+    c.progress.restart(d.size);
     if let Err(e) = catalog.journal_begin(&journal) {
-        tracing::warn!(ino = c.ino, error = %e, "cannot journal upload");
+        tracing::warn!(ino = d.ino, error = %e, "cannot journal upload");
     }
     let req = UploadRequest {
-        parent: c.parent,
-        name: c.name.clone(),
-        size: c.size,
-        digests: c.digests,
+        parent: d.parent.clone(),
+        name: d.name.clone(),
+        size: d.size,
+        digests: d.digests.clone(),
         mtime_ms: c.mtime_ms,
         replaces: c.replaces,
         resume_session,
         source: Arc::new(CountingSource {
             inner: match c.early {
-                Some(seal) => Box::new(GrowingSource::new(stage.clone(), c.size, seal)),
-                None => Box::new(StageSource::new(stage.clone(), c.size)),
+                Some(seal) => Box::new(GrowingSource::new(stage.clone(), d.size, seal)),
+                None => Box::new(StageSource::new(stage.clone(), d.size)),
             },
             progress: c.progress.clone(),
         }),
         observer: Arc::new(JournalObserver::new(
             catalog.clone(),
-            c.ino,
+            d.ino,
             c.progress.clone(),
         )),
     };
@@ -231,17 +258,17 @@ pub async fn upload(
     let result = target.upload(req).await;
     // A failed attempt keeps its row: the next one resumes the session.
     if result.is_ok() {
-        if let Err(e) = catalog.journal_end(c.ino) {
-            tracing::warn!(ino = c.ino, error = %e, "cannot close upload journal");
+        if let Err(e) = catalog.journal_end(d.ino) {
+            tracing::warn!(ino = d.ino, error = %e, "cannot close upload journal");
         }
     }
     match &result {
         Ok(r) => tracing::info!(
-            name = %c.name, size = c.size, id = %r.id,
+            name = %d.name, size = d.size, id = %r.id,
             ms = started.elapsed().as_millis() as u64, "uploaded"
         ),
         // The filesystem logs the failure as one line for people (file, target, cause).
-        Err(e) => tracing::debug!(name = %c.name, size = c.size, error = %e, "upload failed"),
+        Err(e) => tracing::debug!(name = %d.name, size = d.size, error = %e, "upload failed"),
     }
     result
 }

@@ -1,4 +1,4 @@
-//! Background uploads: write-back mode, crash recovery and the live progress `status` shows.
+//! Background uploads: write-back's queue and its worker.
 //!
 //! In write-back mode a `close()` makes the stage durable (fsync of the stage file, its
 //! journal row written and the catalog synced) and queues the inode here; a worker then
@@ -6,12 +6,7 @@
 //! [`Fs::commit`] as the synchronous path, so renames, unlinks and replaced remote files
 //! are handled identically. A failed upload (after the client's own retries) stays queued
 //! with its error and is tried again with exponential backoff; it is never dropped.
-//!
-//! At mount, files left `queued` or `uploading` by an earlier run (a crash, a kill, a
-//! forced unmount) are queued again in both modes; an upload that may have finished on the
-//! server just before the crash is first looked for remotely (same name, size and digest)
-//! so it lands exactly once. The journal's session id lets the client resume (Box lists the
-//! parts it already holds).
+//! Files recovered at mount (`recover`) go through the same queue in both modes.
 //!
 //! The same registry tracks the progress of every running upload, synchronous ones too,
 //! for `uploadfs status` and `uploadfs unmount`.
@@ -21,14 +16,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use super::{io_errno, Fs, FsResult};
-use crate::catalog::{JournalRow, NodeState};
+use crate::catalog::NodeState;
 use crate::fs::handle::OpenFile;
+use crate::fs::{Error, Fs, FsResult};
 use crate::write::uploader::Progress;
 
-/// Files uploaded at once in the background (each upload has its own part parallelism):
 /// as many as `uploadfs put -r` sends by default, so many small files drain as fast.
 pub const PARALLEL_UPLOADS: usize = 8;
 /// First wait before a failed background upload is tried again; doubles per failure.
@@ -43,26 +35,26 @@ const SETTLE_NO_RENAME: Duration = Duration::from_secs(2);
 const WORKER_TICK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
-struct Entry {
+pub(super) struct Entry {
     /// Failed attempts so far.
-    attempts: u32,
+    pub(super) attempts: u32,
     /// Not before this instant (backoff after a failure).
-    not_before: Option<Instant>,
+    pub(super) not_before: Option<Instant>,
     /// Queued again while its upload ran: upload once more after this attempt.
-    again: bool,
+    pub(super) again: bool,
     /// Queued by recovery at mount: look for a finished upload remotely first.
-    recovered: bool,
-    running: bool,
+    pub(super) recovered: bool,
+    pub(super) running: bool,
 }
 
 #[derive(Debug, Default)]
-struct Inner {
-    write_back: bool,
-    queue: BTreeMap<u64, Entry>,
+pub(super) struct Inner {
+    pub(super) write_back: bool,
+    pub(super) queue: BTreeMap<u64, Entry>,
     /// Progress of uploads running now (write-back and synchronous).
-    active: HashMap<u64, Arc<Progress>>,
+    pub(super) active: HashMap<u64, Arc<Progress>>,
     /// Set by `unmount --force`: do not drain at exit.
-    abandon: bool,
+    pub(super) abandon: bool,
 }
 
 /// The background upload registry of one mount.
@@ -74,7 +66,7 @@ pub struct Uploads {
 }
 
 impl Uploads {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -83,7 +75,7 @@ impl Uploads {
     }
 
     /// Queue an inode for a background upload, after `delay` if given.
-    fn enqueue(&self, ino: u64, recovered: bool, delay: Option<Duration>) {
+    pub(in crate::fs) fn enqueue(&self, ino: u64, recovered: bool, delay: Option<Duration>) {
         {
             let mut g = self.lock();
             let e = g.queue.entry(ino).or_default();
@@ -101,14 +93,14 @@ impl Uploads {
     }
 
     /// Progress handle of an upload that starts now.
-    pub(super) fn begin(&self, ino: u64, size: u64) -> Arc<Progress> {
+    pub(in crate::fs) fn begin(&self, ino: u64, size: u64) -> Arc<Progress> {
         let p = Progress::new(size);
         self.lock().active.insert(ino, p.clone());
         self.changed.notify_waiters();
         p
     }
 
-    pub(super) fn end(&self, ino: u64) {
+    pub(in crate::fs) fn end(&self, ino: u64) {
         self.lock().active.remove(&ino);
         self.changed.notify_waiters();
     }
@@ -132,36 +124,6 @@ impl Uploads {
     }
 }
 
-/// One file in `status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileStatus {
-    pub path: String,
-    /// `queued`, `uploading`, `failed`, `staged` (open for writing) or `incomplete`.
-    pub state: String,
-    pub size: u64,
-    /// Bytes the server accepted in the current attempt.
-    pub bytes_done: u64,
-    pub parts_done: u64,
-    /// Bytes per second of the current attempt.
-    pub rate: Option<f64>,
-    /// Seconds left at that rate.
-    pub eta_seconds: Option<f64>,
-    pub error: Option<String>,
-    /// Failed background attempts so far.
-    pub attempts: u32,
-    /// Seconds until the next attempt of a failed upload.
-    pub retry_in_seconds: Option<f64>,
-}
-
-/// What a running daemon reports (`uploadfs status`, `unmount`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MountStatus {
-    pub write_back: bool,
-    pub pending: Vec<FileStatus>,
-    /// Queued or uploading background uploads (what `unmount` waits for).
-    pub busy: usize,
-}
-
 fn backoff(attempts: u32) -> Duration {
     let shift = attempts.saturating_sub(1).min(16);
     BACKOFF_FIRST.saturating_mul(1 << shift).min(BACKOFF_MAX)
@@ -177,18 +139,8 @@ impl Fs {
         &self.uploads
     }
 
-    /// Commit as `close()` does in this mode: upload now, or (write-back) make the stage
-    /// durable and queue it.
-    pub(super) async fn close_commit(&self, ino: u64, of: &Arc<OpenFile>) -> FsResult<()> {
-        if self.uploads.write_back() {
-            self.queue_durably(ino, of).await
-        } else {
-            self.commit(ino, of).await
-        }
-    }
-
     /// Write-back close: fsync the stage, journal it, sync the catalog, queue the upload.
-    async fn queue_durably(&self, ino: u64, of: &Arc<OpenFile>) -> FsResult<()> {
+    pub(in crate::fs) async fn queue_durably(&self, ino: u64, of: &Arc<OpenFile>) -> FsResult<()> {
         if of.is_queued() || of.unlinked.load(Ordering::SeqCst) || !of.dirty() {
             return Ok(());
         }
@@ -224,12 +176,9 @@ impl Fs {
         } else {
             tokio::task::spawn_blocking(move || stage.digests())
                 .await
-                .map_err(|_| libc::EIO)?
+                .map_err(|e| Error::msg(libc::EIO, format!("hashing the stage: {e}")))?
         }
-        .map_err(|e| {
-            tracing::error!(ino, error = %e, "cannot hash the stage");
-            io_errno(&e)
-        });
+        .map_err(|e| Error::from(e).context("cannot hash the stage"));
         let journaled = match digests {
             Ok(d) => self
                 .journal_queued(ino, of, size, &d)
@@ -237,8 +186,8 @@ impl Fs {
             Err(e) => Err(e),
         };
         let stage_synced = match synced_stage.await {
-            Ok(r) => r.map_err(|e| io_errno(&e)),
-            Err(_) => Err(libc::EIO),
+            Ok(r) => r.map_err(Error::from),
+            Err(e) => Err(Error::msg(libc::EIO, format!("syncing the stage: {e}"))),
         };
         let digests = match (journaled, stage_synced) {
             (Ok((true, d)), Ok(())) => d,
@@ -246,9 +195,9 @@ impl Fs {
             (Ok((false, _)), _) => return Ok(()),
             (Err(e), _) => return Err(e),
             (Ok(_), Err(e)) => {
-                tracing::error!(ino, errno = e, "cannot make the stage durable");
                 // Journaled but not durable: not queued now; retried at the next mount.
-                self.set_failed(ino, "the stage could not be synced to disk at close");
+                let e = e.context("the stage could not be synced to disk at close");
+                self.set_failed(ino, &e.message);
                 return Err(e);
             }
         };
@@ -264,7 +213,7 @@ impl Fs {
 
     /// Mark `ino` queued and journal it in one transaction, then sync the catalog.
     /// `false`: the node is gone (unlinked meanwhile), nothing to queue.
-    fn journal_queued(
+    pub(in crate::fs) fn journal_queued(
         &self,
         ino: u64,
         of: &Arc<OpenFile>,
@@ -282,21 +231,9 @@ impl Fs {
             n.row.state = NodeState::Queued;
             n.row.size = size;
             n.row.last_error = None;
-            let journal = JournalRow {
-                ino,
-                stage: of.stage.path().to_path_buf(),
-                target: self.opts.target_name.clone(),
-                parent_remote,
-                name,
-                size,
-                sha1: digests.sha1.clone(),
-                md5: digests.md5.clone(),
-                session_id: None,
-                parts_done: 0,
-                bytes_done: 0,
-                // 0: no upload attempt yet.
-                started_ms: 0,
-            };
+            let journal = self
+                .destination(ino, &parent_remote, &name, size, digests.clone())
+                .journal_row(of.stage.path());
             // Under the tree lock, so the catalog never lags a later change of the node.
             self.catalog.update_node_and_journal(&n.row, &journal)
         };
@@ -304,27 +241,9 @@ impl Fs {
         // this sync.
         if let Err(e) = written.and_then(|()| self.catalog.sync()) {
             tracing::error!(ino, error = %e, "cannot journal the closed file");
-            return Err(libc::EIO);
+            return Err(Error::new(libc::EIO));
         }
         Ok(true)
-    }
-
-    /// Queue every file an earlier run left to upload (mount time, both modes). Returns
-    /// how many were queued.
-    pub fn recover(&self) -> usize {
-        let inos: Vec<u64> = self
-            .tree()
-            .all()
-            .filter(|n| {
-                n.row.stage.is_some()
-                    && matches!(n.row.state, NodeState::Queued | NodeState::Failed)
-            })
-            .map(|n| n.row.ino)
-            .collect();
-        for ino in &inos {
-            self.uploads.enqueue(*ino, true, None);
-        }
-        inos.len()
     }
 
     /// The worker: uploads queued files, [`PARALLEL_UPLOADS`] at a time, until the process
@@ -370,7 +289,11 @@ impl Fs {
         }
     }
 
-    fn upload_finished(&self, ino: u64, r: FsResult<()>) {
+    pub(in crate::fs) fn upload_finished(&self, ino: u64, r: FsResult<()>) {
+        // No caller waits for a background upload: its failure is logged here, once.
+        if let Err(e) = &r {
+            tracing::error!(ino, errno = e.errno, error = %e, "background upload failed");
+        }
         {
             let mut g = self.uploads.lock();
             let write_back = g.write_back;
@@ -390,7 +313,7 @@ impl Fs {
                         ino,
                         attempts = e.attempts,
                         retry_in_s = wait.as_secs(),
-                        "background upload failed; will retry"
+                        "will retry the background upload"
                     );
                 } else {
                     // Default mode: the failure stays visible; the next close or mount
@@ -404,7 +327,7 @@ impl Fs {
     }
 
     /// One background attempt for `ino`.
-    async fn upload_queued(&self, ino: u64, recovered: bool) -> FsResult<()> {
+    pub(in crate::fs) async fn upload_queued(&self, ino: u64, recovered: bool) -> FsResult<()> {
         let state = {
             let t = self.tree();
             match t.get(ino) {
@@ -436,95 +359,6 @@ impl Fs {
         r
     }
 
-    /// A stage reopened after a crash must still hold what was journaled (an upload in
-    /// flight in the default mode had no fsync): a mismatch makes it `incomplete`, never
-    /// uploaded on its own. A match spares the commit a second hash.
-    async fn check_recovered_stage(&self, ino: u64, of: &Arc<OpenFile>) -> FsResult<()> {
-        let Ok(Some(j)) = self.catalog.journal_get(ino) else {
-            return Ok(());
-        };
-        if j.stage != of.stage.path() || j.sha1.is_none() {
-            return Ok(());
-        }
-        let version = of.stage.version();
-        let stage = of.stage.clone();
-        let d = tokio::task::spawn_blocking(move || stage.digests())
-            .await
-            .map_err(|_| libc::EIO)?
-            .map_err(|e| io_errno(&e))?;
-        if of.stage.size() == j.size && d.sha1 == j.sha1 {
-            of.set_known_digests(version, d);
-            return Ok(());
-        }
-        tracing::warn!(ino, name = %j.name, "the stage no longer matches its journal; kept as incomplete");
-        self.set_state(
-            ino,
-            NodeState::Incomplete,
-            "the mount stopped before this file's data reached the disk; its local data is incomplete",
-        );
-        let _ = self.catalog.journal_end(ino);
-        Err(libc::EIO)
-    }
-
-    /// After a crash: an upload whose journal shows it had started may have completed on
-    /// the server before the catalog heard of it. A remote file with the journaled name,
-    /// size and digest is that upload: adopt it instead of uploading a second copy.
-    async fn adopt_finished_upload(&self, ino: u64) -> bool {
-        let Ok(Some(j)) = self.catalog.journal_get(ino) else {
-            return false;
-        };
-        if j.started_ms == 0 {
-            return false;
-        }
-        let Ok(list) = self.target.list(&j.parent_remote).await else {
-            return false;
-        };
-        let same_digest = |e: &crate::remote::RemoteFile| match (&e.sha1, &j.sha1, &e.md5, &j.md5) {
-            (Some(a), Some(b), _, _) => a.eq_ignore_ascii_case(b),
-            (_, _, Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-            _ => false,
-        };
-        let Some(found) = list
-            .into_iter()
-            .find(|e| !e.is_dir && e.name == j.name && e.size == j.size && same_digest(e))
-        else {
-            return false;
-        };
-        let replaced = {
-            let mut t = self.tree();
-            let Some(n) = t.get(ino) else { return false };
-            if n.open.is_some() || !matches!(n.row.state, NodeState::Queued | NodeState::Failed) {
-                return false;
-            }
-            let old = [n.row.remote.clone(), n.row.replaces.clone()];
-            let stage = n.row.stage.clone();
-            t.set_remote(ino, Some(found.clone()));
-            if let Some(n) = t.get_mut(ino) {
-                n.row.state = NodeState::Committed;
-                n.row.sha1 = j.sha1.clone().or(found.sha1.clone());
-                n.row.md5 = j.md5.clone().or(found.md5.clone());
-                n.row.size = found.size;
-                n.row.last_error = None;
-                n.row.replaces = None;
-                n.row.stage = None;
-                let row = n.row.clone();
-                let _ = self.persist(&row);
-            }
-            if let Some(p) = stage {
-                let _ = std::fs::remove_file(p);
-            }
-            old
-        };
-        let _ = self.catalog.journal_end(ino);
-        tracing::info!(ino, name = %j.name, id = %found.id, "the interrupted upload had completed; adopted it");
-        for old in replaced.into_iter().flatten() {
-            if old.id != found.id {
-                let _ = self.delete_remote(&old, ino).await;
-            }
-        }
-        true
-    }
-
     /// Wait until no background upload is queued or running (failed ones waiting for
     /// their retry are left journaled), or until `abandon` is set.
     pub async fn drain(&self) {
@@ -536,62 +370,6 @@ impl Fs {
                 return;
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
-        }
-    }
-
-    /// Pending, uploading and failed files with their progress (`uploadfs status`).
-    pub fn status(&self) -> MountStatus {
-        let (queue, active, write_back) = {
-            let g = self.uploads.lock();
-            let q: HashMap<u64, (u32, Option<Instant>)> = g
-                .queue
-                .iter()
-                .map(|(i, e)| (*i, (e.attempts, e.not_before)))
-                .collect();
-            (q, g.active.clone(), g.write_back)
-        };
-        let busy = self.uploads.busy();
-        let now = Instant::now();
-        let mut pending = vec![];
-        for (path, row) in self.pending() {
-            let p = active.get(&row.ino);
-            let (bytes_done, parts_done, rate, eta) = match p {
-                Some(p) => {
-                    let b = p.done();
-                    let size = p.size.load(Ordering::Relaxed);
-                    let rate = p
-                        .elapsed()
-                        .filter(|s| *s > 0.2 && b > 0)
-                        .map(|s| b as f64 / s);
-                    let eta = rate.map(|r| size.saturating_sub(b) as f64 / r);
-                    (b, p.parts.load(Ordering::Relaxed), rate, eta)
-                }
-                None => (0, 0, None, None),
-            };
-            let state = match (p, row.state) {
-                (Some(_), _) => "uploading".to_string(),
-                (None, NodeState::Committed) => "staged".to_string(),
-                (None, s) => s.as_str().to_string(),
-            };
-            let (attempts, retry) = queue.get(&row.ino).copied().unwrap_or((0, None));
-            pending.push(FileStatus {
-                path,
-                state,
-                size: row.size,
-                bytes_done,
-                parts_done,
-                rate,
-                eta_seconds: eta,
-                error: row.last_error.clone(),
-                attempts,
-                retry_in_seconds: retry.filter(|t| *t > now).map(|t| (t - now).as_secs_f64()),
-            });
-        }
-        pending.sort_by(|a, b| a.path.cmp(&b.path));
-        MountStatus {
-            write_back,
-            pending,
-            busy,
         }
     }
 }

@@ -1,0 +1,363 @@
+//! Namespace operations: lookup, getattr/setattr, mkdir, unlink, rmdir, rename, and the
+//! remote delete they share (skipped while another path still uses the remote file, or
+//! turned into "hide" when the mount keeps remote files).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::catalog::{NodeKind, ROOT_INO};
+use crate::remote::{ErrorKind, RemoteFile};
+
+use super::names::{check_lookup_name, check_new_name, is_save_temp, is_trash_dir};
+use super::{Attr, Error, Fs, FsResult, SetAttr};
+
+impl Fs {
+    /// Look a name up, merging the directory's remote listing first when it is older than
+    /// the TTL (so files changed, added or deleted elsewhere show within the TTL).
+    pub async fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<Attr> {
+        let name = check_lookup_name(name)?;
+        {
+            let t = self.tree();
+            let p = t.get(parent).ok_or(libc::ENOENT)?;
+            if !p.is_dir() {
+                return Err(Error::new(libc::ENOTDIR));
+            }
+        }
+        self.refresh(parent, false).await;
+        let t = self.tree();
+        let c = t.child(parent, name).ok_or(libc::ENOENT)?;
+        Ok(t.get(c).map(|n| self.attr_of(n)).ok_or(libc::ENOENT)?)
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let t = self.tree();
+        t.get(ino)
+            .map(|n| self.attr_of(n))
+            .ok_or(Error::new(libc::ENOENT))
+    }
+
+    pub async fn setattr(&self, ino: u64, s: SetAttr) -> FsResult<Attr> {
+        if let Some(size) = s.size {
+            self.truncate(ino, size, s.fh).await?;
+        }
+        let mut t = self.tree();
+        let n = t.get_mut(ino).ok_or(libc::ENOENT)?;
+        let before = n.row.clone();
+        if let Some(m) = s.mode {
+            n.row.mode = m & 0o7777;
+        }
+        if let Some(u) = s.uid {
+            n.row.uid = u;
+        }
+        if let Some(g) = s.gid {
+            n.row.gid = g;
+        }
+        if let Some(m) = s.mtime_ms {
+            n.row.mtime_ms = m;
+        }
+        if n.row != before {
+            let row = n.row.clone();
+            self.persist(&row)?;
+        }
+        let n = t.get(ino).ok_or(libc::ENOENT)?;
+        Ok(self.attr_of(n))
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let name = check_new_name(name)?;
+        self.check_target_name(name, true)?;
+        if !self.caps.folders && parent == ROOT_INO && is_trash_dir(name) {
+            // A desktop trash here would upload every trashed file's `.trashinfo` to the
+            // flat target (a channel, a message): refuse, so file managers say the trash
+            // is unavailable and offer a permanent delete instead.
+            return Err(Error::new(libc::EPERM));
+        }
+        self.refresh(parent, false).await;
+        let pref = {
+            let t = self.tree();
+            let p = t.get(parent).ok_or(libc::ENOENT)?;
+            if !p.is_dir() {
+                return Err(Error::new(libc::ENOTDIR));
+            }
+            if t.child(parent, name).is_some() {
+                return Err(Error::new(libc::EEXIST));
+            }
+            if self.caps.folders && parent != ROOT_INO && p.row.remote.is_none() {
+                return Err(Error::new(libc::EIO));
+            }
+            self.dir_ref(&t, parent)
+        };
+        let remote = if self.caps.folders {
+            Some(
+                self.target
+                    .mkdir(&pref, name)
+                    .await
+                    .map_err(|e| Error::from(e).context(format_args!("mkdir {name}")))?,
+            )
+        } else {
+            None
+        };
+        let mut t = self.tree();
+        if t.child(parent, name).is_some() {
+            return Err(Error::new(libc::EEXIST));
+        }
+        if let Some(r) = &remote {
+            // A folder just made is empty: no need to list it soon.
+            self.listed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(r.id.clone(), Instant::now());
+        }
+        let mut row = self.new_row(parent, name, NodeKind::Dir, mode, uid, gid);
+        row.remote = remote;
+        self.insert_row(&mut t, row)
+    }
+
+    /// Delete a remote file unless another path still uses it or the mount keeps remotes.
+    pub(super) async fn delete_remote(&self, remote: &RemoteFile, except: u64) -> FsResult<()> {
+        if self.opts.keep_remote || !self.caps.delete {
+            // The remote keeps it; later listings must not bring it back.
+            self.hidden
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(remote.id.clone());
+            if let Err(e) = self.catalog.hide(&remote.id) {
+                tracing::error!(error = %e, "catalog update failed");
+            }
+            return Ok(());
+        }
+        let shared = self
+            .tree()
+            .by_remote(&remote.id)
+            .into_iter()
+            .any(|i| i != except);
+        if shared {
+            return Ok(());
+        }
+        match self.target.delete(remote).await {
+            Ok(()) => {
+                self.tombstone(&remote.id);
+                Ok(())
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                self.tombstone(&remote.id);
+                Ok(())
+            }
+            Err(e) => Err(Error::from(e).context(format_args!("remote delete of {}", remote.name))),
+        }
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<()> {
+        let name = check_lookup_name(name)?;
+        let (ino, remote, replaces) = {
+            let t = self.tree();
+            let c = t.child(parent, name).ok_or(libc::ENOENT)?;
+            let n = t.get(c).ok_or(libc::ENOENT)?;
+            if n.is_dir() {
+                return Err(Error::new(libc::EISDIR));
+            }
+            (c, n.row.remote.clone(), n.row.replaces.clone())
+        };
+        if let Some(r) = &remote {
+            self.delete_remote(r, ino).await?;
+        }
+        if let Some(r) = &replaces {
+            self.delete_remote(r, ino).await?;
+        }
+        self.forget_node(ino);
+        Ok(())
+    }
+
+    /// Drop a file node locally (after its remote side was dealt with).
+    pub(super) fn forget_node(&self, ino: u64) {
+        let node = self.tree().remove(ino);
+        if let Some(n) = node {
+            if let Some(of) = &n.open {
+                of.unlinked.store(true, Ordering::SeqCst);
+                of.stage.remove_file();
+            } else if let Some(p) = &n.row.stage {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        if let Err(e) = self.catalog.delete_node(ino) {
+            tracing::error!(error = %e, "catalog delete failed");
+        }
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<()> {
+        let name = check_lookup_name(name)?;
+        let ino = {
+            let t = self.tree();
+            let c = t.child(parent, name).ok_or(libc::ENOENT)?;
+            let n = t.get(c).ok_or(libc::ENOENT)?;
+            if !n.is_dir() {
+                return Err(Error::new(libc::ENOTDIR));
+            }
+            c
+        };
+        self.refresh(ino, false).await;
+        let remote = {
+            let t = self.tree();
+            if t.has_children(ino) {
+                return Err(Error::new(libc::ENOTEMPTY));
+            }
+            t.get(ino).ok_or(libc::ENOENT)?.row.remote.clone()
+        };
+        if let Some(r) = &remote {
+            if self.caps.folders {
+                self.delete_remote(r, ino).await.map_err(|mut e| {
+                    // A folder the target refuses to delete for its content is not empty.
+                    if e.errno == libc::EEXIST {
+                        e.errno = libc::ENOTEMPTY;
+                    }
+                    e
+                })?;
+            }
+        }
+        self.tree().remove(ino);
+        if let Err(e) = self.catalog.delete_node(ino) {
+            tracing::error!(error = %e, "catalog delete failed");
+        }
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        new_parent: u64,
+        new_name: &std::ffi::OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        if flags & (libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT) != 0 {
+            return Err(Error::new(libc::EINVAL));
+        }
+        let name = check_lookup_name(name)?;
+        let new_name = check_new_name(new_name)?;
+        self.refresh(new_parent, false).await;
+        // Look at source and destination.
+        let (src, dst, src_remote, src_is_dir, src_pending_only, src_shared) = {
+            let t = self.tree();
+            let src = t.child(parent, name).ok_or(libc::ENOENT)?;
+            let np = t.get(new_parent).ok_or(libc::ENOENT)?;
+            if !np.is_dir() {
+                return Err(Error::new(libc::ENOTDIR));
+            }
+            let s = t.get(src).ok_or(libc::ENOENT)?;
+            if s.is_dir() && t.is_ancestor(src, new_parent) {
+                return Err(Error::new(libc::EINVAL));
+            }
+            let dst = t.child(new_parent, new_name).filter(|d| *d != src);
+            if let Some(d) = dst {
+                if flags & libc::RENAME_NOREPLACE != 0 {
+                    return Err(Error::new(libc::EEXIST));
+                }
+                let dn = t.get(d).ok_or(libc::ENOENT)?;
+                match (s.is_dir(), dn.is_dir()) {
+                    (false, true) => return Err(Error::new(libc::EISDIR)),
+                    (true, false) => return Err(Error::new(libc::ENOTDIR)),
+                    (true, true) if t.has_children(d) => return Err(Error::new(libc::ENOTEMPTY)),
+                    _ => {}
+                }
+            }
+            let committing = s.open.as_ref().is_some_and(|o| o.is_uploading());
+            // A remote file that other paths share (Dyson's content dedupe) keeps its
+            // remote name: only this path moves.
+            let shared = s
+                .row
+                .remote
+                .as_ref()
+                .is_some_and(|r| t.by_remote(&r.id).len() > 1);
+            (
+                src,
+                dst,
+                s.row.remote.clone(),
+                s.is_dir(),
+                s.row.remote.is_none() || committing,
+                shared,
+            )
+        };
+        self.check_target_name(new_name, src_is_dir)?;
+        // The replaced destination: a pending source's upload replaces its remote file
+        // (and deletes it afterwards where the target has no in-place versions); for a
+        // committed source it is deleted first, so the remote rename finds the name free.
+        let mut carry_replaces = None;
+        if let Some(d) = dst {
+            let (d_remote, d_replaces, d_is_dir) = {
+                let t = self.tree();
+                let dn = t.get(d).ok_or(libc::ENOENT)?;
+                (dn.row.remote.clone(), dn.row.replaces.clone(), dn.is_dir())
+            };
+            if src_pending_only && !src_is_dir {
+                carry_replaces = d_remote.clone();
+            } else if let Some(r) = &d_remote {
+                if !d_is_dir || self.caps.folders {
+                    self.delete_remote(r, d).await?;
+                }
+            }
+            if let Some(r) = &d_replaces {
+                self.delete_remote(r, d).await?;
+            }
+            self.forget_node(d);
+        }
+        // Remote rename/move of a committed node.
+        let mut new_remote = None;
+        if let Some(r) = &src_remote {
+            if !src_pending_only && !src_shared {
+                let (old_pref, new_pref) = {
+                    let t = self.tree();
+                    (self.dir_ref(&t, parent), self.dir_ref(&t, new_parent))
+                };
+                let moved = self.caps.folders && old_pref != new_pref;
+                let renamed = r.name != new_name;
+                if (moved || renamed) && self.caps.rename && (!src_is_dir || self.caps.folders) {
+                    let out = self
+                        .target
+                        .rename(r, &new_pref, new_name)
+                        .await
+                        .map_err(|e| {
+                            Error::from(e)
+                                .context(format_args!("remote rename of {} to {new_name}", r.name))
+                        })?;
+                    new_remote = Some(out);
+                } else if moved && !self.caps.rename {
+                    // A folder target that cannot move: refuse rather than lie.
+                    return Err(Error::new(libc::EXDEV));
+                }
+            }
+        }
+        let save_done = self.waits_for_rename(src) && !is_save_temp(new_name);
+        {
+            let mut t = self.tree();
+            if t.get(src).is_none() {
+                return Err(Error::new(libc::ENOENT));
+            }
+            t.relink(src, new_parent, new_name);
+            if let Some(r) = new_remote {
+                t.set_remote(src, Some(r));
+            }
+            if let Some(n) = t.get_mut(src) {
+                if carry_replaces.is_some() {
+                    n.row.replaces = carry_replaces;
+                }
+                let row = n.row.clone();
+                self.persist(&row)?;
+            }
+        }
+        if save_done {
+            // The save's temporary file is in place: upload it under its final name.
+            let of = self.open_for_write(src, false, false).await?;
+            let r = self.close_commit(src, &of).await;
+            self.put_open(src, &of, false);
+            r?;
+        }
+        Ok(())
+    }
+}
