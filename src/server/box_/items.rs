@@ -264,21 +264,14 @@ pub(super) async fn create_folder(
     check_name(name)?;
     folder(&state, parent)?;
     check_conflict(&state, parent, name, None, true)?;
-    let now = now_ms();
-    let o = Object {
-        proto: PROTO.to_string(),
-        id: new_id(&state)?,
-        parent: parent.to_string(),
-        name: name.to_string(),
-        is_dir: true,
-        size: 0,
-        sha1: String::new(),
-        md5: String::new(),
-        blob: None,
-        created_ms: now,
-        modified_ms: now,
-        extra: box_extra(0, None, now, now),
-    };
+    let mut o = Object::folder(
+        PROTO,
+        new_id(&state)?,
+        parent.to_string(),
+        name.to_string(),
+        serde_json::Value::Null,
+    );
+    o.extra = box_extra(0, None, o.created_ms, o.modified_ms);
     state.store.insert(&o)?;
     Ok((StatusCode::CREATED, Json(full_json(&state, &o))).into_response())
 }

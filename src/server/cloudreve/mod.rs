@@ -410,21 +410,13 @@ pub fn ensure_dirs(state: &ServerState, path: &CrPath) -> Result<String, ApiErro
 
 /// Insert a new folder row.
 pub fn new_folder(state: &ServerState, parent: &str, name: &str) -> Result<Object, ApiError> {
-    let now = super::store::now_ms();
-    let o = Object {
-        proto: PROTO.to_string(),
-        id: new_id(state)?,
-        parent: parent.to_string(),
-        name: name.to_string(),
-        is_dir: true,
-        size: 0,
-        sha1: String::new(),
-        md5: String::new(),
-        blob: None,
-        created_ms: now,
-        modified_ms: now,
-        extra: json!({}),
-    };
+    let o = Object::folder(
+        PROTO,
+        new_id(state)?,
+        parent.to_string(),
+        name.to_string(),
+        json!({}),
+    );
     state.store.insert(&o)?;
     Ok(o)
 }
