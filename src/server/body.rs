@@ -127,6 +127,32 @@ pub async fn append_body_hashed(
     Ok(h.finish())
 }
 
+/// Read and drop what is left of a refused request body, up to about `limit` bytes, so
+/// that a client still sending sees the error answer instead of a broken pipe.
+pub async fn drain(body: Body, limit: u64) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len() as u64;
+        if seen > limit {
+            break;
+        }
+    }
+}
+
+/// [`drain`] for a multipart body whose parser is already running.
+pub async fn drain_multipart(mp: &mut axum::extract::Multipart, limit: u64) {
+    let mut seen = 0u64;
+    while let Ok(Some(mut field)) = mp.next_field().await {
+        while let Ok(Some(chunk)) = field.chunk().await {
+            seen += chunk.len() as u64;
+            if seen > limit {
+                return;
+            }
+        }
+    }
+}
+
 /// Concatenate chunk files, in order, into a new file at `out`, hashing what is written.
 pub async fn concat_files(
     parts: impl IntoIterator<Item = std::path::PathBuf>,
@@ -148,6 +174,34 @@ pub async fn concat_files(
     }
     o.flush().await?;
     Ok(h.finish())
+}
+
+/// Join chunk files, in order, into a new file at `out` and return its digests. A single
+/// chunk is the whole file: it is moved instead of copied (a file created and one deleted
+/// less per small upload), hashed unless its digests are `known` already.
+pub async fn join_chunks(
+    parts: Vec<std::path::PathBuf>,
+    out: &Path,
+    known: Option<BodyInfo>,
+) -> std::io::Result<BodyInfo> {
+    let joined = match parts.as_slice() {
+        [one] => {
+            async {
+                let info = match known {
+                    Some(info) => info,
+                    None => hash_file(one).await?,
+                };
+                tokio::fs::rename(one, out).await?;
+                Ok(info)
+            }
+            .await
+        }
+        _ => concat_files(parts, out).await,
+    };
+    if joined.is_err() {
+        let _ = tokio::fs::remove_file(out).await;
+    }
+    joined
 }
 
 /// Hash a whole file on disk (used when parts are concatenated).

@@ -16,6 +16,7 @@
 //! handler can really drop its connection ([`ConnKill`]): that is how "connection reset"
 //! faults reach clients as they would on a real network.
 
+pub mod auth;
 pub mod body;
 pub mod box_;
 pub mod cloudreve;
@@ -32,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,6 +41,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use auth::Credentials;
 use faults::{BadAnswers, BadMode, BadRule, Counters, Fault, FaultOp, Faults, Throttle};
 use store::Store;
 
@@ -186,20 +188,12 @@ impl ServerState {
         !value.is_empty() && constant_time_eq(value.as_bytes(), live.token.as_bytes())
     }
 
-    /// `Authorization: Bearer <token>` (or the raw token) is present and right.
-    pub fn bearer_ok(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                let v = v.trim();
-                let tok = v
-                    .strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-                    .unwrap_or(v);
-                self.token_matches(tok.trim())
-            })
-            .unwrap_or(false)
+    /// The common rule (Box, Cloudreve, the test endpoints): `Authorization: Bearer
+    /// <token>` (or the bare token) is present and right.
+    pub fn bearer_ok(&self, creds: &Credentials) -> bool {
+        creds
+            .bearer_or_bare()
+            .is_some_and(|t| self.token_matches(t))
     }
 
     /// Roll for a fault on a request of kind `op` (counted when one is injected).
@@ -211,6 +205,17 @@ impl ServerState {
                 .fetch_add(1, Ordering::Relaxed);
         }
         f
+    }
+
+    /// Roll for a fault on a request of kind `op` and say what the handler must do;
+    /// `body` gives the protocol's own error JSON of an injected 429 or 503.
+    pub fn roll(&self, op: FaultOp, body: impl FnOnce(Fault) -> serde_json::Value) -> Faulted {
+        match self.fault(op) {
+            None => Faulted::None,
+            Some(Fault::DropBefore) => Faulted::DropNow,
+            Some(Fault::DropAfter) => Faulted::DropAfter,
+            Some(f) => Faulted::Answer(fault_status(f, body(f))),
+        }
     }
 
     /// The server's own base URL, e.g. `http://127.0.0.1:8080`.
@@ -247,27 +252,26 @@ impl ConnKill {
     }
 }
 
-/// A 429/503 answer for an injected fault; `body` is the protocol's own error JSON.
-pub fn fault_status(fault: Fault, body: serde_json::Value) -> Option<Response> {
-    match fault {
-        Fault::Unavailable => Some(
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "0")],
-                Json(body),
-            )
-                .into_response(),
-        ),
-        Fault::TooMany => Some(
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, "0")],
-                Json(body),
-            )
-                .into_response(),
-        ),
-        Fault::DropBefore | Fault::DropAfter => None,
-    }
+/// What an injected fault leaves a handler to do.
+pub enum Faulted {
+    /// Nothing was injected.
+    None,
+    /// Answer this now (a 429 or 503 in the protocol's error shape).
+    Answer(Response),
+    /// Close the connection now, without answering.
+    DropNow,
+    /// Do the work, then close the connection without answering.
+    DropAfter,
+}
+
+/// A 429/503 answer for an injected fault (`Retry-After: 0`); `body` is the protocol's
+/// own error JSON. A dropped connection has no answer: 503 is only a fallback there.
+fn fault_status(fault: Fault, body: serde_json::Value) -> Response {
+    let status = match fault {
+        Fault::TooMany => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, [(header::RETRY_AFTER, "0")], Json(body)).into_response()
 }
 
 /// Build the router of all protocols plus the test endpoints.
@@ -383,20 +387,21 @@ async fn spoil(mode: BadMode, resp: Response) -> Response {
 }
 
 /// The 401 answer of the test endpoints when the token is missing or wrong.
-fn check_test_auth(state: &ServerState, headers: &HeaderMap) -> Option<Response> {
-    if state.bearer_ok(headers) {
-        None
+fn check_test_auth(state: &ServerState, creds: &Credentials) -> Result<(), Response> {
+    if state.bearer_ok(creds) {
+        Ok(())
     } else {
-        Some((StatusCode::UNAUTHORIZED, "token required").into_response())
+        Err((StatusCode::UNAUTHORIZED, "token required").into_response())
     }
 }
 
 /// `GET /_uploadfs/state`: stored files per protocol (name, size, SHA-1), open sessions,
 /// counters.
-async fn introspect(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = check_test_auth(&state, &headers) {
-        return r;
-    }
+async fn introspect(
+    State(state): State<AppState>,
+    creds: Credentials,
+) -> Result<Response, Response> {
+    check_test_auth(&state, &creds)?;
     let mut protocols = serde_json::Map::new();
     for (proto, sessions) in [
         ("box", state.box_.open_sessions()),
@@ -408,7 +413,7 @@ async fn introspect(State(state): State<AppState>, headers: HeaderMap) -> Respon
         let objects = match state.store.all(proto) {
             Ok(o) => o,
             Err(e) => {
-                return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+                return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response());
             }
         };
         let (dirs, files): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| o.is_dir);
@@ -417,7 +422,7 @@ async fn introspect(State(state): State<AppState>, headers: HeaderMap) -> Respon
             serde_json::json!({ "files": files, "folders": dirs, "open_sessions": sessions }),
         );
     }
-    Json(serde_json::json!({
+    Ok(Json(serde_json::json!({
         "protocols": protocols,
         "requests": state.counters.requests.load(Ordering::Relaxed),
         "faults_injected": state.counters.faults_injected.load(Ordering::Relaxed),
@@ -427,7 +432,7 @@ async fn introspect(State(state): State<AppState>, headers: HeaderMap) -> Respon
         "sessions_forgotten": state.counters.sessions_forgotten.load(Ordering::Relaxed),
         "fail_rate": state.faults.rate(),
     }))
-    .into_response()
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -450,12 +455,10 @@ struct ControlBody {
 /// `POST /_uploadfs/control`: change fault and shaping settings at run time.
 async fn control(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     Json(body): Json<ControlBody>,
-) -> Response {
-    if let Some(r) = check_test_auth(&state, &headers) {
-        return r;
-    }
+) -> Result<Response, Response> {
+    check_test_auth(&state, &creds)?;
     if let Some(r) = body.fail_rate {
         state.faults.set_rate(r);
     }
@@ -486,7 +489,7 @@ async fn control(
             live.max_file_size = n;
         }
     }
-    Json(serde_json::json!({"ok": true})).into_response()
+    Ok(Json(serde_json::json!({"ok": true})).into_response())
 }
 
 /// Drop every protocol's open upload sessions and the parts they hold on disk.

@@ -82,12 +82,7 @@ impl Object {
 
     /// A new record without content (a message, a marker row): not a folder, no blob,
     /// size 0; created/modified now.
-    pub fn record(
-        proto: &str,
-        id: String,
-        parent: String,
-        extra: serde_json::Value,
-    ) -> Object {
+    pub fn record(proto: &str, id: String, parent: String, extra: serde_json::Value) -> Object {
         Object {
             extra,
             ..Object::empty(proto, id, parent, String::new(), false)

@@ -12,11 +12,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::super::auth::Credentials;
 use super::super::body::{content_type_for, serve_file, BadRange, FileAnswer};
 use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
-use super::super::{AppState, ConnKill, ServerState};
-use super::upload::{check_if_match, query_u64, roll, Faulted};
+use super::super::{AppState, ConnKill, Faulted, ServerState};
+use super::upload::{check_if_match, query_u64, roll};
 use super::*;
 
 /// How long a download link stays valid, seconds.
@@ -37,10 +38,10 @@ fn json_body(body: &Bytes) -> BoxResult<Value> {
 pub(super) async fn get_file(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
     Query(q): Q,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let f = file(&state, &id)?;
     Ok(Json(fields_json(&state, &f, q.get("fields").map(String::as_str))).into_response())
 }
@@ -69,10 +70,11 @@ fn rename_target(state: &ServerState, o: &Object, v: &Value) -> BoxResult<(Strin
 pub(super) async fn update_file(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
     body: Bytes,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let mut f = file(&state, &id)?;
     check_if_match(&headers, &f)?;
     let v = json_body(&body)?;
@@ -88,9 +90,10 @@ pub(super) async fn update_file(
 pub(super) async fn delete_file(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let f = file(&state, &id)?;
     check_if_match(&headers, &f)?;
     state.store.delete(PROTO, &f.id)?;
@@ -102,9 +105,9 @@ pub(super) async fn delete_file(
 pub(super) async fn download_redirect(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let f = file(&state, &id)?;
     let exp = now_ms() / 1000 + LINK_LIFETIME_S;
     let sig = state.box_.sign_link(&f.id, &f.sha1, exp);
@@ -225,10 +228,10 @@ fn decode_marker(m: &str) -> BoxResult<u64> {
 pub(super) async fn get_folder(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
     Query(q): Q,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let f = folder(&state, &id)?;
     let mut v = match &f {
         None => root_full(),
@@ -244,10 +247,10 @@ pub(super) async fn get_folder(
 pub(super) async fn folder_items(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
     Query(q): Q,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     folder(&state, &id)?;
     Ok(Json(items_page(&state, &id, &q)?).into_response())
 }
@@ -255,10 +258,10 @@ pub(super) async fn folder_items(
 /// `POST /folders` `{name, parent:{id}}`: 201 Folder--Full.
 pub(super) async fn create_folder(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     body: Bytes,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let v = json_body(&body)?;
     let (name, parent) = super::upload::name_and_parent(&v)?;
     check_name(name)?;
@@ -288,10 +291,11 @@ fn root_untouchable() -> BoxError {
 pub(super) async fn update_folder(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
     body: Bytes,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     if id == ROOT_ID {
         return Err(root_untouchable());
     }
@@ -330,10 +334,11 @@ pub(super) async fn update_folder(
 pub(super) async fn delete_folder(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
     Query(q): Q,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     if id == ROOT_ID {
         return Err(root_untouchable());
     }

@@ -29,12 +29,13 @@ mod upload;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::auth::Credentials;
 use super::store::{now_ms, Object};
 use super::{AppState, ServerState};
 
@@ -383,8 +384,8 @@ impl From<std::io::Error> for BoxError {
 pub(crate) type BoxResult<T = Response> = Result<T, BoxError>;
 
 /// 401 `unauthorized` unless the request carries the right bearer token.
-pub(crate) fn check_auth(state: &ServerState, headers: &HeaderMap) -> BoxResult<()> {
-    if state.bearer_ok(headers) {
+pub(crate) fn check_auth(state: &ServerState, creds: &Credentials) -> BoxResult<()> {
+    if state.bearer_ok(creds) {
         Ok(())
     } else {
         Err(BoxError::new(

@@ -23,10 +23,11 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use super::super::body::{AssembledFile, BodyError, Hashers};
+use super::super::auth::Credentials;
+use super::super::body::{drain, drain_multipart, AssembledFile, BodyError, Hashers};
 use super::super::faults::{Fault, FaultOp};
 use super::super::store::{now_ms, Object};
-use super::super::{fault_status, AppState, ConnKill, ServerState};
+use super::super::{AppState, ConnKill, Faulted, ServerState};
 use super::*;
 
 /// Largest `attributes` part accepted (it is a small JSON object).
@@ -40,38 +41,23 @@ const COMMIT_RETRY_AFTER: &str = "1";
 /// Most bytes read and thrown away to deliver an error answer (a part is at most 128 MiB).
 const DRAIN_LIMIT: u64 = 160 * 1024 * 1024;
 
-/// What an injected fault asks the handler to do.
-pub(super) enum Faulted {
-    /// Answer this now (429/503).
-    Answer(Response),
-    /// Close the connection now without answering.
-    DropNow,
-    /// Do the work, then close the connection.
-    DropAfter,
-    None,
-}
-
+/// Roll for a fault on a request of kind `op`, answering in Box's error shape.
 pub(super) fn roll(state: &ServerState, op: FaultOp) -> Faulted {
-    let Some(f) = state.fault(op) else {
-        return Faulted::None;
-    };
-    let err = match f {
-        Fault::TooMany => BoxError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
-            "Request rate limit exceeded, please try again later",
-        ),
-        _ => BoxError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Unavailable",
-        ),
-    };
-    match fault_status(f, err.body()) {
-        Some(r) => Faulted::Answer(r),
-        None if f == Fault::DropAfter => Faulted::DropAfter,
-        None => Faulted::DropNow,
-    }
+    state.roll(op, |f| {
+        let err = match f {
+            Fault::TooMany => BoxError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "Request rate limit exceeded, please try again later",
+            ),
+            _ => BoxError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Unavailable",
+            ),
+        };
+        err.body()
+    })
 }
 
 pub(super) fn parse_json_body(body: &Bytes) -> BoxResult<Value> {
@@ -130,10 +116,10 @@ fn too_large(state: &ServerState, size: u64) -> BoxResult<()> {
 /// accepted, otherwise the error the upload would get.
 pub(super) async fn preflight_new(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     body: Bytes,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let v = parse_json_body(&body)?;
     let (name, parent) = name_and_parent(&v)?;
     check_name(name)?;
@@ -155,22 +141,24 @@ pub(super) async fn preflight_new(
 /// `POST /files/content`: a new file from `attributes` + `file` multipart parts.
 pub(super) async fn upload_new(
     State(state): State<AppState>,
+    creds: Credentials,
     headers: HeaderMap,
     Extension(kill): Extension<ConnKill>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> BoxResult {
-    direct_upload(state, headers, kill, mp, None).await
+    direct_upload(state, creds, headers, kill, mp, None).await
 }
 
 /// `POST /files/{id}/content`: a new version of file `id`.
 pub(super) async fn upload_version(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
     Extension(kill): Extension<ConnKill>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> BoxResult {
-    direct_upload(state, headers, kill, mp, Some(id)).await
+    direct_upload(state, creds, headers, kill, mp, Some(id)).await
 }
 
 /// Where a committed upload goes.
@@ -254,34 +242,9 @@ fn files_answer(state: &ServerState, o: &Object) -> Response {
         .into_response()
 }
 
-/// Read and discard what is left of a request body before answering an error: a client
-/// still sending would otherwise see a broken pipe instead of the answer.
-async fn drain(body: Body) {
-    let mut stream = body.into_data_stream();
-    let mut seen = 0u64;
-    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
-        seen += chunk.len() as u64;
-        if seen > DRAIN_LIMIT {
-            break;
-        }
-    }
-}
-
-/// [`drain`] for a multipart body.
-async fn drain_multipart(mp: &mut Multipart) {
-    let mut seen = 0u64;
-    while let Ok(Some(mut field)) = mp.next_field().await {
-        while let Ok(Some(chunk)) = field.chunk().await {
-            seen += chunk.len() as u64;
-            if seen > DRAIN_LIMIT {
-                return;
-            }
-        }
-    }
-}
-
 async fn direct_upload(
     state: AppState,
+    creds: Credentials,
     headers: HeaderMap,
     kill: ConnKill,
     mp: Result<Multipart, MultipartRejection>,
@@ -289,15 +252,16 @@ async fn direct_upload(
 ) -> BoxResult {
     let mut mp =
         mp.map_err(|e| BoxError::bad_request(format!("The body must be multipart/form-data: {e}")));
-    let r = direct_upload_inner(&state, &headers, &kill, &mut mp, version_of).await;
+    let r = direct_upload_inner(&state, &creds, &headers, &kill, &mut mp, version_of).await;
     if let Ok(mp) = &mut mp {
-        drain_multipart(mp).await;
+        drain_multipart(mp, DRAIN_LIMIT).await;
     }
     r
 }
 
 async fn direct_upload_inner(
     state: &AppState,
+    creds: &Credentials,
     headers: &HeaderMap,
     kill: &ConnKill,
     mp: &mut BoxResult<Multipart>,
@@ -305,7 +269,7 @@ async fn direct_upload_inner(
 ) -> BoxResult {
     let state = state.clone();
     let headers = headers.clone();
-    check_auth(&state, &headers)?;
+    check_auth(&state, creds)?;
     let drop_after = match roll(&state, FaultOp::Upload) {
         Faulted::Answer(r) => return Ok(r),
         Faulted::DropNow => return Ok(kill.drop_connection().await),
@@ -539,10 +503,10 @@ fn open_session(state: &ServerState, target: SessionTarget, file_size: u64) -> B
 /// `POST /files/upload_sessions` `{folder_id, file_size, file_name}`.
 pub(super) async fn create_session(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     body: Bytes,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let v = parse_json_body(&body)?;
     let folder_id = match &v["folder_id"] {
         Value::Null => {
@@ -583,10 +547,10 @@ pub(super) async fn create_session(
 pub(super) async fn create_version_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
     body: Bytes,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let f = super::file(&state, &id)?;
     let v = parse_json_body(&body)?;
     let size = session_size(&state, &v)?;
@@ -617,9 +581,9 @@ fn session_or_404(state: &ServerState, id: &str) -> BoxResult<Arc<Session>> {
 pub(super) async fn get_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let s = session_or_404(&state, &id)?;
     let n = s.lock().parts.len();
     Ok(Json(session_json(&state, &s, n)).into_response())
@@ -629,9 +593,9 @@ pub(super) async fn get_session(
 pub(super) async fn abort_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let s = session_or_404(&state, &id)?;
     let _commit = s.commit_lock.lock().await;
     if state.box_.remove_session(&id).is_none() {
@@ -789,17 +753,18 @@ fn check_part(
 pub(super) async fn upload_part(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
     Extension(kill): Extension<ConnKill>,
     body: Body,
 ) -> BoxResult {
-    if let Err(e) = check_auth(&state, &headers) {
-        drain(body).await;
+    if let Err(e) = check_auth(&state, &creds) {
+        drain(body, DRAIN_LIMIT).await;
         return Err(e);
     }
     let drop_after = match roll(&state, FaultOp::Upload) {
         Faulted::Answer(r) => {
-            drain(body).await;
+            drain(body, DRAIN_LIMIT).await;
             return Ok(r);
         }
         Faulted::DropNow => return Ok(kill.drop_connection().await),
@@ -809,7 +774,7 @@ pub(super) async fn upload_part(
     let (s, digest, offset, size, _reservation) = match check_part(&state, &id, &headers) {
         Ok(v) => v,
         Err(e) => {
-            drain(body).await;
+            drain(body, DRAIN_LIMIT).await;
             return Err(e);
         }
     };
@@ -891,10 +856,10 @@ pub(super) fn query_u64(
 pub(super) async fn list_parts(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let s = session_or_404(&state, &id)?;
     let offset = query_u64(&q, "offset", "invalid_offset")?.unwrap_or(0);
     if offset > MAX_PARTS_OFFSET {
@@ -928,10 +893,11 @@ pub(super) async fn list_parts(
 pub(super) async fn commit(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
     body: Bytes,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     // A repeated commit of a committed session (its answer was lost) gets the file again.
     let already = |state: &ServerState| -> BoxResult {
         match state.box_.committed_file(&id) {
