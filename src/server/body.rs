@@ -79,6 +79,44 @@ impl Hashers {
     }
 }
 
+/// A body arriving piece by piece into a new file, throttled and hashed on the way. What
+/// to do about its size is the caller's (refuse at once, or read on and refuse at the end).
+pub struct Intake {
+    file: tokio::fs::File,
+    hashers: Hashers,
+}
+
+impl Intake {
+    pub async fn create(path: &Path) -> std::io::Result<Intake> {
+        Ok(Intake {
+            file: tokio::fs::File::create(path).await?,
+            hashers: Hashers::default(),
+        })
+    }
+
+    /// Take one piece: wait for the bandwidth cap, hash it, write it.
+    pub async fn write(&mut self, piece: &[u8], throttle: &Throttle) -> std::io::Result<()> {
+        write_piece(&mut self.file, &mut self.hashers, piece, throttle).await
+    }
+
+    /// Flush the file and return what was written.
+    pub async fn finish(mut self) -> std::io::Result<BodyInfo> {
+        self.file.flush().await?;
+        Ok(self.hashers.finish())
+    }
+}
+
+async fn write_piece(
+    file: &mut tokio::fs::File,
+    h: &mut Hashers,
+    piece: &[u8],
+    throttle: &Throttle,
+) -> std::io::Result<()> {
+    throttle.take(piece.len() as u64).await;
+    h.update(piece);
+    file.write_all(piece).await
+}
+
 /// Stream `body` into a new file at `path`, refusing more than `limit` bytes.
 pub async fn body_to_file(
     body: Body,
@@ -119,9 +157,7 @@ pub async fn append_body_hashed(
         if h.len + chunk.len() as u64 > limit {
             return Err(BodyError::TooLarge(limit));
         }
-        throttle.take(chunk.len() as u64).await;
-        h.update(&chunk);
-        file.write_all(&chunk).await?;
+        write_piece(file, &mut h, &chunk, throttle).await?;
     }
     file.flush().await?;
     Ok(h.finish())

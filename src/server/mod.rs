@@ -218,6 +218,11 @@ impl ServerState {
         }
     }
 
+    /// Count `n` bytes of upload bodies received (introspection `bytes_received`).
+    pub fn received(&self, n: u64) {
+        self.counters.bytes_received.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The server's own base URL, e.g. `http://127.0.0.1:8080`.
     pub fn base_url(&self) -> String {
         self.base_url
@@ -262,6 +267,30 @@ pub enum Faulted {
     DropNow,
     /// Do the work, then close the connection without answering.
     DropAfter,
+}
+
+impl Faulted {
+    /// Settle an upload's fault before its work: `Err(answer)` ends the request now (a
+    /// 429 or 503, or the connection dropped); `Ok(true)`: do the work, then drop the
+    /// connection without answering.
+    pub async fn before_upload(self, kill: &ConnKill) -> Result<bool, Response> {
+        match self {
+            Faulted::None => Ok(false),
+            Faulted::DropAfter => Ok(true),
+            Faulted::Answer(r) => Err(r),
+            Faulted::DropNow => Err(kill.drop_connection().await),
+        }
+    }
+
+    /// The answer that replaces a download, if any: a 429 or 503, or the connection
+    /// dropped (a download has nothing to do "before" dropping).
+    pub async fn before_download(self, kill: &ConnKill) -> Option<Response> {
+        match self {
+            Faulted::None => None,
+            Faulted::Answer(r) => Some(r),
+            Faulted::DropNow | Faulted::DropAfter => Some(kill.drop_connection().await),
+        }
+    }
 }
 
 /// A 429/503 answer for an injected fault (`Retry-After: 0`); `body` is the protocol's

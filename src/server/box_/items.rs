@@ -17,7 +17,7 @@ use super::super::body::{content_type_for, serve_file, BadRange, FileAnswer};
 use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill, Faulted, ServerState};
-use super::upload::{check_if_match, query_u64, roll};
+use super::upload::{check_if_match, roll};
 use super::*;
 
 /// How long a download link stays valid, seconds.
@@ -66,6 +66,15 @@ fn rename_target(state: &ServerState, o: &Object, v: &Value) -> BoxResult<(Strin
     Ok((name, parent))
 }
 
+/// Give `o` its new name and parent, store it and answer its full form.
+fn moved(state: &ServerState, mut o: Object, name: String, parent: String) -> BoxResult {
+    o.name = name;
+    o.parent = parent;
+    bump(&mut o);
+    state.store.update(&o)?;
+    Ok(Json(full_json(state, &o)).into_response())
+}
+
 /// `PUT /files/{id}` `{name?, parent:{id}?}`: rename and/or move.
 pub(super) async fn update_file(
     State(state): State<AppState>,
@@ -75,15 +84,11 @@ pub(super) async fn update_file(
     body: Bytes,
 ) -> BoxResult {
     check_auth(&state, &creds)?;
-    let mut f = file(&state, &id)?;
+    let f = file(&state, &id)?;
     check_if_match(&headers, &f)?;
     let v = json_body(&body)?;
     let (name, parent) = rename_target(&state, &f, &v)?;
-    f.name = name;
-    f.parent = parent;
-    bump(&mut f);
-    state.store.update(&f)?;
-    Ok(Json(full_json(&state, &f)).into_response())
+    moved(&state, f, name, parent)
 }
 
 /// `DELETE /files/{id}`: 204.
@@ -299,7 +304,7 @@ pub(super) async fn update_folder(
     if id == ROOT_ID {
         return Err(root_untouchable());
     }
-    let Some(mut f) = folder(&state, &id)? else {
+    let Some(f) = folder(&state, &id)? else {
         return Err(root_untouchable());
     };
     check_if_match(&headers, &f)?;
@@ -323,11 +328,7 @@ pub(super) async fn update_folder(
             None => break,
         }
     }
-    f.name = name;
-    f.parent = parent;
-    bump(&mut f);
-    state.store.update(&f)?;
-    Ok(Json(full_json(&state, &f)).into_response())
+    moved(&state, f, name, parent)
 }
 
 /// `DELETE /folders/{id}?recursive=true|false`: 204; a non-empty folder needs recursive.

@@ -4,7 +4,8 @@
 //!
 //! Layout: this module holds what both hosts share — the session table, the ClientError
 //! shape, token and name checks, and the File/Folder JSON renderings; `upload` has the
-//! upload host's handlers; `items` the API host's.
+//! upload host's direct uploads and pre-flight, `sessions` its chunked upload sessions;
+//! `items` the API host's handlers.
 //!
 //! Storage: files and folders are rows of the shared store (`proto = "box"`), ids are
 //! numeric strings from one counter so a file and a folder never share an id, and the root
@@ -24,6 +25,7 @@
 //!   (as dl.boxcloud.com links).
 
 mod items;
+mod sessions;
 mod upload;
 
 use std::collections::HashMap;
@@ -275,19 +277,22 @@ pub fn upload_router() -> Router<AppState> {
             "/files/{id}/content",
             post(upload::upload_version).layer(no_limit),
         )
-        .route("/files/upload_sessions", post(upload::create_session))
+        .route("/files/upload_sessions", post(sessions::create_session))
         .route(
             "/files/{id}/upload_sessions",
-            post(upload::create_version_session),
+            post(sessions::create_version_session),
         )
         .route(
             "/files/upload_sessions/{id}",
-            get(upload::get_session)
-                .put(upload::upload_part)
-                .delete(upload::abort_session),
+            get(sessions::get_session)
+                .put(sessions::upload_part)
+                .delete(sessions::abort_session),
         )
-        .route("/files/upload_sessions/{id}/parts", get(upload::list_parts))
-        .route("/files/upload_sessions/{id}/commit", post(upload::commit))
+        .route(
+            "/files/upload_sessions/{id}/parts",
+            get(sessions::list_parts),
+        )
+        .route("/files/upload_sessions/{id}/commit", post(sessions::commit))
         .fallback(not_found_route)
 }
 
@@ -393,6 +398,24 @@ pub(crate) fn check_auth(state: &ServerState, creds: &Credentials) -> BoxResult<
             "unauthorized",
             "Unauthorized",
         ))
+    }
+}
+
+/// A non-negative integer query parameter; `code` names it in the 400.
+pub(crate) fn query_u64(
+    q: &std::collections::HashMap<String, String>,
+    key: &str,
+    code: &'static str,
+) -> BoxResult<Option<u64>> {
+    match q.get(key) {
+        None => Ok(None),
+        Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+            BoxError::new(
+                StatusCode::BAD_REQUEST,
+                code,
+                format!("{key} is not a valid number: {v}"),
+            )
+        }),
     }
 }
 

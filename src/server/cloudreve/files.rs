@@ -25,13 +25,13 @@ use super::super::auth::Credentials;
 use super::super::body::{serve_file, BadRange, FileAnswer};
 use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
-use super::super::{AppState, ConnKill, Faulted, ServerState};
+use super::super::{AppState, ConnKill, ServerState};
 use super::paths::{check_name, escape, CrPath};
 use super::upload::{placeholder_at, placeholders_in};
 use super::{
     auth, bind, code, fault_json, file_json, new_folder, new_id, ok, ok_empty, query_map, resolve,
-    root_json, storage_policy, ApiError, ApiResult, Node, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PREFIX,
-    PROTO, URL_TTL_SECS,
+    root_json, storage_policy, uri_param, ApiError, ApiResult, Node, DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE, PREFIX, PROTO, URL_TTL_SECS,
 };
 
 #[derive(Deserialize)]
@@ -172,11 +172,7 @@ pub async fn list(
 ) -> ApiResult {
     auth(&state, &creds)?;
     let q = query_map(q.as_deref());
-    let uri = q
-        .get("uri")
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| ApiError::param("uri is required"))?;
-    let path = CrPath::parse(uri)?;
+    let path = uri_param(&q)?;
     let page = num_param(&q, "page")?.unwrap_or(0);
     let page_size = num_param(&q, "page_size")?
         .filter(|&n| n > 0)
@@ -253,11 +249,7 @@ pub async fn info(
 ) -> ApiResult {
     auth(&state, &creds)?;
     let q = query_map(q.as_deref());
-    let uri = q
-        .get("uri")
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| ApiError::param("uri is required"))?;
-    let path = CrPath::parse(uri)?;
+    let path = uri_param(&q)?;
     match resolve(&state, &path)? {
         Some(Node::Root) => Ok(ok(root_json(0))),
         Some(Node::Obj(o)) => Ok(ok(file_json(&o, &path))),
@@ -610,10 +602,12 @@ pub async fn content(
             "Invalid sign",
         ));
     }
-    match state.roll(FaultOp::Download, fault_json) {
-        Faulted::DropNow | Faulted::DropAfter => return Ok(kill.drop_connection().await),
-        Faulted::Answer(r) => return Ok(r),
-        Faulted::None => {}
+    if let Some(answer) = state
+        .roll(FaultOp::Download, fault_json)
+        .before_download(&kill)
+        .await
+    {
+        return Ok(answer);
     }
     let is_it =
         |o: &Object| !o.is_dir && o.extra.get("entity").and_then(Value::as_str) == Some(&entity);

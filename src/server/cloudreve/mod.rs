@@ -306,6 +306,15 @@ pub fn query_map(q: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
+/// The path of the `uri` query parameter (40001 when missing or empty).
+pub fn uri_param(q: &HashMap<String, String>) -> Result<CrPath, ApiError> {
+    let uri = q
+        .get("uri")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ApiError::param("uri is required"))?;
+    CrPath::parse(uri)
+}
+
 /// A short hashid-like id from a counter (base62).
 pub fn hashid(mut n: u64) -> String {
     const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";

@@ -14,7 +14,6 @@
 //! cancelling with a uri other than the session's is 40016.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -28,12 +27,12 @@ use super::super::auth::Credentials;
 use super::super::body::{body_to_file, join_chunks, BodyError, BodyInfo};
 use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
-use super::super::{AppState, ConnKill, Faulted, ServerState};
+use super::super::{AppState, ConnKill, ServerState};
 use super::paths::CrPath;
 use super::{
     auth, bind, code, ensure_dirs, fault_json, file_json, new_entity, new_id, ok, ok_empty,
-    query_map, resolve, storage_policy, ApiError, ApiResult, Node, META_SESSION, POLICY_ID, PROTO,
-    SESSION_TTL_SECS,
+    query_map, resolve, storage_policy, uri_param, ApiError, ApiResult, Node, META_SESSION,
+    POLICY_ID, PROTO, SESSION_TTL_SECS,
 };
 
 /// Most metadata entries one session may carry (the real binding limit).
@@ -318,11 +317,13 @@ pub async fn chunk(
     body: Body,
 ) -> ApiResult {
     auth(&state, &creds)?;
-    let drop_after = match state.roll(FaultOp::Upload, fault_json) {
-        Faulted::Answer(r) => return Ok(r),
-        Faulted::DropNow => return Ok(kill.drop_connection().await),
-        Faulted::DropAfter => true,
-        Faulted::None => false,
+    let drop_after = match state
+        .roll(FaultOp::Upload, fault_json)
+        .before_upload(&kill)
+        .await
+    {
+        Ok(d) => d,
+        Err(answer) => return Ok(answer),
     };
     let r = chunk_inner(&state, &session_id, &index, &headers, body).await;
     if drop_after {
@@ -423,10 +424,7 @@ async fn receive_exact(
         Err(BodyError::Io(x)) => return Err(x.into()),
         Err(BodyError::TooLarge(_) | BodyError::Aborted(_)) => return Err(mismatch()),
     };
-    state
-        .counters
-        .bytes_received
-        .fetch_add(got.len, Ordering::Relaxed);
+    state.received(got.len);
     if got.len != len {
         let _ = std::fs::remove_file(path);
         return Err(mismatch());
@@ -542,11 +540,13 @@ pub async fn put_content(
     body: Body,
 ) -> ApiResult {
     auth(&state, &creds)?;
-    let drop_after = match state.roll(FaultOp::Upload, fault_json) {
-        Faulted::Answer(r) => return Ok(r),
-        Faulted::DropNow => return Ok(kill.drop_connection().await),
-        Faulted::DropAfter => true,
-        Faulted::None => false,
+    let drop_after = match state
+        .roll(FaultOp::Upload, fault_json)
+        .before_upload(&kill)
+        .await
+    {
+        Ok(d) => d,
+        Err(answer) => return Ok(answer),
     };
     let r = put_content_inner(&state, q.as_deref(), &headers, body).await;
     if drop_after {
@@ -562,11 +562,7 @@ async fn put_content_inner(
     body: Body,
 ) -> ApiResult {
     let q = query_map(q);
-    let uri = q
-        .get("uri")
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| ApiError::param("uri is required"))?;
-    let path = CrPath::parse(uri)?;
+    let path = uri_param(&q)?;
     let (Some(name), Some(parent)) = (path.name().map(str::to_string), path.parent()) else {
         return Err(ApiError::param("cannot write the root folder"));
     };

@@ -15,7 +15,7 @@ use super::super::auth::Credentials;
 use super::super::body::{serve_file, BadRange, FileAnswer};
 use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
-use super::super::{AppState, ConnKill, Faulted};
+use super::super::{AppState, ConnKill};
 use super::{
     authenticate, bad_name, cloud_file, fault_json, lookup, owned, DysonError, DysonResult, PROTO,
 };
@@ -39,10 +39,12 @@ pub(super) async fn download(
 ) -> DysonResult {
     authenticate(&state, &creds)?;
     let o = lookup(&state, &id)?.ok_or(DysonError::FileNotFound)?;
-    match state.roll(FaultOp::Download, fault_json) {
-        Faulted::Answer(r) => return Ok(r),
-        Faulted::DropNow | Faulted::DropAfter => return Ok(kill.drop_connection().await),
-        Faulted::None => {}
+    if let Some(answer) = state
+        .roll(FaultOp::Download, fault_json)
+        .before_download(&kill)
+        .await
+    {
+        return Ok(answer);
     }
     let Some(blob) = o.blob.as_deref() else {
         return Err(DysonError::internal("file without blob"));

@@ -21,7 +21,7 @@ use super::super::auth::Credentials;
 use super::super::body::{drain, join_chunks, BodyInfo};
 use super::super::faults::FaultOp;
 use super::super::store::Object;
-use super::super::{AppState, ConnKill, Faulted, ServerState};
+use super::super::{AppState, ConnKill, ServerState};
 use super::{
     authenticate, bad_name, cloud_file, fault_json, is_nanoid_like, nanoid, DysonError,
     DysonResult, ACCOUNT_ID, DEFAULT_CHUNK_SIZE, MAX_CHUNK_REQUEST, POOL_ID, PROTO,
@@ -231,11 +231,13 @@ pub(super) async fn chunk(
     if !is_form {
         return Err(DysonError::unsupported_media_type());
     }
-    let drop_after = match state.roll(FaultOp::Upload, fault_json) {
-        Faulted::Answer(r) => return Ok(r),
-        Faulted::DropNow => return Ok(kill.drop_connection().await),
-        Faulted::DropAfter => true,
-        Faulted::None => false,
+    let drop_after = match state
+        .roll(FaultOp::Upload, fault_json)
+        .before_upload(&kill)
+        .await
+    {
+        Ok(d) => d,
+        Err(answer) => return Ok(answer),
     };
     // Count the raw body (multipart overhead included) against the request limit, also
     // when no Content-Length was sent.
@@ -251,10 +253,7 @@ pub(super) async fn chunk(
             let item = match r {
                 Ok(b) => {
                     total += b.len() as u64;
-                    state
-                        .counters
-                        .bytes_received
-                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                    state.received(b.len() as u64);
                     if total <= MAX_CHUNK_REQUEST {
                         Some(Ok(b))
                     } else {

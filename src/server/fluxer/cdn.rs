@@ -9,7 +9,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::super::body::{content_type_for, serve_file, BadRange, FileAnswer};
 use super::super::faults::FaultOp;
-use super::super::{AppState, ConnKill, Faulted, ServerState};
+use super::super::{AppState, ConnKill, ServerState};
 use super::{fault_json, parse_snowflake, PROTO};
 
 /// The media proxy's refusal of an unknown attachment: a bare 404.
@@ -52,10 +52,12 @@ pub(super) async fn download(
     else {
         return Err(NotFound);
     };
-    match state.roll(FaultOp::Download, fault_json) {
-        Faulted::DropNow | Faulted::DropAfter => return Ok(kill.drop_connection().await),
-        Faulted::Answer(r) => return Ok(r),
-        Faulted::None => {}
+    if let Some(answer) = state
+        .roll(FaultOp::Download, fault_json)
+        .before_download(&kill)
+        .await
+    {
+        return Ok(answer);
     }
     let extra = [
         (

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -16,10 +15,9 @@ use axum::{Extension, Json};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
 use super::super::auth::Credentials;
-use super::super::body::{content_type_for, drain, join_chunks, Hashers};
+use super::super::body::{content_type_for, drain, join_chunks, Intake};
 use super::super::faults::FaultOp;
 use super::super::{AppState, ConnKill, Faulted, ServerState};
 use super::{
@@ -321,8 +319,7 @@ async fn receive(
         tracing::error!(error = %e, "fluxer: writing chunk");
         super::internal()
     };
-    let mut file = tokio::fs::File::create(path).await.map_err(io_err)?;
-    let mut h = Hashers::default();
+    let mut intake = Intake::create(path).await.map_err(io_err)?;
     let mut total = 0u64;
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| {
@@ -333,17 +330,15 @@ async fn receive(
             )
         })?;
         total += piece.len() as u64;
-        state
-            .counters
-            .bytes_received
-            .fetch_add(piece.len() as u64, Ordering::Relaxed);
+        state.received(piece.len() as u64);
         if total > want {
             // Keep reading (and discarding) so the client sees the answer, not a reset.
             continue;
         }
-        state.throttle.take(piece.len() as u64).await;
-        h.update(&piece);
-        file.write_all(&piece).await.map_err(io_err)?;
+        intake
+            .write(&piece, &state.throttle)
+            .await
+            .map_err(io_err)?;
     }
     if total != want {
         return Err(error(
@@ -352,8 +347,7 @@ async fn receive(
             format!("Chunk must be exactly {want} bytes, got {total}."),
         ));
     }
-    file.flush().await.map_err(io_err)?;
-    Ok(h.finish())
+    intake.finish().await.map_err(io_err)
 }
 
 /// `POST /channels/{cid}/chunked-uploads/{uid}/complete` `{etags:[{chunk_index, etag}]}`.

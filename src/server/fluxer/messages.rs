@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 use axum::extract::multipart::{Field, MultipartRejection};
 use axum::extract::{Multipart, Path as UrlPath, Query, State};
@@ -15,10 +14,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
 use super::super::auth::Credentials;
-use super::super::body::{content_type_for, drain_multipart, BodyInfo, Hashers};
+use super::super::body::{content_type_for, drain_multipart, BodyInfo, Intake};
 use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill, Faulted, ServerState};
@@ -138,10 +136,7 @@ async fn field_to_file(
     path: &std::path::Path,
     limit: u64,
 ) -> Result<FileOutcome, ApiError> {
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(io_500("inline file"))?;
-    let mut h = Hashers::default();
+    let mut intake = Intake::create(path).await.map_err(io_500("inline file"))?;
     let mut total = 0u64;
     loop {
         let piece = match field.chunk().await {
@@ -150,26 +145,22 @@ async fn field_to_file(
             Err(e) => return Err(form_error("files", "INVALID_MULTIPART", e.body_text())),
         };
         total += piece.len() as u64;
-        state
-            .counters
-            .bytes_received
-            .fetch_add(piece.len() as u64, Ordering::Relaxed);
+        state.received(piece.len() as u64);
         if total > limit {
             continue;
         }
-        state.throttle.take(piece.len() as u64).await;
-        h.update(&piece);
-        file.write_all(&piece)
+        intake
+            .write(&piece, &state.throttle)
             .await
             .map_err(io_500("inline file"))?;
     }
     if total > limit {
         return Ok(FileOutcome::TooLarge);
     }
-    file.flush().await.map_err(io_500("inline file"))?;
+    let info = intake.finish().await.map_err(io_500("inline file"))?;
     Ok(FileOutcome::Stored(Inline {
         path: path.to_path_buf(),
-        info: h.finish(),
+        info,
     }))
 }
 
@@ -298,11 +289,9 @@ pub(super) async fn post_message(
     } else {
         Faulted::None
     };
-    let drop_after = match fault {
-        Faulted::DropNow => return Ok(kill.drop_connection().await),
-        Faulted::Answer(r) => return Ok(r),
-        Faulted::DropAfter => true,
-        Faulted::None => false,
+    let drop_after = match fault.before_upload(&kill).await {
+        Ok(d) => d,
+        Err(answer) => return Ok(answer),
     };
     let msg = commit(&state, &cid, content, attachments)?;
     drop(temps);

@@ -15,11 +15,11 @@ use serde_json::{json, Value};
 use super::super::auth::Credentials;
 use super::super::body::{
     content_type_for, drain_multipart, parse_range, serve_file, BadRange, BodyInfo, FileAnswer,
-    Hashers,
+    Intake,
 };
 use super::super::faults::FaultOp;
 use super::super::store::Object;
-use super::super::{AppState, ConnKill, Faulted, ServerState, VIROLA_ROOM_ID};
+use super::super::{AppState, ConnKill, ServerState, VIROLA_ROOM_ID};
 use super::messages::find_message;
 use super::{authenticate, fault_json, ok, VirolaError, VirolaResult, PROTO};
 
@@ -100,11 +100,13 @@ pub(super) async fn upload(
 ) -> VirolaResult {
     authenticate(&state, &creds)?;
     let msg = find_message(&state, &mid).await?;
-    let drop_after = match state.roll(FaultOp::Upload, fault_json) {
-        Faulted::Answer(r) => return Ok(r),
-        Faulted::DropNow => return Ok(kill.drop_connection().await),
-        Faulted::DropAfter => true,
-        Faulted::None => false,
+    let drop_after = match state
+        .roll(FaultOp::Upload, fault_json)
+        .before_upload(&kill)
+        .await
+    {
+        Ok(d) => d,
+        Err(answer) => return Ok(answer),
     };
     let _in_flight = InFlight::new(&state.virola.uploads_in_flight);
     let mut mp = Multipart::from_request(req, &())
@@ -173,24 +175,16 @@ async fn receive_files(
             return Err(VirolaError::bad_request(why));
         }
         let temp = state.store.temp_path();
-        let mut file = tokio::fs::File::create(&temp).await?;
-        let mut h = Hashers::default();
+        let mut intake = Intake::create(&temp).await?;
         let mut len = 0u64;
         let res: VirolaResult<()> = async {
-            use tokio::io::AsyncWriteExt;
-            loop {
-                let chunk = match field.chunk().await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
-                    Err(e) => {
-                        return Err(VirolaError::bad_request(format!("Upload interrupted: {e}")))
-                    }
-                };
+            while let Some(chunk) = field
+                .chunk()
+                .await
+                .map_err(|e| VirolaError::bad_request(format!("Upload interrupted: {e}")))?
+            {
                 let n = chunk.len() as u64;
-                state
-                    .counters
-                    .bytes_received
-                    .fetch_add(n, Ordering::Relaxed);
+                state.received(n);
                 len += n;
                 if len > max {
                     return Err(VirolaError::new(
@@ -198,24 +192,23 @@ async fn receive_files(
                         format!("File is too large (the limit is {max} bytes)"),
                     ));
                 }
-                state.throttle.take(n).await;
-                h.update(&chunk);
-                file.write_all(&chunk).await?;
+                intake.write(&chunk, &state.throttle).await?;
             }
-            file.flush().await?;
             Ok(())
         }
         .await;
-        drop(file);
-        if let Err(e) = res {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(e);
-        }
-        out.push(Received {
-            name,
-            temp,
-            info: h.finish(),
-        });
+        let info = match res {
+            Ok(()) => intake.finish().await.map_err(VirolaError::from),
+            Err(e) => Err(e),
+        };
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&temp).await;
+                return Err(e);
+            }
+        };
+        out.push(Received { name, temp, info });
     }
 }
 
@@ -269,10 +262,12 @@ pub(super) async fn download(
             NOT_FOUND_ATTACHMENT,
         ));
     }
-    match state.roll(FaultOp::Download, fault_json) {
-        Faulted::Answer(r) => return Ok(r),
-        Faulted::DropNow | Faulted::DropAfter => return Ok(kill.drop_connection().await),
-        Faulted::None => {}
+    if let Some(answer) = state
+        .roll(FaultOp::Download, fault_json)
+        .before_download(&kill)
+        .await
+    {
+        return Ok(answer);
     }
     if parse_range(&headers, o.size).is_err() {
         return Err(VirolaError::range_not_satisfiable(o.size));
