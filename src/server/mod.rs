@@ -23,6 +23,7 @@ pub mod cloudreve;
 pub mod dyson;
 pub mod faults;
 pub mod fluxer;
+pub mod names;
 pub mod store;
 pub mod virola;
 
@@ -221,6 +222,26 @@ impl ServerState {
     /// Count `n` bytes of upload bodies received (introspection `bytes_received`).
     pub fn received(&self, n: u64) {
         self.counters.bytes_received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Roll for a fault on an upload and settle it (see [`Faulted::before_upload`]).
+    pub async fn upload_fault(
+        &self,
+        kill: &ConnKill,
+        body: impl FnOnce(Fault) -> serde_json::Value,
+    ) -> Result<bool, Response> {
+        self.roll(FaultOp::Upload, body).before_upload(kill).await
+    }
+
+    /// Roll for a fault on a download and settle it (see [`Faulted::before_download`]).
+    pub async fn download_fault(
+        &self,
+        kill: &ConnKill,
+        body: impl FnOnce(Fault) -> serde_json::Value,
+    ) -> Option<Response> {
+        self.roll(FaultOp::Download, body)
+            .before_download(kill)
+            .await
     }
 
     /// The server's own base URL, e.g. `http://127.0.0.1:8080`.

@@ -17,7 +17,7 @@ use super::super::body::{content_type_for, serve_file, BadRange, FileAnswer};
 use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill, Faulted, ServerState};
-use super::upload::{check_if_match, roll};
+use super::upload::{check_if_match, fault_json};
 use super::*;
 
 /// How long a download link stays valid, seconds.
@@ -138,7 +138,7 @@ pub(super) async fn download_signed(
     if exp < now_ms() / 1000 || state.box_.sign_link(&f.id, &f.sha1, exp) != sig {
         return Err(forbidden());
     }
-    let drop_midway = match roll(&state, FaultOp::Download) {
+    let drop_midway = match state.roll(FaultOp::Download, fault_json) {
         Faulted::Answer(r) => return Ok(r),
         // A dropped download breaks off in the middle of the body when there is one.
         Faulted::DropNow | Faulted::DropAfter if f.size >= 2 => true,

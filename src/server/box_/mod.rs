@@ -38,6 +38,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::auth::Credentials;
+use super::names::{NameFault, NameRules};
 use super::store::{now_ms, Object};
 use super::{AppState, ServerState};
 
@@ -59,8 +60,6 @@ const MAX_PAGE: u64 = 1000;
 /// Where every error's `help_url` points (as Box's own errors).
 const HELP_URL: &str =
     "https://developer.box.com/guides/api-calls/permissions-and-errors/common-errors/";
-/// Longest valid item name, bytes.
-const MAX_NAME_BYTES: usize = 255;
 
 /// The part size the server picks for a session of `file_size` bytes. Box does not
 /// document its rule; observed: 8 MiB for files of a few hundred MB, 32 MiB for 1 GB.
@@ -422,29 +421,24 @@ pub(crate) fn query_u64(
 /// Box's name rules: 1..=255 bytes, no `/` or `\`, no non-printable characters, no leading
 /// or trailing spaces, not `.` or `..`. Violations are 400 `item_name_invalid`.
 pub(crate) fn check_name(name: &str) -> BoxResult<()> {
-    let why = if name.is_empty() {
-        Some("the name is empty")
-    } else if name.len() > MAX_NAME_BYTES {
-        Some("the name is longer than 255 bytes")
-    } else if name.contains('/') || name.contains('\\') {
-        Some("the name contains / or \\")
-    } else if name.chars().any(char::is_control) {
-        Some("the name contains non-printable characters")
-    } else if name == "." || name == ".." {
-        Some("the names . and .. are reserved")
-    } else if name.starts_with(' ') || name.ends_with(' ') {
-        Some("the name has leading or trailing spaces")
-    } else {
-        None
+    let rules = NameRules {
+        no_control: true,
+        no_edge_spaces: true,
     };
-    match why {
-        Some(w) => Err(BoxError::new(
-            StatusCode::BAD_REQUEST,
-            "item_name_invalid",
-            format!("Item name invalid: {w}"),
-        )),
-        None => Ok(()),
-    }
+    let why = match rules.check(name) {
+        Ok(()) => return Ok(()),
+        Err(NameFault::Empty) => "the name is empty",
+        Err(NameFault::TooLong) => "the name is longer than 255 bytes",
+        Err(NameFault::Separator) => "the name contains / or \\",
+        Err(NameFault::Control) => "the name contains non-printable characters",
+        Err(NameFault::Reserved) => "the names . and .. are reserved",
+        Err(NameFault::EdgeSpace) => "the name has leading or trailing spaces",
+    };
+    Err(BoxError::new(
+        StatusCode::BAD_REQUEST,
+        "item_name_invalid",
+        format!("Item name invalid: {why}"),
+    ))
 }
 
 /// 409 `item_name_in_use` when `parent` already holds `name` (case-insensitively) other

@@ -24,7 +24,8 @@ use super::super::body::{drain, AssembledFile, BodyError, Hashers};
 use super::super::faults::FaultOp;
 use super::super::{AppState, ConnKill, Faulted, ServerState};
 use super::upload::{
-    files_answer, parse_json_body, resolve_dest, roll, store_upload, too_large, Dest, DRAIN_LIMIT,
+    fault_json, files_answer, parse_json_body, resolve_dest, store_upload, too_large, Dest,
+    DRAIN_LIMIT,
 };
 use super::*;
 
@@ -373,7 +374,7 @@ pub(super) async fn upload_part(
         drain(body, DRAIN_LIMIT).await;
         return Err(e);
     }
-    let drop_after = match roll(&state, FaultOp::Upload) {
+    let drop_after = match state.roll(FaultOp::Upload, fault_json) {
         Faulted::Answer(r) => {
             drain(body, DRAIN_LIMIT).await;
             return Ok(r);

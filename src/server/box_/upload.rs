@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 
 use super::super::auth::Credentials;
 use super::super::body::{drain_multipart, Intake};
-use super::super::faults::{Fault, FaultOp};
+use super::super::faults::Fault;
 use super::super::store::{now_ms, Object};
-use super::super::{AppState, ConnKill, Faulted, ServerState};
+use super::super::{AppState, ConnKill, ServerState};
 use super::*;
 
 /// Largest `attributes` part accepted (it is a small JSON object).
@@ -24,23 +24,21 @@ const MULTIPART_SLACK: u64 = 256 * 1024;
 /// Most bytes read and thrown away to deliver an error answer (a part is at most 128 MiB).
 pub(super) const DRAIN_LIMIT: u64 = 160 * 1024 * 1024;
 
-/// Roll for a fault on a request of kind `op`, answering in Box's error shape.
-pub(super) fn roll(state: &ServerState, op: FaultOp) -> Faulted {
-    state.roll(op, |f| {
-        let err = match f {
-            Fault::TooMany => BoxError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                "Request rate limit exceeded, please try again later",
-            ),
-            _ => BoxError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Unavailable",
-            ),
-        };
-        err.body()
-    })
+/// The error body of an injected 429 or 503, in Box's shape.
+pub(super) fn fault_json(f: Fault) -> Value {
+    let err = match f {
+        Fault::TooMany => BoxError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "Request rate limit exceeded, please try again later",
+        ),
+        _ => BoxError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Unavailable",
+        ),
+    };
+    err.body()
 }
 
 pub(super) fn parse_json_body(body: &Bytes) -> BoxResult<Value> {
@@ -253,7 +251,7 @@ async fn direct_upload_inner(
     let state = state.clone();
     let headers = headers.clone();
     check_auth(&state, creds)?;
-    let drop_after = match roll(&state, FaultOp::Upload).before_upload(&kill).await {
+    let drop_after = match state.upload_fault(kill, fault_json).await {
         Ok(d) => d,
         Err(answer) => return Ok(answer),
     };

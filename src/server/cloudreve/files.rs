@@ -23,7 +23,6 @@ use sha1::{Digest, Sha1};
 
 use super::super::auth::Credentials;
 use super::super::body::{serve_file, BadRange, FileAnswer};
-use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill, ServerState};
 use super::paths::{check_name, escape, CrPath};
@@ -602,11 +601,7 @@ pub async fn content(
             "Invalid sign",
         ));
     }
-    if let Some(answer) = state
-        .roll(FaultOp::Download, fault_json)
-        .before_download(&kill)
-        .await
-    {
+    if let Some(answer) = state.download_fault(&kill, fault_json).await {
         return Ok(answer);
     }
     let is_it =

@@ -25,7 +25,6 @@ use serde_json::{json, Map, Value};
 
 use super::super::auth::Credentials;
 use super::super::body::{body_to_file, join_chunks, BodyError, BodyInfo};
-use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill, ServerState};
 use super::paths::CrPath;
@@ -317,11 +316,7 @@ pub async fn chunk(
     body: Body,
 ) -> ApiResult {
     auth(&state, &creds)?;
-    let drop_after = match state
-        .roll(FaultOp::Upload, fault_json)
-        .before_upload(&kill)
-        .await
-    {
+    let drop_after = match state.upload_fault(&kill, fault_json).await {
         Ok(d) => d,
         Err(answer) => return Ok(answer),
     };
@@ -540,11 +535,7 @@ pub async fn put_content(
     body: Body,
 ) -> ApiResult {
     auth(&state, &creds)?;
-    let drop_after = match state
-        .roll(FaultOp::Upload, fault_json)
-        .before_upload(&kill)
-        .await
-    {
+    let drop_after = match state.upload_fault(&kill, fault_json).await {
         Ok(d) => d,
         Err(answer) => return Ok(answer),
     };

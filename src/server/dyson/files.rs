@@ -13,7 +13,6 @@ use serde_json::Value;
 
 use super::super::auth::Credentials;
 use super::super::body::{serve_file, BadRange, FileAnswer};
-use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill};
 use super::{
@@ -39,11 +38,7 @@ pub(super) async fn download(
 ) -> DysonResult {
     authenticate(&state, &creds)?;
     let o = lookup(&state, &id)?.ok_or(DysonError::FileNotFound)?;
-    if let Some(answer) = state
-        .roll(FaultOp::Download, fault_json)
-        .before_download(&kill)
-        .await
-    {
+    if let Some(answer) = state.download_fault(&kill, fault_json).await {
         return Ok(answer);
     }
     let Some(blob) = o.blob.as_deref() else {

@@ -46,6 +46,7 @@ use serde_json::{json, Value};
 
 use super::auth::Credentials;
 use super::faults::Fault;
+use super::names::{NameFault, NameRules};
 use super::store::{Object, StoreError};
 use super::{AppState, ServerState};
 
@@ -59,8 +60,6 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 5 * 1024 * 1024;
 /// `[RequestSizeLimit(DefaultChunkSize + 1 MiB)]` on the chunk action: the whole request,
 /// multipart overhead included.
 pub const MAX_CHUNK_REQUEST: u64 = DEFAULT_CHUNK_SIZE + 1024 * 1024;
-/// Longest file name accepted, bytes.
-const MAX_NAME_BYTES: usize = 255;
 /// Length of a nanoid (task and file ids).
 const NANOID_LEN: usize = 21;
 const NANOID_ALPHABET: &[u8] = b"_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
@@ -321,16 +320,13 @@ fn iso(ms: i64) -> Value {
 }
 
 fn bad_name(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("The file name is empty.")
-    } else if name.len() > MAX_NAME_BYTES {
-        Some("The file name is longer than 255 bytes.")
-    } else if name.contains(['/', '\\', '\0']) {
-        Some("The file name contains a forbidden character.")
-    } else if name == "." || name == ".." {
-        Some("The file name is not allowed.")
-    } else {
-        None
+    match NameRules::default().check(name).err()? {
+        NameFault::Empty => Some("The file name is empty."),
+        NameFault::TooLong => Some("The file name is longer than 255 bytes."),
+        NameFault::Separator | NameFault::Control => {
+            Some("The file name contains a forbidden character.")
+        }
+        NameFault::Reserved | NameFault::EdgeSpace => Some("The file name is not allowed."),
     }
 }
 

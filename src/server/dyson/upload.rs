@@ -19,7 +19,6 @@ use tokio::io::AsyncWriteExt;
 
 use super::super::auth::Credentials;
 use super::super::body::{drain, join_chunks, BodyInfo};
-use super::super::faults::FaultOp;
 use super::super::store::Object;
 use super::super::{AppState, ConnKill, ServerState};
 use super::{
@@ -231,11 +230,7 @@ pub(super) async fn chunk(
     if !is_form {
         return Err(DysonError::unsupported_media_type());
     }
-    let drop_after = match state
-        .roll(FaultOp::Upload, fault_json)
-        .before_upload(&kill)
-        .await
-    {
+    let drop_after = match state.upload_fault(&kill, fault_json).await {
         Ok(d) => d,
         Err(answer) => return Ok(answer),
     };

@@ -8,7 +8,6 @@ use axum::Extension;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::super::body::{content_type_for, serve_file, BadRange, FileAnswer};
-use super::super::faults::FaultOp;
 use super::super::{AppState, ConnKill, ServerState};
 use super::{fault_json, parse_snowflake, PROTO};
 
@@ -52,11 +51,7 @@ pub(super) async fn download(
     else {
         return Err(NotFound);
     };
-    if let Some(answer) = state
-        .roll(FaultOp::Download, fault_json)
-        .before_download(&kill)
-        .await
-    {
+    if let Some(answer) = state.download_fault(&kill, fault_json).await {
         return Ok(answer);
     }
     let extra = [

@@ -565,18 +565,16 @@ pub(super) async fn get_message(
     creds: Credentials,
     UrlPath((cid, mid)): UrlPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    {
-        auth(&state, &creds)?;
-        check_channel(&cid)?;
-        let mid = parse_mid(&mid)?;
-        let g = book(&state)?;
-        let m = g
-            .as_ref()
-            .and_then(|b| b.map.get(&mid))
-            .filter(|m| m.channel_id == cid)
-            .ok_or_else(unknown_message)?;
-        Ok(Json(message_json(&state, m)).into_response())
-    }
+    auth(&state, &creds)?;
+    check_channel(&cid)?;
+    let mid = parse_mid(&mid)?;
+    let g = book(&state)?;
+    let m = g
+        .as_ref()
+        .and_then(|b| b.map.get(&mid))
+        .filter(|m| m.channel_id == cid)
+        .ok_or_else(unknown_message)?;
+    Ok(Json(message_json(&state, m)).into_response())
 }
 
 /// `DELETE /channels/{cid}/messages/{mid}` → 204; its attachments go with it.
@@ -585,24 +583,22 @@ pub(super) async fn delete_message(
     creds: Credentials,
     UrlPath((cid, mid)): UrlPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    {
-        auth(&state, &creds)?;
-        check_channel(&cid)?;
-        let mid = parse_mid(&mid)?;
-        let mut g = book(&state)?;
-        let b = g.as_mut().ok_or_else(internal)?;
-        if b.map.get(&mid).is_none_or(|m| m.channel_id != cid) {
-            return Err(unknown_message());
-        }
-        let m = b.remove(mid).map_err(io_500("message record"))?;
-        for aid in m.iter().flat_map(|m| &m.attachments) {
-            state.store.delete(PROTO, aid).map_err(|e| {
-                tracing::error!(error = %e, "fluxer: deleting attachment");
-                internal()
-            })?;
-        }
-        Ok(StatusCode::NO_CONTENT.into_response())
+    auth(&state, &creds)?;
+    check_channel(&cid)?;
+    let mid = parse_mid(&mid)?;
+    let mut g = book(&state)?;
+    let b = g.as_mut().ok_or_else(internal)?;
+    if b.map.get(&mid).is_none_or(|m| m.channel_id != cid) {
+        return Err(unknown_message());
     }
+    let m = b.remove(mid).map_err(io_500("message record"))?;
+    for aid in m.iter().flat_map(|m| &m.attachments) {
+        state.store.delete(PROTO, aid).map_err(|e| {
+            tracing::error!(error = %e, "fluxer: deleting attachment");
+            internal()
+        })?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `DELETE /channels/{cid}/messages/{mid}/attachments/{aid}` → 204. The message stays,
@@ -612,31 +608,29 @@ pub(super) async fn delete_attachment(
     creds: Credentials,
     UrlPath((cid, mid, aid)): UrlPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    {
-        auth(&state, &creds)?;
-        check_channel(&cid)?;
-        let mid = parse_mid(&mid)?;
-        let mut g = book(&state)?;
-        let b = g.as_mut().ok_or_else(internal)?;
-        let mut m = b
-            .map
-            .get(&mid)
-            .filter(|m| m.channel_id == cid)
-            .cloned()
-            .ok_or_else(unknown_message)?;
-        let Some(pos) = m.attachments.iter().position(|a| *a == aid) else {
-            return Err(error(
-                StatusCode::NOT_FOUND,
-                "UNKNOWN_ATTACHMENT",
-                "Unknown Attachment",
-            ));
-        };
-        m.attachments.remove(pos);
-        b.save(m).map_err(io_500("message record"))?;
-        state.store.delete(PROTO, &aid).map_err(|e| {
-            tracing::error!(error = %e, "fluxer: deleting attachment");
-            internal()
-        })?;
-        Ok(StatusCode::NO_CONTENT.into_response())
-    }
+    auth(&state, &creds)?;
+    check_channel(&cid)?;
+    let mid = parse_mid(&mid)?;
+    let mut g = book(&state)?;
+    let b = g.as_mut().ok_or_else(internal)?;
+    let mut m = b
+        .map
+        .get(&mid)
+        .filter(|m| m.channel_id == cid)
+        .cloned()
+        .ok_or_else(unknown_message)?;
+    let Some(pos) = m.attachments.iter().position(|a| *a == aid) else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_ATTACHMENT",
+            "Unknown Attachment",
+        ));
+    };
+    m.attachments.remove(pos);
+    b.save(m).map_err(io_500("message record"))?;
+    state.store.delete(PROTO, &aid).map_err(|e| {
+        tracing::error!(error = %e, "fluxer: deleting attachment");
+        internal()
+    })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

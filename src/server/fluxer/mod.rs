@@ -56,6 +56,7 @@ use serde_json::json;
 use super::auth::Credentials;
 use super::body::BodyInfo;
 use super::faults::Fault;
+use super::names::{NameFault, NameRules};
 use super::{AppState, ServerState, FLUXER_CHANNEL_ID};
 
 /// Protocol name in the store and in introspection.
@@ -64,8 +65,6 @@ pub(crate) const PROTO: &str = "fluxer";
 pub const CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 /// `CHUNKED_UPLOAD_MAX_CHUNKS`: with 8 MiB chunks this caps a chunked file at 1 GiB.
 pub const MAX_CHUNKS: u64 = 128;
-/// Longest file name accepted, bytes (the usual file-system limit).
-const MAX_NAME_BYTES: usize = 255;
 
 /// In-memory state: open chunked sessions, completed uploaded objects, and the message
 /// book (loaded from disk on first use).
@@ -289,18 +288,16 @@ fn check_channel(cid: &str) -> Result<(), ApiError> {
 
 /// Why a file name is refused (a path segment of the CDN URL), or `None` when it is fine.
 fn bad_filename(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("Filename must not be empty.")
-    } else if name.len() > MAX_NAME_BYTES {
-        Some("Filename must be at most 255 bytes.")
-    } else if name.contains(['/', '\\']) {
-        Some("Filename must not contain slashes or backslashes.")
-    } else if name.chars().any(char::is_control) {
-        Some("Filename must not contain control characters.")
-    } else if name == "." || name == ".." {
-        Some("Filename must not be a relative path.")
-    } else {
-        None
+    let rules = NameRules {
+        no_control: true,
+        no_edge_spaces: false,
+    };
+    match rules.check(name).err()? {
+        NameFault::Empty => Some("Filename must not be empty."),
+        NameFault::TooLong => Some("Filename must be at most 255 bytes."),
+        NameFault::Separator => Some("Filename must not contain slashes or backslashes."),
+        NameFault::Control => Some("Filename must not contain control characters."),
+        NameFault::Reserved | NameFault::EdgeSpace => Some("Filename must not be a relative path."),
     }
 }
 

@@ -17,7 +17,7 @@ use super::super::body::{
     content_type_for, drain_multipart, parse_range, serve_file, BadRange, BodyInfo, FileAnswer,
     Intake,
 };
-use super::super::faults::FaultOp;
+use super::super::names::{NameFault, NameRules};
 use super::super::store::Object;
 use super::super::{AppState, ConnKill, ServerState, VIROLA_ROOM_ID};
 use super::messages::find_message;
@@ -25,8 +25,6 @@ use super::{authenticate, fault_json, ok, VirolaError, VirolaResult, PROTO};
 
 /// How much of a refused upload is still read and dropped (see [`drain_multipart`]).
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
-/// Longest file name accepted, bytes.
-const MAX_NAME_BYTES: usize = 255;
 const NOT_FOUND_ATTACHMENT: &str = "Attachment not found";
 
 /// Attachment metadata as `GET /attachments/{id}` answers it.
@@ -54,16 +52,13 @@ pub(super) fn attachments_of(state: &ServerState, mid: &str) -> VirolaResult<Vec
 
 /// Why a file name is refused, if it is.
 fn bad_name(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("File name is empty")
-    } else if name.len() > MAX_NAME_BYTES {
-        Some("File name is longer than 255 bytes")
-    } else if name.contains(['/', '\\', '\0']) {
-        Some("File name contains a forbidden character")
-    } else if name == "." || name == ".." {
-        Some("File name is not allowed")
-    } else {
-        None
+    match NameRules::default().check(name).err()? {
+        NameFault::Empty => Some("File name is empty"),
+        NameFault::TooLong => Some("File name is longer than 255 bytes"),
+        NameFault::Separator | NameFault::Control => {
+            Some("File name contains a forbidden character")
+        }
+        NameFault::Reserved | NameFault::EdgeSpace => Some("File name is not allowed"),
     }
 }
 
@@ -100,11 +95,7 @@ pub(super) async fn upload(
 ) -> VirolaResult {
     authenticate(&state, &creds)?;
     let msg = find_message(&state, &mid).await?;
-    let drop_after = match state
-        .roll(FaultOp::Upload, fault_json)
-        .before_upload(&kill)
-        .await
-    {
+    let drop_after = match state.upload_fault(&kill, fault_json).await {
         Ok(d) => d,
         Err(answer) => return Ok(answer),
     };
@@ -262,11 +253,7 @@ pub(super) async fn download(
             NOT_FOUND_ATTACHMENT,
         ));
     }
-    if let Some(answer) = state
-        .roll(FaultOp::Download, fault_json)
-        .before_download(&kill)
-        .await
-    {
+    if let Some(answer) = state.download_fault(&kill, fault_json).await {
         return Ok(answer);
     }
     if parse_range(&headers, o.size).is_err() {
