@@ -12,9 +12,9 @@
 #![allow(dead_code)]
 
 #[path = "common/mod.rs"]
-pub mod common;
+pub(crate) mod common;
 
-pub mod box_api {
+pub(crate) mod box_api {
     use super::common::{sha1_hex, TestServer, TOKEN};
     use base64::Engine as _;
     use reqwest::{Client, Method, RequestBuilder, StatusCode};
@@ -221,7 +221,7 @@ pub mod box_api {
     }
 }
 
-pub mod cloudreve_api {
+pub(crate) mod cloudreve_api {
     use super::common::{TestServer, TOKEN};
     use serde_json::{json, Value};
 
@@ -376,7 +376,7 @@ pub mod cloudreve_api {
     }
 }
 
-pub mod virola_api {
+pub(crate) mod virola_api {
     use super::common::{TestServer, TOKEN};
     use reqwest::multipart::{Form, Part};
     use reqwest::{Client, StatusCode};
@@ -478,7 +478,7 @@ pub mod virola_api {
     }
 }
 
-pub mod fluxer_api {
+pub(crate) mod fluxer_api {
     use super::common::{TestServer, TOKEN};
     use reqwest::{Client, StatusCode};
     use serde_json::{json, Value};

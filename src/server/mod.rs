@@ -436,12 +436,34 @@ async fn spoil(mode: BadMode, resp: Response) -> Response {
     }
 }
 
-/// The 401 answer of the test endpoints when the token is missing or wrong.
-fn check_test_auth(state: &ServerState, creds: &Credentials) -> Result<(), Response> {
+/// How the test endpoints fail: plain-text answers, they speak no protocol.
+#[derive(Debug)]
+enum TestEndpointError {
+    /// The token is missing or wrong: 401.
+    TokenRequired,
+    /// The store could not be read: 500.
+    Store(store::StoreError),
+}
+
+impl IntoResponse for TestEndpointError {
+    fn into_response(self) -> Response {
+        match self {
+            TestEndpointError::TokenRequired => {
+                (StatusCode::UNAUTHORIZED, "token required").into_response()
+            }
+            TestEndpointError::Store(e) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+            }
+        }
+    }
+}
+
+/// The test endpoints' token check (the common bearer rule).
+fn check_test_auth(state: &ServerState, creds: &Credentials) -> Result<(), TestEndpointError> {
     if state.bearer_ok(creds) {
         Ok(())
     } else {
-        Err((StatusCode::UNAUTHORIZED, "token required").into_response())
+        Err(TestEndpointError::TokenRequired)
     }
 }
 
@@ -450,7 +472,7 @@ fn check_test_auth(state: &ServerState, creds: &Credentials) -> Result<(), Respo
 async fn introspect(
     State(state): State<AppState>,
     creds: Credentials,
-) -> Result<Response, Response> {
+) -> Result<Response, TestEndpointError> {
     check_test_auth(&state, &creds)?;
     let mut protocols = serde_json::Map::new();
     for (proto, sessions) in [
@@ -460,12 +482,7 @@ async fn introspect(
         ("virola", state.virola.open_sessions()),
         ("dyson", state.dyson.open_sessions()),
     ] {
-        let objects = match state.store.all(proto) {
-            Ok(o) => o,
-            Err(e) => {
-                return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response());
-            }
-        };
+        let objects = state.store.all(proto).map_err(TestEndpointError::Store)?;
         let (dirs, files): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| o.is_dir);
         protocols.insert(
             proto.to_string(),
@@ -507,7 +524,7 @@ async fn control(
     State(state): State<AppState>,
     creds: Credentials,
     Json(body): Json<ControlBody>,
-) -> Result<Response, Response> {
+) -> Result<Response, TestEndpointError> {
     check_test_auth(&state, &creds)?;
     if let Some(r) = body.fail_rate {
         state.faults.set_rate(r);
