@@ -84,6 +84,8 @@ impl Hashers {
 pub struct Intake {
     file: tokio::fs::File,
     hashers: Hashers,
+    /// Bytes offered so far, written or not.
+    seen: u64,
 }
 
 impl Intake {
@@ -91,12 +93,35 @@ impl Intake {
         Ok(Intake {
             file: tokio::fs::File::create(path).await?,
             hashers: Hashers::default(),
+            seen: 0,
         })
     }
 
     /// Take one piece: wait for the bandwidth cap, hash it, write it.
     pub async fn write(&mut self, piece: &[u8], throttle: &Throttle) -> std::io::Result<()> {
+        self.seen += piece.len() as u64;
         write_piece(&mut self.file, &mut self.hashers, piece, throttle).await
+    }
+
+    /// [`write`](Self::write) while the body stays within `limit` bytes in all; past it
+    /// pieces are only counted, so a client still sending reads the refusal that follows
+    /// instead of a reset.
+    pub async fn write_within(
+        &mut self,
+        piece: &[u8],
+        limit: u64,
+        throttle: &Throttle,
+    ) -> std::io::Result<()> {
+        if self.seen + piece.len() as u64 > limit {
+            self.seen += piece.len() as u64;
+            return Ok(());
+        }
+        self.write(piece, throttle).await
+    }
+
+    /// Bytes offered so far (more than written once over a limit).
+    pub fn seen(&self) -> u64 {
+        self.seen
     }
 
     /// Flush the file and return what was written.

@@ -1,10 +1,20 @@
 //! `uploadfs serve`: one axum server hosting all five upload protocols under fixed
 //! prefixes (`/box/2.0`, `/box/upload/2.0`, `/cloudreve/api/v4`, `/fluxer/v1` and the CDN
-//! `/fluxer/cdn`, `/virola/api/v1`, `/dyson/api`), as strict as the real services.
+//! `/fluxer/cdn`, `/virola/api/v1`, `/dyson/api`), as strict as the real services. The
+//! emulator keeps its own rules: it never uses the client code (`crate::remote`).
 //!
 //! Shared pieces live here: the options, the state every protocol handler gets
-//! ([`ServerState`]), token checks, fault injection hooks, and the test endpoints under
+//! ([`ServerState`]), fault injection hooks ([`Faulted`]), and the test endpoints under
 //! `/_uploadfs/` (introspection of what really landed, and run-time control of faults).
+//! Beside them: [`auth`] (the credentials a request carries), [`body`] (bodies to disk,
+//! hashing, ranged downloads), [`names`] (the file-name rules), [`store`] (committed
+//! objects), [`faults`] (fault and shaping settings).
+//!
+//! One handler idiom for every protocol: a handler takes the [`auth::Credentials`]
+//! extractor, applies its protocol's caller check, and returns `Result<Response, E>`, where
+//! `E` is the protocol's error type (`BoxError`, Cloudreve's `ApiError`, Fluxer's
+//! `ApiError`, `VirolaError`, `DysonError`) whose `IntoResponse` writes that protocol's
+//! exact error body and status; store and I/O failures convert into it with `?`.
 //!
 //! Control (`POST /_uploadfs/control`, JSON) changes at run time: `fail_rate`, `token`
 //! (revokes the client's), `latency_ms`, `bandwidth`, `box_commit_202`, `fluxer_max_size`,

@@ -320,7 +320,6 @@ async fn receive(
         super::internal()
     };
     let mut intake = Intake::create(path).await.map_err(io_err)?;
-    let mut total = 0u64;
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| {
             error(
@@ -329,17 +328,13 @@ async fn receive(
                 format!("Request body aborted: {e}"),
             )
         })?;
-        total += piece.len() as u64;
         state.received(piece.len() as u64);
-        if total > want {
-            // Keep reading (and discarding) so the client sees the answer, not a reset.
-            continue;
-        }
         intake
-            .write(&piece, &state.throttle)
+            .write_within(&piece, want, &state.throttle)
             .await
             .map_err(io_err)?;
     }
+    let total = intake.seen();
     if total != want {
         return Err(error(
             StatusCode::BAD_REQUEST,

@@ -137,24 +137,19 @@ async fn field_to_file(
     limit: u64,
 ) -> Result<FileOutcome, ApiError> {
     let mut intake = Intake::create(path).await.map_err(io_500("inline file"))?;
-    let mut total = 0u64;
     loop {
         let piece = match field.chunk().await {
             Ok(Some(p)) => p,
             Ok(None) => break,
             Err(e) => return Err(form_error("files", "INVALID_MULTIPART", e.body_text())),
         };
-        total += piece.len() as u64;
         state.received(piece.len() as u64);
-        if total > limit {
-            continue;
-        }
         intake
-            .write(&piece, &state.throttle)
+            .write_within(&piece, limit, &state.throttle)
             .await
             .map_err(io_500("inline file"))?;
     }
-    if total > limit {
+    if intake.seen() > limit {
         return Ok(FileOutcome::TooLarge);
     }
     let info = intake.finish().await.map_err(io_500("inline file"))?;

@@ -1,5 +1,5 @@
 //! The Fluxer protocol of `uploadfs serve`: one text channel
-//! ([`FLUXER_CHANNEL_ID`](crate::server::FLUXER_CHANNEL_ID)) with chunked uploads,
+//! ([`FLUXER_CHANNEL_ID`]) with chunked uploads,
 //! messages carrying attachments, and the CDN that serves them.
 //!
 //! API (`/fluxer/v1`, every route needs `Authorization: <token>` or `Bearer <token>`):
