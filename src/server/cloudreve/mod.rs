@@ -170,8 +170,8 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `GET /site/ping`: the server version, no auth (as the real one).
-async fn ping() -> Response {
-    ok(json!("4.18.0"))
+async fn ping() -> ApiResult {
+    Ok(ok(json!("4.18.0")))
 }
 
 /// A failure in the envelope's terms (HTTP 200), or, from the content endpoint, with a
