@@ -8,7 +8,8 @@
 //! use server_common::box_api::*;
 //! ```
 //!
-//! Built alone (cargo builds every file here as a test target) it holds no test.
+//! Built alone (every file directly under `tests/` is a test target of its own) it holds
+//! no test.
 #![allow(dead_code)]
 
 #[path = "common/mod.rs"]
