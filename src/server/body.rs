@@ -79,6 +79,69 @@ impl Hashers {
     }
 }
 
+/// A body arriving piece by piece into a new file, throttled and hashed on the way. What
+/// to do about its size is the caller's (refuse at once, or read on and refuse at the end).
+pub struct Intake {
+    file: tokio::fs::File,
+    hashers: Hashers,
+    /// Bytes offered so far, written or not.
+    seen: u64,
+}
+
+impl Intake {
+    pub async fn create(path: &Path) -> std::io::Result<Intake> {
+        Ok(Intake {
+            file: tokio::fs::File::create(path).await?,
+            hashers: Hashers::default(),
+            seen: 0,
+        })
+    }
+
+    /// Take one piece: wait for the bandwidth cap, hash it, write it.
+    pub async fn write(&mut self, piece: &[u8], throttle: &Throttle) -> std::io::Result<()> {
+        self.seen += piece.len() as u64;
+        write_piece(&mut self.file, &mut self.hashers, piece, throttle).await
+    }
+
+    /// [`write`](Self::write) while the body stays within `limit` bytes in all; past it
+    /// pieces are only counted, so a client still sending reads the refusal that follows
+    /// instead of a reset.
+    pub async fn write_within(
+        &mut self,
+        piece: &[u8],
+        limit: u64,
+        throttle: &Throttle,
+    ) -> std::io::Result<()> {
+        if self.seen + piece.len() as u64 > limit {
+            self.seen += piece.len() as u64;
+            return Ok(());
+        }
+        self.write(piece, throttle).await
+    }
+
+    /// Bytes offered so far (more than written once over a limit).
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Flush the file and return what was written.
+    pub async fn finish(mut self) -> std::io::Result<BodyInfo> {
+        self.file.flush().await?;
+        Ok(self.hashers.finish())
+    }
+}
+
+async fn write_piece(
+    file: &mut tokio::fs::File,
+    h: &mut Hashers,
+    piece: &[u8],
+    throttle: &Throttle,
+) -> std::io::Result<()> {
+    throttle.take(piece.len() as u64).await;
+    h.update(piece);
+    file.write_all(piece).await
+}
+
 /// Stream `body` into a new file at `path`, refusing more than `limit` bytes.
 pub async fn body_to_file(
     body: Body,
@@ -119,12 +182,36 @@ pub async fn append_body_hashed(
         if h.len + chunk.len() as u64 > limit {
             return Err(BodyError::TooLarge(limit));
         }
-        throttle.take(chunk.len() as u64).await;
-        h.update(&chunk);
-        file.write_all(&chunk).await?;
+        write_piece(file, &mut h, &chunk, throttle).await?;
     }
     file.flush().await?;
     Ok(h.finish())
+}
+
+/// Read and drop what is left of a refused request body, up to about `limit` bytes, so
+/// that a client still sending sees the error answer instead of a broken pipe.
+pub async fn drain(body: Body, limit: u64) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len() as u64;
+        if seen > limit {
+            break;
+        }
+    }
+}
+
+/// [`drain`] for a multipart body whose parser is already running.
+pub async fn drain_multipart(mp: &mut axum::extract::Multipart, limit: u64) {
+    let mut seen = 0u64;
+    while let Ok(Some(mut field)) = mp.next_field().await {
+        while let Ok(Some(chunk)) = field.chunk().await {
+            seen += chunk.len() as u64;
+            if seen > limit {
+                return;
+            }
+        }
+    }
 }
 
 /// Concatenate chunk files, in order, into a new file at `out`, hashing what is written.
@@ -148,6 +235,34 @@ pub async fn concat_files(
     }
     o.flush().await?;
     Ok(h.finish())
+}
+
+/// Join chunk files, in order, into a new file at `out` and return its digests. A single
+/// chunk is the whole file: it is moved instead of copied (a file created and one deleted
+/// less per small upload), hashed unless its digests are `known` already.
+pub async fn join_chunks(
+    parts: Vec<std::path::PathBuf>,
+    out: &Path,
+    known: Option<BodyInfo>,
+) -> std::io::Result<BodyInfo> {
+    let joined = match parts.as_slice() {
+        [one] => {
+            async {
+                let info = match known {
+                    Some(info) => info,
+                    None => hash_file(one).await?,
+                };
+                tokio::fs::rename(one, out).await?;
+                Ok(info)
+            }
+            .await
+        }
+        _ => concat_files(parts, out).await,
+    };
+    if joined.is_err() {
+        let _ = tokio::fs::remove_file(out).await;
+    }
+    joined
 }
 
 /// Hash a whole file on disk (used when parts are concatenated).

@@ -1,27 +1,35 @@
 //! `uploadfs serve`: one axum server hosting all five upload protocols under fixed
 //! prefixes (`/box/2.0`, `/box/upload/2.0`, `/cloudreve/api/v4`, `/fluxer/v1` and the CDN
-//! `/fluxer/cdn`, `/virola/api/v1`, `/dyson/api`), as strict as the real services.
+//! `/fluxer/cdn`, `/virola/api/v1`, `/dyson/api`), as strict as the real services. The
+//! emulator keeps its own rules: it never uses the client code (`crate::remote`).
 //!
 //! Shared pieces live here: the options, the state every protocol handler gets
-//! ([`ServerState`]), token checks, fault injection hooks, and the test endpoints under
-//! `/_uploadfs/` (introspection of what really landed, and run-time control of faults).
+//! ([`ServerState`]), fault injection hooks ([`Faulted`]), the router and the accept loop. The test
+//! endpoints under `/_uploadfs/` (introspection of what really landed, run-time control
+//! of faults) and the bad-answer layer live in `control`.
+//! Beside them: [`auth`] (the credentials a request carries), [`body`] (bodies to disk,
+//! hashing, ranged downloads), [`names`] (the file-name rules), [`store`] (committed
+//! objects), [`faults`] (fault and shaping settings).
 //!
-//! Control (`POST /_uploadfs/control`, JSON) changes at run time: `fail_rate`, `token`
-//! (revokes the client's), `latency_ms`, `bandwidth`, `box_commit_202`, `fluxer_max_size`,
-//! `max_file_size`, `bad_answers` (spoiled answers of chosen requests, see
-//! [`faults`]), and `forget_sessions: true`, which drops every protocol's open upload
-//! sessions (and their parts) as an expiry or a server restart would.
+//! One handler idiom for every protocol: a handler takes the [`auth::Credentials`]
+//! extractor, applies its protocol's caller check, and returns `Result<Response, E>`, where
+//! `E` is the protocol's error type (`BoxError`, Cloudreve's `ApiError`, Fluxer's
+//! `ApiError`, `VirolaError`, `DysonError`) whose `IntoResponse` writes that protocol's
+//! exact error body and status; store and I/O failures convert into it with `?`.
 //!
 //! Connections are served by our own accept loop instead of `axum::serve` so that a
 //! handler can really drop its connection ([`ConnKill`]): that is how "connection reset"
 //! faults reach clients as they would on a real network.
 
+pub mod auth;
 pub mod body;
 pub mod box_;
 pub mod cloudreve;
+mod control;
 pub mod dyson;
 pub mod faults;
 pub mod fluxer;
+pub mod names;
 pub mod store;
 pub mod virola;
 
@@ -32,15 +40,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use faults::{BadAnswers, BadMode, BadRule, Counters, Fault, FaultOp, Faults, Throttle};
+use auth::Credentials;
+use faults::{BadAnswers, Counters, Fault, FaultOp, Faults, Throttle};
 use store::Store;
 
 /// The channel id of the one Fluxer channel the server hosts.
@@ -186,20 +194,12 @@ impl ServerState {
         !value.is_empty() && constant_time_eq(value.as_bytes(), live.token.as_bytes())
     }
 
-    /// `Authorization: Bearer <token>` (or the raw token) is present and right.
-    pub fn bearer_ok(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                let v = v.trim();
-                let tok = v
-                    .strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-                    .unwrap_or(v);
-                self.token_matches(tok.trim())
-            })
-            .unwrap_or(false)
+    /// The common rule (Box, Cloudreve, the test endpoints): `Authorization: Bearer
+    /// <token>` (or the bare token) is present and right.
+    pub fn bearer_ok(&self, creds: &Credentials) -> bool {
+        creds
+            .bearer_or_bare()
+            .is_some_and(|t| self.token_matches(t))
     }
 
     /// Roll for a fault on a request of kind `op` (counted when one is injected).
@@ -211,6 +211,42 @@ impl ServerState {
                 .fetch_add(1, Ordering::Relaxed);
         }
         f
+    }
+
+    /// Roll for a fault on a request of kind `op` and say what the handler must do;
+    /// `body` gives the protocol's own error JSON of an injected 429 or 503.
+    pub fn roll(&self, op: FaultOp, body: impl FnOnce(Fault) -> serde_json::Value) -> Faulted {
+        match self.fault(op) {
+            None => Faulted::None,
+            Some(Fault::DropBefore) => Faulted::DropNow,
+            Some(Fault::DropAfter) => Faulted::DropAfter,
+            Some(f) => Faulted::Answer(fault_status(f, body(f))),
+        }
+    }
+
+    /// Count `n` bytes of upload bodies received (introspection `bytes_received`).
+    pub fn received(&self, n: u64) {
+        self.counters.bytes_received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Roll for a fault on an upload and settle it (see [`Faulted::before_upload`]).
+    pub async fn upload_fault(
+        &self,
+        kill: &ConnKill,
+        body: impl FnOnce(Fault) -> serde_json::Value,
+    ) -> Result<bool, Response> {
+        self.roll(FaultOp::Upload, body).before_upload(kill).await
+    }
+
+    /// Roll for a fault on a download and settle it (see [`Faulted::before_download`]).
+    pub async fn download_fault(
+        &self,
+        kill: &ConnKill,
+        body: impl FnOnce(Fault) -> serde_json::Value,
+    ) -> Option<Response> {
+        self.roll(FaultOp::Download, body)
+            .before_download(kill)
+            .await
     }
 
     /// The server's own base URL, e.g. `http://127.0.0.1:8080`.
@@ -247,27 +283,50 @@ impl ConnKill {
     }
 }
 
-/// A 429/503 answer for an injected fault; `body` is the protocol's own error JSON.
-pub fn fault_status(fault: Fault, body: serde_json::Value) -> Option<Response> {
-    match fault {
-        Fault::Unavailable => Some(
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "0")],
-                Json(body),
-            )
-                .into_response(),
-        ),
-        Fault::TooMany => Some(
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, "0")],
-                Json(body),
-            )
-                .into_response(),
-        ),
-        Fault::DropBefore | Fault::DropAfter => None,
+/// What an injected fault leaves a handler to do.
+pub enum Faulted {
+    /// Nothing was injected.
+    None,
+    /// Answer this now (a 429 or 503 in the protocol's error shape).
+    Answer(Response),
+    /// Close the connection now, without answering.
+    DropNow,
+    /// Do the work, then close the connection without answering.
+    DropAfter,
+}
+
+impl Faulted {
+    /// Settle an upload's fault before its work: `Err(answer)` ends the request now (a
+    /// 429 or 503, or the connection dropped); `Ok(true)`: do the work, then drop the
+    /// connection without answering.
+    pub async fn before_upload(self, kill: &ConnKill) -> Result<bool, Response> {
+        match self {
+            Faulted::None => Ok(false),
+            Faulted::DropAfter => Ok(true),
+            Faulted::Answer(r) => Err(r),
+            Faulted::DropNow => Err(kill.drop_connection().await),
+        }
     }
+
+    /// The answer that replaces a download, if any: a 429 or 503, or the connection
+    /// dropped (a download has nothing to do "before" dropping).
+    pub async fn before_download(self, kill: &ConnKill) -> Option<Response> {
+        match self {
+            Faulted::None => None,
+            Faulted::Answer(r) => Some(r),
+            Faulted::DropNow | Faulted::DropAfter => Some(kill.drop_connection().await),
+        }
+    }
+}
+
+/// A 429/503 answer for an injected fault (`Retry-After: 0`); `body` is the protocol's
+/// own error JSON. A dropped connection has no answer: 503 is only a fallback there.
+fn fault_status(fault: Fault, body: serde_json::Value) -> Response {
+    let status = match fault {
+        Fault::TooMany => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, [(header::RETRY_AFTER, "0")], Json(body)).into_response()
 }
 
 /// Build the router of all protocols plus the test endpoints.
@@ -282,11 +341,11 @@ pub fn router(state: AppState) -> Router {
         .nest("/dyson/api", dyson::router())
         // The public Dyson gateway maps /drive/{**} onto /api/{**}.
         .nest("/dyson/drive", dyson::router())
-        .route("/_uploadfs/state", get(introspect))
-        .route("/_uploadfs/control", post(control))
+        .route("/_uploadfs/state", get(control::introspect))
+        .route("/_uploadfs/control", post(control::control))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            bad_answer_layer,
+            control::bad_answer_layer,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -303,213 +362,6 @@ async fn common_layer(State(state): State<AppState>, req: Request, next: Next) -
         tokio::time::sleep(latency).await;
     }
     next.run(req).await
-}
-
-/// Spoils the answers the bad-answer rule picks (never those of `/_uploadfs/`).
-async fn bad_answer_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
-    if path.starts_with("/_uploadfs/") {
-        return next.run(req).await;
-    }
-    let Some(mode) = state.bad_answers.take(req.method().as_str(), &path) else {
-        return next.run(req).await;
-    };
-    let resp = next.run(req).await;
-    state
-        .counters
-        .bad_answers_sent
-        .fetch_add(1, Ordering::Relaxed);
-    tracing::info!(%path, ?mode, "serving a bad answer");
-    spoil(mode, resp).await
-}
-
-/// The page a captive portal or a login proxy answers instead of the service.
-const PORTAL_PAGE: &str = "<!DOCTYPE html><html><head><title>Sign in to the network</title>\
-    </head><body><h1>Network login required</h1><p>Please sign in to continue.</p></body></html>";
-/// How long a truncated answer waits after its first half before the connection ends.
-const TRUNCATE_PAUSE: Duration = Duration::from_millis(50);
-/// Largest answer body [`spoil`] reads into memory to cut or flip it (test sizes only).
-const MAX_SPOILED_BODY: usize = 256 * 1024 * 1024;
-
-/// Replace `resp` as `mode` says (see [`faults`]).
-async fn spoil(mode: BadMode, resp: Response) -> Response {
-    let fixed = |ct: &'static str, body: &'static str| {
-        (StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response()
-    };
-    match mode {
-        BadMode::Html => return fixed("text/html; charset=utf-8", PORTAL_PAGE),
-        BadMode::GarbageJson => return fixed("application/json", "{\"unexpected\": "),
-        BadMode::Empty => return fixed("application/json", ""),
-        BadMode::Truncate | BadMode::WrongLength | BadMode::Flip => {}
-    }
-    let (mut parts, body) = resp.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_SPOILED_BODY)
-        .await
-        .unwrap_or_default();
-    let length = |n: usize| header::HeaderValue::from(n as u64);
-    match mode {
-        BadMode::Flip => {
-            let flipped: Vec<u8> = bytes.iter().map(|b| !b).collect();
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, length(flipped.len()));
-            Response::from_parts(parts, axum::body::Body::from(flipped))
-        }
-        BadMode::WrongLength => {
-            let half = bytes.slice(..bytes.len() / 2);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, length(half.len()));
-            Response::from_parts(parts, axum::body::Body::from(half))
-        }
-        _ => {
-            // Promise the whole body (at least a few bytes), send half, then fail the
-            // stream: hyper closes the connection mid-body. The failure waits a moment so
-            // the head and the first half really leave (else hyper drops them unsent).
-            use futures_util::StreamExt as _;
-            let promised = bytes.len().max(16);
-            let half = bytes.slice(..bytes.len() / 2);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, length(promised));
-            let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(half) });
-            let cut = futures_util::stream::once(async {
-                tokio::time::sleep(TRUNCATE_PAUSE).await;
-                Err(std::io::Error::other("bad answer: connection cut mid-body"))
-            });
-            Response::from_parts(parts, axum::body::Body::from_stream(first.chain(cut)))
-        }
-    }
-}
-
-/// The 401 answer of the test endpoints when the token is missing or wrong.
-fn check_test_auth(state: &ServerState, headers: &HeaderMap) -> Option<Response> {
-    if state.bearer_ok(headers) {
-        None
-    } else {
-        Some((StatusCode::UNAUTHORIZED, "token required").into_response())
-    }
-}
-
-/// `GET /_uploadfs/state`: stored files per protocol (name, size, SHA-1), open sessions,
-/// counters.
-async fn introspect(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = check_test_auth(&state, &headers) {
-        return r;
-    }
-    let mut protocols = serde_json::Map::new();
-    for (proto, sessions) in [
-        ("box", state.box_.open_sessions()),
-        ("cloudreve", state.cloudreve.open_sessions()),
-        ("fluxer", state.fluxer.open_sessions()),
-        ("virola", state.virola.open_sessions()),
-        ("dyson", state.dyson.open_sessions()),
-    ] {
-        let objects = match state.store.all(proto) {
-            Ok(o) => o,
-            Err(e) => {
-                return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
-            }
-        };
-        let (dirs, files): (Vec<_>, Vec<_>) = objects.into_iter().partition(|o| o.is_dir);
-        protocols.insert(
-            proto.to_string(),
-            serde_json::json!({ "files": files, "folders": dirs, "open_sessions": sessions }),
-        );
-    }
-    Json(serde_json::json!({
-        "protocols": protocols,
-        "requests": state.counters.requests.load(Ordering::Relaxed),
-        "faults_injected": state.counters.faults_injected.load(Ordering::Relaxed),
-        "bytes_received": state.counters.bytes_received.load(Ordering::Relaxed),
-        "bytes_served": state.throttle.served(),
-        "bad_answers_sent": state.counters.bad_answers_sent.load(Ordering::Relaxed),
-        "sessions_forgotten": state.counters.sessions_forgotten.load(Ordering::Relaxed),
-        "fail_rate": state.faults.rate(),
-    }))
-    .into_response()
-}
-
-#[derive(Debug, Deserialize)]
-struct ControlBody {
-    fail_rate: Option<f64>,
-    /// Replace the token (a test "revokes" the client's token this way).
-    token: Option<String>,
-    latency_ms: Option<u64>,
-    bandwidth: Option<u64>,
-    box_commit_202: Option<u32>,
-    fluxer_max_size: Option<u64>,
-    max_file_size: Option<u64>,
-    /// Spoil the next answers of matching requests.
-    bad_answers: Option<BadRule>,
-    /// Drop every protocol's open upload sessions now.
-    #[serde(default)]
-    forget_sessions: bool,
-}
-
-/// `POST /_uploadfs/control`: change fault and shaping settings at run time.
-async fn control(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(body): Json<ControlBody>,
-) -> Response {
-    if let Some(r) = check_test_auth(&state, &headers) {
-        return r;
-    }
-    if let Some(r) = body.fail_rate {
-        state.faults.set_rate(r);
-    }
-    if let Some(b) = body.bandwidth {
-        state.throttle.set_rate(b);
-    }
-    if let Some(rule) = body.bad_answers {
-        state.bad_answers.set(rule);
-    }
-    if body.forget_sessions {
-        forget_sessions(&state);
-    }
-    {
-        let mut live = state.live.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = body.token {
-            live.token = t;
-        }
-        if let Some(l) = body.latency_ms {
-            live.latency = Duration::from_millis(l);
-        }
-        if let Some(n) = body.box_commit_202 {
-            live.box_commit_202 = n;
-        }
-        if let Some(n) = body.fluxer_max_size {
-            live.fluxer_max_size = n;
-        }
-        if let Some(n) = body.max_file_size {
-            live.max_file_size = n;
-        }
-    }
-    Json(serde_json::json!({"ok": true})).into_response()
-}
-
-/// Drop every protocol's open upload sessions and the parts they hold on disk.
-fn forget_sessions(state: &ServerState) {
-    let mut n = 0u64;
-    for (proto, ids) in [
-        ("box", state.box_.clear_sessions()),
-        ("cloudreve", state.cloudreve.clear_sessions()),
-        ("fluxer", state.fluxer.clear_sessions()),
-        ("virola", state.virola.clear_sessions()),
-        ("dyson", state.dyson.clear_sessions()),
-    ] {
-        for id in ids {
-            n += 1;
-            let dir = state.store.root().join("sessions").join(proto).join(&id);
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    state
-        .counters
-        .sessions_forgotten
-        .fetch_add(n, Ordering::Relaxed);
-    tracing::info!(sessions = n, "control: open upload sessions forgotten");
 }
 
 /// A running server: its address, and a handle to stop it.

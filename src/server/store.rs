@@ -57,17 +57,50 @@ impl Object {
         body: &super::body::BodyInfo,
         blob: String,
     ) -> Object {
+        Object {
+            size: body.len,
+            sha1: body.sha1.clone(),
+            md5: body.md5.clone(),
+            blob: Some(blob),
+            ..Object::empty(proto, id, parent, name, false)
+        }
+    }
+
+    /// A new folder `name` in `parent`, with the given extra fields; created/modified now.
+    pub fn folder(
+        proto: &str,
+        id: String,
+        parent: String,
+        name: String,
+        extra: serde_json::Value,
+    ) -> Object {
+        Object {
+            extra,
+            ..Object::empty(proto, id, parent, name, true)
+        }
+    }
+
+    /// A new record without content (a message, a marker row): not a folder, no blob,
+    /// size 0; created/modified now.
+    pub fn record(proto: &str, id: String, parent: String, extra: serde_json::Value) -> Object {
+        Object {
+            extra,
+            ..Object::empty(proto, id, parent, String::new(), false)
+        }
+    }
+
+    fn empty(proto: &str, id: String, parent: String, name: String, is_dir: bool) -> Object {
         let now = now_ms();
         Object {
             proto: proto.to_string(),
             id,
             parent,
             name,
-            is_dir: false,
-            size: body.len,
-            sha1: body.sha1.clone(),
-            md5: body.md5.clone(),
-            blob: Some(blob),
+            is_dir,
+            size: 0,
+            sha1: String::new(),
+            md5: String::new(),
+            blob: None,
             created_ms: now,
             modified_ms: now,
             extra: serde_json::Value::Null,
@@ -222,44 +255,18 @@ impl Store {
             .prepare_cached(&format!(
                 "INSERT INTO objects ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
             ))?
-            .execute(params![
-                o.proto,
-                o.id,
-                o.parent,
-                o.name,
-                o.is_dir,
-                o.size as i64,
-                o.sha1,
-                o.md5,
-                o.blob,
-                o.created_ms,
-                o.modified_ms,
-                o.extra.to_string()
-            ])?;
+            .execute(object_params(o))?;
         Ok(())
     }
 
-    /// Replace every field of the object with the same (proto, id). Returns the old blob
-    /// key when the content changed and no other object uses it (already deleted on disk).
+    /// Replace every field of the object with the same (proto, id). The old blob is
+    /// released when the content changed and no other object uses it.
     pub fn update(&self, o: &Object) -> StoreResult<()> {
         let old = self.get(&o.proto, &o.id)?;
         self.conn().execute(
             "UPDATE objects SET parent=?3, name=?4, is_dir=?5, size=?6, sha1=?7, md5=?8, blob=?9,
              created_ms=?10, modified_ms=?11, extra=?12 WHERE proto=?1 AND id=?2",
-            params![
-                o.proto,
-                o.id,
-                o.parent,
-                o.name,
-                o.is_dir,
-                o.size as i64,
-                o.sha1,
-                o.md5,
-                o.blob,
-                o.created_ms,
-                o.modified_ms,
-                o.extra.to_string()
-            ],
+            object_params(o),
         )?;
         if let Some(old_blob) = old.and_then(|o| o.blob) {
             if o.blob.as_deref() != Some(old_blob.as_str()) {
@@ -416,6 +423,40 @@ fn is_stale(e: &std::fs::DirEntry) -> bool {
         .ok()
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|age| age > STALE_AFTER)
+}
+
+/// The twelve columns of [`COLUMNS`] as statement parameters `?1..?12`.
+#[allow(clippy::type_complexity)]
+fn object_params(
+    o: &Object,
+) -> (
+    &str,
+    &str,
+    &str,
+    &str,
+    bool,
+    i64,
+    &str,
+    &str,
+    Option<&str>,
+    i64,
+    i64,
+    String,
+) {
+    (
+        &o.proto,
+        &o.id,
+        &o.parent,
+        &o.name,
+        o.is_dir,
+        o.size as i64,
+        &o.sha1,
+        &o.md5,
+        o.blob.as_deref(),
+        o.created_ms,
+        o.modified_ms,
+        o.extra.to_string(),
+    )
 }
 
 fn row_to_object(r: &rusqlite::Row<'_>) -> rusqlite::Result<Object> {

@@ -12,11 +12,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::super::auth::Credentials;
 use super::super::body::{content_type_for, serve_file, BadRange, FileAnswer};
 use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
-use super::super::{AppState, ConnKill, ServerState};
-use super::upload::{check_if_match, query_u64, roll, Faulted};
+use super::super::{AppState, ConnKill, Faulted, ServerState};
+use super::upload::{check_if_match, fault_json};
 use super::*;
 
 /// How long a download link stays valid, seconds.
@@ -37,10 +38,10 @@ fn json_body(body: &Bytes) -> BoxResult<Value> {
 pub(super) async fn get_file(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
     Query(q): Q,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let f = file(&state, &id)?;
     Ok(Json(fields_json(&state, &f, q.get("fields").map(String::as_str))).into_response())
 }
@@ -65,32 +66,39 @@ fn rename_target(state: &ServerState, o: &Object, v: &Value) -> BoxResult<(Strin
     Ok((name, parent))
 }
 
+/// Give `o` its new name and parent, store it and answer its full form.
+fn moved(state: &ServerState, mut o: Object, name: String, parent: String) -> BoxResult {
+    o.name = name;
+    o.parent = parent;
+    bump(&mut o);
+    state.store.update(&o)?;
+    Ok(Json(full_json(state, &o)).into_response())
+}
+
 /// `PUT /files/{id}` `{name?, parent:{id}?}`: rename and/or move.
 pub(super) async fn update_file(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
     body: Bytes,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
-    let mut f = file(&state, &id)?;
+    check_auth(&state, &creds)?;
+    let f = file(&state, &id)?;
     check_if_match(&headers, &f)?;
     let v = json_body(&body)?;
     let (name, parent) = rename_target(&state, &f, &v)?;
-    f.name = name;
-    f.parent = parent;
-    bump(&mut f);
-    state.store.update(&f)?;
-    Ok(Json(full_json(&state, &f)).into_response())
+    moved(&state, f, name, parent)
 }
 
 /// `DELETE /files/{id}`: 204.
 pub(super) async fn delete_file(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let f = file(&state, &id)?;
     check_if_match(&headers, &f)?;
     state.store.delete(PROTO, &f.id)?;
@@ -102,9 +110,9 @@ pub(super) async fn delete_file(
 pub(super) async fn download_redirect(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let f = file(&state, &id)?;
     let exp = now_ms() / 1000 + LINK_LIFETIME_S;
     let sig = state.box_.sign_link(&f.id, &f.sha1, exp);
@@ -130,7 +138,7 @@ pub(super) async fn download_signed(
     if exp < now_ms() / 1000 || state.box_.sign_link(&f.id, &f.sha1, exp) != sig {
         return Err(forbidden());
     }
-    let drop_midway = match roll(&state, FaultOp::Download) {
+    let drop_midway = match state.roll(FaultOp::Download, fault_json) {
         Faulted::Answer(r) => return Ok(r),
         // A dropped download breaks off in the middle of the body when there is one.
         Faulted::DropNow | Faulted::DropAfter if f.size >= 2 => true,
@@ -225,10 +233,10 @@ fn decode_marker(m: &str) -> BoxResult<u64> {
 pub(super) async fn get_folder(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
     Query(q): Q,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let f = folder(&state, &id)?;
     let mut v = match &f {
         None => root_full(),
@@ -244,10 +252,10 @@ pub(super) async fn get_folder(
 pub(super) async fn folder_items(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    creds: Credentials,
     Query(q): Q,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     folder(&state, &id)?;
     Ok(Json(items_page(&state, &id, &q)?).into_response())
 }
@@ -255,30 +263,23 @@ pub(super) async fn folder_items(
 /// `POST /folders` `{name, parent:{id}}`: 201 Folder--Full.
 pub(super) async fn create_folder(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     body: Bytes,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let v = json_body(&body)?;
     let (name, parent) = super::upload::name_and_parent(&v)?;
     check_name(name)?;
     folder(&state, parent)?;
     check_conflict(&state, parent, name, None, true)?;
-    let now = now_ms();
-    let o = Object {
-        proto: PROTO.to_string(),
-        id: new_id(&state)?,
-        parent: parent.to_string(),
-        name: name.to_string(),
-        is_dir: true,
-        size: 0,
-        sha1: String::new(),
-        md5: String::new(),
-        blob: None,
-        created_ms: now,
-        modified_ms: now,
-        extra: box_extra(0, None, now, now),
-    };
+    let mut o = Object::folder(
+        PROTO,
+        new_id(&state)?,
+        parent.to_string(),
+        name.to_string(),
+        serde_json::Value::Null,
+    );
+    o.extra = box_extra(0, None, o.created_ms, o.modified_ms);
     state.store.insert(&o)?;
     Ok((StatusCode::CREATED, Json(full_json(&state, &o))).into_response())
 }
@@ -295,14 +296,15 @@ fn root_untouchable() -> BoxError {
 pub(super) async fn update_folder(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
     body: Bytes,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     if id == ROOT_ID {
         return Err(root_untouchable());
     }
-    let Some(mut f) = folder(&state, &id)? else {
+    let Some(f) = folder(&state, &id)? else {
         return Err(root_untouchable());
     };
     check_if_match(&headers, &f)?;
@@ -326,21 +328,18 @@ pub(super) async fn update_folder(
             None => break,
         }
     }
-    f.name = name;
-    f.parent = parent;
-    bump(&mut f);
-    state.store.update(&f)?;
-    Ok(Json(full_json(&state, &f)).into_response())
+    moved(&state, f, name, parent)
 }
 
 /// `DELETE /folders/{id}?recursive=true|false`: 204; a non-empty folder needs recursive.
 pub(super) async fn delete_folder(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
     Query(q): Q,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     if id == ROOT_ID {
         return Err(root_untouchable());
     }

@@ -4,7 +4,8 @@
 //!
 //! Layout: this module holds what both hosts share — the session table, the ClientError
 //! shape, token and name checks, and the File/Folder JSON renderings; `upload` has the
-//! upload host's handlers; `items` the API host's.
+//! upload host's direct uploads and pre-flight, `sessions` its chunked upload sessions;
+//! `items` the API host's handlers.
 //!
 //! Storage: files and folders are rows of the shared store (`proto = "box"`), ids are
 //! numeric strings from one counter so a file and a folder never share an id, and the root
@@ -24,17 +25,20 @@
 //!   (as dl.boxcloud.com links).
 
 mod items;
+mod sessions;
 mod upload;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::auth::Credentials;
+use super::names::{NameFault, NameRules};
 use super::store::{now_ms, Object};
 use super::{AppState, ServerState};
 
@@ -56,8 +60,6 @@ const MAX_PAGE: u64 = 1000;
 /// Where every error's `help_url` points (as Box's own errors).
 const HELP_URL: &str =
     "https://developer.box.com/guides/api-calls/permissions-and-errors/common-errors/";
-/// Longest valid item name, bytes.
-const MAX_NAME_BYTES: usize = 255;
 
 /// The part size the server picks for a session of `file_size` bytes. Box does not
 /// document its rule; observed: 8 MiB for files of a few hundred MB, 32 MiB for 1 GB.
@@ -274,19 +276,22 @@ pub fn upload_router() -> Router<AppState> {
             "/files/{id}/content",
             post(upload::upload_version).layer(no_limit),
         )
-        .route("/files/upload_sessions", post(upload::create_session))
+        .route("/files/upload_sessions", post(sessions::create_session))
         .route(
             "/files/{id}/upload_sessions",
-            post(upload::create_version_session),
+            post(sessions::create_version_session),
         )
         .route(
             "/files/upload_sessions/{id}",
-            get(upload::get_session)
-                .put(upload::upload_part)
-                .delete(upload::abort_session),
+            get(sessions::get_session)
+                .put(sessions::upload_part)
+                .delete(sessions::abort_session),
         )
-        .route("/files/upload_sessions/{id}/parts", get(upload::list_parts))
-        .route("/files/upload_sessions/{id}/commit", post(upload::commit))
+        .route(
+            "/files/upload_sessions/{id}/parts",
+            get(sessions::list_parts),
+        )
+        .route("/files/upload_sessions/{id}/commit", post(sessions::commit))
         .fallback(not_found_route)
 }
 
@@ -383,8 +388,8 @@ impl From<std::io::Error> for BoxError {
 pub(crate) type BoxResult<T = Response> = Result<T, BoxError>;
 
 /// 401 `unauthorized` unless the request carries the right bearer token.
-pub(crate) fn check_auth(state: &ServerState, headers: &HeaderMap) -> BoxResult<()> {
-    if state.bearer_ok(headers) {
+pub(crate) fn check_auth(state: &ServerState, creds: &Credentials) -> BoxResult<()> {
+    if state.bearer_ok(creds) {
         Ok(())
     } else {
         Err(BoxError::new(
@@ -395,32 +400,45 @@ pub(crate) fn check_auth(state: &ServerState, headers: &HeaderMap) -> BoxResult<
     }
 }
 
+/// A non-negative integer query parameter; `code` names it in the 400.
+pub(crate) fn query_u64(
+    q: &std::collections::HashMap<String, String>,
+    key: &str,
+    code: &'static str,
+) -> BoxResult<Option<u64>> {
+    match q.get(key) {
+        None => Ok(None),
+        Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+            BoxError::new(
+                StatusCode::BAD_REQUEST,
+                code,
+                format!("{key} is not a valid number: {v}"),
+            )
+        }),
+    }
+}
+
 /// Box's name rules: 1..=255 bytes, no `/` or `\`, no non-printable characters, no leading
 /// or trailing spaces, not `.` or `..`. Violations are 400 `item_name_invalid`.
 pub(crate) fn check_name(name: &str) -> BoxResult<()> {
-    let why = if name.is_empty() {
-        Some("the name is empty")
-    } else if name.len() > MAX_NAME_BYTES {
-        Some("the name is longer than 255 bytes")
-    } else if name.contains('/') || name.contains('\\') {
-        Some("the name contains / or \\")
-    } else if name.chars().any(char::is_control) {
-        Some("the name contains non-printable characters")
-    } else if name == "." || name == ".." {
-        Some("the names . and .. are reserved")
-    } else if name.starts_with(' ') || name.ends_with(' ') {
-        Some("the name has leading or trailing spaces")
-    } else {
-        None
+    let rules = NameRules {
+        no_control: true,
+        no_edge_spaces: true,
     };
-    match why {
-        Some(w) => Err(BoxError::new(
-            StatusCode::BAD_REQUEST,
-            "item_name_invalid",
-            format!("Item name invalid: {w}"),
-        )),
-        None => Ok(()),
-    }
+    let why = match rules.check(name) {
+        Ok(()) => return Ok(()),
+        Err(NameFault::Empty) => "the name is empty",
+        Err(NameFault::TooLong) => "the name is longer than 255 bytes",
+        Err(NameFault::Separator) => "the name contains / or \\",
+        Err(NameFault::Control) => "the name contains non-printable characters",
+        Err(NameFault::Reserved) => "the names . and .. are reserved",
+        Err(NameFault::EdgeSpace) => "the name has leading or trailing spaces",
+    };
+    Err(BoxError::new(
+        StatusCode::BAD_REQUEST,
+        "item_name_invalid",
+        format!("Item name invalid: {why}"),
+    ))
 }
 
 /// 409 `item_name_in_use` when `parent` already holds `name` (case-insensitively) other

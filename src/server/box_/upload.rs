@@ -1,60 +1,31 @@
-//! The Box upload host: direct multipart uploads (`POST /files/content`, new versions via
-//! `POST /files/{id}/content`), the pre-flight check, and chunked upload sessions (create,
-//! status, parts, list, commit, abort).
-//!
-//! A part is streamed straight to its offset in the session's data file and checked
-//! against its `Digest`; only then is it recorded (a refused part's bytes are overwritten
-//! by the retry). The whole-file digest is computed as parts become contiguous
-//! ([`AssembledFile`](crate::server::body::AssembledFile)), so commit only finishes the
-//! hash, compares it, moves the data file into the blob store and then inserts or updates
-//! the file row: a listing never shows a partial file.
+//! The Box upload host's direct uploads (`POST /files/content`, new versions via
+//! `POST /files/{id}/content`) and the pre-flight check, and what chunked sessions share
+//! with them: where a committed upload goes ([`Dest`]) and how it is stored.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
-use axum::body::Body;
 use axum::extract::multipart::{Multipart, MultipartRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
-use super::super::body::{AssembledFile, BodyError, Hashers};
-use super::super::faults::{Fault, FaultOp};
+use super::super::auth::Credentials;
+use super::super::body::{drain_multipart, Intake};
+use super::super::faults::Fault;
 use super::super::store::{now_ms, Object};
-use super::super::{fault_status, AppState, ConnKill, ServerState};
+use super::super::{AppState, ConnKill, ServerState};
 use super::*;
 
 /// Largest `attributes` part accepted (it is a small JSON object).
 const MAX_ATTRIBUTES_BYTES: usize = 64 * 1024;
 /// Multipart framing allowance on top of the file size when checking `Content-Length`.
 const MULTIPART_SLACK: u64 = 256 * 1024;
-/// Offsets beyond this in `GET …/parts` are refused (documented by Box).
-const MAX_PARTS_OFFSET: u64 = 10_000;
-/// `Retry-After` of a 202 commit answer, seconds.
-const COMMIT_RETRY_AFTER: &str = "1";
 /// Most bytes read and thrown away to deliver an error answer (a part is at most 128 MiB).
-const DRAIN_LIMIT: u64 = 160 * 1024 * 1024;
+pub(super) const DRAIN_LIMIT: u64 = 160 * 1024 * 1024;
 
-/// What an injected fault asks the handler to do.
-pub(super) enum Faulted {
-    /// Answer this now (429/503).
-    Answer(Response),
-    /// Close the connection now without answering.
-    DropNow,
-    /// Do the work, then close the connection.
-    DropAfter,
-    None,
-}
-
-pub(super) fn roll(state: &ServerState, op: FaultOp) -> Faulted {
-    let Some(f) = state.fault(op) else {
-        return Faulted::None;
-    };
+/// The error body of an injected 429 or 503, in Box's shape.
+pub(super) fn fault_json(f: Fault) -> Value {
     let err = match f {
         Fault::TooMany => BoxError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -67,11 +38,7 @@ pub(super) fn roll(state: &ServerState, op: FaultOp) -> Faulted {
             "Unavailable",
         ),
     };
-    match fault_status(f, err.body()) {
-        Some(r) => Faulted::Answer(r),
-        None if f == Fault::DropAfter => Faulted::DropAfter,
-        None => Faulted::DropNow,
-    }
+    err.body()
 }
 
 pub(super) fn parse_json_body(body: &Bytes) -> BoxResult<Value> {
@@ -109,7 +76,7 @@ pub(super) fn check_if_match(headers: &HeaderMap, o: &Object) -> BoxResult<()> {
     Ok(())
 }
 
-fn too_large(state: &ServerState, size: u64) -> BoxResult<()> {
+pub(super) fn too_large(state: &ServerState, size: u64) -> BoxResult<()> {
     if size > state.max_file_size() {
         return Err(BoxError::new(
             StatusCode::FORBIDDEN,
@@ -130,10 +97,10 @@ fn too_large(state: &ServerState, size: u64) -> BoxResult<()> {
 /// accepted, otherwise the error the upload would get.
 pub(super) async fn preflight_new(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     body: Bytes,
 ) -> BoxResult {
-    check_auth(&state, &headers)?;
+    check_auth(&state, &creds)?;
     let v = parse_json_body(&body)?;
     let (name, parent) = name_and_parent(&v)?;
     check_name(name)?;
@@ -155,26 +122,28 @@ pub(super) async fn preflight_new(
 /// `POST /files/content`: a new file from `attributes` + `file` multipart parts.
 pub(super) async fn upload_new(
     State(state): State<AppState>,
+    creds: Credentials,
     headers: HeaderMap,
     Extension(kill): Extension<ConnKill>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> BoxResult {
-    direct_upload(state, headers, kill, mp, None).await
+    direct_upload(state, creds, headers, kill, mp, None).await
 }
 
 /// `POST /files/{id}/content`: a new version of file `id`.
 pub(super) async fn upload_version(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    creds: Credentials,
     headers: HeaderMap,
     Extension(kill): Extension<ConnKill>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> BoxResult {
-    direct_upload(state, headers, kill, mp, Some(id)).await
+    direct_upload(state, creds, headers, kill, mp, Some(id)).await
 }
 
 /// Where a committed upload goes.
-enum Dest {
+pub(super) enum Dest {
     New {
         parent: String,
         name: String,
@@ -186,7 +155,7 @@ enum Dest {
 }
 
 /// Validate the destination of a new file or version (name rules, parent, conflicts).
-fn resolve_dest(state: &ServerState, dest: &Dest) -> BoxResult<()> {
+pub(super) fn resolve_dest(state: &ServerState, dest: &Dest) -> BoxResult<()> {
     match dest {
         Dest::New { parent, name } => {
             check_name(name)?;
@@ -205,7 +174,7 @@ fn resolve_dest(state: &ServerState, dest: &Dest) -> BoxResult<()> {
 }
 
 /// Insert the new file or update the version, once its blob is complete.
-fn store_upload(
+pub(super) fn store_upload(
     state: &ServerState,
     dest: &Dest,
     info: &super::super::body::BodyInfo,
@@ -246,7 +215,7 @@ fn store_upload(
     }
 }
 
-fn files_answer(state: &ServerState, o: &Object) -> Response {
+pub(super) fn files_answer(state: &ServerState, o: &Object) -> Response {
     (
         StatusCode::CREATED,
         Json(json!({"total_count": 1, "entries": [full_json(state, o)]})),
@@ -254,34 +223,9 @@ fn files_answer(state: &ServerState, o: &Object) -> Response {
         .into_response()
 }
 
-/// Read and discard what is left of a request body before answering an error: a client
-/// still sending would otherwise see a broken pipe instead of the answer.
-async fn drain(body: Body) {
-    let mut stream = body.into_data_stream();
-    let mut seen = 0u64;
-    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
-        seen += chunk.len() as u64;
-        if seen > DRAIN_LIMIT {
-            break;
-        }
-    }
-}
-
-/// [`drain`] for a multipart body.
-async fn drain_multipart(mp: &mut Multipart) {
-    let mut seen = 0u64;
-    while let Ok(Some(mut field)) = mp.next_field().await {
-        while let Ok(Some(chunk)) = field.chunk().await {
-            seen += chunk.len() as u64;
-            if seen > DRAIN_LIMIT {
-                return;
-            }
-        }
-    }
-}
-
 async fn direct_upload(
     state: AppState,
+    creds: Credentials,
     headers: HeaderMap,
     kill: ConnKill,
     mp: Result<Multipart, MultipartRejection>,
@@ -289,15 +233,16 @@ async fn direct_upload(
 ) -> BoxResult {
     let mut mp =
         mp.map_err(|e| BoxError::bad_request(format!("The body must be multipart/form-data: {e}")));
-    let r = direct_upload_inner(&state, &headers, &kill, &mut mp, version_of).await;
+    let r = direct_upload_inner(&state, &creds, &headers, &kill, &mut mp, version_of).await;
     if let Ok(mp) = &mut mp {
-        drain_multipart(mp).await;
+        drain_multipart(mp, DRAIN_LIMIT).await;
     }
     r
 }
 
 async fn direct_upload_inner(
     state: &AppState,
+    creds: &Credentials,
     headers: &HeaderMap,
     kill: &ConnKill,
     mp: &mut BoxResult<Multipart>,
@@ -305,12 +250,10 @@ async fn direct_upload_inner(
 ) -> BoxResult {
     let state = state.clone();
     let headers = headers.clone();
-    check_auth(&state, &headers)?;
-    let drop_after = match roll(&state, FaultOp::Upload) {
-        Faulted::Answer(r) => return Ok(r),
-        Faulted::DropNow => return Ok(kill.drop_connection().await),
-        Faulted::DropAfter => true,
-        Faulted::None => false,
+    check_auth(&state, creds)?;
+    let drop_after = match state.upload_fault(kill, fault_json).await {
+        Ok(d) => d,
+        Err(answer) => return Ok(answer),
     };
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -394,8 +337,7 @@ async fn direct_upload_inner(
     };
     let temp = state.store.temp_path();
     let received = async {
-        let mut out = tokio::fs::File::create(&temp).await?;
-        let mut h = Hashers::default();
+        let mut intake = Intake::create(&temp).await?;
         let mut len = 0u64;
         while let Some(chunk) = field
             .chunk()
@@ -404,16 +346,10 @@ async fn direct_upload_inner(
         {
             len += chunk.len() as u64;
             too_large(&state, len)?;
-            state.throttle.take(chunk.len() as u64).await;
-            h.update(&chunk);
-            out.write_all(&chunk).await?;
-            state
-                .counters
-                .bytes_received
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            intake.write(&chunk, &state.throttle).await?;
+            state.received(chunk.len() as u64);
         }
-        out.flush().await?;
-        Ok::<_, BoxError>(h.finish())
+        Ok::<_, BoxError>(intake.finish().await?)
     }
     .await;
     let info = match received {
@@ -452,613 +388,5 @@ async fn direct_upload_inner(
     if drop_after {
         return Ok(kill.drop_connection().await);
     }
-    Ok(files_answer(&state, &o))
-}
-
-// ---------------------------------------------------------------------------------------
-// Sessions
-
-fn session_json(state: &ServerState, s: &Session, processed: usize) -> Value {
-    let base = format!(
-        "{}/box/upload/2.0/files/upload_sessions/{}",
-        state.base_url(),
-        s.id
-    );
-    json!({
-        "id": s.id,
-        "type": "upload_session",
-        "session_expires_at": rfc3339(s.expires_ms()),
-        "part_size": s.part_size,
-        "total_parts": s.total_parts(),
-        "num_parts_processed": processed,
-        "session_endpoints": {
-            "upload_part": base,
-            "commit": format!("{base}/commit"),
-            "abort": base,
-            "list_parts": format!("{base}/parts"),
-            "status": base,
-            "log_event": format!("{base}/log"),
-        },
-    })
-}
-
-/// `file_size` of a create-session body: required, a non-negative integer.
-fn session_size(state: &ServerState, v: &Value) -> BoxResult<u64> {
-    let size = match &v["file_size"] {
-        Value::Null => {
-            return Err(BoxError::new(
-                StatusCode::BAD_REQUEST,
-                "missing_file_size",
-                "file_size is required",
-            ))
-        }
-        n => n.as_u64().ok_or_else(|| {
-            BoxError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_file_size",
-                "file_size must be a non-negative integer",
-            )
-        })?,
-    };
-    if size < MIN_SESSION_SIZE {
-        return Err(BoxError::new(
-            StatusCode::BAD_REQUEST,
-            "file_size_too_small",
-            format!(
-                "File size {size} is less than the minimum allowed for this API: {MIN_SESSION_SIZE}"
-            ),
-        ));
-    }
-    too_large(state, size)?;
-    Ok(size)
-}
-
-fn open_session(state: &ServerState, target: SessionTarget, file_size: u64) -> BoxResult {
-    let id = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
-    // Box files carry a SHA-1 only; their MD5 would never be read.
-    let data = AssembledFile::create(
-        state.store.session_dir(PROTO, &id)?.join("data"),
-        file_size,
-        Hashers::sha1_only(),
-    )?;
-    let s = Arc::new(Session {
-        id,
-        target,
-        file_size,
-        part_size: part_size_for(file_size),
-        created_ms: now_ms(),
-        inner: Default::default(),
-        commit_lock: Default::default(),
-        data: Arc::new(data),
-    });
-    state.box_.insert_session(s.clone());
-    tracing::info!(session = %s.id, file_size, part_size = s.part_size, "box: session created");
-    Ok((StatusCode::CREATED, Json(session_json(state, &s, 0))).into_response())
-}
-
-/// `POST /files/upload_sessions` `{folder_id, file_size, file_name}`.
-pub(super) async fn create_session(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> BoxResult {
-    check_auth(&state, &headers)?;
-    let v = parse_json_body(&body)?;
-    let folder_id = match &v["folder_id"] {
-        Value::Null => {
-            return Err(BoxError::new(
-                StatusCode::BAD_REQUEST,
-                "missing_destination",
-                "folder_id is required",
-            ))
-        }
-        Value::String(s) => s.clone(),
-        _ => {
-            return Err(BoxError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_folder_id",
-                "folder_id must be a string",
-            ))
-        }
-    };
-    let name = match &v["file_name"] {
-        Value::Null => {
-            return Err(BoxError::new(
-                StatusCode::BAD_REQUEST,
-                "missing_file_name",
-                "file_name is required",
-            ))
-        }
-        Value::String(s) => s.clone(),
-        _ => return Err(BoxError::bad_request("file_name must be a string")),
-    };
-    let size = session_size(&state, &v)?;
-    check_name(&name)?;
-    folder(&state, &folder_id)?;
-    check_conflict(&state, &folder_id, &name, None, false)?;
-    open_session(&state, SessionTarget::NewFile { folder_id, name }, size)
-}
-
-/// `POST /files/{id}/upload_sessions` `{file_size, file_name?}`: a new version.
-pub(super) async fn create_version_session(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> BoxResult {
-    check_auth(&state, &headers)?;
-    let f = super::file(&state, &id)?;
-    let v = parse_json_body(&body)?;
-    let size = session_size(&state, &v)?;
-    let name = match &v["file_name"] {
-        Value::Null => None,
-        Value::String(s) => {
-            check_name(s)?;
-            check_conflict(&state, &f.parent, s, Some(&f.id), false)?;
-            Some(s.clone())
-        }
-        _ => return Err(BoxError::bad_request("file_name must be a string")),
-    };
-    open_session(
-        &state,
-        SessionTarget::NewVersion { file_id: id, name },
-        size,
-    )
-}
-
-fn session_or_404(state: &ServerState, id: &str) -> BoxResult<Arc<Session>> {
-    state
-        .box_
-        .session(id)
-        .ok_or_else(|| BoxError::not_found(&format!("upload session {id}")))
-}
-
-/// `GET /files/upload_sessions/{id}`.
-pub(super) async fn get_session(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> BoxResult {
-    check_auth(&state, &headers)?;
-    let s = session_or_404(&state, &id)?;
-    let n = s.lock().parts.len();
-    Ok(Json(session_json(&state, &s, n)).into_response())
-}
-
-/// `DELETE /files/upload_sessions/{id}`: abort, discarding the parts.
-pub(super) async fn abort_session(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> BoxResult {
-    check_auth(&state, &headers)?;
-    let s = session_or_404(&state, &id)?;
-    let _commit = s.commit_lock.lock().await;
-    if state.box_.remove_session(&id).is_none() {
-        return Err(BoxError::not_found(&format!("upload session {id}")));
-    }
-    s.lock().closed = true;
-    remove_session_dir(&state, &id).await;
-    tracing::info!(session = %id, "box: session aborted");
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn remove_session_dir(state: &ServerState, id: &str) {
-    if let Ok(dir) = state.store.session_dir(PROTO, id) {
-        let _ = tokio::fs::remove_dir_all(dir).await;
-    }
-}
-
-/// `Digest: sha=<base64 SHA-1>` (other algorithms may be listed too) as lowercase hex.
-fn parse_digest(headers: &HeaderMap) -> BoxResult<String> {
-    let v = headers
-        .get("digest")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            BoxError::new(
-                StatusCode::BAD_REQUEST,
-                "missing_digest",
-                "The Digest header is required: sha=<base64 SHA-1>",
-            )
-        })?;
-    let invalid = || {
-        BoxError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_digest",
-            "The Digest header must be sha=<base64 SHA-1>",
-        )
-    };
-    let b64 = v
-        .split(',')
-        .filter_map(|p| p.trim().split_once('='))
-        .find(|(alg, _)| alg.trim().eq_ignore_ascii_case("sha"))
-        .map(|(_, val)| val.trim())
-        .ok_or_else(invalid)?;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| invalid())?;
-    if raw.len() != 20 {
-        return Err(invalid());
-    }
-    Ok(hex::encode(raw))
-}
-
-fn b64_of_hex(h: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(hex::decode(h).unwrap_or_default())
-}
-
-fn range_error(code: &'static str, message: String) -> BoxError {
-    BoxError::new(StatusCode::RANGE_NOT_SATISFIABLE, code, message)
-}
-
-/// `Content-Range: bytes lo-hi/total` checked against the session: returns (lo, size).
-fn parse_part_range(headers: &HeaderMap, s: &Session) -> BoxResult<(u64, u64)> {
-    let raw = headers
-        .get(header::CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let bad = || {
-        range_error(
-            "invalid_content_range",
-            format!("Content-Range must be 'bytes <lo>-<hi>/<total>', got '{raw}'"),
-        )
-    };
-    let spec = raw.trim().strip_prefix("bytes ").ok_or_else(bad)?;
-    let (range, total) = spec.split_once('/').ok_or_else(bad)?;
-    let (lo, hi) = range.split_once('-').ok_or_else(bad)?;
-    let lo: u64 = lo.trim().parse().map_err(|_| bad())?;
-    let hi: u64 = hi.trim().parse().map_err(|_| bad())?;
-    let total: u64 = total.trim().parse().map_err(|_| bad())?;
-    if hi < lo {
-        return Err(bad());
-    }
-    if total != s.file_size {
-        return Err(range_error(
-            "content_range_total_mismatch",
-            format!(
-                "Content-Range total {total} does not match the session's file size {}",
-                s.file_size
-            ),
-        ));
-    }
-    if lo % s.part_size != 0 {
-        return Err(range_error(
-            "unaligned_part_offset",
-            format!(
-                "The part offset {lo} is not a multiple of the part size {}",
-                s.part_size
-            ),
-        ));
-    }
-    let want = s.part_size.min(s.file_size.saturating_sub(lo));
-    let size = hi - lo + 1;
-    if lo >= s.file_size || size != want {
-        return Err(range_error(
-            "invalid_part_size",
-            format!(
-                "The part at offset {lo} must be {want} bytes (part size {}), got {size}",
-                s.part_size
-            ),
-        ));
-    }
-    Ok((lo, size))
-}
-
-/// Releases a part's in-flight reservation however the request ends (including the
-/// connection going away mid-body, which drops the handler).
-struct InFlight {
-    session: Arc<Session>,
-    offset: u64,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.session.lock().in_flight.remove(&self.offset);
-    }
-}
-
-/// The session, digest, offset and size of a part upload, and its range reservation.
-fn check_part(
-    state: &ServerState,
-    id: &str,
-    headers: &HeaderMap,
-) -> BoxResult<(Arc<Session>, String, u64, u64, InFlight)> {
-    let s = session_or_404(state, id)?;
-    let digest = parse_digest(headers)?;
-    let (offset, size) = parse_part_range(headers, &s)?;
-    let mut inner = s.lock();
-    if inner.parts.contains_key(&offset) || inner.in_flight.contains(&offset) {
-        return Err(range_error(
-            "range_overlaps_existing_part",
-            format!(
-                "Part range {offset}-{} overlaps with another part",
-                offset + size - 1
-            ),
-        ));
-    }
-    inner.in_flight.insert(offset);
-    drop(inner);
-    let reservation = InFlight {
-        session: s.clone(),
-        offset,
-    };
-    Ok((s, digest, offset, size, reservation))
-}
-
-/// `PUT /files/upload_sessions/{id}`: one part, raw body.
-pub(super) async fn upload_part(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Extension(kill): Extension<ConnKill>,
-    body: Body,
-) -> BoxResult {
-    if let Err(e) = check_auth(&state, &headers) {
-        drain(body).await;
-        return Err(e);
-    }
-    let drop_after = match roll(&state, FaultOp::Upload) {
-        Faulted::Answer(r) => {
-            drain(body).await;
-            return Ok(r);
-        }
-        Faulted::DropNow => return Ok(kill.drop_connection().await),
-        Faulted::DropAfter => true,
-        Faulted::None => false,
-    };
-    let (s, digest, offset, size, _reservation) = match check_part(&state, &id, &headers) {
-        Ok(v) => v,
-        Err(e) => {
-            drain(body).await;
-            return Err(e);
-        }
-    };
-    let info = match s.data.write_part(offset, body, size, &state.throttle).await {
-        Ok(i) => i,
-        Err(BodyError::TooLarge(_)) => {
-            return Err(BoxError::bad_request(format!(
-                "The part body is larger than its Content-Range ({size} bytes)"
-            )))
-        }
-        Err(BodyError::Aborted(e)) => {
-            return Err(BoxError::bad_request(format!(
-                "The part body broke off: {e}"
-            )))
-        }
-        Err(BodyError::Io(e)) => return Err(BoxError::internal(e)),
-    };
-    state
-        .counters
-        .bytes_received
-        .fetch_add(info.len, Ordering::Relaxed);
-    if info.len != size {
-        return Err(BoxError::bad_request(format!(
-            "The part body has {} bytes, its Content-Range says {size}",
-            info.len
-        )));
-    }
-    if info.sha1 != digest {
-        return Err(BoxError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_digest",
-            format!(
-                "The Digest of the part does not match its body. Actual: {} Expected: {}",
-                b64_of_hex(&info.sha1),
-                b64_of_hex(&digest)
-            ),
-        ));
-    }
-    let part = Part {
-        part_id: format!("{:08X}", rand::random::<u32>()),
-        offset,
-        size,
-        sha1: info.sha1,
-    };
-    {
-        let mut inner = s.lock();
-        if inner.closed {
-            return Err(BoxError::not_found(&format!("upload session {id}")));
-        }
-        inner.parts.insert(offset, part.clone());
-    }
-    s.data.accept(offset, size);
-    tracing::debug!(session = %id, offset, size, "box: part stored");
-    if drop_after {
-        return Ok(kill.drop_connection().await);
-    }
-    Ok(Json(json!({"part": part.json()})).into_response())
-}
-
-/// A non-negative integer query parameter; `code` names it in the 400.
-pub(super) fn query_u64(
-    q: &std::collections::HashMap<String, String>,
-    key: &str,
-    code: &'static str,
-) -> BoxResult<Option<u64>> {
-    match q.get(key) {
-        None => Ok(None),
-        Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
-            BoxError::new(
-                StatusCode::BAD_REQUEST,
-                code,
-                format!("{key} is not a valid number: {v}"),
-            )
-        }),
-    }
-}
-
-/// `GET /files/upload_sessions/{id}/parts?offset&limit`.
-pub(super) async fn list_parts(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-) -> BoxResult {
-    check_auth(&state, &headers)?;
-    let s = session_or_404(&state, &id)?;
-    let offset = query_u64(&q, "offset", "invalid_offset")?.unwrap_or(0);
-    if offset > MAX_PARTS_OFFSET {
-        return Err(BoxError::bad_request(format!(
-            "offset {offset} exceeds {MAX_PARTS_OFFSET}"
-        )));
-    }
-    let limit = query_u64(&q, "limit", "invalid_limit")?
-        .unwrap_or(MAX_PAGE)
-        .clamp(1, MAX_PAGE);
-    let inner = s.lock();
-    let entries: Vec<Value> = inner
-        .parts
-        .values()
-        .skip(offset as usize)
-        .take(limit as usize)
-        .map(Part::json)
-        .collect();
-    Ok(Json(json!({
-        "total_count": inner.parts.len(),
-        "limit": limit,
-        "offset": offset,
-        "order": [{"by": "offset", "direction": "ASC"}],
-        "entries": entries,
-    }))
-    .into_response())
-}
-
-/// `POST /files/upload_sessions/{id}/commit` with `Digest` of the whole file and
-/// `{parts:[…], attributes?}`.
-pub(super) async fn commit(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> BoxResult {
-    check_auth(&state, &headers)?;
-    // A repeated commit of a committed session (its answer was lost) gets the file again.
-    let already = |state: &ServerState| -> BoxResult {
-        match state.box_.committed_file(&id) {
-            Some(fid) => Ok(files_answer(state, &super::file(state, &fid)?)),
-            None => Err(BoxError::not_found(&format!("upload session {id}"))),
-        }
-    };
-    let Some(s) = state.box_.session(&id) else {
-        return already(&state);
-    };
-    let _commit = s.commit_lock.lock().await;
-    if s.lock().closed {
-        return already(&state);
-    }
-    let digest = parse_digest(&headers)?;
-    let v = parse_json_body(&body)?;
-    let given = v["parts"]
-        .as_array()
-        .ok_or_else(|| BoxError::bad_request("parts is required: the list of uploaded parts"))?;
-    let parts: Vec<Part> = s.lock().parts.values().cloned().collect();
-    let have: u64 = parts.iter().map(|p| p.size).sum();
-    if have != s.file_size {
-        return Err(BoxError::new(
-            StatusCode::BAD_REQUEST,
-            "upload_incomplete",
-            format!(
-                "{} of {} bytes were uploaded ({} of {} parts)",
-                have,
-                s.file_size,
-                parts.len(),
-                s.total_parts()
-            ),
-        ));
-    }
-    let mut listed = Vec::with_capacity(given.len());
-    for g in given {
-        let (Some(pid), Some(off), Some(size)) = (
-            g["part_id"].as_str(),
-            g["offset"].as_u64(),
-            g["size"].as_u64(),
-        ) else {
-            return Err(BoxError::new(
-                StatusCode::BAD_REQUEST,
-                "parts_mismatch",
-                "Every part needs part_id, offset and size",
-            ));
-        };
-        listed.push((
-            pid.to_string(),
-            off,
-            size,
-            g["sha1"].as_str().map(str::to_string),
-        ));
-    }
-    listed.sort_by_key(|p| p.1);
-    let matches = listed.len() == parts.len()
-        && listed.iter().zip(&parts).all(|(g, p)| {
-            g.0 == p.part_id
-                && g.1 == p.offset
-                && g.2 == p.size
-                && g.3
-                    .as_deref()
-                    .is_none_or(|h| h.eq_ignore_ascii_case(&p.sha1))
-        });
-    if !matches {
-        return Err(BoxError::new(
-            StatusCode::BAD_REQUEST,
-            "parts_mismatch",
-            format!(
-                "The parts list ({} parts) does not match the {} uploaded parts",
-                listed.len(),
-                parts.len()
-            ),
-        ));
-    }
-    {
-        let mut inner = s.lock();
-        if inner.commit_202s < state.live().box_commit_202 {
-            inner.commit_202s += 1;
-            return Ok((
-                StatusCode::ACCEPTED,
-                [(header::RETRY_AFTER, COMMIT_RETRY_AFTER)],
-            )
-                .into_response());
-        }
-    }
-    let attributes = &v["attributes"];
-    let content_modified = parse_time(
-        "attributes.content_modified_at",
-        &attributes["content_modified_at"],
-    )?;
-    let dest = match &s.target {
-        SessionTarget::NewFile { folder_id, name } => Dest::New {
-            parent: folder_id.clone(),
-            name: name.clone(),
-        },
-        SessionTarget::NewVersion { file_id, name } => Dest::Version {
-            file: Box::new(super::file(&state, file_id)?),
-            name: name.clone(),
-        },
-    };
-    resolve_dest(&state, &dest)?;
-
-    let Some(info) = s.data.finish(s.file_size).await? else {
-        return Err(BoxError::new(
-            StatusCode::BAD_REQUEST,
-            "upload_incomplete",
-            "The uploaded parts do not cover the file contiguously",
-        ));
-    };
-    if info.sha1 != digest {
-        return Err(BoxError::new(
-            StatusCode::BAD_REQUEST,
-            "digest_mismatch",
-            format!(
-                "File digest was incorrect. Actual: {} Expected: {}",
-                b64_of_hex(&info.sha1),
-                b64_of_hex(&digest)
-            ),
-        ));
-    }
-    let blob = state.store.commit_blob(s.data.path())?;
-    let o = store_upload(&state, &dest, &info, blob, content_modified, None)?;
-    s.lock().closed = true;
-    state.box_.remove_session(&id);
-    state.box_.mark_committed(&id, &o.id);
-    remove_session_dir(&state, &id).await;
-    tracing::info!(session = %id, file = %o.id, size = o.size, "box: session committed");
     Ok(files_answer(&state, &o))
 }

@@ -15,23 +15,22 @@
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
+use super::super::auth::Credentials;
 use super::super::body::{serve_file, BadRange, FileAnswer};
-use super::super::faults::{Fault, FaultOp};
 use super::super::store::{now_ms, Object};
-use super::super::{fault_status, AppState, ConnKill, ServerState};
+use super::super::{AppState, ConnKill, ServerState};
 use super::paths::{check_name, escape, CrPath};
 use super::upload::{placeholder_at, placeholders_in};
 use super::{
-    auth, bind, code, file_json, new_folder, new_id, ok, ok_empty, query_map, resolve, root_json,
-    storage_policy, ApiError, ApiResult, Node, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PREFIX, PROTO,
-    URL_TTL_SECS,
+    auth, bind, code, fault_json, file_json, new_folder, new_id, ok, ok_empty, query_map, resolve,
+    root_json, storage_policy, uri_param, ApiError, ApiResult, Node, DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE, PREFIX, PROTO, URL_TTL_SECS,
 };
 
 #[derive(Deserialize)]
@@ -167,16 +166,12 @@ fn num_param(
 /// `GET /file?uri=&page=&page_size=&order_by=&order_direction=&next_page_token=`.
 pub async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
-    auth(&state, &headers)?;
+    auth(&state, &creds)?;
     let q = query_map(q.as_deref());
-    let uri = q
-        .get("uri")
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| ApiError::param("uri is required"))?;
-    let path = CrPath::parse(uri)?;
+    let path = uri_param(&q)?;
     let page = num_param(&q, "page")?.unwrap_or(0);
     let page_size = num_param(&q, "page_size")?
         .filter(|&n| n > 0)
@@ -248,16 +243,12 @@ pub async fn list(
 /// `GET /file/info?uri=`.
 pub async fn info(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
-    auth(&state, &headers)?;
+    auth(&state, &creds)?;
     let q = query_map(q.as_deref());
-    let uri = q
-        .get("uri")
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| ApiError::param("uri is required"))?;
-    let path = CrPath::parse(uri)?;
+    let path = uri_param(&q)?;
     match resolve(&state, &path)? {
         Some(Node::Root) => Ok(ok(root_json(0))),
         Some(Node::Obj(o)) => Ok(ok(file_json(&o, &path))),
@@ -286,8 +277,8 @@ fn delete_tree(state: &ServerState, o: &Object) -> Result<(), ApiError> {
 }
 
 /// `DELETE /file {uris, unlink?, skip_soft_delete?}` (deletes are permanent here).
-pub async fn delete(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    auth(&state, &headers)?;
+pub async fn delete(State(state): State<AppState>, creds: Credentials, body: Bytes) -> ApiResult {
+    auth(&state, &creds)?;
     let req: UrisBody = bind(&body)?;
     let uris = req
         .uris
@@ -339,8 +330,8 @@ pub struct CreateBody {
 }
 
 /// `POST /file/create {uri, type, err_on_conflict}`: a folder (parents too) or an empty file.
-pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    auth(&state, &headers)?;
+pub async fn create(State(state): State<AppState>, creds: Credentials, body: Bytes) -> ApiResult {
+    auth(&state, &creds)?;
     let req: CreateBody = bind(&body)?;
     let uri = req
         .uri
@@ -391,8 +382,8 @@ pub struct RenameBody {
 }
 
 /// `POST /file/rename {uri, new_name}` → the renamed `FileResponse`.
-pub async fn rename(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    auth(&state, &headers)?;
+pub async fn rename(State(state): State<AppState>, creds: Credentials, body: Bytes) -> ApiResult {
+    auth(&state, &creds)?;
     let req: RenameBody = bind(&body)?;
     let (Some(uri), Some(new_name)) = (req.uri.filter(|u| !u.is_empty()), req.new_name) else {
         return Err(ApiError::param("uri and new_name are required"));
@@ -455,10 +446,10 @@ fn copy_tree(state: &ServerState, o: &Object, parent: &str) -> Result<(), ApiErr
 /// `POST /file/move {uris, dst, copy}`: move (or copy) into the folder `dst`.
 pub async fn move_or_copy(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     body: Bytes,
 ) -> ApiResult {
-    auth(&state, &headers)?;
+    auth(&state, &creds)?;
     let req: MoveBody = bind(&body)?;
     let (Some(uris), Some(dst)) = (req.uris.filter(|u| !u.is_empty()), req.dst) else {
         return Err(ApiError::param("uris and dst are required"));
@@ -545,8 +536,8 @@ pub struct UrlBody {
 }
 
 /// `POST /file/url {uris, download}` → `{urls:[{url}], expires}`.
-pub async fn url(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    auth(&state, &headers)?;
+pub async fn url(State(state): State<AppState>, creds: Credentials, body: Bytes) -> ApiResult {
+    auth(&state, &creds)?;
     let req: UrlBody = bind(&body)?;
     let uris = req
         .uris
@@ -576,11 +567,6 @@ pub async fn url(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     })))
 }
 
-/// A refusal of the content endpoint, with a real HTTP status.
-fn refuse(status: StatusCode, code: i64, msg: &str) -> Response {
-    (status, axum::Json(json!({"code": code, "msg": msg}))).into_response()
-}
-
 /// `GET|HEAD /file/content/{entity}/{speed}/{name}?sign=…`: no auth, the sign is checked.
 /// A bad or expired sign answers HTTP 403 with `{"code":40071}` (the real server sends
 /// the envelope with 200; a real status keeps a careless client from saving the error
@@ -591,7 +577,7 @@ pub async fn content(
     Path((entity, _speed, _name)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
-) -> Response {
+) -> ApiResult {
     let q = query_map(q.as_deref());
     let valid = q
         .get("sign")
@@ -609,19 +595,14 @@ pub async fn content(
             })
         });
     if !valid {
-        return refuse(StatusCode::FORBIDDEN, code::INVALID_SIGN, "Invalid sign");
+        return Err(ApiError::http(
+            StatusCode::FORBIDDEN,
+            code::INVALID_SIGN,
+            "Invalid sign",
+        ));
     }
-    match state.fault(FaultOp::Download) {
-        Some(Fault::DropBefore) | Some(Fault::DropAfter) => return kill.drop_connection().await,
-        Some(f) => {
-            if let Some(r) = fault_status(
-                f,
-                json!({"code": 503, "msg": "Service temporarily unavailable"}),
-            ) {
-                return r;
-            }
-        }
-        None => {}
+    if let Some(answer) = state.download_fault(&kill, fault_json).await {
+        return Ok(answer);
     }
     let is_it =
         |o: &Object| !o.is_dir && o.extra.get("entity").and_then(Value::as_str) == Some(&entity);
@@ -638,20 +619,21 @@ pub async fn content(
             .all(PROTO)
             .map(|all| all.into_iter().find(|o| is_it(o))),
     };
+    let gone = || ApiError::http(StatusCode::NOT_FOUND, code::NOT_FOUND, "Entity not exist");
     let o = match found {
         Ok(Some(o)) => o,
-        Ok(None) => return refuse(StatusCode::NOT_FOUND, code::NOT_FOUND, "Entity not exist"),
+        Ok(None) => return Err(gone()),
         Err(e) => {
             tracing::error!(error = %e, "cloudreve content lookup");
-            return refuse(
+            return Err(ApiError::http(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 code::DB_ERROR,
                 "Database error",
-            );
+            ));
         }
     };
     let Some(blob) = o.blob.as_deref() else {
-        return refuse(StatusCode::NOT_FOUND, code::NOT_FOUND, "Entity not exist");
+        return Err(gone());
     };
     let mut extra = vec![(header::CACHE_CONTROL, "no-cache".to_string())];
     if q.get("download").map(String::as_str) == Some("true") {
@@ -667,7 +649,7 @@ pub async fn content(
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| super::super::body::content_type_for(&o.name))
         .to_string();
-    serve_file(
+    Ok(serve_file(
         &headers,
         FileAnswer {
             path: &state.store.blob_path(blob),
@@ -679,5 +661,5 @@ pub async fn content(
         },
         state.throttle.clone(),
     )
-    .await
+    .await)
 }

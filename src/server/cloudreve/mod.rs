@@ -25,13 +25,15 @@ mod upload;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use super::auth::Credentials;
+use super::faults::Fault;
 use super::store::{Object, StoreError};
 use super::{AppState, ServerState};
 use paths::CrPath;
@@ -168,17 +170,20 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `GET /site/ping`: the server version, no auth (as the real one).
-async fn ping() -> Response {
-    ok(json!("4.18.0"))
+async fn ping() -> ApiResult {
+    Ok(ok(json!("4.18.0")))
 }
 
-/// A failure in the envelope's terms.
+/// A failure in the envelope's terms (HTTP 200), or, from the content endpoint, with a
+/// real HTTP status.
 #[derive(Debug)]
 pub struct ApiError {
     pub code: i64,
     pub msg: String,
     pub data: Option<Value>,
     pub aggregated: Option<Value>,
+    /// The content endpoint's real status: the body is then only `{code, msg}`.
+    pub status: Option<StatusCode>,
 }
 
 impl ApiError {
@@ -188,6 +193,14 @@ impl ApiError {
             msg: msg.into(),
             data: None,
             aggregated: None,
+            status: None,
+        }
+    }
+    /// A refusal of the content endpoint, with a real HTTP status.
+    pub fn http(status: StatusCode, code: i64, msg: impl Into<String>) -> Self {
+        Self {
+            status: Some(status),
+            ..Self::new(code, msg)
         }
     }
     pub fn param(msg: impl Into<String>) -> Self {
@@ -223,6 +236,13 @@ impl From<std::io::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Some(status) = self.status {
+            return (
+                status,
+                axum::Json(json!({"code": self.code, "msg": self.msg})),
+            )
+                .into_response();
+        }
         let mut body = json!({
             "code": self.code,
             "msg": self.msg,
@@ -261,12 +281,17 @@ pub fn ok_empty() -> Response {
 }
 
 /// The login check of every API endpoint.
-pub fn auth(state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if state.bearer_ok(headers) {
+pub fn auth(state: &ServerState, creds: &Credentials) -> Result<(), ApiError> {
+    if state.bearer_ok(creds) {
         Ok(())
     } else {
         Err(ApiError::new(code::LOGIN_REQUIRED, "Login required"))
     }
+}
+
+/// The error body of an injected 429 or 503 (the same for both).
+pub fn fault_json(_: Fault) -> Value {
+    json!({"code": 503, "msg": "Service temporarily unavailable"})
 }
 
 /// Bind a JSON body as gin's `ShouldBindJSON` would: garbage is 40001.
@@ -279,6 +304,15 @@ pub fn query_map(q: Option<&str>) -> HashMap<String, String> {
     url::form_urlencoded::parse(q.unwrap_or("").as_bytes())
         .into_owned()
         .collect()
+}
+
+/// The path of the `uri` query parameter (40001 when missing or empty).
+pub fn uri_param(q: &HashMap<String, String>) -> Result<CrPath, ApiError> {
+    let uri = q
+        .get("uri")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ApiError::param("uri is required"))?;
+    CrPath::parse(uri)
 }
 
 /// A short hashid-like id from a counter (base62).
@@ -410,21 +444,13 @@ pub fn ensure_dirs(state: &ServerState, path: &CrPath) -> Result<String, ApiErro
 
 /// Insert a new folder row.
 pub fn new_folder(state: &ServerState, parent: &str, name: &str) -> Result<Object, ApiError> {
-    let now = super::store::now_ms();
-    let o = Object {
-        proto: PROTO.to_string(),
-        id: new_id(state)?,
-        parent: parent.to_string(),
-        name: name.to_string(),
-        is_dir: true,
-        size: 0,
-        sha1: String::new(),
-        md5: String::new(),
-        blob: None,
-        created_ms: now,
-        modified_ms: now,
-        extra: json!({}),
-    };
+    let o = Object::folder(
+        PROTO,
+        new_id(state)?,
+        parent.to_string(),
+        name.to_string(),
+        json!({}),
+    );
     state.store.insert(&o)?;
     Ok(o)
 }

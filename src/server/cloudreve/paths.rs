@@ -3,12 +3,11 @@
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use super::super::names::NameRules;
 use super::{code, ApiError};
 
 /// The only filesystem this server hosts: the user's own files.
 pub const ROOT_URI: &str = "cloudreve://my";
-/// Longest name in bytes.
-const MAX_NAME_BYTES: usize = 255;
 
 /// What Go's `url.PathEscape` leaves alone: unreserved characters and the sub-delimiters
 /// allowed in a path segment.
@@ -106,15 +105,9 @@ pub fn escape(name: &str) -> String {
 
 /// The name rules: not empty, at most 255 bytes, no `/`, `\` or NUL, not `.` or `..`.
 pub fn check_name(name: &str) -> Result<(), ApiError> {
-    if name.is_empty()
-        || name.len() > MAX_NAME_BYTES
-        || name == "."
-        || name == ".."
-        || name.contains(['/', '\\', '\0'])
-    {
-        return Err(ApiError::new(code::ILLEGAL_NAME, "Illegal file name"));
-    }
-    Ok(())
+    NameRules::default()
+        .check(name)
+        .map_err(|_| ApiError::new(code::ILLEGAL_NAME, "Illegal file name"))
 }
 
 #[cfg(test)]

@@ -14,25 +14,24 @@
 //! cancelling with a uri other than the session's is 40016.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap};
-use axum::response::Response;
 use axum::Extension;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::super::body::{body_to_file, BodyError};
-use super::super::faults::{Fault, FaultOp};
+use super::super::auth::Credentials;
+use super::super::body::{body_to_file, join_chunks, BodyError, BodyInfo};
 use super::super::store::{now_ms, Object};
-use super::super::{fault_status, AppState, ConnKill, ServerState};
+use super::super::{AppState, ConnKill, ServerState};
 use super::paths::CrPath;
 use super::{
-    auth, bind, code, ensure_dirs, file_json, new_entity, new_id, ok, ok_empty, query_map, resolve,
-    storage_policy, ApiError, ApiResult, Node, META_SESSION, POLICY_ID, PROTO, SESSION_TTL_SECS,
+    auth, bind, code, ensure_dirs, fault_json, file_json, new_entity, new_id, ok, ok_empty,
+    query_map, resolve, storage_policy, uri_param, ApiError, ApiResult, Node, META_SESSION,
+    POLICY_ID, PROTO, SESSION_TTL_SECS,
 };
 
 /// Most metadata entries one session may carry (the real binding limit).
@@ -160,16 +159,11 @@ struct CreateBody {
 /// `PUT /file/upload`: create a session and its locked placeholder.
 pub async fn create_session(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     body: Bytes,
-) -> Response {
-    use axum::response::IntoResponse;
-    create_inner(&state, &headers, &body).unwrap_or_else(IntoResponse::into_response)
-}
-
-fn create_inner(state: &ServerState, headers: &HeaderMap, body: &[u8]) -> ApiResult {
-    auth(state, headers)?;
-    let req: CreateBody = bind(body)?;
+) -> ApiResult {
+    auth(&state, &creds)?;
+    let req: CreateBody = bind(&body)?;
     let uri = req
         .uri
         .filter(|u| !u.is_empty())
@@ -224,7 +218,7 @@ fn create_inner(state: &ServerState, headers: &HeaderMap, body: &[u8]) -> ApiRes
             ApiError::exists()
         });
     }
-    let parent_id = ensure_dirs(state, &parent)?;
+    let parent_id = ensure_dirs(&state, &parent)?;
     match state.store.find_child(PROTO, &parent_id, &name, false)? {
         Some(o) if o.is_dir => return Err(ApiError::exists()),
         Some(_) if !version => return Err(ApiError::exists()),
@@ -243,7 +237,7 @@ fn create_inner(state: &ServerState, headers: &HeaderMap, body: &[u8]) -> ApiRes
         metadata: metadata.into_iter().map(|(k, v)| (k, json!(v))).collect(),
         last_modified_ms: req.last_modified.filter(|&t| t > 0).unwrap_or_else(now_ms),
         version,
-        placeholder_id: new_id(state)?,
+        placeholder_id: new_id(&state)?,
         created_ms: now_ms(),
     };
     let answer = json!({
@@ -277,10 +271,10 @@ struct CancelBody {
 /// Idempotent: an unknown session is already gone.
 pub async fn cancel_session(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     body: Bytes,
 ) -> ApiResult {
-    auth(&state, &headers)?;
+    auth(&state, &creds)?;
     let req: CancelBody = bind(&body)?;
     let (Some(id), Some(uri)) = (
         req.id.filter(|s| !s.is_empty()),
@@ -312,41 +306,25 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The answer to an injected fault that needs no work first (503/429/drop).
-async fn fault_before(fault: Option<Fault>, kill: &ConnKill) -> Option<Response> {
-    match fault? {
-        Fault::DropBefore => Some(kill.drop_connection().await),
-        Fault::DropAfter => None,
-        f => fault_status(
-            f,
-            json!({"code": 503, "msg": "Service temporarily unavailable"}),
-        ),
-    }
-}
-
 /// `POST /file/upload/{sessionId}/{index}`: one chunk.
 pub async fn chunk(
     State(state): State<AppState>,
+    creds: Credentials,
     Extension(kill): Extension<ConnKill>,
     Path((session_id, index)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    use axum::response::IntoResponse;
-    if let Err(e) = auth(&state, &headers) {
-        return e.into_response();
-    }
-    let fault = state.fault(FaultOp::Upload);
-    if let Some(r) = fault_before(fault, &kill).await {
-        return r;
-    }
+) -> ApiResult {
+    auth(&state, &creds)?;
+    let drop_after = match state.upload_fault(&kill, fault_json).await {
+        Ok(d) => d,
+        Err(answer) => return Ok(answer),
+    };
     let r = chunk_inner(&state, &session_id, &index, &headers, body).await;
-    if fault == Some(Fault::DropAfter) {
-        return kill.drop_connection().await;
+    if drop_after {
+        return Ok(kill.drop_connection().await);
     }
-    match r {
-        Ok(r) | Err(r) => r,
-    }
+    r
 }
 
 async fn chunk_inner(
@@ -355,33 +333,28 @@ async fn chunk_inner(
     index: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, Response> {
-    use axum::response::IntoResponse;
-    let e = |e: ApiError| e.into_response();
+) -> ApiResult {
     let index: u64 = index
         .parse()
-        .map_err(|_| e(ApiError::param("invalid chunk index")))?;
+        .map_err(|_| ApiError::param("invalid chunk index"))?;
     let entry =
-        session(state, session_id).ok_or_else(|| e(ApiError::new(code::SESSION_EXPIRED, "")))?;
+        session(state, session_id).ok_or_else(|| ApiError::new(code::SESSION_EXPIRED, ""))?;
     let info = entry.info.clone();
-    let declared = declared_length(headers).ok_or_else(|| {
-        e(ApiError::param(
-            "invalid content length: Content-Length is required",
-        ))
-    })?;
+    let declared = declared_length(headers)
+        .ok_or_else(|| ApiError::param("invalid content length: Content-Length is required"))?;
     if info.chunk_size == 0 && index > 0 {
-        return Err(e(ApiError::new(
+        return Err(ApiError::new(
             code::INVALID_CHUNK_INDEX,
             "Chunk index cannot be greater than 0",
-        )));
+        ));
     }
     if (info.size > 0 && index.saturating_mul(info.chunk_size) >= info.size)
         || (info.size == 0 && index > 0)
     {
-        return Err(e(ApiError::new(
+        return Err(ApiError::new(
             code::INVALID_CHUNK_INDEX,
             "Chunk offset cannot be greater than file size",
-        )));
+        ));
     }
     let last = index + 1 == info.chunks();
     let expected = if last {
@@ -390,52 +363,29 @@ async fn chunk_inner(
         info.chunk_size
     };
     if declared != expected {
-        return Err(e(ApiError::new(
+        return Err(ApiError::new(
             code::INVALID_CONTENT_LENGTH,
             format!("Invalid Content-Length (expected: {expected})"),
-        )));
+        ));
     }
     // One chunk at a time per session: the next request waits for this one.
     let mut progress = entry.progress.lock().await;
     if progress.closed {
-        return Err(e(ApiError::new(code::SESSION_EXPIRED, "")));
+        return Err(ApiError::new(code::SESSION_EXPIRED, ""));
     }
     if index > progress.next_index {
-        return Err(e(ApiError::new(
+        return Err(ApiError::new(
             code::INVALID_CHUNK_INDEX,
             format!(
                 "Chunks must be uploaded in order (expected chunk {})",
                 progress.next_index
             ),
-        )));
+        ));
     }
-    let dir = state
-        .store
-        .session_dir(PROTO, session_id)
-        .map_err(|x| e(x.into()))?;
+    let dir = state.store.session_dir(PROTO, session_id)?;
     let part = dir.join(format!("{index}.part"));
-    let got = match body_to_file(body, &part, expected, &state.throttle).await {
-        Ok(b) => b,
-        Err(BodyError::TooLarge(_)) | Err(BodyError::Aborted(_)) => {
-            return Err(e(ApiError::new(
-                code::IO_FAILED,
-                "Uploaded data does not match purposed size",
-            )))
-        }
-        Err(BodyError::Io(x)) => return Err(e(x.into())),
-    };
-    state
-        .counters
-        .bytes_received
-        .fetch_add(got.len, Ordering::Relaxed);
-    if got.len != expected {
-        let _ = std::fs::remove_file(&part);
-        return Err(e(ApiError::new(
-            code::IO_FAILED,
-            "Uploaded data does not match purposed size",
-        )));
-    }
-    std::fs::rename(&part, dir.join(index.to_string())).map_err(|x| e(x.into()))?;
+    let got = receive_exact(state, body, &part, expected).await?;
+    std::fs::rename(&part, dir.join(index.to_string()))?;
     progress.next_index = progress.next_index.max(index + 1);
     if progress.next_index < info.chunks() {
         return Ok(ok_empty());
@@ -447,8 +397,34 @@ async fn chunk_inner(
     progress.closed = true;
     state.cloudreve.lock().remove(session_id);
     remove_session_dir(state, session_id);
-    result.map_err(e)?;
+    result?;
     Ok(ok_empty())
+}
+
+/// Stream a body of exactly `len` bytes into a new file at `path` (50004 otherwise).
+async fn receive_exact(
+    state: &ServerState,
+    body: Body,
+    path: &std::path::Path,
+    len: u64,
+) -> Result<BodyInfo, ApiError> {
+    let mismatch = || {
+        ApiError::new(
+            code::IO_FAILED,
+            "Uploaded data does not match purposed size",
+        )
+    };
+    let got = match body_to_file(body, path, len, &state.throttle).await {
+        Ok(b) => b,
+        Err(BodyError::Io(x)) => return Err(x.into()),
+        Err(BodyError::TooLarge(_) | BodyError::Aborted(_)) => return Err(mismatch()),
+    };
+    state.received(got.len);
+    if got.len != len {
+        let _ = std::fs::remove_file(path);
+        return Err(mismatch());
+    }
+    Ok(got)
 }
 
 /// Concatenate the chunks, commit the blob, then insert or update the object.
@@ -456,17 +432,13 @@ async fn complete(
     state: &ServerState,
     info: &SessionInfo,
     dir: &std::path::Path,
-    single: Option<super::super::body::BodyInfo>,
+    single: Option<BodyInfo>,
 ) -> Result<Object, ApiError> {
     let temp = state.store.temp_path();
-    let body = match single {
-        // Moved instead of copied: a file created and one deleted less per small upload.
-        Some(body) => {
-            tokio::fs::rename(dir.join("0"), &temp).await?;
-            body
-        }
-        None => concatenate(info, dir, &temp).await?,
-    };
+    let parts = (0..info.chunks())
+        .map(|i| dir.join(i.to_string()))
+        .collect();
+    let body = join_chunks(parts, &temp, single).await?;
     if body.len != info.size {
         let _ = std::fs::remove_file(&temp);
         return Err(ApiError::new(
@@ -489,23 +461,13 @@ async fn complete(
     Ok(o)
 }
 
-/// Concatenate the session's chunks into `temp`, hashing them.
-async fn concatenate(
-    info: &SessionInfo,
-    dir: &std::path::Path,
-    temp: &std::path::Path,
-) -> Result<super::super::body::BodyInfo, ApiError> {
-    let parts = (0..info.chunks()).map(|i| dir.join(i.to_string()));
-    Ok(super::super::body::concat_files(parts, temp).await?)
-}
-
 /// Insert a new file, or give the existing file at that name a new entity in place.
 #[allow(clippy::too_many_arguments)]
 fn store_file(
     state: &ServerState,
     parent_id: &str,
     name: &str,
-    body: &super::super::body::BodyInfo,
+    body: &BodyInfo,
     blob: String,
     modified_ms: i64,
     mime_type: &str,
@@ -566,27 +528,22 @@ fn store_file(
 /// `PUT /file/content?uri=`: create or overwrite a file with the whole body.
 pub async fn put_content(
     State(state): State<AppState>,
+    creds: Credentials,
     Extension(kill): Extension<ConnKill>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    use axum::response::IntoResponse;
-    if let Err(e) = auth(&state, &headers) {
-        return e.into_response();
-    }
-    let fault = state.fault(FaultOp::Upload);
-    if let Some(r) = fault_before(fault, &kill).await {
-        return r;
-    }
+) -> ApiResult {
+    auth(&state, &creds)?;
+    let drop_after = match state.upload_fault(&kill, fault_json).await {
+        Ok(d) => d,
+        Err(answer) => return Ok(answer),
+    };
     let r = put_content_inner(&state, q.as_deref(), &headers, body).await;
-    if fault == Some(Fault::DropAfter) {
-        return kill.drop_connection().await;
+    if drop_after {
+        return Ok(kill.drop_connection().await);
     }
-    match r {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    r
 }
 
 async fn put_content_inner(
@@ -596,11 +553,7 @@ async fn put_content_inner(
     body: Body,
 ) -> ApiResult {
     let q = query_map(q);
-    let uri = q
-        .get("uri")
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| ApiError::param("uri is required"))?;
-    let path = CrPath::parse(uri)?;
+    let path = uri_param(&q)?;
     let (Some(name), Some(parent)) = (path.name().map(str::to_string), path.parent()) else {
         return Err(ApiError::param("cannot write the root folder"));
     };
@@ -618,27 +571,7 @@ async fn put_content_inner(
         }
     }
     let temp = state.store.temp_path();
-    let got = match body_to_file(body, &temp, len, &state.throttle).await {
-        Ok(b) => b,
-        Err(BodyError::Io(x)) => return Err(x.into()),
-        Err(_) => {
-            return Err(ApiError::new(
-                code::IO_FAILED,
-                "Uploaded data does not match purposed size",
-            ))
-        }
-    };
-    state
-        .counters
-        .bytes_received
-        .fetch_add(got.len, Ordering::Relaxed);
-    if got.len != len {
-        let _ = std::fs::remove_file(&temp);
-        return Err(ApiError::new(
-            code::IO_FAILED,
-            "Uploaded data does not match purposed size",
-        ));
-    }
+    let got = receive_exact(state, body, &temp, len).await?;
     // The lock may have been taken while the body streamed in.
     if state.cloudreve.locked_under(&path) {
         let _ = std::fs::remove_file(&temp);

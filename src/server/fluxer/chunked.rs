@@ -5,24 +5,23 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
-use super::super::body::{content_type_for, Hashers};
-use super::super::faults::{Fault, FaultOp};
-use super::super::{AppState, ConnKill, ServerState};
+use super::super::auth::Credentials;
+use super::super::body::{content_type_for, drain, join_chunks, Intake};
+use super::super::faults::FaultOp;
+use super::super::{AppState, ConnKill, Faulted, ServerState};
 use super::{
-    auth_user, bad_filename, check_channel, ensure_loaded, error, fault_response, form_error, lock,
+    auth_user, bad_filename, check_channel, ensure_loaded, error, fault_json, form_error, lock,
     max_size, too_large, ApiError, Uploaded, CHUNK_SIZE, MAX_CHUNKS, PROTO,
 };
 
@@ -125,22 +124,13 @@ fn uint_field(v: &Value, path: &str) -> Result<u64, ApiError> {
 /// `POST /channels/{cid}/chunked-uploads` `{filename, file_size}` → 201 session.
 pub(super) async fn create_upload(
     State(state): State<AppState>,
+    creds: Credentials,
     UrlPath(cid): UrlPath<String>,
-    headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    create_inner(&state, &cid, &headers, &body).unwrap_or_else(IntoResponse::into_response)
-}
-
-fn create_inner(
-    state: &ServerState,
-    cid: &str,
-    headers: &HeaderMap,
-    body: &Bytes,
 ) -> Result<Response, ApiError> {
-    auth_user(state, headers)?;
-    check_channel(cid)?;
-    let v = parse_body(body)?;
+    auth_user(&state, &creds)?;
+    check_channel(&cid)?;
+    let v = parse_body(&body)?;
     let filename = match &v["filename"] {
         Value::String(s) => s.clone(),
         Value::Null => {
@@ -169,12 +159,12 @@ fn create_inner(
             "Must be at least 1.",
         ));
     }
-    let max = max_size(state);
+    let max = max_size(&state);
     let chunk_count = file_size.div_ceil(CHUNK_SIZE);
     if file_size > max || chunk_count > MAX_CHUNKS {
         return Err(too_large(max.min(CHUNK_SIZE * MAX_CHUNKS)));
     }
-    ensure_loaded(state)?;
+    ensure_loaded(&state)?;
     let upload_id = uuid::Uuid::new_v4().to_string();
     let upload_filename = uuid::Uuid::new_v4().to_string();
     let dir = state.store.session_dir(PROTO, &upload_id).map_err(|e| {
@@ -235,22 +225,16 @@ fn with_session<T>(
     }
 }
 
-/// Read and discard the rest of a body, so the client gets to read our answer.
-async fn drain(mut stream: axum::body::BodyDataStream) {
-    while let Some(Ok(_)) = stream.next().await {}
-}
-
 /// `PUT /channels/{cid}/chunked-uploads/{uid}/chunks/{index}` raw bytes → `{etag}`.
 pub(super) async fn put_chunk(
     State(state): State<AppState>,
+    creds: Credentials,
     UrlPath((cid, uid, index)): UrlPath<(String, String, String)>,
     Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
     body: Body,
-) -> Response {
-    let stream = body.into_data_stream();
+) -> Result<Response, ApiError> {
     let pre = (|| {
-        auth_user(&state, &headers)?;
+        auth_user(&state, &creds)?;
         check_channel(&cid)?;
         check_upload_id(&uid)?;
         let index: u64 = match index.parse::<u64>() {
@@ -272,29 +256,30 @@ pub(super) async fn put_chunk(
     })();
     let (index, want, dir) = match pre {
         Ok(v) => v,
-        Err(r) => {
-            drain(stream).await;
-            return r.into_response();
+        Err(e) => {
+            // Read the rest of the body, so the client gets to read our answer.
+            drain(body, u64::MAX).await;
+            return Err(e);
         }
     };
-    let fault = state.fault(FaultOp::Upload);
-    match fault {
-        Some(Fault::DropBefore) => return kill.drop_connection().await,
-        Some(f @ (Fault::Unavailable | Fault::TooMany)) => {
-            drain(stream).await;
-            return fault_response(f).unwrap_or_else(|| super::internal().into_response());
+    let drop_after = match state.roll(FaultOp::Upload, fault_json) {
+        Faulted::DropNow => return Ok(kill.drop_connection().await),
+        Faulted::Answer(r) => {
+            drain(body, u64::MAX).await;
+            return Ok(r);
         }
-        _ => {}
-    }
+        Faulted::DropAfter => true,
+        Faulted::None => false,
+    };
     let temp = dir.join(format!(
         "chunk-{index}.{}.part",
         uuid::Uuid::new_v4().simple()
     ));
-    let received = match receive(&state, stream, &temp, want).await {
+    let received = match receive(&state, body.into_data_stream(), &temp, want).await {
         Ok(r) => r,
-        Err(r) => {
+        Err(e) => {
             let _ = tokio::fs::remove_file(&temp).await;
-            return r.into_response();
+            return Err(e);
         }
     };
     let etag = format!("\"{}\"", received.md5);
@@ -308,15 +293,15 @@ pub(super) async fn put_chunk(
         s.etags.insert(index, etag.clone());
         Ok(())
     });
-    if let Err(r) = published {
+    if let Err(e) = published {
         let _ = tokio::fs::remove_file(&temp).await;
-        return r.into_response();
+        return Err(e);
     }
     tracing::debug!(%uid, index, len = received.len, "fluxer: chunk stored");
-    if fault == Some(Fault::DropAfter) {
-        return kill.drop_connection().await;
+    if drop_after {
+        return Ok(kill.drop_connection().await);
     }
-    Json(json!({ "etag": etag })).into_response()
+    Ok(Json(json!({ "etag": etag })).into_response())
 }
 
 fn chunk_path(dir: &Path, index: u64) -> PathBuf {
@@ -334,9 +319,7 @@ async fn receive(
         tracing::error!(error = %e, "fluxer: writing chunk");
         super::internal()
     };
-    let mut file = tokio::fs::File::create(path).await.map_err(io_err)?;
-    let mut h = Hashers::default();
-    let mut total = 0u64;
+    let mut intake = Intake::create(path).await.map_err(io_err)?;
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| {
             error(
@@ -345,19 +328,13 @@ async fn receive(
                 format!("Request body aborted: {e}"),
             )
         })?;
-        total += piece.len() as u64;
-        state
-            .counters
-            .bytes_received
-            .fetch_add(piece.len() as u64, Ordering::Relaxed);
-        if total > want {
-            // Keep reading (and discarding) so the client sees the answer, not a reset.
-            continue;
-        }
-        state.throttle.take(piece.len() as u64).await;
-        h.update(&piece);
-        file.write_all(&piece).await.map_err(io_err)?;
+        state.received(piece.len() as u64);
+        intake
+            .write_within(&piece, want, &state.throttle)
+            .await
+            .map_err(io_err)?;
     }
+    let total = intake.seen();
     if total != want {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -365,35 +342,29 @@ async fn receive(
             format!("Chunk must be exactly {want} bytes, got {total}."),
         ));
     }
-    file.flush().await.map_err(io_err)?;
-    Ok(h.finish())
+    intake.finish().await.map_err(io_err)
 }
 
 /// `POST /channels/{cid}/chunked-uploads/{uid}/complete` `{etags:[{chunk_index, etag}]}`.
 pub(super) async fn complete_upload(
     State(state): State<AppState>,
+    creds: Credentials,
     UrlPath((cid, uid)): UrlPath<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let session = match complete_check(&state, &cid, &uid, &headers, &body) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let session = complete_check(&state, &creds, &cid, &uid, &body)?;
     let temp = state.store.temp_path();
-    let assembled = {
-        let temp = temp.clone();
-        let dir = session.dir.clone();
-        let n = session.chunk_count;
-        tokio::task::spawn_blocking(move || assemble(&dir, n, &temp)).await
-    };
+    let parts = (0..session.chunk_count)
+        .map(|i| chunk_path(&session.dir, i))
+        .collect();
+    let assembled = join_chunks(parts, &temp, None).await;
     let _ = tokio::fs::remove_dir_all(&session.dir).await;
     let info = match assembled {
-        Ok(Ok(info)) if info.len == session.file_size => info,
+        Ok(info) if info.len == session.file_size => info,
         other => {
             tracing::error!(?other, "fluxer: assembling chunks failed");
             let _ = tokio::fs::remove_file(&temp).await;
-            return super::internal().into_response();
+            return Err(super::internal());
         }
     };
     let content_type = content_type_for(&session.filename);
@@ -406,23 +377,23 @@ pub(super) async fn complete_upload(
         session.upload_filename.clone(),
         Uploaded { path: temp, info },
     );
-    Json(json!({
+    Ok(Json(json!({
         "upload_filename": session.upload_filename,
         "file_size": session.file_size,
         "content_type": content_type,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// Validate a complete request; on success the session is taken out of the open set.
 fn complete_check(
     state: &ServerState,
+    creds: &Credentials,
     cid: &str,
     uid: &str,
-    headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Session, ApiError> {
-    auth_user(state, headers)?;
+    auth_user(state, creds)?;
     check_channel(cid)?;
     check_upload_id(uid)?;
     let v = parse_body(body)?;
@@ -485,25 +456,4 @@ fn complete_check(
         }
     }
     sessions.remove(uid).ok_or_else(not_found)
-}
-
-/// Concatenate chunks `0..n` of `dir` into `out`, hashing on the way.
-fn assemble(dir: &Path, n: u64, out: &Path) -> std::io::Result<super::BodyInfo> {
-    use std::io::{Read, Write};
-    let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
-    let mut h = Hashers::default();
-    let mut buf = vec![0u8; 1 << 20];
-    for i in 0..n {
-        let mut f = std::fs::File::open(chunk_path(dir, i))?;
-        loop {
-            let k = f.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            h.update(&buf[..k]);
-            w.write_all(&buf[..k])?;
-        }
-    }
-    w.flush()?;
-    Ok(h.finish())
 }

@@ -1,32 +1,29 @@
-//! Fluxer messages and the CDN: posting a message turns inline `files[N]` parts and
-//! completed chunked uploads into attachments (store objects), listing and reading
-//! messages, deleting attachments or messages, and serving attachment bytes.
+//! Fluxer messages: posting a message turns inline `files[N]` parts and completed chunked
+//! uploads into attachments (store objects); listing and reading messages; deleting
+//! attachments or messages.
 //!
-//! Each message is a JSON record (`fluxer-messages/<id>.json`, written to a temp name,
-//! fsynced and renamed); it is saved only after all its attachments are in the store, so a
+//! A message is saved (see [`Book`]) only after all its attachments are in the store, so a
 //! listing never shows an attachment whose bytes are incomplete.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 use axum::extract::multipart::{Field, MultipartRejection};
 use axum::extract::{Multipart, Path as UrlPath, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
-use super::super::body::{content_type_for, serve_file, BadRange, BodyInfo, FileAnswer, Hashers};
-use super::super::faults::{Fault, FaultOp};
+use super::super::auth::Credentials;
+use super::super::body::{content_type_for, drain_multipart, BodyInfo, Intake};
+use super::super::faults::FaultOp;
 use super::super::store::{now_ms, Object};
-use super::super::{AppState, ConnKill, ServerState};
+use super::super::{AppState, ConnKill, Faulted, ServerState};
+use super::book::MessageRec;
+use super::cdn::attachment_url;
 use super::{
-    auth, bad_filename, book, check_channel, error, fault_response, form_error, internal, lock,
+    auth, bad_filename, book, check_channel, error, fault_json, form_error, internal, lock,
     max_size, parse_snowflake, too_large, ApiError, PROTO,
 };
 
@@ -38,78 +35,6 @@ const MAX_ATTACHMENTS: usize = 10;
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 100;
 
-/// Characters left as they are in a URL path segment (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// One stored message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct MessageRec {
-    id: u64,
-    channel_id: String,
-    content: String,
-    created_ms: i64,
-    /// Attachment ids, in the order they were posted.
-    attachments: Vec<String>,
-}
-
-/// All messages, by id (snowflakes sort by time), mirrored on disk.
-pub(crate) struct Book {
-    dir: PathBuf,
-    map: BTreeMap<u64, MessageRec>,
-}
-
-impl Book {
-    pub(super) fn load(dir: PathBuf) -> std::io::Result<Book> {
-        std::fs::create_dir_all(&dir)?;
-        let mut map = BTreeMap::new();
-        for e in std::fs::read_dir(&dir)? {
-            let p = e?.path();
-            if p.extension().and_then(|x| x.to_str()) != Some("json") {
-                // A record that was being written when the server stopped.
-                let _ = std::fs::remove_file(&p);
-                continue;
-            }
-            match serde_json::from_slice::<MessageRec>(&std::fs::read(&p)?) {
-                Ok(m) => {
-                    map.insert(m.id, m);
-                }
-                Err(e) => {
-                    tracing::warn!(path = %p.display(), error = %e, "fluxer: bad message record")
-                }
-            }
-        }
-        Ok(Book { dir, map })
-    }
-
-    pub(super) fn max_id(&self) -> u64 {
-        self.map.keys().next_back().copied().unwrap_or(0)
-    }
-
-    fn save(&mut self, m: MessageRec) -> std::io::Result<()> {
-        let tmp = self.dir.join(format!("{}.tmp", m.id));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(&m).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, self.dir.join(format!("{}.json", m.id)))?;
-        self.map.insert(m.id, m);
-        Ok(())
-    }
-
-    fn remove(&mut self, id: u64) -> std::io::Result<Option<MessageRec>> {
-        let m = self.map.remove(&id);
-        if m.is_some() {
-            std::fs::remove_file(self.dir.join(format!("{id}.json")))?;
-        }
-        Ok(m)
-    }
-}
-
 fn unknown_message() -> ApiError {
     error(StatusCode::NOT_FOUND, "UNKNOWN_MESSAGE", "Unknown Message")
 }
@@ -119,15 +44,6 @@ fn io_500(what: &'static str) -> impl Fn(std::io::Error) -> ApiError {
         tracing::error!(error = %e, what, "fluxer: I/O failure");
         internal()
     }
-}
-
-/// `{base}/fluxer/cdn/attachments/{cid}/{aid}/{filename}` with the name percent-encoded.
-fn attachment_url(state: &ServerState, cid: &str, aid: &str, name: &str) -> String {
-    format!(
-        "{}/fluxer/cdn/attachments/{cid}/{aid}/{}",
-        state.base_url(),
-        utf8_percent_encode(name, SEGMENT)
-    )
 }
 
 fn attachment_json(state: &ServerState, o: &Object) -> Value {
@@ -201,6 +117,7 @@ fn files_index(name: &str) -> Option<u64> {
         .ok()
 }
 
+/// Read and drop the rest of one part.
 async fn drain_field(field: &mut Field<'_>) {
     while let Ok(Some(_)) = field.chunk().await {}
 }
@@ -219,38 +136,26 @@ async fn field_to_file(
     path: &std::path::Path,
     limit: u64,
 ) -> Result<FileOutcome, ApiError> {
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(io_500("inline file"))?;
-    let mut h = Hashers::default();
-    let mut total = 0u64;
+    let mut intake = Intake::create(path).await.map_err(io_500("inline file"))?;
     loop {
         let piece = match field.chunk().await {
             Ok(Some(p)) => p,
             Ok(None) => break,
             Err(e) => return Err(form_error("files", "INVALID_MULTIPART", e.body_text())),
         };
-        total += piece.len() as u64;
-        state
-            .counters
-            .bytes_received
-            .fetch_add(piece.len() as u64, Ordering::Relaxed);
-        if total > limit {
-            continue;
-        }
-        state.throttle.take(piece.len() as u64).await;
-        h.update(&piece);
-        file.write_all(&piece)
+        state.received(piece.len() as u64);
+        intake
+            .write_within(&piece, limit, &state.throttle)
             .await
             .map_err(io_500("inline file"))?;
     }
-    if total > limit {
+    if intake.seen() > limit {
         return Ok(FileOutcome::TooLarge);
     }
-    file.flush().await.map_err(io_500("inline file"))?;
+    let info = intake.finish().await.map_err(io_500("inline file"))?;
     Ok(FileOutcome::Stored(Inline {
         path: path.to_path_buf(),
-        info: h.finish(),
+        info,
     }))
 }
 
@@ -268,32 +173,29 @@ struct NewAttachment {
 /// `POST /channels/{cid}/messages` (multipart: `payload_json` + `files[N]`).
 pub(super) async fn post_message(
     State(state): State<AppState>,
+    creds: Credentials,
     UrlPath(cid): UrlPath<String>,
     Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Response {
-    let early = auth(&state, &headers)
+) -> Result<Response, ApiError> {
+    let early = auth(&state, &creds)
         .map(|_| ())
         .and_then(|_| check_channel(&cid))
         .and_then(|_| super::ensure_loaded(&state));
     let mut mp = match (early, multipart) {
         (Ok(()), Ok(m)) => m,
-        (Err(r), Ok(mut m)) => {
+        (Err(e), Ok(mut m)) => {
             // Read the body anyway, so the client gets the answer rather than a reset.
-            while let Ok(Some(mut f)) = m.next_field().await {
-                drain_field(&mut f).await;
-            }
-            return r.into_response();
+            drain_multipart(&mut m, u64::MAX).await;
+            return Err(e);
         }
-        (Err(r), Err(_)) => return r.into_response(),
+        (Err(e), Err(_)) => return Err(e),
         (Ok(()), Err(e)) => {
-            return form_error(
+            return Err(form_error(
                 "",
                 "INVALID_MULTIPART",
                 format!("Expected a multipart/form-data body: {}", e.body_text()),
-            )
-            .into_response()
+            ))
         }
     };
     let limit = max_size(&state);
@@ -305,7 +207,7 @@ pub(super) async fn post_message(
         let mut field = match mp.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => return form_error("", "INVALID_MULTIPART", e.body_text()).into_response(),
+            Err(e) => return Err(form_error("", "INVALID_MULTIPART", e.body_text())),
         };
         let name = field.name().unwrap_or_default().to_string();
         if refusal.is_some() {
@@ -323,8 +225,11 @@ pub(super) async fn post_message(
                     ))
                 }
                 Err(e) => {
-                    return form_error("payload_json", "INVALID_MULTIPART", e.body_text())
-                        .into_response()
+                    return Err(form_error(
+                        "payload_json",
+                        "INVALID_MULTIPART",
+                        e.body_text(),
+                    ))
                 }
             }
         } else if let Some(n) = files_index(&name) {
@@ -344,20 +249,17 @@ pub(super) async fn post_message(
                     files.insert(n, f);
                 }
                 Ok(FileOutcome::TooLarge) => refusal = Some(too_large(limit)),
-                Err(r) => return r.into_response(),
+                Err(e) => return Err(e),
             }
         } else {
             // Other form fields carry nothing this emulator uses.
             drain_field(&mut field).await;
         }
     }
-    if let Some(r) = refusal {
-        return r.into_response();
+    if let Some(e) = refusal {
+        return Err(e);
     }
-    let (content, attachments) = match parse_payload(payload.as_deref(), files) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
+    let (content, attachments) = parse_payload(payload.as_deref(), files)?;
     // Every referenced upload must exist before anything is committed.
     {
         let uploads = lock(&state.fluxer.uploads);
@@ -365,12 +267,11 @@ pub(super) async fn post_message(
         for (n, a) in attachments.iter().enumerate() {
             if let Source::Uploaded(uf) = &a.source {
                 if !uploads.contains_key(uf) || !seen.insert(uf.clone()) {
-                    return form_error(
+                    return Err(form_error(
                         &format!("attachments.{n}.uploaded_filename"),
                         "UPLOADED_FILE_NOT_FOUND",
                         "The uploaded file was not found.",
-                    )
-                    .into_response();
+                    ));
                 }
             }
         }
@@ -379,31 +280,25 @@ pub(super) async fn post_message(
         .iter()
         .any(|a| matches!(a.source, Source::Inline(_)));
     let fault = if has_inline {
-        state.fault(FaultOp::Upload)
+        state.roll(FaultOp::Upload, fault_json)
     } else {
-        None
+        Faulted::None
     };
-    match fault {
-        Some(Fault::DropBefore) => return kill.drop_connection().await,
-        Some(f @ (Fault::Unavailable | Fault::TooMany)) => {
-            return fault_response(f).unwrap_or_else(|| internal().into_response())
-        }
-        _ => {}
-    }
-    let msg = match commit(&state, &cid, content, attachments) {
-        Ok(m) => m,
-        Err(r) => return r.into_response(),
+    let drop_after = match fault.before_upload(&kill).await {
+        Ok(d) => d,
+        Err(answer) => return Ok(answer),
     };
+    let msg = commit(&state, &cid, content, attachments)?;
     drop(temps);
     tracing::info!(
         message_id = msg.id,
         attachments = msg.attachments.len(),
         "fluxer: message posted"
     );
-    if fault == Some(Fault::DropAfter) {
-        return kill.drop_connection().await;
+    if drop_after {
+        return Ok(kill.drop_connection().await);
     }
-    Json(message_json(&state, &msg)).into_response()
+    Ok(Json(message_json(&state, &msg)).into_response())
 }
 
 /// Validate `payload_json` against the inline files received.
@@ -600,21 +495,12 @@ fn commit(
 /// `GET /channels/{cid}/messages?limit=&before=&after=`: newest first.
 pub(super) async fn list_messages(
     State(state): State<AppState>,
+    creds: Credentials,
     UrlPath(cid): UrlPath<String>,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    list_inner(&state, &cid, &q, &headers).unwrap_or_else(IntoResponse::into_response)
-}
-
-fn list_inner(
-    state: &ServerState,
-    cid: &str,
-    q: &HashMap<String, String>,
-    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    auth(state, headers)?;
-    check_channel(cid)?;
+    auth(&state, &creds)?;
+    check_channel(&cid)?;
     let limit = match q.get("limit") {
         None => DEFAULT_LIMIT,
         Some(s) => match s.parse::<usize>() {
@@ -638,7 +524,7 @@ fn list_inner(
     };
     let before = snow("before")?;
     let after = snow("after")?;
-    let g = book(state)?;
+    let g = book(&state)?;
     let Some(b) = g.as_ref() else {
         return Err(internal());
     };
@@ -654,7 +540,7 @@ fn list_inner(
         range.rev().take(limit).collect()
     };
     page.sort_by_key(|m| std::cmp::Reverse(m.id));
-    let out: Vec<Value> = page.into_iter().map(|m| message_json(state, m)).collect();
+    let out: Vec<Value> = page.into_iter().map(|m| message_json(&state, m)).collect();
     Ok(Json(out).into_response())
 }
 
@@ -671,133 +557,75 @@ fn parse_mid(mid: &str) -> Result<u64, ApiError> {
 /// `GET /channels/{cid}/messages/{mid}`.
 pub(super) async fn get_message(
     State(state): State<AppState>,
+    creds: Credentials,
     UrlPath((cid, mid)): UrlPath<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let r = (|| -> Result<Response, ApiError> {
-        auth(&state, &headers)?;
-        check_channel(&cid)?;
-        let mid = parse_mid(&mid)?;
-        let g = book(&state)?;
-        let m = g
-            .as_ref()
-            .and_then(|b| b.map.get(&mid))
-            .filter(|m| m.channel_id == cid)
-            .ok_or_else(unknown_message)?;
-        Ok(Json(message_json(&state, m)).into_response())
-    })();
-    r.unwrap_or_else(IntoResponse::into_response)
+) -> Result<Response, ApiError> {
+    auth(&state, &creds)?;
+    check_channel(&cid)?;
+    let mid = parse_mid(&mid)?;
+    let g = book(&state)?;
+    let m = g
+        .as_ref()
+        .and_then(|b| b.map.get(&mid))
+        .filter(|m| m.channel_id == cid)
+        .ok_or_else(unknown_message)?;
+    Ok(Json(message_json(&state, m)).into_response())
 }
 
 /// `DELETE /channels/{cid}/messages/{mid}` → 204; its attachments go with it.
 pub(super) async fn delete_message(
     State(state): State<AppState>,
+    creds: Credentials,
     UrlPath((cid, mid)): UrlPath<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let r = (|| -> Result<Response, ApiError> {
-        auth(&state, &headers)?;
-        check_channel(&cid)?;
-        let mid = parse_mid(&mid)?;
-        let mut g = book(&state)?;
-        let b = g.as_mut().ok_or_else(internal)?;
-        if b.map.get(&mid).is_none_or(|m| m.channel_id != cid) {
-            return Err(unknown_message());
-        }
-        let m = b.remove(mid).map_err(io_500("message record"))?;
-        for aid in m.iter().flat_map(|m| &m.attachments) {
-            state.store.delete(PROTO, aid).map_err(|e| {
-                tracing::error!(error = %e, "fluxer: deleting attachment");
-                internal()
-            })?;
-        }
-        Ok(StatusCode::NO_CONTENT.into_response())
-    })();
-    r.unwrap_or_else(IntoResponse::into_response)
+) -> Result<Response, ApiError> {
+    auth(&state, &creds)?;
+    check_channel(&cid)?;
+    let mid = parse_mid(&mid)?;
+    let mut g = book(&state)?;
+    let b = g.as_mut().ok_or_else(internal)?;
+    if b.map.get(&mid).is_none_or(|m| m.channel_id != cid) {
+        return Err(unknown_message());
+    }
+    let m = b.remove(mid).map_err(io_500("message record"))?;
+    for aid in m.iter().flat_map(|m| &m.attachments) {
+        state.store.delete(PROTO, aid).map_err(|e| {
+            tracing::error!(error = %e, "fluxer: deleting attachment");
+            internal()
+        })?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `DELETE /channels/{cid}/messages/{mid}/attachments/{aid}` → 204. The message stays,
 /// even when it has no attachments and no content left.
 pub(super) async fn delete_attachment(
     State(state): State<AppState>,
+    creds: Credentials,
     UrlPath((cid, mid, aid)): UrlPath<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let r = (|| -> Result<Response, ApiError> {
-        auth(&state, &headers)?;
-        check_channel(&cid)?;
-        let mid = parse_mid(&mid)?;
-        let mut g = book(&state)?;
-        let b = g.as_mut().ok_or_else(internal)?;
-        let mut m = b
-            .map
-            .get(&mid)
-            .filter(|m| m.channel_id == cid)
-            .cloned()
-            .ok_or_else(unknown_message)?;
-        let Some(pos) = m.attachments.iter().position(|a| *a == aid) else {
-            return Err(error(
-                StatusCode::NOT_FOUND,
-                "UNKNOWN_ATTACHMENT",
-                "Unknown Attachment",
-            ));
-        };
-        m.attachments.remove(pos);
-        b.save(m).map_err(io_500("message record"))?;
-        state.store.delete(PROTO, &aid).map_err(|e| {
-            tracing::error!(error = %e, "fluxer: deleting attachment");
-            internal()
-        })?;
-        Ok(StatusCode::NO_CONTENT.into_response())
-    })();
-    r.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// CDN `GET /attachments/{cid}/{aid}/{filename}`: no auth; single ranges → 206, anything
-/// else about `Range` is ignored (200, whole body).
-pub(super) async fn cdn_download(
-    State(state): State<AppState>,
-    UrlPath((cid, aid, filename)): UrlPath<(String, String, String)>,
-    Extension(kill): Extension<ConnKill>,
-    headers: HeaderMap,
-) -> Response {
-    let found = parse_snowflake(&aid)
-        .and_then(|_| state.store.get(PROTO, &aid).ok().flatten())
-        .filter(|o| o.parent == cid && o.name == filename && !o.is_dir);
-    let (Some(o), Some(blob)) = (found.as_ref(), found.as_ref().and_then(|o| o.blob.clone()))
-    else {
-        return (StatusCode::NOT_FOUND, "Not Found").into_response();
+) -> Result<Response, ApiError> {
+    auth(&state, &creds)?;
+    check_channel(&cid)?;
+    let mid = parse_mid(&mid)?;
+    let mut g = book(&state)?;
+    let b = g.as_mut().ok_or_else(internal)?;
+    let mut m = b
+        .map
+        .get(&mid)
+        .filter(|m| m.channel_id == cid)
+        .cloned()
+        .ok_or_else(unknown_message)?;
+    let Some(pos) = m.attachments.iter().position(|a| *a == aid) else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "UNKNOWN_ATTACHMENT",
+            "Unknown Attachment",
+        ));
     };
-    match state.fault(FaultOp::Download) {
-        Some(Fault::DropBefore | Fault::DropAfter) => return kill.drop_connection().await,
-        Some(f) => return fault_response(f).unwrap_or_else(|| internal().into_response()),
-        None => {}
-    }
-    let extra = [
-        (
-            header::CONTENT_DISPOSITION,
-            format!(
-                "attachment; filename=\"{}\"",
-                utf8_percent_encode(&o.name, SEGMENT)
-            ),
-        ),
-        (
-            header::CACHE_CONTROL,
-            "public, max-age=31536000".to_string(),
-        ),
-        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*".to_string()),
-    ];
-    serve_file(
-        &headers,
-        FileAnswer {
-            path: &state.store.blob_path(&blob),
-            size: o.size,
-            content_type: content_type_for(&o.name),
-            extra: &extra,
-            bad_range: BadRange::Ignore,
-            drop_midway: false,
-        },
-        state.throttle.clone(),
-    )
-    .await
+    m.attachments.remove(pos);
+    b.save(m).map_err(io_500("message record"))?;
+    state.store.delete(PROTO, &aid).map_err(|e| {
+        tracing::error!(error = %e, "fluxer: deleting attachment");
+        internal()
+    })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -1,5 +1,5 @@
 //! The Fluxer protocol of `uploadfs serve`: one text channel
-//! ([`FLUXER_CHANNEL_ID`](crate::server::FLUXER_CHANNEL_ID)) with chunked uploads,
+//! ([`FLUXER_CHANNEL_ID`]) with chunked uploads,
 //! messages carrying attachments, and the CDN that serves them.
 //!
 //! API (`/fluxer/v1`, every route needs `Authorization: <token>` or `Bearer <token>`):
@@ -36,6 +36,8 @@
 //! Not emulated: the per-channel rate-limit buckets (only injected 429s occur, with the
 //! real body `{"code":"RATE_LIMITED",...,"retry_after":0.1}`).
 
+mod book;
+mod cdn;
 mod chunked;
 mod messages;
 
@@ -45,13 +47,16 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::auth::Credentials;
 use super::body::BodyInfo;
+use super::faults::Fault;
+use super::names::{NameFault, NameRules};
 use super::{AppState, ServerState, FLUXER_CHANNEL_ID};
 
 /// Protocol name in the store and in introspection.
@@ -60,8 +65,6 @@ pub(crate) const PROTO: &str = "fluxer";
 pub const CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 /// `CHUNKED_UPLOAD_MAX_CHUNKS`: with 8 MiB chunks this caps a chunked file at 1 GiB.
 pub const MAX_CHUNKS: u64 = 128;
-/// Longest file name accepted, bytes (the usual file-system limit).
-const MAX_NAME_BYTES: usize = 255;
 
 /// In-memory state: open chunked sessions, completed uploaded objects, and the message
 /// book (loaded from disk on first use).
@@ -69,7 +72,7 @@ const MAX_NAME_BYTES: usize = 255;
 pub struct ProtoState {
     sessions: Mutex<HashMap<String, chunked::Session>>,
     uploads: Mutex<HashMap<String, Uploaded>>,
-    book: Mutex<Option<messages::Book>>,
+    book: Mutex<Option<book::Book>>,
     /// Last snowflake handed out (message and attachment ids share the sequence).
     last_id: Mutex<u64>,
 }
@@ -157,10 +160,7 @@ pub fn router() -> Router<AppState> {
 }
 
 pub fn cdn_router() -> Router<AppState> {
-    Router::new().route(
-        "/attachments/{cid}/{aid}/{filename}",
-        get(messages::cdn_download),
-    )
+    Router::new().route("/attachments/{cid}/{aid}/{filename}", get(cdn::download))
 }
 
 /// A Fluxer error answer: a status and `{"code","message", ...}`.
@@ -204,11 +204,10 @@ fn too_large(max: u64) -> ApiError {
     )
 }
 
-/// The 429/503 answer for an injected fault, in Fluxer's shape (429 carries
-/// `retry_after` in fractional seconds as the real rate limiter does).
-fn fault_response(fault: super::faults::Fault) -> Option<Response> {
-    use super::faults::Fault;
-    let body = match fault {
+/// The error body of an injected 429/503, in Fluxer's shape (429 carries `retry_after`
+/// in fractional seconds as the real rate limiter does).
+fn fault_json(fault: Fault) -> serde_json::Value {
+    match fault {
         Fault::TooMany => json!({
             "code": "RATE_LIMITED",
             "message": "You are being rate limited.",
@@ -216,8 +215,7 @@ fn fault_response(fault: super::faults::Fault) -> Option<Response> {
             "retry_after": 0.1,
         }),
         _ => json!({ "code": "SERVICE_UNAVAILABLE", "message": "Service unavailable." }),
-    };
-    super::fault_status(fault, body)
+    }
 }
 
 /// Largest file accepted: the account limit, and the server-wide limit.
@@ -233,23 +231,12 @@ enum Caller {
 }
 
 /// `Authorization: <token>`, `Bearer <token>` (users) or `Bot <token>` (bots).
-fn auth(state: &ServerState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let v = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .unwrap_or("");
-    let (caller, token) = if let Some(t) = v.strip_prefix("Bot ") {
-        (Caller::Bot, t)
-    } else if let Some(t) = v
-        .strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-    {
-        (Caller::User, t)
-    } else {
-        (Caller::User, v)
+fn auth(state: &ServerState, creds: &Credentials) -> Result<Caller, ApiError> {
+    let (caller, token) = match creds.scheme_token(&["Bot "]) {
+        Some(t) => (Caller::Bot, Some(t)),
+        None => (Caller::User, creds.bearer_or_bare()),
     };
-    if state.token_matches(token.trim()) {
+    if token.is_some_and(|t| state.token_matches(t)) {
         Ok(caller)
     } else {
         Err(error(
@@ -261,8 +248,8 @@ fn auth(state: &ServerState, headers: &HeaderMap) -> Result<Caller, ApiError> {
 }
 
 /// Users only (the chunked-upload routes refuse bots with 403 `ACCESS_DENIED`).
-fn auth_user(state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match auth(state, headers)? {
+fn auth_user(state: &ServerState, creds: &Credentials) -> Result<(), ApiError> {
+    match auth(state, creds)? {
         Caller::User => Ok(()),
         Caller::Bot => Err(error(
             StatusCode::FORBIDDEN,
@@ -301,26 +288,24 @@ fn check_channel(cid: &str) -> Result<(), ApiError> {
 
 /// Why a file name is refused (a path segment of the CDN URL), or `None` when it is fine.
 fn bad_filename(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("Filename must not be empty.")
-    } else if name.len() > MAX_NAME_BYTES {
-        Some("Filename must be at most 255 bytes.")
-    } else if name.contains(['/', '\\']) {
-        Some("Filename must not contain slashes or backslashes.")
-    } else if name.chars().any(char::is_control) {
-        Some("Filename must not contain control characters.")
-    } else if name == "." || name == ".." {
-        Some("Filename must not be a relative path.")
-    } else {
-        None
+    let rules = NameRules {
+        no_control: true,
+        no_edge_spaces: false,
+    };
+    match rules.check(name).err()? {
+        NameFault::Empty => Some("Filename must not be empty."),
+        NameFault::TooLong => Some("Filename must be at most 255 bytes."),
+        NameFault::Separator => Some("Filename must not contain slashes or backslashes."),
+        NameFault::Control => Some("Filename must not contain control characters."),
+        NameFault::Reserved | NameFault::EdgeSpace => Some("Filename must not be a relative path."),
     }
 }
 
 /// The message book, loaded from disk on first use.
-fn book<'a>(state: &'a ServerState) -> Result<MutexGuard<'a, Option<messages::Book>>, ApiError> {
+fn book<'a>(state: &'a ServerState) -> Result<MutexGuard<'a, Option<book::Book>>, ApiError> {
     let mut g = lock(&state.fluxer.book);
     if g.is_none() {
-        let b = messages::Book::load(state.store.root().join("fluxer-messages")).map_err(|e| {
+        let b = book::Book::load(state.store.root().join("fluxer-messages")).map_err(|e| {
             tracing::error!(error = %e, "fluxer: cannot load messages");
             internal()
         })?;
