@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod fs;
 pub mod fuse;
+pub mod mime;
 pub mod open;
 pub mod put;
 pub mod read;

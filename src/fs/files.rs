@@ -14,6 +14,8 @@ use crate::catalog::{now_ms, NodeKind, NodeState};
 use crate::read::fetcher::ReadError;
 use crate::read::ReadAhead;
 use crate::remote::{RemoteFile, TargetError};
+
+use super::commit::early::Expected;
 use crate::write::Stage;
 
 use super::handle::{Handle, HandleState, OpenFile};
@@ -59,7 +61,7 @@ impl Fs {
                 self.close_commit(ino, &of).await
             } else {
                 if was_empty && size > 0 {
-                    self.start_early(ino, &of, size);
+                    self.start_early(ino, &of, Expected::Size(size));
                 }
                 Ok(())
             }
@@ -492,6 +494,11 @@ impl Fs {
             }
         }
         self.ensure_loaded(&of).await?;
+        if offset == 0 && of.size() == 0 && !of.has_early() {
+            // The first bytes of an empty file: where the target takes parts before it
+            // knows the size, the upload starts now and follows the writer.
+            self.start_early(h.ino, &of, Expected::Stream);
+        }
         let written = {
             let _g = of.gate.read().await;
             of.stage.write_at(offset, data)

@@ -109,7 +109,7 @@ impl DysonTarget {
             "hash": md5,
             "file_name": req.name,
             "file_size": req.size,
-            "content_type": crate::server::body::content_type_for(&req.name),
+            "content_type": crate::mime::content_type_for(&req.name),
             "chunk_size": CHUNK_SIZE,
         });
         if let Some(p) = &self.pool_id {

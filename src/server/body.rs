@@ -447,22 +447,7 @@ pub async fn serve_file(
     resp
 }
 
-/// A content type from a file name's extension (what the real services derive).
-pub fn content_type_for(name: &str) -> &'static str {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
-    match ext.as_deref() {
-        Some("txt") => "text/plain",
-        Some("html") | Some("htm") => "text/html",
-        Some("json") => "application/json",
-        Some("png") => "image/png",
-        Some("jpg") | Some("jpeg") => "image/jpeg",
-        Some("gif") => "image/gif",
-        Some("pdf") => "application/pdf",
-        Some("zip") => "application/zip",
-        Some("mp4") => "video/mp4",
-        _ => "application/octet-stream",
-    }
-}
+pub use crate::mime::content_type_for;
 
 /// A file assembled from parts written at their own offsets, in any order, with its
 /// whole-file digests computed along the way: a part is hashed as soon as it extends the

@@ -528,10 +528,24 @@ impl GrowingSource {
 impl PartSource for GrowingSource {
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
         self.wait_ready(offset, len as u64)?;
+        if self.seal.is_open_ended() {
+            // The wait returned, so these bytes are written or the writer is done (and kept
+            // out): either way the stage's size now bounds what can be read, and a read past
+            // it comes back short, which is how the upload learns where the file ends.
+            let size = self.inner.stage.size();
+            return StageSource::new(self.inner.stage.clone(), size).read_at(offset, len);
+        }
         self.inner.read_at(offset, len)
     }
     fn wait_ready(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        let end = offset.saturating_add(len).min(self.inner.size);
+        let end = offset.saturating_add(len);
+        // An announced size bounds the wait; an open-ended upload waits for the bytes or
+        // for the writer to close the file.
+        let end = if self.seal.is_open_ended() {
+            end
+        } else {
+            end.min(self.inner.size)
+        };
         self.inner.stage.early_claim(end)
     }
     fn seal(&self) -> Option<Arc<Seal>> {
@@ -702,6 +716,40 @@ mod tests {
         assert!(s.early_seal());
         // The writer stopped early: the rest of the announced size reads as zeros.
         assert_eq!(&src.read_at(0, 6).unwrap()[..], b"ab\0\0\0\0");
+    }
+
+    #[test]
+    fn open_ended_growing_source_ends_where_the_writer_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Stage::create(&dir.path().join("s"), false).unwrap());
+        assert!(s.early_begin());
+        // No size announced: reads wait for their bytes, however far they reach.
+        let src = Arc::new(GrowingSource::new(s.clone(), 0, Seal::open_ended()));
+        s.write_at(0, b"abcd").unwrap();
+        assert_eq!(&src.read_at(0, 4).unwrap()[..], b"abcd");
+        let r = {
+            let src = src.clone();
+            std::thread::spawn(move || src.read_at(4, 4))
+        };
+        s.write_at(4, b"ef").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !r.is_finished(),
+            "a part is read only once full or once the writer is done"
+        );
+        assert!(s.early_seal());
+        // Done at 6 bytes: the last part comes back short, and past the end comes nothing.
+        assert_eq!(&r.join().unwrap().unwrap()[..], b"ef");
+        assert!(src.read_at(6, 4).unwrap().is_empty());
+        // A sparse tail the writer made with ftruncate is data, read as zeros.
+        s.early_end();
+        let t = Arc::new(Stage::create(&dir.path().join("t"), false).unwrap());
+        assert!(t.early_begin());
+        let src = GrowingSource::new(t.clone(), 0, Seal::open_ended());
+        t.write_at(0, b"ab").unwrap();
+        t.truncate(5).unwrap();
+        assert!(t.early_seal());
+        assert_eq!(&src.read_at(0, 8).unwrap()[..], b"ab\0\0\0");
     }
 
     #[test]

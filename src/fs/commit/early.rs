@@ -1,10 +1,14 @@
-//! The size-hinted early start: an upload that begins before its file is complete.
+//! Uploads that begin before their file is complete: the `Early` state of the lifecycle.
 //!
-//! The writer announced the final size (`ftruncate`/`fallocate` on an empty file), so the
-//! session opens at once and the parts go up as the writer fills the stage in order
-//! ([`crate::write::stage::GrowingSource`]); the final step of the upload waits on a
-//! [`Seal`]. At close the commit seals it (same size, same place, nothing sent was
-//! rewritten) and takes its result, or cancels it and uploads the ordinary way.
+//! Two triggers. A *size hint*: the writer announced the final size (`ftruncate`/
+//! `fallocate` on an empty file), so the session opens at once. A *stream*: on targets that
+//! need no final size before the first part (`Capabilities::size_later`, S3 multipart), the
+//! first write at offset 0 of an empty file starts the upload, and its size is learnt at
+//! close. Either way the parts go up as the writer fills the stage in order
+//! ([`crate::write::stage::GrowingSource`]) and the final step of the upload waits on a
+//! [`Seal`]. At close the commit seals it (the size promised, the same place, nothing sent
+//! was rewritten) and takes its result, or cancels it and uploads the ordinary way — so a
+//! writer that seeks back over bytes already sent costs one more upload, never a wrong file.
 
 use std::sync::Arc;
 
@@ -22,13 +26,13 @@ use crate::fs::Fs;
 const EARLY_START_MIN: u64 = 8 << 20;
 
 /// What the writer promised when the upload started early; the closed file is held to it.
-/// A size hint is the one trigger today. A stream whose size is only known at close (the
-/// next trigger: parts sent from the first sequential write) becomes a second variant
-/// whose `fits` holds for any size, sealed with the size and digests found at close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expected {
     /// `ftruncate`/`fallocate` announced the final size: the file must have exactly it.
     Size(u64),
+    /// Written from offset 0 on a target that needs no size up front: any size fits, and
+    /// the seal carries the size found at close.
+    Stream,
 }
 
 impl Expected {
@@ -36,13 +40,32 @@ impl Expected {
     fn fits(self, size: u64) -> bool {
         match self {
             Expected::Size(n) => n == size,
+            Expected::Stream => true,
         }
     }
 
-    /// The size the upload was started with (what the request announces).
+    /// The size the upload was started with (what the request announces; 0 for a stream,
+    /// whose request is open-ended).
     fn announced(self) -> u64 {
         match self {
             Expected::Size(n) => n,
+            Expected::Stream => 0,
+        }
+    }
+
+    /// The seal the upload waits on: a stream's is open-ended (sealed with its size).
+    fn seal(self) -> Arc<Seal> {
+        match self {
+            Expected::Size(_) => Seal::new(),
+            Expected::Stream => Seal::open_ended(),
+        }
+    }
+
+    /// Resolve `seal` for a closed file of `size` bytes with these digests.
+    fn settle(self, seal: &Seal, size: u64, digests: Digests) {
+        match self {
+            Expected::Size(_) => seal.seal(digests),
+            Expected::Stream => seal.seal_sized(size, digests),
         }
     }
 }
@@ -94,19 +117,21 @@ impl Drop for EarlyUpload {
 }
 
 impl Fs {
-    /// A size hint (Staged → Early): an empty file open for writing was extended to its
+    /// Staged → Early. A stream: the first write at offset 0 of an empty file, on a target
+    /// that takes parts before it knows the size (S3), so a `cp` of any size sends its parts
+    /// while it writes and `close()` only completes. Or a size hint: an empty file open for writing was extended to its
     /// final size (`ftruncate`/`fallocate` before writing, as download managers and many
     /// copy tools do), so its upload starts now and sends the parts as the writer fills
     /// them in order. The commit at close seals it, or gives it up and uploads the
     /// ordinary way when the writer did something else. Not for small files (nothing to
     /// gain), not in write-back mode (close does not wait for the upload there), and not
     /// for targets that need the whole file first (Dyson's MD5, Virola's single request).
-    pub(in crate::fs) fn start_early(&self, ino: u64, of: &Arc<OpenFile>, size: u64) {
-        if !self.caps.early_start
-            || size < EARLY_START_MIN
-            || self.uploads.write_back()
-            || of.has_early()
-        {
+    pub(in crate::fs) fn start_early(&self, ino: u64, of: &Arc<OpenFile>, expected: Expected) {
+        let wanted = match expected {
+            Expected::Size(size) => self.caps.early_start && size >= EARLY_START_MIN,
+            Expected::Stream => self.caps.size_later,
+        };
+        if !wanted || self.uploads.write_back() || of.has_early() {
             return;
         }
         let (name, parent, mtime_ms, replaces) = {
@@ -131,8 +156,8 @@ impl Fs {
         if !of.stage.early_begin() {
             return;
         }
-        let expected = Expected::Size(size);
-        let seal = Seal::new();
+        let seal = expected.seal();
+        let size = expected.announced();
         let commit = uploader::Commit {
             // The digests are only known once sealed.
             dest: self.destination(
@@ -153,7 +178,14 @@ impl Fs {
         let task = tokio::spawn(async move {
             uploader::upload(target.as_ref(), &catalog, &stage, commit).await
         });
-        tracing::info!(ino, name = %name, size, "size announced before writing: upload started");
+        match expected {
+            Expected::Size(_) => {
+                tracing::info!(ino, name = %name, size, "size announced before writing: upload started")
+            }
+            Expected::Stream => {
+                tracing::debug!(ino, name = %name, "first write: upload streams while the file is written")
+            }
+        }
         let early = EarlyUpload {
             expected,
             parent,
@@ -186,14 +218,14 @@ impl Fs {
         let same = e.expected.fits(size) && e.place() == place;
         let intact = same && e.stage.early_seal();
         if intact {
-            e.seal.seal(digests.clone());
+            e.expected.settle(&e.seal, size, digests.clone());
         } else {
             tracing::info!(
                 ino,
                 name,
                 announced = e.expected.announced(),
                 size,
-                "the file changed after its size was announced: uploading it the ordinary way"
+                "the file changed after its upload started: uploading it the ordinary way"
             );
             e.seal.cancel();
             e.stage.early_cancel();

@@ -342,7 +342,7 @@ impl CloudreveTarget {
                 "uri": uri,
                 "size": req.size,
                 "last_modified": req.mtime_ms,
-                "mime_type": crate::server::body::content_type_for(&req.name),
+                "mime_type": crate::mime::content_type_for(&req.name),
             });
             if version {
                 body["entity_type"] = json!("version");
