@@ -252,25 +252,6 @@ pub enum ErrorKind {
     Cancelled,
 }
 
-impl ErrorKind {
-    /// The errno a filesystem call reports for this failure.
-    pub fn errno(self) -> i32 {
-        match self {
-            ErrorKind::Auth => libc::EACCES,
-            ErrorKind::TooLarge => libc::EFBIG,
-            ErrorKind::Quota => libc::EDQUOT,
-            ErrorKind::InvalidName => libc::EINVAL,
-            ErrorKind::NotFound => libc::ENOENT,
-            ErrorKind::Conflict => libc::EEXIST,
-            ErrorKind::Unsupported => libc::ENOTSUP,
-            ErrorKind::Unavailable => libc::EIO,
-            ErrorKind::Protocol => libc::EIO,
-            ErrorKind::LocalIo => libc::EIO,
-            ErrorKind::Cancelled => libc::ECANCELED,
-        }
-    }
-}
-
 /// A target failure: a category plus a message naming the cause (never a secret).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
