@@ -1,17 +1,19 @@
 //! The upload lifecycle of one file, in one place.
 //!
 //! A file's data reaches the target through one state machine; the folder holds all of
-//! it: the commit driver (here), write-back's queue (`queue`), the size-hinted early
-//! start ([`early`]), adopting a copy that already landed (`adopt`), crash recovery
-//! (`recover`) and what `uploadfs status` shows (`status`).
+//! it: the commit driver (here), write-back's queue (`queue`), the early start
+//! (size-hinted, or streamed from the first write: [`early`]), adopting a copy that
+//! already landed (`adopt`), crash recovery (`recover`) and what `uploadfs status` shows
+//! (`status`).
 //!
 //! ```text
 //!                 write, truncate, O_TRUNC
 //!        ┌─────────────────────────────────────────────┐
 //!        ▼                                             │
-//!     Staged ── size hint (empty file extended; ──► Early: session open, parts sent
-//!        │       not in write-back mode)              │  as the writer fills the stage
-//!        │                                            │
+//!     Staged ── size hint (empty file extended), ──► Early: session open, parts sent
+//!        │       or the first write of an empty file  │  as the writer fills the stage
+//!        │       on a size-later target (S3); not in  │
+//!        │       write-back mode                      │
 //!        │ close, write-back: stage fsynced,          │ close: seal if the file is what
 //!        │ journal row written ──► Queued             │ was promised, else give it up
 //!        │                           │ worker;        │
