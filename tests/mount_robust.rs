@@ -125,7 +125,7 @@ fn big_sizes(kind: TargetKind) -> Vec<usize> {
         TargetKind::Fluxer | TargetKind::Virola => vec![9 * MIB + 5],
         // 5 MiB chunks.
         TargetKind::Dyson => vec![6 * MIB + 1, 11 * MIB + 7],
-        TargetKind::Null => vec![],
+        TargetKind::Null | TargetKind::S3 => vec![],
     }
 }
 
@@ -648,7 +648,7 @@ fn small_upload_call(kind: TargetKind) -> (&'static str, &'static str) {
         // attachment in the message listing): spoil that listing.
         TargetKind::Virola => ("/rooms/", "GET"),
         TargetKind::Dyson => ("/files/upload/complete/", "POST"),
-        TargetKind::Null => unreachable!("not a protocol"),
+        TargetKind::Null | TargetKind::S3 => unreachable!("not a protocol"),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod dyson;
 pub mod fluxer;
 pub mod http;
 pub mod null;
+pub mod s3;
 pub mod virola;
 
 use std::fmt;
@@ -520,6 +521,7 @@ pub fn build(name: &str, cfg: &TargetConfig) -> anyhow::Result<Arc<dyn Target>> 
         TargetKind::Fluxer => Arc::new(fluxer::FluxerTarget::new(http, cfg)?),
         TargetKind::Virola => Arc::new(virola::VirolaTarget::new(http, cfg)?),
         TargetKind::Dyson => Arc::new(dyson::DysonTarget::new(http, cfg)?),
+        TargetKind::S3 => Arc::new(s3::S3Target::new(http, cfg)?),
         TargetKind::Null => Arc::new(null::NullTarget::new()),
     })
 }
