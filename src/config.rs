@@ -458,8 +458,7 @@ fn validate_s3(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError>
         (None, Some(r)) => (format!("https://s3.{r}.amazonaws.com"), r.clone()),
         (None, None) => {
             return Err(invalid(
-                "kind = \"s3\" needs `region` (or an `endpoint` for a non-AWS service)"
-                    .to_string(),
+                "kind = \"s3\" needs `region` (or an `endpoint` for a non-AWS service)".to_string(),
             ))
         }
     };
@@ -584,8 +583,7 @@ pub fn s3_credentials(name: &str, raw: &RawTarget) -> Result<S3Keys, ConfigError
                 .map(|(_, v)| v.clone())
                 .filter(|v| !v.is_empty())
         };
-        if let (Some(id), Some(secret)) = (get("aws_access_key_id"), get("aws_secret_access_key"))
-        {
+        if let (Some(id), Some(secret)) = (get("aws_access_key_id"), get("aws_secret_access_key")) {
             return Ok(S3Keys {
                 access_key_id: id,
                 secret_access_key: Secret::new(secret),

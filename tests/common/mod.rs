@@ -3,6 +3,8 @@
 //! and control endpoints and to build clients for each protocol.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::sync::Arc;
 
 use uploadfs::config::{TargetConfig, TargetKind};

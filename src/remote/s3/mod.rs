@@ -43,8 +43,8 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::http::{check_read, HttpClient};
 use super::{
-    budget, check_plain_name, read_source, wait_ready, Capabilities, DirRef, ErrorKind,
-    RemoteFile, Result, Target, TargetError, UploadRequest,
+    budget, check_plain_name, read_source, wait_ready, Capabilities, DirRef, ErrorKind, RemoteFile,
+    Result, Target, TargetError, UploadRequest,
 };
 use crate::config::TargetConfig;
 pub use proto::{ObjectInfo, ObjectMeta, PendingUpload, S3Client, StoredPart};
@@ -119,26 +119,24 @@ impl S3Target {
         } else {
             rusty_s3::UrlStyle::VirtualHost
         };
-        let bucket =
-            rusty_s3::Bucket::new(endpoint, style, s3.bucket.clone(), s3.region.clone())
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "bucket {} at {}: {e} (an IP address or a server without \
+        let bucket = rusty_s3::Bucket::new(endpoint, style, s3.bucket.clone(), s3.region.clone())
+            .map_err(|e| {
+            anyhow::anyhow!(
+                "bucket {} at {}: {e} (an IP address or a server without \
                          bucket host names needs `path_style = true`)",
-                        s3.bucket,
-                        s3.endpoint
-                    )
-                })?;
+                s3.bucket,
+                s3.endpoint
+            )
+        })?;
         let creds = match &s3.session_token {
             Some(t) => rusty_s3::Credentials::new_with_token(
                 s3.access_key_id.clone(),
                 s3.secret_access_key.expose(),
                 t.expose(),
             ),
-            None => rusty_s3::Credentials::new(
-                s3.access_key_id.clone(),
-                s3.secret_access_key.expose(),
-            ),
+            None => {
+                rusty_s3::Credentials::new(s3.access_key_id.clone(), s3.secret_access_key.expose())
+            }
         };
         Ok(S3Target {
             client: S3Client::new(http, bucket, creds),
@@ -232,7 +230,10 @@ impl S3Target {
         let mut out = Vec::new();
         let mut token = None;
         loop {
-            let page = self.client.list_page(prefix, None, token.as_deref()).await?;
+            let page = self
+                .client
+                .list_page(prefix, None, token.as_deref())
+                .await?;
             out.extend(page.objects);
             match page.next {
                 Some(t) => token = Some(t),
@@ -319,8 +320,24 @@ impl S3Target {
         Ok(done.into_iter().map(|(_, e)| e).collect())
     }
 
-    /// Copy one object: CopyObject, or UploadPartCopy in parts above the copy limit.
+    /// Copy one object: CopyObject, or UploadPartCopy in parts above the copy limit. A
+    /// folder marker is written anew instead (with its metadata): some servers (SeaweedFS)
+    /// keep `dir/` keys as folders of their own and refuse to copy them.
     async fn copy(&self, src: &str, dst: &str, size: u64) -> Result<()> {
+        if src.ends_with('/') && size == 0 {
+            let meta = match self.client.head_object(src).await? {
+                Some(info) if info.meta != ObjectMeta::default() => info.meta,
+                _ => ObjectMeta {
+                    mtime_ms: Some(crate::catalog::now_ms()),
+                    mode: Some(DIR_MODE),
+                },
+            };
+            return self
+                .client
+                .put_object(dst, &meta, Bytes::new())
+                .await
+                .map(|_| ());
+        }
         if size <= self.copy_limit {
             return self.client.copy_object(src, dst).await;
         }
@@ -340,21 +357,20 @@ impl S3Target {
         };
         let upload_id = upload_id.as_str();
         let result = async {
-            let mut etags: Vec<(u64, String)> =
-                futures_util::stream::iter(0..size.div_ceil(part))
-                    .map(|i| async move {
-                        let first = i * part;
-                        let last = (first + part).min(size) - 1;
-                        let number = u16::try_from(i + 1).unwrap_or(u16::MAX);
-                        let etag = self
-                            .client
-                            .upload_part_copy(dst, upload_id, number, src, first, last)
-                            .await?;
-                        Ok::<_, TargetError>((i, etag))
-                    })
-                    .buffer_unordered(PARTS_IN_FLIGHT)
-                    .try_collect()
-                    .await?;
+            let mut etags: Vec<(u64, String)> = futures_util::stream::iter(0..size.div_ceil(part))
+                .map(|i| async move {
+                    let first = i * part;
+                    let last = (first + part).min(size) - 1;
+                    let number = u16::try_from(i + 1).unwrap_or(u16::MAX);
+                    let etag = self
+                        .client
+                        .upload_part_copy(dst, upload_id, number, src, first, last)
+                        .await?;
+                    Ok::<_, TargetError>((i, etag))
+                })
+                .buffer_unordered(PARTS_IN_FLIGHT)
+                .try_collect()
+                .await?;
             etags.sort_by_key(|(i, _)| *i);
             let etags: Vec<String> = etags.into_iter().map(|(_, e)| e).collect();
             self.client.complete_multipart(dst, upload_id, &etags).await
@@ -394,7 +410,7 @@ impl S3Target {
             .try_collect::<Vec<()>>()
             .await?;
         if marker {
-            self.client.copy_object(old, new).await?;
+            self.copy(old, new, 0).await?;
         }
         futures_util::stream::iter(children)
             .map(|(key, _)| async move { self.client.delete_object(&key).await })
@@ -534,7 +550,11 @@ impl Target for S3Target {
                 // listing is left out.
                 match self.client.head_object(&o.key).await? {
                     Some(mut info) => {
-                        info.etag = if info.etag.is_empty() { o.etag } else { info.etag };
+                        info.etag = if info.etag.is_empty() {
+                            o.etag
+                        } else {
+                            info.etag
+                        };
                         Ok(Some(Self::file_of(&info)))
                     }
                     None => Ok::<_, TargetError>(None),
@@ -607,8 +627,15 @@ mod tests {
         assert_eq!(part_count(PART_SIZE), 1);
         assert_eq!(part_count(PART_SIZE + 1), 2);
         // The step: part 1000 starts where 1000 parts of 8 MiB end, and is twice as long.
-        assert_eq!(part_range(1000, u64::MAX), (1000 * PART_SIZE, 2 * PART_SIZE));
-        assert!(part_count(MAX_OBJECT) <= MAX_PARTS, "{}", part_count(MAX_OBJECT));
+        assert_eq!(
+            part_range(1000, u64::MAX),
+            (1000 * PART_SIZE, 2 * PART_SIZE)
+        );
+        assert!(
+            part_count(MAX_OBJECT) <= MAX_PARTS,
+            "{}",
+            part_count(MAX_OBJECT)
+        );
         // Parts tile the object.
         let size = 1000 * PART_SIZE + 3 * PART_SIZE + 5;
         let mut next = 0;

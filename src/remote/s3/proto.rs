@@ -190,23 +190,29 @@ pub fn etag_md5(etag: &str) -> Option<String> {
 
 /// `x-amz-meta-mtime` as rclone writes it: Unix seconds with nine decimals.
 pub fn format_mtime(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let nanos = ms.rem_euclid(1000) * 1_000_000;
-    format!("{secs}.{nanos:09}")
+    let sign = if ms < 0 { "-" } else { "" };
+    let a = ms.unsigned_abs();
+    format!("{sign}{}.{:09}", a / 1000, (a % 1000) * 1_000_000)
 }
 
 /// `x-amz-meta-mtime` in rclone's fractional form or s3fs's integer seconds, as ms.
 pub fn parse_mtime(v: &str) -> Option<i64> {
     let v = v.trim();
+    let (negative, v) = match v.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
     let (int, frac) = v.split_once('.').unwrap_or((v, ""));
-    let secs: i64 = int.parse().ok()?;
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     if !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let ms_digits = format!("{frac:0<3}");
-    let ms: i64 = ms_digits[..3].parse().ok()?;
-    let ms = if secs < 0 && ms > 0 { -ms } else { ms };
-    secs.checked_mul(1000)?.checked_add(ms)
+    let secs: i64 = int.parse().ok()?;
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    let total = secs.checked_mul(1000)?.checked_add(ms)?;
+    Some(if negative { -total } else { total })
 }
 
 /// The user metadata of a HeadObject/GetObject answer (header names are case-insensitive).
@@ -753,6 +759,7 @@ mod tests {
         assert_eq!(parse_mtime("soon"), None);
         assert_eq!(parse_mtime("1.x"), None);
         assert_eq!(parse_mtime(&format_mtime(-1500)), Some(-1500));
+        assert_eq!(parse_mtime(&format_mtime(-500)), Some(-500));
     }
 
     #[test]
@@ -761,7 +768,12 @@ mod tests {
             format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>")
         };
         let k = |status: u16, code: &str| {
-            s3_error("x", StatusCode::from_u16(status).unwrap(), doc(code).as_bytes()).kind
+            s3_error(
+                "x",
+                StatusCode::from_u16(status).unwrap(),
+                doc(code).as_bytes(),
+            )
+            .kind
         };
         assert_eq!(k(403, "SignatureDoesNotMatch"), ErrorKind::Auth);
         assert_eq!(k(403, "InvalidAccessKeyId"), ErrorKind::Auth);
@@ -801,6 +813,9 @@ mod tests {
     #[test]
     fn times() {
         assert_eq!(parse_time("2009-10-12T17:50:30.000Z"), 1_255_369_830_000);
-        assert_eq!(parse_time("Mon, 12 Oct 2009 17:50:30 GMT"), 1_255_369_830_000);
+        assert_eq!(
+            parse_time("Mon, 12 Oct 2009 17:50:30 GMT"),
+            1_255_369_830_000
+        );
     }
 }
