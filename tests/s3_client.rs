@@ -514,8 +514,12 @@ fn failed_and_dropped_uploads_leave_no_parts() {
 }
 
 fn run(args: &[&str], home: &Path) -> std::process::Output {
-    Command::new(BIN)
-        .arg("--log-file")
+    run_env(args, home, &[])
+}
+
+fn run_env(args: &[&str], home: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--log-file")
         .arg(home.join("log"))
         .args(args)
         .env("UPLOADFS_LOG", "trace")
@@ -524,9 +528,14 @@ fn run(args: &[&str], home: &Path) -> std::process::Output {
         .env("XDG_DATA_HOME", home.join(".local/share"))
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
         .env_remove("AWS_PROFILE")
-        .output()
-        .expect("run uploadfs")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+        .env_remove("AWS_CONFIG_FILE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run uploadfs")
 }
 
 #[test]
@@ -602,5 +611,92 @@ fn cli_put_get_and_probe() {
     for text in [&log, &err.to_string()] {
         assert!(!text.contains(SECRET_KEY));
         assert!(!text.contains("wrong-secret-0123456789"));
+    }
+}
+
+#[test]
+fn keys_from_the_environment_and_aws_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let weed = Weed::shared();
+    let bucket = weed.bucket("chain");
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    // No keys in the table: the file needs no mode 600.
+    let config = h.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[targets.b]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{bucket}\"\n\
+             path_style = true\nretry_seconds = 5\n",
+            weed.endpoint
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = config.to_str().unwrap();
+    let probe = |env: &[(&str, &str)]| {
+        let out = run_env(&["config", "check", "--probe", "--config", cfg], h, env);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains(SECRET_KEY), "a secret was printed: {text}");
+        assert!(
+            !text.contains("wrong-secret-456"),
+            "a secret was printed: {text}"
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = probe(&[]);
+    assert!(!ok && text.contains("no S3 keys"), "{text}");
+    let (ok, text) = probe(&[
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ]);
+    assert!(ok, "{text}");
+    let (ok, text) = probe(&[
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", "wrong-secret-456"),
+    ]);
+    assert!(!ok && text.contains("refused"), "{text}");
+    std::fs::create_dir_all(h.join(".aws")).unwrap();
+    std::fs::write(
+        h.join(".aws/credentials"),
+        format!(
+            "[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, text) = probe(&[]);
+    assert!(ok, "{text}");
+    std::fs::write(
+        h.join(".aws/config"),
+        format!(
+            "[profile other]\nregion = us-east-1\naws_access_key_id = {ACCESS_KEY}\n\
+             aws_secret_access_key = {SECRET_KEY}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, text) = probe(&[("AWS_PROFILE", "other")]);
+    assert!(ok, "{text}");
+    let (ok, text) = probe(&[("AWS_PROFILE", "missing")]);
+    assert!(!ok && text.contains("profile missing"), "{text}");
+}
+
+#[test]
+fn debug_output_has_no_secret() {
+    let weed = Weed::shared();
+    let cfg = weed.config("any-bucket", "p/");
+    let http = HttpClient::new("d", &cfg).unwrap();
+    let t = S3Target::new(http.clone(), &cfg).unwrap();
+    for text in [
+        format!("{cfg:?}"),
+        format!("{http:?}"),
+        format!("{t:?}"),
+        format!("{:?}", t.client()),
+    ] {
+        assert!(!text.contains(SECRET_KEY), "secret in Debug output: {text}");
+        assert!(!text.is_empty());
     }
 }
