@@ -317,6 +317,16 @@ fn mkdir_rename_and_delete() {
         let cb = find(&t, &Some("r/c/".into()), "b").await.unwrap();
         t.delete(&cb).await.expect("delete dir");
         assert!(find(&t, &Some("r/c/".into()), "b").await.is_none());
+        // Names that need escaping in URLs and in x-amz-copy-source.
+        let odd = "a b+c&d%e ü=?#.txt";
+        t.upload(request(None, odd, Bytes::from_static(b"odd"), 3_000))
+            .await
+            .expect("odd name");
+        let f = find(&t, &None, odd).await.expect("odd name listed");
+        let g = t.rename(&f, &None, "x y+ü%20.txt").await.expect("odd rename");
+        assert_eq!(g.id, "r/x y+ü%20.txt");
+        assert_eq!(read_all(&t, &g).await, b"odd");
+        assert!(find(&t, &None, odd).await.is_none());
         assert!(t.check_name("a/b").is_err());
         let long = "x".repeat(255);
         let deep: DirRef = Some(format!("r/{}/", "d".repeat(900)));

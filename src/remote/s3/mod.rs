@@ -194,7 +194,7 @@ impl S3Target {
             mtime_ms: info.meta.mtime_ms.unwrap_or(info.last_modified_ms),
             is_dir: false,
             sha1: None,
-            md5: proto::etag_md5(&info.etag),
+            md5: info.md5.clone(),
             url: None,
             extra: None,
         }
@@ -454,6 +454,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A listing entry's name (the key below the listed prefix) can be a file name.
+fn usable_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/')
+}
+
 /// The last component of a key or prefix (`a/b/` → `b`).
 fn last_name(key: &str) -> &str {
     let k = key.strip_suffix('/').unwrap_or(key);
@@ -536,9 +541,19 @@ impl Target for S3Target {
                 .client
                 .list_page(&prefix, Some("/"), token.as_deref())
                 .await?;
-            // The folder's own marker is not one of its children.
-            files.extend(page.objects.into_iter().filter(|o| o.key != prefix));
-            dirs.extend(page.prefixes.into_iter().filter(|p| p != &prefix));
+            // The folder's own marker is not one of its children, and a key no file
+            // name can show (`a//b`, `a/./b`) is left out.
+            let below = |k: &str| k.get(prefix.len()..).unwrap_or("").to_string();
+            files.extend(
+                page.objects
+                    .into_iter()
+                    .filter(|o| usable_name(&below(&o.key))),
+            );
+            dirs.extend(
+                page.prefixes
+                    .into_iter()
+                    .filter(|p| usable_name(below(p).trim_end_matches('/'))),
+            );
             match page.next {
                 Some(t) => token = Some(t),
                 None => break,
@@ -549,14 +564,7 @@ impl Target for S3Target {
                 // The metadata (mtime) is only in HeadObject; an object gone since the
                 // listing is left out.
                 match self.client.head_object(&o.key).await? {
-                    Some(mut info) => {
-                        info.etag = if info.etag.is_empty() {
-                            o.etag
-                        } else {
-                            info.etag
-                        };
-                        Ok(Some(Self::file_of(&info)))
-                    }
+                    Some(info) => Ok(Some(Self::file_of(&info))),
                     None => Ok::<_, TargetError>(None),
                 }
             })
@@ -653,5 +661,9 @@ mod tests {
         assert_eq!(last_name("a/b/c.txt"), "c.txt");
         assert_eq!(last_name("a/b/"), "b");
         assert_eq!(last_name("top"), "top");
+        assert!(usable_name("a.txt"));
+        assert!(!usable_name(""));
+        assert!(!usable_name(".."));
+        assert!(!usable_name("a/b"));
     }
 }

@@ -44,6 +44,9 @@ pub struct ObjectInfo {
     pub size: u64,
     /// The ETag without quotes.
     pub etag: String,
+    /// The object's MD5, when its ETag is one: a single-part object stored without
+    /// KMS or customer-key encryption (whose ETags are not MD5s).
+    pub md5: Option<String>,
     /// `Last-Modified`, ms since the epoch (0 when absent or unreadable).
     pub last_modified_ms: i64,
     /// The user metadata (HeadObject only; listings carry none).
@@ -215,6 +218,16 @@ pub fn parse_mtime(v: &str) -> Option<i64> {
     Some(if negative { -total } else { total })
 }
 
+/// Whether an answer's ETag can be an MD5 of the data: not with KMS or customer-key
+/// server-side encryption.
+fn etag_can_be_md5(h: &HeaderMap) -> bool {
+    let kms = h
+        .get("x-amz-server-side-encryption")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("aws:kms"));
+    !kms && !h.contains_key("x-amz-server-side-encryption-customer-algorithm")
+}
+
 /// The user metadata of a HeadObject/GetObject answer (header names are case-insensitive).
 fn meta_from_headers(h: &HeaderMap) -> ObjectMeta {
     let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
@@ -370,7 +383,7 @@ impl S3Client {
             .and_then(|v| v.to_str().ok())
             .map(unquote)
             .ok_or_else(|| TargetError::protocol(format!("{what}: the answer has no ETag")))?;
-        if let Some(m) = etag_md5(&etag) {
+        if let Some(m) = etag_md5(&etag).filter(|_| etag_can_be_md5(&headers)) {
             if m != hex::encode(md5) {
                 return Err(TargetError::protocol(format!(
                     "{what}: the server's ETag {m} is not the MD5 of the part sent"
@@ -479,7 +492,7 @@ impl S3Client {
             .and_then(|v| v.to_str().ok())
             .map(unquote)
             .unwrap_or_default();
-        if let Some(m) = etag_md5(&etag) {
+        if let Some(m) = etag_md5(&etag).filter(|_| etag_can_be_md5(&h)) {
             if m != hex::encode(md5) {
                 return Err(TargetError::protocol(format!(
                     "{what}: the server's ETag {m} is not the MD5 of the data sent"
@@ -571,12 +584,14 @@ impl S3Client {
         }
         let h = resp.headers();
         let get = |k: reqwest::header::HeaderName| h.get(k).and_then(|v| v.to_str().ok());
+        let etag = get(reqwest::header::ETAG).map(unquote).unwrap_or_default();
         Ok(Some(ObjectInfo {
             key: key.to_string(),
             size: get(reqwest::header::CONTENT_LENGTH)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
-            etag: get(reqwest::header::ETAG).map(unquote).unwrap_or_default(),
+            md5: etag_md5(&etag).filter(|_| etag_can_be_md5(h)),
+            etag,
             last_modified_ms: get(reqwest::header::LAST_MODIFIED)
                 .map(parse_time)
                 .unwrap_or(0),
@@ -643,6 +658,8 @@ impl S3Client {
                 .map(|c| ObjectInfo {
                     key: c.key,
                     size: c.size,
+                    // A listing does not say how an object is encrypted: HeadObject does.
+                    md5: None,
                     etag: unquote(&c.etag),
                     last_modified_ms: parse_time(&c.last_modified),
                     meta: ObjectMeta::default(),
