@@ -692,6 +692,17 @@ fn keys_from_the_environment_and_aws_files() {
     assert!(ok, "{text}");
     let (ok, text) = probe(&[("AWS_PROFILE", "missing")]);
     assert!(!ok && text.contains("profile missing"), "{text}");
+    // A session token rides in the signed URL's query: it must not reach the trace log.
+    let token = "session-token-secret-789";
+    let _ = probe(&[
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_SESSION_TOKEN", token),
+    ]);
+    let log = std::fs::read_to_string(h.join("log")).unwrap_or_default();
+    assert!(!log.is_empty(), "the trace log is empty, so it proves nothing");
+    assert!(!log.contains(token), "the session token is in the log");
+    assert!(!log.contains(SECRET_KEY), "the secret key is in the log");
 }
 
 #[test]
