@@ -323,7 +323,10 @@ fn mkdir_rename_and_delete() {
             .await
             .expect("odd name");
         let f = find(&t, &None, odd).await.expect("odd name listed");
-        let g = t.rename(&f, &None, "x y+ü%20.txt").await.expect("odd rename");
+        let g = t
+            .rename(&f, &None, "x y+ü%20.txt")
+            .await
+            .expect("odd rename");
         assert_eq!(g.id, "r/x y+ü%20.txt");
         assert_eq!(read_all(&t, &g).await, b"odd");
         assert!(find(&t, &None, odd).await.is_none());
@@ -700,7 +703,10 @@ fn keys_from_the_environment_and_aws_files() {
         ("AWS_SESSION_TOKEN", token),
     ]);
     let log = std::fs::read_to_string(h.join("log")).unwrap_or_default();
-    assert!(!log.is_empty(), "the trace log is empty, so it proves nothing");
+    assert!(
+        !log.is_empty(),
+        "the trace log is empty, so it proves nothing"
+    );
     assert!(!log.contains(token), "the session token is in the log");
     assert!(!log.contains(SECRET_KEY), "the secret key is in the log");
 }

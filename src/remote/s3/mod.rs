@@ -257,30 +257,45 @@ impl S3Target {
                 tracing::warn!(key, error = %e, "could not abort an earlier upload");
             }
         }
+        if part_count(req.size) > MAX_PARTS {
+            return Err(TargetError::new(
+                ErrorKind::TooLarge,
+                format!("{key}: {} bytes need more than 10,000 parts", req.size),
+            ));
+        }
         let upload_id = self.client.create_multipart(key, meta).await?;
         req.observer.session_started(&upload_id);
-        let mut guard = AbortOnDrop {
-            client: self.client.clone(),
-            key: key.to_string(),
-            upload_id: upload_id.clone(),
-            armed: true,
-        };
-        let result = async {
+        self.or_abort(key, &upload_id, async {
             let etags = self.send_parts(key, &upload_id, req).await?;
             req.final_digests().await?;
             self.client
                 .complete_multipart(key, &upload_id, &etags)
                 .await
-        }
-        .await;
-        if result.is_ok() {
-            guard.armed = false;
-        } else {
-            guard.armed = false;
-            if let Err(e) = self.client.abort_multipart(key, &upload_id).await {
-                tracing::warn!(key, error = %e, "abort of a failed upload failed");
+        })
+        .await
+    }
+
+    /// Run the steps of multipart upload `upload_id` of `key`, and abort it when they fail
+    /// or are dropped unfinished (the caller gave up), so no parts are left behind.
+    async fn or_abort<T>(
+        &self,
+        key: &str,
+        upload_id: &str,
+        steps: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let mut guard = AbortOnDrop {
+            client: self.client.clone(),
+            key: key.to_string(),
+            upload_id: upload_id.to_string(),
+            armed: true,
+        };
+        let result = steps.await;
+        if result.is_err() {
+            if let Err(e) = self.client.abort_multipart(key, upload_id).await {
+                tracing::warn!(key, error = %e, "abort of a failed multipart upload failed");
             }
         }
+        guard.armed = false;
         result
     }
 
@@ -293,12 +308,6 @@ impl S3Target {
         req: &UploadRequest,
     ) -> Result<Vec<String>> {
         let n = part_count(req.size);
-        if n > MAX_PARTS {
-            return Err(TargetError::new(
-                ErrorKind::TooLarge,
-                format!("{key}: {} bytes need more than 10,000 parts", req.size),
-            ));
-        }
         let mut done: Vec<(u64, String)> = futures_util::stream::iter(0..n)
             .map(|i| async move {
                 let (offset, len) = part_range(i, req.size);
@@ -349,14 +358,8 @@ impl S3Target {
             .unwrap_or_default();
         let part = self.copy_part.max(size.div_ceil(MAX_PARTS));
         let upload_id = self.client.create_multipart(dst, &meta).await?;
-        let mut guard = AbortOnDrop {
-            client: self.client.clone(),
-            key: dst.to_string(),
-            upload_id: upload_id.clone(),
-            armed: true,
-        };
-        let upload_id = upload_id.as_str();
-        let result = async {
+        let id = upload_id.as_str();
+        self.or_abort(dst, id, async {
             let mut etags: Vec<(u64, String)> = futures_util::stream::iter(0..size.div_ceil(part))
                 .map(|i| async move {
                     let first = i * part;
@@ -364,7 +367,7 @@ impl S3Target {
                     let number = u16::try_from(i + 1).unwrap_or(u16::MAX);
                     let etag = self
                         .client
-                        .upload_part_copy(dst, upload_id, number, src, first, last)
+                        .upload_part_copy(dst, id, number, src, first, last)
                         .await?;
                     Ok::<_, TargetError>((i, etag))
                 })
@@ -373,16 +376,10 @@ impl S3Target {
                 .await?;
             etags.sort_by_key(|(i, _)| *i);
             let etags: Vec<String> = etags.into_iter().map(|(_, e)| e).collect();
-            self.client.complete_multipart(dst, upload_id, &etags).await
-        }
-        .await;
-        guard.armed = false;
-        if result.is_err() {
-            if let Err(e) = self.client.abort_multipart(dst, upload_id).await {
-                tracing::warn!(key = dst, error = %e, "abort of a failed copy failed");
-            }
-        }
-        result.map(|_| ())
+            self.client.complete_multipart(dst, id, &etags).await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Rename a folder: copy every key below it to the new prefix (the marker last), then
