@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod mount;
+pub mod s3;
 pub mod server;
 
 /// The `uploadfs` binary under test.

@@ -1,0 +1,838 @@
+//! The S3 protocol steps, one function each: every request signed by rusty-s3 (a presigned
+//! URL, so the payload is `UNSIGNED-PAYLOAD` and the body streams as it is), sent through the
+//! shared [`HttpClient`] (retries of 5xx/429/`SlowDown`, `Retry-After`, TLS), and its answer
+//! parsed by rusty-s3 or, for the actions rusty-s3 lacks (CopyObject, UploadPartCopy,
+//! ListMultipartUploads, error documents), by quick-xml's serde reader.
+//!
+//! Each step is a whole request with its retries and nothing more, so an upload driver can
+//! put them together as it likes: [`S3Client::create_multipart`] →
+//! [`S3Client::upload_part`]… → [`S3Client::complete_multipart`], or
+//! [`S3Client::abort_multipart`] on any failure.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use md5::Digest as _;
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use rusty_s3::{Bucket, Credentials, Map, S3Action};
+use serde::Deserialize;
+
+use crate::remote::http::{excerpt, HttpClient};
+use crate::remote::{ErrorKind, Result, TargetError};
+
+/// How long a signed URL stays valid: one attempt of one request (the HTTP layer's request
+/// timeout is five minutes), with room for a slow clock.
+const SIGNED_FOR: Duration = Duration::from_secs(3600);
+
+/// Keys per ListObjectsV2 page (the protocol's maximum).
+const LIST_PAGE: &str = "1000";
+
+/// The user metadata we write and read: mtime (`x-amz-meta-mtime`) and mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Modification time, ms since the epoch.
+    pub mtime_ms: Option<i64>,
+    /// `st_mode` as s3fs writes it (decimal, file type bits included).
+    pub mode: Option<u32>,
+}
+
+/// An object as HeadObject or ListObjectsV2 describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// The ETag without quotes.
+    pub etag: String,
+    /// The object's MD5, when its ETag is one: a single-part object stored without
+    /// KMS or customer-key encryption (whose ETags are not MD5s).
+    pub md5: Option<String>,
+    /// `Last-Modified`, ms since the epoch (0 when absent or unreadable).
+    pub last_modified_ms: i64,
+    /// The user metadata (HeadObject only; listings carry none).
+    pub meta: ObjectMeta,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectInfo>,
+    /// Common prefixes (sub-"directories"), each ending in the delimiter.
+    pub prefixes: Vec<String>,
+    /// Where the next page starts, when there is one.
+    pub next: Option<String>,
+}
+
+/// A multipart upload that was started and neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub key: String,
+    pub upload_id: String,
+}
+
+/// A part already stored for a multipart upload (ListParts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPart {
+    pub number: u16,
+    pub etag: String,
+    pub size: u64,
+}
+
+/// One bucket, its keys and the HTTP client: every S3 request goes through here.
+#[derive(Clone)]
+pub struct S3Client {
+    pub(super) http: HttpClient,
+    bucket: Bucket,
+    creds: Credentials,
+}
+
+impl std::fmt::Debug for S3Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Client")
+            .field("http", &self.http)
+            .field("bucket", &self.bucket.name())
+            .field("region", &self.bucket.region())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An S3 error document (`<Error><Code>…</Code><Message>…</Message></Error>`), and also the
+/// one field we need of a 200 answer that may be one (CompleteMultipartUpload, CopyObject).
+#[derive(Debug, Default, Deserialize)]
+struct ErrorDoc {
+    #[serde(rename = "Code")]
+    code: Option<String>,
+    #[serde(rename = "Message")]
+    message: Option<String>,
+    #[serde(rename = "ETag")]
+    etag: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListUploadsDoc {
+    #[serde(rename = "Upload", default)]
+    uploads: Vec<UploadDoc>,
+    #[serde(rename = "IsTruncated", default)]
+    is_truncated: Option<String>,
+    #[serde(rename = "NextKeyMarker")]
+    next_key_marker: Option<String>,
+    #[serde(rename = "NextUploadIdMarker")]
+    next_upload_id_marker: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadDoc {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "UploadId")]
+    upload_id: String,
+}
+
+/// Map an S3 refusal to an error category: by the S3 error code first, then the status.
+pub fn s3_error(what: &str, status: StatusCode, body: &[u8]) -> TargetError {
+    let doc: ErrorDoc = quick_xml::de::from_reader(body).unwrap_or_default();
+    let code = doc.code.unwrap_or_default();
+    let kind = match code.as_str() {
+        "AccessDenied"
+        | "SignatureDoesNotMatch"
+        | "InvalidAccessKeyId"
+        | "ExpiredToken"
+        | "InvalidToken"
+        | "AuthorizationHeaderMalformed"
+        | "RequestTimeTooSkewed" => ErrorKind::Auth,
+        "NoSuchKey" | "NoSuchBucket" | "NoSuchUpload" => ErrorKind::NotFound,
+        "EntityTooLarge" => ErrorKind::TooLarge,
+        "QuotaExceeded" => ErrorKind::Quota,
+        "KeyTooLongError" | "InvalidObjectName" => ErrorKind::InvalidName,
+        "PreconditionFailed" => ErrorKind::Conflict,
+        "NotImplemented" => ErrorKind::Unsupported,
+        "SlowDown" | "InternalError" | "ServiceUnavailable" => ErrorKind::Unavailable,
+        _ => match status.as_u16() {
+            401 | 403 => ErrorKind::Auth,
+            404 => ErrorKind::NotFound,
+            409 | 412 => ErrorKind::Conflict,
+            413 => ErrorKind::TooLarge,
+            501 => ErrorKind::Unsupported,
+            500..=599 => ErrorKind::Unavailable,
+            _ => ErrorKind::Protocol,
+        },
+    };
+    let detail = match (code.is_empty(), doc.message) {
+        (false, Some(m)) => format!("{code}: {m}"),
+        (false, None) => code,
+        (true, _) => excerpt(&String::from_utf8_lossy(body)),
+    };
+    let hint = if kind == ErrorKind::Auth {
+        " — the S3 keys were refused; check them"
+    } else {
+        ""
+    };
+    TargetError::new(
+        kind,
+        format!("{what}: server answered {status}: {detail}{hint}"),
+    )
+}
+
+fn xml_error(what: &str, e: impl std::fmt::Display, body: &[u8]) -> TargetError {
+    TargetError::protocol(format!(
+        "{what}: the server's answer is not the expected XML ({e}): {}",
+        excerpt(&String::from_utf8_lossy(body))
+    ))
+}
+
+/// The ETag without the quotes S3 puts around it.
+pub fn unquote(etag: &str) -> String {
+    etag.trim().trim_matches('"').to_string()
+}
+
+/// A plain MD5 ETag (a single-part object's): 32 hex digits, lowercased.
+pub fn etag_md5(etag: &str) -> Option<String> {
+    let e = unquote(etag);
+    (e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit())).then(|| e.to_ascii_lowercase())
+}
+
+/// `x-amz-meta-mtime` as rclone writes it: Unix seconds with nine decimals.
+pub fn format_mtime(ms: i64) -> String {
+    let sign = if ms < 0 { "-" } else { "" };
+    let a = ms.unsigned_abs();
+    format!("{sign}{}.{:09}", a / 1000, (a % 1000) * 1_000_000)
+}
+
+/// `x-amz-meta-mtime` in rclone's fractional form or s3fs's integer seconds, as ms.
+pub fn parse_mtime(v: &str) -> Option<i64> {
+    let v = v.trim();
+    let (negative, v) = match v.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = int.parse().ok()?;
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    let total = secs.checked_mul(1000)?.checked_add(ms)?;
+    Some(if negative { -total } else { total })
+}
+
+/// Whether an answer's ETag can be an MD5 of the data: not with KMS or customer-key
+/// server-side encryption.
+fn etag_can_be_md5(h: &HeaderMap) -> bool {
+    let kms = h
+        .get("x-amz-server-side-encryption")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("aws:kms"));
+    !kms && !h.contains_key("x-amz-server-side-encryption-customer-algorithm")
+}
+
+/// The user metadata of a HeadObject/GetObject answer (header names are case-insensitive).
+fn meta_from_headers(h: &HeaderMap) -> ObjectMeta {
+    let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
+    ObjectMeta {
+        mtime_ms: get("x-amz-meta-mtime").and_then(parse_mtime),
+        mode: get("x-amz-meta-mode").and_then(|m| m.trim().parse().ok()),
+    }
+}
+
+/// RFC 3339 (listings) or HTTP date (headers) as ms since the epoch.
+fn parse_time(s: &str) -> i64 {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return t.as_millisecond();
+    }
+    jiff::fmt::rfc2822::parse(s)
+        .map(|z| z.timestamp().as_millisecond())
+        .unwrap_or(0)
+}
+
+/// The signed headers of an upload: the metadata we keep.
+fn meta_headers(m: &ObjectMeta) -> Vec<(&'static str, String)> {
+    let mut v = Vec::new();
+    if let Some(ms) = m.mtime_ms {
+        v.push(("x-amz-meta-mtime", format_mtime(ms)));
+    }
+    if let Some(mode) = m.mode {
+        v.push(("x-amz-meta-mode", mode.to_string()));
+    }
+    v
+}
+
+impl S3Client {
+    pub fn new(http: HttpClient, bucket: Bucket, creds: Credentials) -> S3Client {
+        S3Client {
+            http,
+            bucket,
+            creds,
+        }
+    }
+
+    /// Sign `action` with `headers` (lowercase names; also sent as they are) and build the
+    /// request. Called once per attempt, so every retry carries a fresh signature.
+    fn request<'a, A: S3Action<'a>>(
+        &self,
+        mut action: A,
+        method: reqwest::Method,
+        headers: &'a [(&'static str, String)],
+    ) -> reqwest::RequestBuilder {
+        for (k, v) in headers {
+            action.headers_mut().insert(*k, v.as_str());
+        }
+        let url = action.sign(SIGNED_FOR);
+        let mut rb = self.http.client.request(method, url);
+        for (k, v) in headers {
+            rb = rb.header(*k, v.as_str());
+        }
+        rb
+    }
+
+    /// A request rusty-s3 has no action for, signed with its SigV4 signer: a bucket-level
+    /// request with a query (sorted by the map) and signed headers.
+    fn custom(
+        &self,
+        method: reqwest::Method,
+        query: &[(&str, &str)],
+        headers: &[(&'static str, String)],
+    ) -> reqwest::RequestBuilder {
+        let mut q = Map::new();
+        for (k, v) in query {
+            q.insert(*k, *v);
+        }
+        let mut h = Map::new();
+        for (k, v) in headers {
+            h.insert(*k, v.as_str());
+        }
+        let rmethod = match method.as_str() {
+            "PUT" => rusty_s3::Method::Put,
+            "POST" => rusty_s3::Method::Post,
+            "DELETE" => rusty_s3::Method::Delete,
+            "HEAD" => rusty_s3::Method::Head,
+            _ => rusty_s3::Method::Get,
+        };
+        let signed = rusty_s3::signing::sign(
+            &jiff::Timestamp::now(),
+            rmethod,
+            self.bucket.base_url().clone(),
+            self.creds.key(),
+            self.creds.secret(),
+            self.creds.token(),
+            self.bucket.region(),
+            SIGNED_FOR.as_secs(),
+            q.iter(),
+            h.iter(),
+        );
+        let mut rb = self.http.client.request(method, signed);
+        for (k, v) in headers {
+            rb = rb.header(*k, v.as_str());
+        }
+        rb
+    }
+
+    /// Send with retries; a non-2xx answer becomes an [`s3_error`].
+    async fn call<F>(&self, what: &str, build: F) -> Result<(HeaderMap, Bytes)>
+    where
+        F: Fn() -> reqwest::RequestBuilder,
+    {
+        let (status, headers, body) = self.http.send_bytes(what, build).await?;
+        if !status.is_success() {
+            return Err(s3_error(what, status, &body));
+        }
+        Ok((headers, body))
+    }
+
+    /// CreateMultipartUpload with our metadata → the upload id.
+    pub async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String> {
+        let what = format!("start of the multipart upload of {key}");
+        let headers = meta_headers(meta);
+        let (_, body) = self
+            .call(&what, || {
+                let a = self.bucket.create_multipart_upload(Some(&self.creds), key);
+                self.request(a, reqwest::Method::POST, &headers)
+            })
+            .await?;
+        let r = rusty_s3::actions::CreateMultipartUpload::parse_response(&body)
+            .map_err(|e| xml_error(&what, e, &body))?;
+        Ok(r.upload_id().to_string())
+    }
+
+    /// UploadPart `number` (1-based) → its ETag. The body's MD5 goes along as `Content-MD5`,
+    /// so the server refuses a part damaged on the way, and a plain-MD5 ETag is checked too.
+    pub async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u16,
+        body: Bytes,
+    ) -> Result<String> {
+        let what = format!("part {number} of {key}");
+        let md5 = md5::Md5::digest(&body);
+        let content_md5 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, md5);
+        let (headers, _) = self
+            .call(&what, || {
+                let a = self
+                    .bucket
+                    .upload_part(Some(&self.creds), key, number, upload_id);
+                self.request(a, reqwest::Method::PUT, &[])
+                    .header("content-md5", content_md5.as_str())
+                    .body(body.clone())
+            })
+            .await?;
+        let etag = headers
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(unquote)
+            .ok_or_else(|| TargetError::protocol(format!("{what}: the answer has no ETag")))?;
+        if let Some(m) = etag_md5(&etag).filter(|_| etag_can_be_md5(&headers)) {
+            if m != hex::encode(md5) {
+                return Err(TargetError::protocol(format!(
+                    "{what}: the server's ETag {m} is not the MD5 of the part sent"
+                )));
+            }
+        }
+        Ok(etag)
+    }
+
+    /// CompleteMultipartUpload with the parts' ETags in order (part `i + 1` is `etags[i]`)
+    /// → the object's ETag. The answer can be 200 with an error document: an `InternalError`
+    /// or `SlowDown` there is retried (completing again with the same parts is harmless),
+    /// any other code fails.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<String> {
+        use crate::remote::http::{connection_failed, Attempt};
+        let what = format!("completion of the multipart upload of {key}");
+        let action = || {
+            self.bucket.complete_multipart_upload(
+                Some(&self.creds),
+                key,
+                upload_id,
+                etags.iter().map(String::as_str),
+            )
+        };
+        let xml = action().body();
+        self.http
+            .retry(&what, || async {
+                let url = action().sign(SIGNED_FOR);
+                let resp = match self.http.client.post(url).body(xml.clone()).send().await {
+                    Ok(r) => r,
+                    Err(e) => return connection_failed(e),
+                };
+                let status = resp.status();
+                let retry_after = crate::remote::http::retry_after(resp.headers());
+                let body = match resp.bytes().await {
+                    Ok(b) => b,
+                    Err(e) => return connection_failed(e),
+                };
+                let err = if status.is_success() {
+                    match quick_xml::de::from_reader::<_, ErrorDoc>(&body[..]) {
+                        Ok(ErrorDoc {
+                            code: None,
+                            etag: Some(etag),
+                            ..
+                        }) => return Attempt::Done(unquote(&etag)),
+                        Ok(ErrorDoc { code: Some(_), .. }) => s3_error(&what, status, &body),
+                        Ok(_) => {
+                            return Attempt::Fail(xml_error(&what, "no ETag", &body));
+                        }
+                        Err(e) => return Attempt::Fail(xml_error(&what, e, &body)),
+                    }
+                } else {
+                    s3_error(&what, status, &body)
+                };
+                if err.kind == ErrorKind::Unavailable || status == StatusCode::TOO_MANY_REQUESTS {
+                    Attempt::Retry {
+                        after: retry_after,
+                        reason: err.message,
+                    }
+                } else {
+                    Attempt::Fail(err)
+                }
+            })
+            .await
+    }
+
+    /// AbortMultipartUpload: frees the stored parts. An upload already gone is fine.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        let what = format!("abort of the multipart upload of {key}");
+        match self
+            .call(&what, || {
+                let a = self
+                    .bucket
+                    .abort_multipart_upload(Some(&self.creds), key, upload_id);
+                self.request(a, reqwest::Method::DELETE, &[])
+            })
+            .await
+        {
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// PutObject of a whole (small) object with our metadata → its ETag, checked against
+    /// the MD5 of what was sent.
+    pub async fn put_object(&self, key: &str, meta: &ObjectMeta, body: Bytes) -> Result<String> {
+        let what = format!("upload of {key}");
+        let md5 = md5::Md5::digest(&body);
+        let content_md5 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, md5);
+        let headers = meta_headers(meta);
+        let (h, _) = self
+            .call(&what, || {
+                let a = self.bucket.put_object(Some(&self.creds), key);
+                self.request(a, reqwest::Method::PUT, &headers)
+                    .header("content-md5", content_md5.as_str())
+                    .body(body.clone())
+            })
+            .await?;
+        let etag = h
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(unquote)
+            .unwrap_or_default();
+        if let Some(m) = etag_md5(&etag).filter(|_| etag_can_be_md5(&h)) {
+            if m != hex::encode(md5) {
+                return Err(TargetError::protocol(format!(
+                    "{what}: the server's ETag {m} is not the MD5 of the data sent"
+                )));
+            }
+        }
+        Ok(etag)
+    }
+
+    /// ListParts: every part stored so far for an upload (all pages).
+    pub async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<StoredPart>> {
+        let what = format!("list of the stored parts of {key}");
+        let mut out = Vec::new();
+        let mut marker: Option<u16> = None;
+        loop {
+            let (_, body) = self
+                .call(&what, || {
+                    let mut a = self.bucket.list_parts(Some(&self.creds), key, upload_id);
+                    if let Some(m) = marker {
+                        a.set_part_number_marker(m);
+                    }
+                    self.request(a, reqwest::Method::GET, &[])
+                })
+                .await?;
+            let r = rusty_s3::actions::ListParts::parse_response(&body)
+                .map_err(|e| xml_error(&what, e, &body))?;
+            out.extend(r.parts.iter().map(|p| StoredPart {
+                number: p.number,
+                etag: unquote(&p.etag),
+                size: p.size,
+            }));
+            match r.next_part_number_marker {
+                Some(m) if Some(m) != marker && !r.parts.is_empty() => marker = Some(m),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// ListMultipartUploads: the uploads started below `prefix` and not finished (all pages).
+    pub async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
+        let what = format!("list of the unfinished uploads below {prefix:?}");
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let (_, body) = self
+                .call(&what, || {
+                    let mut q = vec![("uploads", ""), ("prefix", prefix)];
+                    if let Some((k, u)) = &markers {
+                        q.push(("key-marker", k.as_str()));
+                        q.push(("upload-id-marker", u.as_str()));
+                    }
+                    self.custom(reqwest::Method::GET, &q, &[])
+                })
+                .await?;
+            let doc: ListUploadsDoc =
+                quick_xml::de::from_reader(&body[..]).map_err(|e| xml_error(&what, e, &body))?;
+            out.extend(doc.uploads.into_iter().map(|u| PendingUpload {
+                key: u.key,
+                upload_id: u.upload_id,
+            }));
+            let truncated = doc.is_truncated.as_deref() == Some("true");
+            match (truncated, doc.next_key_marker, doc.next_upload_id_marker) {
+                (true, Some(k), Some(u)) if markers.as_ref() != Some(&(k.clone(), u.clone())) => {
+                    markers = Some((k, u))
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// HeadObject → size, ETag, metadata; `None` when there is no such key.
+    pub async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        let what = format!("metadata of {key}");
+        let resp = self
+            .http
+            .send(&what, || {
+                let a = self.bucket.head_object(Some(&self.creds), key);
+                self.request(a, reqwest::Method::HEAD, &[])
+            })
+            .await?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(s3_error(&what, status, b""));
+        }
+        let h = resp.headers();
+        let get = |k: reqwest::header::HeaderName| h.get(k).and_then(|v| v.to_str().ok());
+        let etag = get(reqwest::header::ETAG).map(unquote).unwrap_or_default();
+        Ok(Some(ObjectInfo {
+            key: key.to_string(),
+            size: get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            md5: etag_md5(&etag).filter(|_| etag_can_be_md5(h)),
+            etag,
+            last_modified_ms: get(reqwest::header::LAST_MODIFIED)
+                .map(parse_time)
+                .unwrap_or(0),
+            meta: meta_from_headers(h),
+        }))
+    }
+
+    /// GetObject of `len` bytes at `offset` (`Range: bytes=a-b`), as the server sent them.
+    pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+        let what = format!("read of {key} at {offset}");
+        let range = format!("bytes={offset}-{}", offset + len.max(1) - 1);
+        let (status, _, body) = self
+            .http
+            .send_bytes(&what, || {
+                let a = self.bucket.get_object(Some(&self.creds), key);
+                self.request(a, reqwest::Method::GET, &[])
+                    .header(reqwest::header::RANGE, range.as_str())
+            })
+            .await?;
+        match status {
+            StatusCode::PARTIAL_CONTENT => Ok(body),
+            // A server that ignores Range sends the whole object.
+            StatusCode::OK => {
+                let start = (offset as usize).min(body.len());
+                let end = (offset.saturating_add(len) as usize).min(body.len());
+                Ok(body.slice(start..end))
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
+            s => Err(s3_error(&what, s, &body)),
+        }
+    }
+
+    /// One page of ListObjectsV2 below `prefix`, grouped by `delimiter` when given.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<ListPage> {
+        let what = format!("listing of {prefix:?}");
+        let (_, body) = self
+            .call(&what, || {
+                let mut a = self.bucket.list_objects_v2(Some(&self.creds));
+                // Keys come back as XML text, not URL-encoded: rusty-s3 asks for
+                // `encoding-type=url` but does not decode what it gets.
+                a.query_mut().remove("encoding-type");
+                a.query_mut().insert("max-keys", LIST_PAGE);
+                a.with_prefix(prefix);
+                if let Some(d) = delimiter {
+                    a.with_delimiter(d);
+                }
+                if let Some(t) = token {
+                    a.with_continuation_token(t);
+                }
+                self.request(a, reqwest::Method::GET, &[])
+            })
+            .await?;
+        let r = rusty_s3::actions::ListObjectsV2::parse_response(&body)
+            .map_err(|e| xml_error(&what, e, &body))?;
+        Ok(ListPage {
+            objects: r
+                .contents
+                .into_iter()
+                .map(|c| ObjectInfo {
+                    key: c.key,
+                    size: c.size,
+                    // A listing does not say how an object is encrypted: HeadObject does.
+                    md5: None,
+                    etag: unquote(&c.etag),
+                    last_modified_ms: parse_time(&c.last_modified),
+                    meta: ObjectMeta::default(),
+                })
+                .collect(),
+            prefixes: r.common_prefixes.into_iter().map(|p| p.prefix).collect(),
+            next: r.next_continuation_token.filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// CopyObject `src` → `dst` (up to 5 GiB), metadata copied along. The answer can be 200
+    /// with an error document: checked.
+    pub async fn copy_object(&self, src: &str, dst: &str) -> Result<()> {
+        let what = format!("copy of {src} to {dst}");
+        let headers = [("x-amz-copy-source", copy_source(self.bucket.name(), src))];
+        let (_, body) = self
+            .call(&what, || {
+                let a = self.bucket.put_object(Some(&self.creds), dst);
+                self.request(a, reqwest::Method::PUT, &headers)
+            })
+            .await?;
+        check_copy_answer(&what, &body).map(|_| ())
+    }
+
+    /// UploadPartCopy: part `number` of upload `upload_id` of `dst` is bytes
+    /// `first..=last` of `src` → its ETag (for copies above CopyObject's 5 GiB).
+    pub async fn upload_part_copy(
+        &self,
+        dst: &str,
+        upload_id: &str,
+        number: u16,
+        src: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<String> {
+        let what = format!("copy of part {number} of {src} to {dst}");
+        let headers = [
+            ("x-amz-copy-source", copy_source(self.bucket.name(), src)),
+            ("x-amz-copy-source-range", format!("bytes={first}-{last}")),
+        ];
+        let (_, body) = self
+            .call(&what, || {
+                let a = self
+                    .bucket
+                    .upload_part(Some(&self.creds), dst, number, upload_id);
+                self.request(a, reqwest::Method::PUT, &headers)
+            })
+            .await?;
+        check_copy_answer(&what, &body)
+    }
+
+    /// DeleteObject (a missing key is no error in S3).
+    pub async fn delete_object(&self, key: &str) -> Result<()> {
+        let what = format!("delete of {key}");
+        self.call(&what, || {
+            let a = self.bucket.delete_object(Some(&self.creds), key);
+            self.request(a, reqwest::Method::DELETE, &[])
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// HeadBucket-like check of the keys: one listing of at most one key.
+    pub async fn probe(&self) -> Result<()> {
+        let what = format!("listing of bucket {}", self.bucket.name());
+        self.call(&what, || {
+            let mut a = self.bucket.list_objects_v2(Some(&self.creds));
+            a.query_mut().remove("encoding-type");
+            a.query_mut().insert("max-keys", "1");
+            self.request(a, reqwest::Method::GET, &[])
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+/// `x-amz-copy-source`: `bucket/key`, the key URL-encoded as a path.
+fn copy_source(bucket: &str, key: &str) -> String {
+    const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    format!(
+        "{bucket}/{}",
+        percent_encoding::utf8_percent_encode(key, PATH)
+    )
+}
+
+/// A CopyObject/UploadPartCopy answer: `<CopyObjectResult><ETag>` or, despite the 200, an
+/// error document.
+fn check_copy_answer(what: &str, body: &[u8]) -> Result<String> {
+    let doc: ErrorDoc = quick_xml::de::from_reader(body).map_err(|e| xml_error(what, e, body))?;
+    if doc.code.is_some() {
+        return Err(s3_error(what, StatusCode::OK, body));
+    }
+    doc.etag
+        .map(|e| unquote(&e))
+        .ok_or_else(|| xml_error(what, "no ETag", body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtime_forms() {
+        assert_eq!(format_mtime(1_700_000_000_123), "1700000000.123000000");
+        assert_eq!(parse_mtime("1700000000.123000000"), Some(1_700_000_000_123));
+        assert_eq!(parse_mtime("1700000000.5"), Some(1_700_000_000_500));
+        assert_eq!(parse_mtime("1700000000"), Some(1_700_000_000_000));
+        assert_eq!(parse_mtime(" 1700000000 "), Some(1_700_000_000_000));
+        assert_eq!(parse_mtime("soon"), None);
+        assert_eq!(parse_mtime("1.x"), None);
+        assert_eq!(parse_mtime(&format_mtime(-1500)), Some(-1500));
+        assert_eq!(parse_mtime(&format_mtime(-500)), Some(-500));
+    }
+
+    #[test]
+    fn error_documents_map_to_kinds() {
+        let doc = |code: &str| {
+            format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>")
+        };
+        let k = |status: u16, code: &str| {
+            s3_error(
+                "x",
+                StatusCode::from_u16(status).unwrap(),
+                doc(code).as_bytes(),
+            )
+            .kind
+        };
+        assert_eq!(k(403, "SignatureDoesNotMatch"), ErrorKind::Auth);
+        assert_eq!(k(403, "InvalidAccessKeyId"), ErrorKind::Auth);
+        assert_eq!(k(404, "NoSuchKey"), ErrorKind::NotFound);
+        assert_eq!(k(400, "EntityTooLarge"), ErrorKind::TooLarge);
+        assert_eq!(k(503, "SlowDown"), ErrorKind::Unavailable);
+        assert_eq!(k(400, "Weird"), ErrorKind::Protocol);
+        let e = s3_error("x", StatusCode::FORBIDDEN, b"<html>no</html>");
+        assert_eq!(e.kind, ErrorKind::Auth);
+        assert!(e.message.contains("<html>"), "{}", e.message);
+    }
+
+    #[test]
+    fn copy_answers() {
+        let ok = br#"<CopyObjectResult><LastModified>2009-10-12T17:50:30.000Z</LastModified><ETag>"9b2cf535f27731c974343645a3985328"</ETag></CopyObjectResult>"#;
+        assert_eq!(
+            check_copy_answer("c", ok).unwrap(),
+            "9b2cf535f27731c974343645a3985328"
+        );
+        let bad = b"<Error><Code>InternalError</Code><Message>x</Message></Error>";
+        assert_eq!(
+            check_copy_answer("c", bad).unwrap_err().kind,
+            ErrorKind::Unavailable
+        );
+        assert_eq!(copy_source("b", "a b/c+d"), "b/a%20b/c%2Bd");
+    }
+
+    #[test]
+    fn etags() {
+        assert_eq!(
+            etag_md5("\"5D41402ABC4B2A76B9719D911017C592\"").as_deref(),
+            Some("5d41402abc4b2a76b9719d911017c592")
+        );
+        assert_eq!(etag_md5("\"5d41402abc4b2a76b9719d911017c592-2\""), None);
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("2009-10-12T17:50:30.000Z"), 1_255_369_830_000);
+        assert_eq!(
+            parse_time("Mon, 12 Oct 2009 17:50:30 GMT"),
+            1_255_369_830_000
+        );
+    }
+}
