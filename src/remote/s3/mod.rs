@@ -36,6 +36,7 @@
 //! are the functions of [`proto::S3Client`].
 
 pub mod proto;
+pub mod wire;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -47,7 +48,8 @@ use super::{
     Result, Target, TargetError, UploadRequest,
 };
 use crate::config::TargetConfig;
-pub use proto::{ObjectInfo, ObjectMeta, PendingUpload, S3Client, StoredPart};
+pub use proto::{ObjectInfo, PendingUpload, S3Client, StoredPart};
+pub use wire::ObjectMeta;
 
 /// The first parts' size: 8 MiB, above S3's 5 MiB minimum for all parts but the last.
 pub const PART_SIZE: u64 = 8 * 1024 * 1024;
@@ -651,6 +653,45 @@ mod tests {
             next = off + len;
         }
         assert_eq!(next, size);
+    }
+
+    fn config(endpoint: &str, path_style: bool) -> TargetConfig {
+        let mut c = TargetConfig::null();
+        c.kind = crate::config::TargetKind::S3;
+        c.s3 = Some(crate::config::S3Config {
+            endpoint: endpoint.to_string(),
+            region: "us-east-1".to_string(),
+            bucket: "photos".to_string(),
+            prefix: String::new(),
+            path_style,
+            access_key_id: "AKID".to_string(),
+            secret_access_key: crate::config::Secret::new("s3-secret"),
+            session_token: None,
+        });
+        c
+    }
+
+    #[test]
+    fn addressing_styles() {
+        let build = |endpoint: &str, path_style: bool| {
+            let cfg = config(endpoint, path_style);
+            S3Target::new(HttpClient::new("t", &cfg).unwrap(), &cfg)
+        };
+        let t = build("https://s3.eu-west-3.amazonaws.com", false).unwrap();
+        let url = t.client.object_url("a b").unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://photos.s3.eu-west-3.amazonaws.com/a%20b"
+        );
+        let t = build("http://127.0.0.1:9000", true).unwrap();
+        let url = t.client.object_url("dir/x").unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:9000/photos/dir/x");
+        // A bucket cannot be a host name below an IP address: the error says what to set.
+        let err = build("http://127.0.0.1:9000", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("path_style = true"), "{err}");
+        assert!(!format!("{t:?}").contains("s3-secret"));
     }
 
     #[test]
