@@ -29,13 +29,14 @@
 //! s3fs's integer form are read back. Listings carry no metadata, so a listing asks
 //! HeadObject of each file, a bounded number at once.
 //!
-//! Upload: below one part a single PutObject; otherwise a multipart upload whose parts
-//! grow with their index ([`part_range`]), a bounded number in flight, each part's memory
-//! reserved in the process-wide [`super::budget`], and the upload aborted on any failure or
-//! when dropped unfinished. The part loop is [`S3Target::send_parts`]; the protocol steps
-//! are the functions of [`proto::S3Client`].
+//! Upload (`upload.rs`): below one part a single PutObject; otherwise a multipart upload
+//! as protocol steps of the part-session seam ([`super::session`]): parts growing with
+//! their index ([`PLAN`]), sent from the first full one on even before the final size is
+//! known, aborted on any failure or when dropped unfinished, resumed from ListParts after
+//! a crash. The requests themselves are the functions of [`proto::S3Client`].
 
 pub mod proto;
+mod upload;
 pub mod wire;
 
 use async_trait::async_trait;
@@ -43,9 +44,10 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::http::{check_read, HttpClient};
+use super::session::PartPlan;
 use super::{
-    budget, check_plain_name, read_source, wait_ready, Capabilities, DirRef, ErrorKind, RemoteFile,
-    Result, Target, TargetError, UploadRequest,
+    check_plain_name, Capabilities, DirRef, ErrorKind, RemoteFile, Result, Target, TargetError,
+    UploadRequest,
 };
 use crate::config::TargetConfig;
 pub use proto::{ObjectInfo, PendingUpload, S3Client, StoredPart};
@@ -58,6 +60,10 @@ pub const PART_SIZE: u64 = 8 * 1024 * 1024;
 const PARTS_PER_STEP: u64 = 1000;
 /// S3's limit on parts per upload.
 pub const MAX_PARTS: u64 = 10_000;
+/// S3's largest part.
+const MAX_PART: u64 = 5 << 30;
+/// How uploads are cut into parts.
+pub const PLAN: PartPlan = PartPlan::growing(PART_SIZE, PARTS_PER_STEP, MAX_PART, MAX_PARTS);
 /// S3's largest object.
 pub const MAX_OBJECT: u64 = 5 << 40;
 /// Parts sent at once by one upload (memory is bounded by the budget as well).
@@ -76,28 +82,6 @@ const MAX_KEY_BYTES: usize = 1024;
 const FILE_MODE: u32 = libc::S_IFREG | 0o644;
 /// `x-amz-meta-mode` of the folder markers we write: a directory, 0755.
 const DIR_MODE: u32 = libc::S_IFDIR | 0o755;
-
-/// Offset and length of part `index` (0-based) of a `size`-byte object: [`PART_SIZE`] for
-/// the first [`PARTS_PER_STEP`] parts, then twice that, and so on.
-pub fn part_range(index: u64, size: u64) -> (u64, u64) {
-    let step = (index / PARTS_PER_STEP).min(30);
-    let len = PART_SIZE << step;
-    let before_step = PART_SIZE * PARTS_PER_STEP * ((1u64 << step) - 1);
-    let offset = before_step + (index % PARTS_PER_STEP) * len;
-    (offset, len.min(size.saturating_sub(offset)))
-}
-
-/// How many parts a `size`-byte object is cut into (at least one).
-pub fn part_count(size: u64) -> u64 {
-    let mut n = 0;
-    loop {
-        let (off, len) = part_range(n, size);
-        n += 1;
-        if off + len >= size {
-            return n;
-        }
-    }
-}
 
 /// An S3 bucket (below a prefix) as a target.
 #[derive(Debug)]
@@ -244,93 +228,6 @@ impl S3Target {
         }
     }
 
-    /// The multipart upload of a file of at least one part: create, parts, complete once
-    /// the writer is done; aborted on failure or when dropped unfinished.
-    async fn upload_multipart(
-        &self,
-        key: &str,
-        req: &UploadRequest,
-        meta: &ObjectMeta,
-    ) -> Result<String> {
-        if let Some(old) = &req.resume_session {
-            // An earlier attempt's upload: its parts may be anything, so free them and start
-            // over (resuming from ListParts comes with the journaled write path).
-            if let Err(e) = self.client.abort_multipart(key, old).await {
-                tracing::warn!(key, error = %e, "could not abort an earlier upload");
-            }
-        }
-        if part_count(req.size) > MAX_PARTS {
-            return Err(TargetError::new(
-                ErrorKind::TooLarge,
-                format!("{key}: {} bytes need more than 10,000 parts", req.size),
-            ));
-        }
-        let upload_id = self.client.create_multipart(key, meta).await?;
-        req.observer.session_started(&upload_id);
-        self.or_abort(key, &upload_id, async {
-            let etags = self.send_parts(key, &upload_id, req).await?;
-            req.final_digests().await?;
-            self.client
-                .complete_multipart(key, &upload_id, &etags)
-                .await
-        })
-        .await
-    }
-
-    /// Run the steps of multipart upload `upload_id` of `key`, and abort it when they fail
-    /// or are dropped unfinished (the caller gave up), so no parts are left behind.
-    async fn or_abort<T>(
-        &self,
-        key: &str,
-        upload_id: &str,
-        steps: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        let mut guard = AbortOnDrop {
-            client: self.client.clone(),
-            key: key.to_string(),
-            upload_id: upload_id.to_string(),
-            armed: true,
-        };
-        let result = steps.await;
-        if result.is_err() {
-            if let Err(e) = self.client.abort_multipart(key, upload_id).await {
-                tracing::warn!(key, error = %e, "abort of a failed multipart upload failed");
-            }
-        }
-        guard.armed = false;
-        result
-    }
-
-    /// The part loop: wait until the part's bytes are written, reserve its memory, read
-    /// it, send it; [`PARTS_IN_FLIGHT`] at once. Returns the ETags in part order.
-    async fn send_parts(
-        &self,
-        key: &str,
-        upload_id: &str,
-        req: &UploadRequest,
-    ) -> Result<Vec<String>> {
-        let n = part_count(req.size);
-        let mut done: Vec<(u64, String)> = futures_util::stream::iter(0..n)
-            .map(|i| async move {
-                let (offset, len) = part_range(i, req.size);
-                wait_ready(&req.source, offset, len).await?;
-                let _memory = budget::reserve(len).await;
-                let data = read_source(&req.source, offset, len as usize).await?;
-                let number = u16::try_from(i + 1).unwrap_or(u16::MAX);
-                let etag = self
-                    .client
-                    .upload_part(key, upload_id, number, data)
-                    .await?;
-                req.observer.part_done(i, len);
-                Ok::<_, TargetError>((i, etag))
-            })
-            .buffer_unordered(PARTS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-        done.sort_by_key(|(i, _)| *i);
-        Ok(done.into_iter().map(|(_, e)| e).collect())
-    }
-
     /// Copy one object: CopyObject, or UploadPartCopy in parts above the copy limit. A
     /// folder marker is written anew instead (with its metadata): some servers (SeaweedFS)
     /// keep `dir/` keys as folders of their own and refuse to copy them.
@@ -423,36 +320,6 @@ impl S3Target {
     }
 }
 
-/// Aborts a multipart upload whose future was dropped before it finished (the caller gave
-/// up), so no parts are left behind.
-struct AbortOnDrop {
-    client: S3Client,
-    key: String,
-    upload_id: String,
-    armed: bool,
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (client, key, id) = (
-            self.client.clone(),
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.upload_id),
-        );
-        rt.spawn(async move {
-            if let Err(e) = client.abort_multipart(&key, &id).await {
-                tracing::warn!(key, error = %e, "abort of an abandoned upload failed");
-            }
-        });
-    }
-}
-
 /// A listing entry's name (the key below the listed prefix) can be a file name.
 fn usable_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/')
@@ -481,44 +348,12 @@ impl Target for S3Target {
             case_insensitive_names: false,
             replaces_in_place: true,
             early_start: true,
+            size_later: true,
         }
     }
 
     async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
-        let key = self.key(&req.parent, &req.name, false)?;
-        if req.size > MAX_OBJECT {
-            return Err(TargetError::new(
-                ErrorKind::TooLarge,
-                format!("{}: S3 objects end at 5 TiB", req.name),
-            ));
-        }
-        let meta = ObjectMeta {
-            mtime_ms: Some(req.mtime_ms),
-            mode: Some(FILE_MODE),
-        };
-        if req.size < PART_SIZE {
-            wait_ready(&req.source, 0, req.size).await?;
-            let _memory = budget::reserve(req.size).await;
-            let data = read_source(&req.source, 0, req.size as usize).await?;
-            let digests = req.final_digests().await?;
-            if let Some(want) = &digests.md5 {
-                use md5::Digest as _;
-                if !want.eq_ignore_ascii_case(&hex::encode(md5::Md5::digest(&data))) {
-                    return Err(TargetError::new(
-                        ErrorKind::LocalIo,
-                        format!("{}: the staged data changed while it was read", req.name),
-                    ));
-                }
-            }
-            self.client.put_object(&key, &meta, data).await?;
-            req.observer.part_done(0, req.size);
-        } else {
-            self.upload_multipart(&key, &req, &meta).await?;
-        }
-        let mut f = self.stat(&key).await?;
-        // Some servers' HeadObject drops sub-second precision; we know what we wrote.
-        f.mtime_ms = req.mtime_ms;
-        Ok(f)
+        self.upload_file(&req).await
     }
 
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
@@ -627,32 +462,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parts_grow_and_stay_under_ten_thousand() {
-        assert_eq!(part_range(0, 20 << 20), (0, PART_SIZE));
-        assert_eq!(part_range(2, 20 << 20), (2 * PART_SIZE, 4 << 20));
-        assert_eq!(part_count(1), 1);
-        assert_eq!(part_count(PART_SIZE), 1);
-        assert_eq!(part_count(PART_SIZE + 1), 2);
-        // The step: part 1000 starts where 1000 parts of 8 MiB end, and is twice as long.
-        assert_eq!(
-            part_range(1000, u64::MAX),
-            (1000 * PART_SIZE, 2 * PART_SIZE)
-        );
-        assert!(
-            part_count(MAX_OBJECT) <= MAX_PARTS,
-            "{}",
-            part_count(MAX_OBJECT)
-        );
-        // Parts tile the object.
+    fn parts_tile_the_object() {
+        assert_eq!(PLAN.part_size(2), PART_SIZE);
         let size = 1000 * PART_SIZE + 3 * PART_SIZE + 5;
         let mut next = 0;
-        for i in 0..part_count(size) {
-            let (off, len) = part_range(i, size);
-            assert_eq!(off, next);
+        for i in 0..PLAN.count(size) {
+            assert_eq!(PLAN.offset(i), next);
+            let len = PLAN.part_size(i).min(size - next);
             assert!(len > 0);
-            next = off + len;
+            next += len;
         }
         assert_eq!(next, size);
+        assert_eq!(PLAN.count(size), 1002);
     }
 
     fn config(endpoint: &str, path_style: bool) -> TargetConfig {

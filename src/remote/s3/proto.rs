@@ -9,19 +9,20 @@
 //! [`S3Client::upload_part`]… → [`S3Client::complete_multipart`], or
 //! [`S3Client::abort_multipart`] on any failure.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use md5::Digest as _;
-use reqwest::header::HeaderMap;
-use reqwest::StatusCode;
+use reqwest::header::HeaderName;
+use reqwest::{Method, StatusCode};
 use rusty_s3::{Bucket, Credentials, Map, S3Action};
 
 use super::wire::{
     check_copy_answer, copy_source, etag_can_be_md5, etag_md5, meta_from_headers, meta_headers,
-    parse_time, s3_error, unquote, xml_error, ErrorDoc, ListUploadsDoc, ObjectMeta,
+    multipart_etag, parse_time, s3_error, unquote, xml_error, ErrorDoc, ListUploadsDoc, ObjectMeta,
 };
-use crate::remote::http::HttpClient;
+use crate::remote::http::{retry_after, Attempt, Exchange, HttpClient, Reply, Request};
 use crate::remote::{ErrorKind, Result, TargetError};
 
 /// How long a signed URL stays valid: one attempt of one request (the HTTP layer's request
@@ -30,6 +31,33 @@ const SIGNED_FOR: Duration = Duration::from_secs(3600);
 
 /// Keys per ListObjectsV2 page (the protocol's maximum).
 const LIST_PAGE: &str = "1000";
+
+const CONTENT_MD5: HeaderName = HeaderName::from_static("content-md5");
+
+/// The MD5 of a body, as `Content-MD5` sends it (base64) and a plain ETag shows it (hex).
+#[derive(Debug, Clone)]
+pub struct Md5Of {
+    pub hex: String,
+    pub b64: String,
+}
+
+impl Md5Of {
+    pub fn bytes(data: &[u8]) -> Md5Of {
+        let d = md5::Md5::digest(data);
+        Md5Of {
+            hex: hex::encode(d),
+            b64: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, d),
+        }
+    }
+}
+
+/// `headers` (lowercase names from this module) on a request.
+fn with_headers(mut r: Request, headers: &[(&'static str, String)]) -> Request {
+    for (k, v) in headers {
+        r = r.header(HeaderName::from_static(k), v.as_str());
+    }
+    r
+}
 
 /// An object as HeadObject or ListObjectsV2 describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,28 +139,24 @@ impl S3Client {
     fn request<'a, A: S3Action<'a>>(
         &self,
         mut action: A,
-        method: reqwest::Method,
+        method: Method,
         headers: &'a [(&'static str, String)],
-    ) -> reqwest::RequestBuilder {
+    ) -> Request {
         for (k, v) in headers {
             action.headers_mut().insert(*k, v.as_str());
         }
         let url = action.sign(SIGNED_FOR);
-        let mut rb = self.http.client.request(method, url);
-        for (k, v) in headers {
-            rb = rb.header(*k, v.as_str());
-        }
-        rb
+        with_headers(self.http.request(method, url), headers)
     }
 
     /// A request rusty-s3 has no action for, signed with its SigV4 signer: a bucket-level
     /// request with a query (sorted by the map) and signed headers.
     fn custom(
         &self,
-        method: reqwest::Method,
+        method: Method,
         query: &[(&str, &str)],
         headers: &[(&'static str, String)],
-    ) -> reqwest::RequestBuilder {
+    ) -> Request {
         let mut q = Map::new();
         for (k, v) in query {
             q.insert(*k, *v);
@@ -160,42 +184,62 @@ impl S3Client {
             q.iter(),
             h.iter(),
         );
-        let mut rb = self.http.client.request(method, signed);
-        for (k, v) in headers {
-            rb = rb.header(*k, v.as_str());
-        }
-        rb
+        with_headers(self.http.request(method, signed), headers)
     }
 
-    /// Send with retries; a non-2xx answer becomes an [`s3_error`].
-    async fn call<F>(&self, what: &str, build: F) -> Result<(HeaderMap, Bytes)>
-    where
-        F: Fn() -> reqwest::RequestBuilder,
-    {
-        let (status, headers, body) = self.http.send_bytes(what, build).await?;
-        if !status.is_success() {
-            return Err(s3_error(what, status, &body));
+    /// One attempt: send once and sort the answer out. 429 and 5xx (S3's `SlowDown`,
+    /// `InternalError`) and lost requests are tried again, as is a refusal whose error
+    /// code says the server is busy (`RequestTimeout`); any other non-2xx answer fails
+    /// as an [`s3_error`].
+    async fn once(&self, what: &str, r: Request) -> Attempt<Reply> {
+        let reply = match self.http.exchange(r).await {
+            Exchange::Answer(reply) => reply,
+            Exchange::Lost(reason) => return Attempt::again(reason),
+            Exchange::Fatal(e) => return Attempt::Fail(e),
+        };
+        if let Some(busy) = reply.busy() {
+            return busy;
         }
-        Ok((headers, body))
+        if reply.status.is_success() {
+            return Attempt::Done(reply);
+        }
+        let e = s3_error(what, reply.status, &reply.body);
+        if e.kind == ErrorKind::Unavailable {
+            return Attempt::Retry {
+                after: retry_after(&reply.headers),
+                reason: e.message,
+            };
+        }
+        Attempt::Fail(e)
+    }
+
+    /// Send a request built by `build` (again for each attempt) until it succeeds, fails,
+    /// or the retry budget is spent ([`S3Client::once`]).
+    async fn call<F>(&self, what: &str, build: F) -> Result<Reply>
+    where
+        F: Fn() -> Request,
+    {
+        self.http
+            .retry(what, || async { self.once(what, build()).await })
+            .await
     }
 
     /// CreateMultipartUpload with our metadata → the upload id.
     pub async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String> {
         let what = format!("start of the multipart upload of {key}");
         let headers = meta_headers(meta);
-        let (_, body) = self
+        let reply = self
             .call(&what, || {
                 let a = self.bucket.create_multipart_upload(Some(&self.creds), key);
-                self.request(a, reqwest::Method::POST, &headers)
+                self.request(a, Method::POST, &headers)
             })
             .await?;
-        let r = rusty_s3::actions::CreateMultipartUpload::parse_response(&body)
-            .map_err(|e| xml_error(&what, e, &body))?;
+        let r = rusty_s3::actions::CreateMultipartUpload::parse_response(&reply.body)
+            .map_err(|e| xml_error(&what, e, &reply.body))?;
         Ok(r.upload_id().to_string())
     }
 
-    /// UploadPart `number` (1-based) → its ETag. The body's MD5 goes along as `Content-MD5`,
-    /// so the server refuses a part damaged on the way, and a plain-MD5 ETag is checked too.
+    /// UploadPart `number` (1-based) → its ETag, with retries ([`S3Client::part_attempt`]).
     pub async fn upload_part(
         &self,
         key: &str,
@@ -204,44 +248,70 @@ impl S3Client {
         body: Bytes,
     ) -> Result<String> {
         let what = format!("part {number} of {key}");
-        let md5 = md5::Md5::digest(&body);
-        let content_md5 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, md5);
-        let (headers, _) = self
-            .call(&what, || {
-                let a = self
-                    .bucket
-                    .upload_part(Some(&self.creds), key, number, upload_id);
-                self.request(a, reqwest::Method::PUT, &[])
-                    .header("content-md5", content_md5.as_str())
-                    .body(body.clone())
+        let md5 = Md5Of::bytes(&body);
+        self.http
+            .retry(&what, || {
+                self.part_attempt(key, upload_id, number, &body, &md5)
             })
-            .await?;
-        let etag = headers
+            .await
+    }
+
+    /// One attempt at UploadPart `number` (1-based) → its ETag. The body's MD5 goes along
+    /// as `Content-MD5`, so the server refuses a part damaged on the way, and a plain-MD5
+    /// ETag is checked too.
+    pub async fn part_attempt(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u16,
+        body: &Bytes,
+        md5: &Md5Of,
+    ) -> Attempt<String> {
+        let what = format!("part {number} of {key}");
+        let a = self
+            .bucket
+            .upload_part(Some(&self.creds), key, number, upload_id);
+        let r = self
+            .request(a, Method::PUT, &[])
+            .header(CONTENT_MD5, md5.b64.as_str())
+            .body(body.clone());
+        let reply = match self.once(&what, r).await {
+            Attempt::Done(reply) => reply,
+            Attempt::Retry { after, reason } => return Attempt::Retry { after, reason },
+            Attempt::Fail(e) => return Attempt::Fail(e),
+        };
+        let Some(etag) = reply
+            .headers
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(unquote)
-            .ok_or_else(|| TargetError::protocol(format!("{what}: the answer has no ETag")))?;
-        if let Some(m) = etag_md5(&etag).filter(|_| etag_can_be_md5(&headers)) {
-            if m != hex::encode(md5) {
-                return Err(TargetError::protocol(format!(
+        else {
+            return Attempt::Fail(TargetError::protocol(format!(
+                "{what}: the answer has no ETag"
+            )));
+        };
+        if let Some(m) = etag_md5(&etag).filter(|_| etag_can_be_md5(&reply.headers)) {
+            if m != md5.hex {
+                return Attempt::Fail(TargetError::protocol(format!(
                     "{what}: the server's ETag {m} is not the MD5 of the part sent"
                 )));
             }
         }
-        Ok(etag)
+        Attempt::Done(etag)
     }
 
     /// CompleteMultipartUpload with the parts' ETags in order (part `i + 1` is `etags[i]`)
     /// → the object's ETag. The answer can be 200 with an error document: an `InternalError`
     /// or `SlowDown` there is retried (completing again with the same parts is harmless),
-    /// any other code fails.
+    /// any other code fails. When an attempt's answer was lost and the next one finds no
+    /// such upload, the lost one completed it: the object's ETag, compared with the one the
+    /// parts make (`md5(part MD5s)-N`), says so.
     pub async fn complete_multipart(
         &self,
         key: &str,
         upload_id: &str,
         etags: &[String],
     ) -> Result<String> {
-        use crate::remote::http::{connection_failed, Attempt};
         let what = format!("completion of the multipart upload of {key}");
         let action = || {
             self.bucket.complete_multipart_upload(
@@ -252,45 +322,62 @@ impl S3Client {
             )
         };
         let xml = action().body();
-        self.http
+        let lost = AtomicBool::new(false);
+        let done = self
+            .http
             .retry(&what, || async {
-                let url = action().sign(SIGNED_FOR);
-                let resp = match self.http.client.post(url).body(xml.clone()).send().await {
-                    Ok(r) => r,
-                    Err(e) => return connection_failed(e),
+                let r = self
+                    .http
+                    .request(Method::POST, action().sign(SIGNED_FOR))
+                    .body(xml.clone());
+                let reply = match self.http.exchange(r).await {
+                    Exchange::Answer(reply) => reply,
+                    Exchange::Lost(reason) => {
+                        lost.store(true, Ordering::Relaxed);
+                        return Attempt::again(reason);
+                    }
+                    Exchange::Fatal(e) => return Attempt::Fail(e),
                 };
-                let status = resp.status();
-                let retry_after = crate::remote::http::retry_after(resp.headers());
-                let body = match resp.bytes().await {
-                    Ok(b) => b,
-                    Err(e) => return connection_failed(e),
-                };
+                let status = reply.status;
+                let body = &reply.body;
                 let err = if status.is_success() {
                     match quick_xml::de::from_reader::<_, ErrorDoc>(&body[..]) {
                         Ok(ErrorDoc {
                             code: None,
                             etag: Some(etag),
                             ..
-                        }) => return Attempt::Done(unquote(&etag)),
-                        Ok(ErrorDoc { code: Some(_), .. }) => s3_error(&what, status, &body),
+                        }) => return Attempt::Done(Ok(unquote(&etag))),
+                        Ok(ErrorDoc { code: Some(_), .. }) => s3_error(&what, status, body),
                         Ok(_) => {
-                            return Attempt::Fail(xml_error(&what, "no ETag", &body));
+                            return Attempt::Fail(xml_error(&what, "no ETag", body));
                         }
-                        Err(e) => return Attempt::Fail(xml_error(&what, e, &body)),
+                        Err(e) => return Attempt::Fail(xml_error(&what, e, body)),
                     }
                 } else {
-                    s3_error(&what, status, &body)
+                    s3_error(&what, status, body)
                 };
                 if err.kind == ErrorKind::Unavailable || status == StatusCode::TOO_MANY_REQUESTS {
-                    Attempt::Retry {
-                        after: retry_after,
+                    return Attempt::Retry {
+                        after: retry_after(&reply.headers),
                         reason: err.message,
-                    }
-                } else {
-                    Attempt::Fail(err)
+                    };
                 }
+                if err.kind == ErrorKind::NotFound && lost.load(Ordering::Relaxed) {
+                    return Attempt::Done(Err(err));
+                }
+                Attempt::Fail(err)
             })
-            .await
+            .await?;
+        let gone = match done {
+            Ok(etag) => return Ok(etag),
+            Err(gone) => gone,
+        };
+        // Completed by the attempt whose answer was lost, or really gone?
+        let want = multipart_etag(etags);
+        match self.head_object(key).await? {
+            Some(info) if want.as_deref() == Some(info.etag.as_str()) => Ok(info.etag),
+            _ => Err(gone),
+        }
     }
 
     /// AbortMultipartUpload: frees the stored parts. An upload already gone is fine.
@@ -301,7 +388,7 @@ impl S3Client {
                 let a = self
                     .bucket
                     .abort_multipart_upload(Some(&self.creds), key, upload_id);
-                self.request(a, reqwest::Method::DELETE, &[])
+                self.request(a, Method::DELETE, &[])
             })
             .await
         {
@@ -314,24 +401,24 @@ impl S3Client {
     /// the MD5 of what was sent.
     pub async fn put_object(&self, key: &str, meta: &ObjectMeta, body: Bytes) -> Result<String> {
         let what = format!("upload of {key}");
-        let md5 = md5::Md5::digest(&body);
-        let content_md5 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, md5);
+        let md5 = Md5Of::bytes(&body);
         let headers = meta_headers(meta);
-        let (h, _) = self
+        let reply = self
             .call(&what, || {
                 let a = self.bucket.put_object(Some(&self.creds), key);
-                self.request(a, reqwest::Method::PUT, &headers)
-                    .header("content-md5", content_md5.as_str())
+                self.request(a, Method::PUT, &headers)
+                    .header(CONTENT_MD5, md5.b64.as_str())
                     .body(body.clone())
             })
             .await?;
-        let etag = h
+        let etag = reply
+            .headers
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(unquote)
             .unwrap_or_default();
-        if let Some(m) = etag_md5(&etag).filter(|_| etag_can_be_md5(&h)) {
-            if m != hex::encode(md5) {
+        if let Some(m) = etag_md5(&etag).filter(|_| etag_can_be_md5(&reply.headers)) {
+            if m != md5.hex {
                 return Err(TargetError::protocol(format!(
                     "{what}: the server's ETag {m} is not the MD5 of the data sent"
                 )));
@@ -346,17 +433,18 @@ impl S3Client {
         let mut out = Vec::new();
         let mut marker: Option<u16> = None;
         loop {
-            let (_, body) = self
+            let reply = self
                 .call(&what, || {
                     let mut a = self.bucket.list_parts(Some(&self.creds), key, upload_id);
                     if let Some(m) = marker {
                         a.set_part_number_marker(m);
                     }
-                    self.request(a, reqwest::Method::GET, &[])
+                    self.request(a, Method::GET, &[])
                 })
                 .await?;
-            let r = rusty_s3::actions::ListParts::parse_response(&body)
-                .map_err(|e| xml_error(&what, e, &body))?;
+            let body = &reply.body;
+            let r = rusty_s3::actions::ListParts::parse_response(body)
+                .map_err(|e| xml_error(&what, e, body))?;
             out.extend(r.parts.iter().map(|p| StoredPart {
                 number: p.number,
                 etag: unquote(&p.etag),
@@ -376,18 +464,19 @@ impl S3Client {
         let mut out = Vec::new();
         let mut markers: Option<(String, String)> = None;
         loop {
-            let (_, body) = self
+            let reply = self
                 .call(&what, || {
                     let mut q = vec![("uploads", ""), ("prefix", prefix)];
                     if let Some((k, u)) = &markers {
                         q.push(("key-marker", k.as_str()));
                         q.push(("upload-id-marker", u.as_str()));
                     }
-                    self.custom(reqwest::Method::GET, &q, &[])
+                    self.custom(Method::GET, &q, &[])
                 })
                 .await?;
+            let body = &reply.body;
             let doc: ListUploadsDoc =
-                quick_xml::de::from_reader(&body[..]).map_err(|e| xml_error(&what, e, &body))?;
+                quick_xml::de::from_reader(&body[..]).map_err(|e| xml_error(&what, e, body))?;
             out.extend(doc.uploads.into_iter().map(|u| PendingUpload {
                 key: u.key,
                 upload_id: u.upload_id,
@@ -406,22 +495,20 @@ impl S3Client {
     /// HeadObject → size, ETag, metadata; `None` when there is no such key.
     pub async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>> {
         let what = format!("metadata of {key}");
-        let resp = self
-            .http
-            .send(&what, || {
+        let reply = match self
+            .call(&what, || {
                 let a = self.bucket.head_object(Some(&self.creds), key);
-                self.request(a, reqwest::Method::HEAD, &[])
+                self.request(a, Method::HEAD, &[])
             })
-            .await?;
-        let status = resp.status();
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(s3_error(&what, status, b""));
-        }
-        let h = resp.headers();
-        let get = |k: reqwest::header::HeaderName| h.get(k).and_then(|v| v.to_str().ok());
+            .await
+        {
+            Ok(reply) => reply,
+            // A HEAD answer has no body: a 404 is all it says.
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let h = &reply.headers;
+        let get = |k: HeaderName| h.get(k).and_then(|v| v.to_str().ok());
         let etag = get(reqwest::header::ETAG).map(unquote).unwrap_or_default();
         Ok(Some(ObjectInfo {
             key: key.to_string(),
@@ -437,28 +524,25 @@ impl S3Client {
         }))
     }
 
-    /// GetObject of `len` bytes at `offset` (`Range: bytes=a-b`), as the server sent them.
+    /// GetObject of `len` bytes at `offset` (`Range: bytes=a-b`), cut to the range
+    /// ([`HttpClient::get_range`]: a server that ignores the range sends the whole object).
     pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
         let what = format!("read of {key} at {offset}");
-        let range = format!("bytes={offset}-{}", offset + len.max(1) - 1);
-        let (status, _, body) = self
+        // Signed once: the URL stays valid far longer than the retry budget.
+        let url = self
+            .bucket
+            .get_object(Some(&self.creds), key)
+            .sign(SIGNED_FOR);
+        match self
             .http
-            .send_bytes(&what, || {
-                let a = self.bucket.get_object(Some(&self.creds), key);
-                self.request(a, reqwest::Method::GET, &[])
-                    .header(reqwest::header::RANGE, range.as_str())
-            })
-            .await?;
-        match status {
-            StatusCode::PARTIAL_CONTENT => Ok(body),
-            // A server that ignores Range sends the whole object.
-            StatusCode::OK => {
-                let start = (offset as usize).min(body.len());
-                let end = (offset.saturating_add(len) as usize).min(body.len());
-                Ok(body.slice(start..end))
-            }
-            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Bytes::new()),
-            s => Err(s3_error(&what, s, &body)),
+            .get_range(&what, url.as_str(), offset, len, false)
+            .await?
+        {
+            Ok(data) => Ok(data),
+            Err(reply) => Err(s3_error(&what, reply.status, &reply.body)),
         }
     }
 
@@ -470,7 +554,7 @@ impl S3Client {
         token: Option<&str>,
     ) -> Result<ListPage> {
         let what = format!("listing of {prefix:?}");
-        let (_, body) = self
+        let reply = self
             .call(&what, || {
                 let mut a = self.bucket.list_objects_v2(Some(&self.creds));
                 // Keys come back as XML text, not URL-encoded: rusty-s3 asks for
@@ -484,11 +568,12 @@ impl S3Client {
                 if let Some(t) = token {
                     a.with_continuation_token(t);
                 }
-                self.request(a, reqwest::Method::GET, &[])
+                self.request(a, Method::GET, &[])
             })
             .await?;
-        let r = rusty_s3::actions::ListObjectsV2::parse_response(&body)
-            .map_err(|e| xml_error(&what, e, &body))?;
+        let body = &reply.body;
+        let r = rusty_s3::actions::ListObjectsV2::parse_response(body)
+            .map_err(|e| xml_error(&what, e, body))?;
         Ok(ListPage {
             objects: r
                 .contents
@@ -513,13 +598,13 @@ impl S3Client {
     pub async fn copy_object(&self, src: &str, dst: &str) -> Result<()> {
         let what = format!("copy of {src} to {dst}");
         let headers = [("x-amz-copy-source", copy_source(self.bucket.name(), src))];
-        let (_, body) = self
+        let reply = self
             .call(&what, || {
                 let a = self.bucket.put_object(Some(&self.creds), dst);
-                self.request(a, reqwest::Method::PUT, &headers)
+                self.request(a, Method::PUT, &headers)
             })
             .await?;
-        check_copy_answer(&what, &body).map(|_| ())
+        check_copy_answer(&what, &reply.body).map(|_| ())
     }
 
     /// UploadPartCopy: part `number` of upload `upload_id` of `dst` is bytes
@@ -538,15 +623,15 @@ impl S3Client {
             ("x-amz-copy-source", copy_source(self.bucket.name(), src)),
             ("x-amz-copy-source-range", format!("bytes={first}-{last}")),
         ];
-        let (_, body) = self
+        let reply = self
             .call(&what, || {
                 let a = self
                     .bucket
                     .upload_part(Some(&self.creds), dst, number, upload_id);
-                self.request(a, reqwest::Method::PUT, &headers)
+                self.request(a, Method::PUT, &headers)
             })
             .await?;
-        check_copy_answer(&what, &body)
+        check_copy_answer(&what, &reply.body)
     }
 
     /// DeleteObject (a missing key is no error in S3).
@@ -554,7 +639,7 @@ impl S3Client {
         let what = format!("delete of {key}");
         self.call(&what, || {
             let a = self.bucket.delete_object(Some(&self.creds), key);
-            self.request(a, reqwest::Method::DELETE, &[])
+            self.request(a, Method::DELETE, &[])
         })
         .await
         .map(|_| ())
@@ -567,7 +652,7 @@ impl S3Client {
             let mut a = self.bucket.list_objects_v2(Some(&self.creds));
             a.query_mut().remove("encoding-type");
             a.query_mut().insert("max-keys", "1");
-            self.request(a, reqwest::Method::GET, &[])
+            self.request(a, Method::GET, &[])
         })
         .await
         .map(|_| ())

@@ -69,7 +69,9 @@ pub fn s3_error(what: &str, status: StatusCode, body: &[u8]) -> TargetError {
         "KeyTooLongError" | "InvalidObjectName" => ErrorKind::InvalidName,
         "PreconditionFailed" => ErrorKind::Conflict,
         "NotImplemented" => ErrorKind::Unsupported,
-        "SlowDown" | "InternalError" | "ServiceUnavailable" => ErrorKind::Unavailable,
+        "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout" => {
+            ErrorKind::Unavailable
+        }
         _ => match status.as_u16() {
             401 | 403 => ErrorKind::Auth,
             404 => ErrorKind::NotFound,
@@ -112,6 +114,21 @@ pub fn unquote(etag: &str) -> String {
 pub fn etag_md5(etag: &str) -> Option<String> {
     let e = unquote(etag);
     (e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit())).then(|| e.to_ascii_lowercase())
+}
+
+/// The ETag S3 gives an object completed from parts with these (plain MD5) ETags: the MD5
+/// of the part MD5s, then `-N`. `None` when a part's ETag is not an MD5.
+pub fn multipart_etag(part_etags: &[String]) -> Option<String> {
+    use md5::Digest as _;
+    let mut h = md5::Md5::new();
+    for e in part_etags {
+        h.update(hex::decode(etag_md5(e)?).ok()?);
+    }
+    Some(format!(
+        "{}-{}",
+        hex::encode(h.finalize()),
+        part_etags.len()
+    ))
 }
 
 /// `x-amz-meta-mtime` as rclone writes it: Unix seconds with nine decimals.
