@@ -1,7 +1,8 @@
 //! S3 uploads on the part-session driver against a real SeaweedFS (tests/common/s3.rs): a
 //! file whose size is known only when its writer closes it goes up part by part while it is
 //! written, and a journaled multipart upload resumes from ListParts, keeping only the stored
-//! parts that hold our bytes.
+//! parts that hold our bytes. And a listing shows no folder for a prefix with nothing left
+//! below it (SeaweedFS keeps listing those).
 
 mod common;
 
@@ -215,5 +216,33 @@ fn a_journaled_upload_resumes_from_its_stored_parts() {
         assert_eq!(seen.bytes.load(Ordering::SeqCst), size);
         assert!(t.read_range(&f, 0, size).await.unwrap() == data);
         assert_eq!(pending(&t).await, 0);
+    });
+}
+
+#[test]
+fn a_prefix_with_nothing_below_is_no_folder() {
+    let weed = Weed::shared();
+    let t = target(&weed, "ghosts");
+    runtime().block_on(async {
+        let c = t.client();
+        let meta = Default::default();
+        c.put_object("x/a/f", &meta, Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        c.put_object("x/", &meta, Bytes::new()).await.unwrap();
+        c.put_object("y/f", &meta, Bytes::from_static(b"2"))
+            .await
+            .unwrap();
+        c.delete_object("x/a/f").await.unwrap();
+        c.delete_object("x/").await.unwrap();
+        let names: Vec<String> = t
+            .list(&None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, ["y"]);
+        assert!(t.list(&Some("x/".into())).await.unwrap().is_empty());
     });
 }

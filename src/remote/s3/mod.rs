@@ -408,6 +408,18 @@ impl Target for S3Target {
             .await?;
         dirs.sort();
         dirs.dedup();
+        // A common prefix with nothing below it is no folder: some servers (SeaweedFS, whose
+        // folders are directories of its filer) keep listing a prefix after its last key,
+        // marker included, was deleted or moved away.
+        let dirs: Vec<String> = futures_util::stream::iter(dirs)
+            .map(|p| async move {
+                let live = self.client.any_below(&p).await?;
+                Ok::<_, TargetError>(live.then_some(p))
+            })
+            .buffered(HEADS_IN_FLIGHT)
+            .try_filter_map(|p| async move { Ok(p) })
+            .try_collect()
+            .await?;
         out.extend(dirs.iter().map(|p| Self::dir_of(p, 0)));
         Ok(out)
     }

@@ -645,6 +645,24 @@ impl S3Client {
         .map(|_| ())
     }
 
+    /// Whether any object's key starts with `prefix` (one listing of at most one key).
+    pub async fn any_below(&self, prefix: &str) -> Result<bool> {
+        let what = format!("listing of {prefix:?}");
+        let reply = self
+            .call(&what, || {
+                let mut a = self.bucket.list_objects_v2(Some(&self.creds));
+                a.query_mut().remove("encoding-type");
+                a.query_mut().insert("max-keys", "1");
+                a.with_prefix(prefix);
+                self.request(a, Method::GET, &[])
+            })
+            .await?;
+        let body = &reply.body;
+        let r = rusty_s3::actions::ListObjectsV2::parse_response(body)
+            .map_err(|e| xml_error(&what, e, body))?;
+        Ok(!r.contents.is_empty())
+    }
+
     /// HeadBucket-like check of the keys: one listing of at most one key.
     pub async fn probe(&self) -> Result<()> {
         let what = format!("listing of bucket {}", self.bucket.name());
