@@ -372,10 +372,13 @@ fn scenario_on(s: &Remote) {
 /// The configured `max_file_size` is enforced at write time (EFBIG before any upload),
 /// and a file uploaded elsewhere shows up in the mount's listing.
 fn limits_and_foreign_files(kind: TargetKind) {
-    let s = TestServer::new();
-    let proto = kind.as_str();
-    let work = s.dir.path().to_path_buf();
-    let m = Mount::for_kind(&s, kind, "max_file_size = 1048576\n", &[]);
+    limits_and_foreign_files_on(&Remote::serve(TestServer::new(), kind));
+}
+
+/// [`limits_and_foreign_files`] on any remote.
+fn limits_and_foreign_files_on(s: &Remote) {
+    let work = s.work().to_path_buf();
+    let m = s.mount("max_file_size = 1048576\n", &[]);
     // The daemon's start-up error reaches `mount`'s caller.
     std::fs::create_dir_all(work.join("mnt2")).unwrap();
     let out = run_bounded(
@@ -396,19 +399,19 @@ fn limits_and_foreign_files(kind: TargetKind) {
     std::fs::write(work.join("big.bin"), pattern(1024 * 1024 + 1, 1)).unwrap();
     let out = sh_status(&work, "cp big.bin mnt/big.bin");
     assert_fails_with(&out, "File too large", "cp over the configured limit");
-    assert!(!s.stored(proto).contains_key("big.bin"));
+    assert!(!s.stored().contains_key("big.bin"));
     // Exactly at the limit is fine.
     let ok = pattern(1024 * 1024, 2);
     std::fs::write(work.join("ok.bin"), &ok).unwrap();
     sh(&work, "cp ok.bin mnt/ok.bin");
-    s.assert_stored(proto, "ok.bin", &ok);
+    s.assert_stored("ok.bin", &ok);
 
     // Uploaded by someone else: visible after the listing TTL.
     let other = pattern(5000, 8);
     let path = work.join("other.bin");
     std::fs::write(&path, &other).unwrap();
-    let t = s.target(kind);
-    s.rt.block_on(t.upload(s.upload_request("foreign.bin", &other, None)))
+    let t = s.target();
+    s.block_on(t.upload(s.upload_request("foreign.bin", &other, None)))
         .expect("direct upload");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -427,20 +430,18 @@ fn limits_and_foreign_files(kind: TargetKind) {
     // never pages the kernel cached from the old version.
     let newer = pattern(7000, 9);
     std::fs::write(&path, &newer).unwrap();
-    let old =
-        s.rt.block_on(t.list(&None))
-            .unwrap()
-            .into_iter()
-            .find(|f| f.name == "foreign.bin")
-            .unwrap();
+    let old = s
+        .block_on(t.list(&None))
+        .unwrap()
+        .into_iter()
+        .find(|f| f.name == "foreign.bin")
+        .unwrap();
     let caps = t.capabilities();
     let mut req = s.upload_request("foreign.bin", &newer, Some(old.clone()));
     req.mtime_ms = 1_700_000_100_000;
-    let replaced =
-        s.rt.block_on(t.upload(req))
-            .expect("direct replacing upload");
+    let replaced = s.block_on(t.upload(req)).expect("direct replacing upload");
     if !caps.replaces_in_place && replaced.id != old.id {
-        s.rt.block_on(t.delete(&old)).unwrap();
+        s.block_on(t.delete(&old)).unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sh_status(&work, "cmp other.bin mnt/foreign.bin")
@@ -454,7 +455,7 @@ fn limits_and_foreign_files(kind: TargetKind) {
         std::thread::sleep(Duration::from_millis(500));
     }
     // Case-insensitive names (Box): looking up a.txt finds A.TXT.
-    if s.target(kind).capabilities().case_insensitive_names {
+    if s.caps().case_insensitive_names {
         sh(
             &work,
             "echo hi > mnt/CASE.TXT && test \"$(cat mnt/case.txt)\" = hi",
@@ -481,6 +482,11 @@ common::per_kind!(scenario;
 #[test]
 fn s3_tools() {
     scenario_on(&Remote::s3("tools"));
+}
+
+#[test]
+fn s3_limits() {
+    limits_and_foreign_files_on(&Remote::s3("limits"));
 }
 
 common::per_kind!(limits_and_foreign_files;

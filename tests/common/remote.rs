@@ -254,6 +254,17 @@ impl Remote {
         }
     }
 
+    /// A request to upload `data` as `name` in the remote root (see
+    /// [`super::server::file_request`]).
+    pub fn upload_request(
+        &self,
+        name: &str,
+        data: &[u8],
+        replaces: Option<RemoteFile>,
+    ) -> uploadfs::remote::UploadRequest {
+        super::server::file_request(self.work(), name, data, replaces)
+    }
+
     /// The entry `name` of the remote root, by listing.
     pub fn find(&self, name: &str) -> Option<RemoteFile> {
         let t = self.target();
