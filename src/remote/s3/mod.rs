@@ -270,9 +270,23 @@ impl S3Target {
         self.or_abort(key, &upload_id, async {
             let etags = self.send_parts(key, &upload_id, req).await?;
             req.final_digests().await?;
-            self.client
+            match self
+                .client
                 .complete_multipart(key, &upload_id, &etags)
                 .await
+            {
+                // A completion whose answer was lost is retried and then finds the upload
+                // gone: it did land when the key now holds a multipart object of this
+                // size and part count.
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    let suffix = format!("-{}", etags.len());
+                    match self.client.head_object(key).await? {
+                        Some(i) if i.size == req.size && i.etag.ends_with(&suffix) => Ok(i.etag),
+                        _ => Err(e),
+                    }
+                }
+                r => r,
+            }
         })
         .await
     }
