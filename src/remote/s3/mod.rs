@@ -282,7 +282,8 @@ impl S3Target {
     }
 
     /// Rename a folder: copy every key below it to the new prefix (the marker last), then
-    /// delete the old keys (the marker last), so a failure half-way loses nothing.
+    /// delete the old keys (files, then markers deepest first, its own marker last), so a
+    /// failure half-way loses nothing.
     async fn rename_dir(&self, old: &str, new: &str) -> Result<()> {
         if new.starts_with(old) {
             return Err(TargetError::new(
@@ -308,11 +309,19 @@ impl S3Target {
         if marker {
             self.copy(old, new, 0).await?;
         }
-        futures_util::stream::iter(children)
+        // Files first, then the sub-folders' markers deepest first: a server that keeps
+        // folders of its own (SeaweedFS) drops one only once it is empty.
+        let (mut markers, files): (Vec<_>, Vec<_>) =
+            children.into_iter().partition(|(k, _)| k.ends_with('/'));
+        futures_util::stream::iter(files)
             .map(|(key, _)| async move { self.client.delete_object(&key).await })
             .buffer_unordered(COPIES_IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await?;
+        markers.sort_by_key(|(k, _)| std::cmp::Reverse(k.matches('/').count()));
+        for (key, _) in markers {
+            self.client.delete_object(&key).await?;
+        }
         if marker {
             self.client.delete_object(old).await?;
         }
