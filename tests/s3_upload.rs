@@ -1,8 +1,9 @@
 //! S3 uploads on the part-session driver against a real SeaweedFS (tests/common/s3.rs): a
 //! file whose size is known only when its writer closes it goes up part by part while it is
 //! written, and a journaled multipart upload resumes from ListParts, keeping only the stored
-//! parts that hold our bytes. And a listing shows no folder for a prefix with nothing left
-//! below it (SeaweedFS keeps listing those).
+//! parts that hold our bytes. The server's multipart ETag has the form a completion whose
+//! answer was lost is recognised by, and a listing shows no folder for a prefix with
+//! nothing left below it (SeaweedFS keeps listing those).
 
 mod common;
 
@@ -244,5 +245,31 @@ fn a_prefix_with_nothing_below_is_no_folder() {
             .collect();
         assert_eq!(names, ["y"]);
         assert!(t.list(&Some("x/".into())).await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn the_multipart_etag_is_the_md5_of_the_part_md5s() {
+    let weed = Weed::shared();
+    let t = target(&weed, "etag");
+    runtime().block_on(async {
+        let c = t.client();
+        let id = c.create_multipart("m", &Default::default()).await.unwrap();
+        let p1 = c
+            .upload_part("m", &id, 1, pattern(PART_SIZE, 1))
+            .await
+            .unwrap();
+        let p2 = c.upload_part("m", &id, 2, pattern(1000, 2)).await.unwrap();
+        let parts = [p1, p2];
+        let etag = c.complete_multipart("m", &id, &parts).await.unwrap();
+        // What a completion whose answer was lost is recognised by.
+        let want = uploadfs::remote::s3::wire::multipart_etag(&parts);
+        assert_eq!(Some(etag.clone()), want);
+        assert_eq!(c.head_object("m").await.unwrap().unwrap().etag, etag);
+        // Completing again: SeaweedFS answers as before, others find the upload gone.
+        match c.complete_multipart("m", &id, &parts).await {
+            Ok(again) => assert_eq!(again, etag),
+            Err(e) => assert_eq!(e.kind, uploadfs::remote::ErrorKind::NotFound, "{e}"),
+        }
     });
 }

@@ -228,6 +228,9 @@ impl PartProtocol for Multipart<'_> {
         let id = self.client.create_multipart(self.key, self.meta).await?;
         Ok(self.opened(&id, Vec::new()))
     }
+
+    // `resumable` stays false: a failed upload is aborted, whatever the cause, so none is
+    // left holding parts; only a crash leaves one, and its journaled id resumes it.
 }
 
 impl Multipart<'_> {
