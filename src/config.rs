@@ -2,7 +2,12 @@
 //! validated into [`TargetConfig`]s, and the [`Secret`] type that keeps tokens out of logs.
 //!
 //! Validation is strict: unknown keys and missing fields are errors that name the key and
-//! the fix, and a file that holds a token must not be readable by group or others.
+//! the fix, and a file that holds a token (or an S3 secret key) must not be readable by
+//! group or others.
+//!
+//! S3 targets (`kind = "s3"`) take `endpoint`, `region`, `bucket`, `prefix` and
+//! `path_style` instead of `url`/`token`, and their keys from the table or, failing that,
+//! from the standard chain (see [`s3_credentials`]), resolved once at validation.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -47,12 +52,14 @@ pub enum TargetKind {
     Fluxer,
     Virola,
     Dyson,
+    /// S3-compatible object storage (AWS, MinIO, SeaweedFS, Ceph RGW, R2, ...).
+    S3,
     /// Accepts uploads and drops the bytes (measures the filesystem's own ceiling).
     Null,
 }
 
 impl TargetKind {
-    /// The five real protocols (not `null`).
+    /// The five protocols the project's own server speaks (not `null`, not `s3`).
     pub const ALL: [TargetKind; 5] = [
         TargetKind::Box,
         TargetKind::Cloudreve,
@@ -67,6 +74,7 @@ impl TargetKind {
             TargetKind::Fluxer => "fluxer",
             TargetKind::Virola => "virola",
             TargetKind::Dyson => "dyson",
+            TargetKind::S3 => "s3",
             TargetKind::Null => "null",
         }
     }
@@ -95,6 +103,20 @@ pub struct RawTarget {
     pub max_file_size: Option<u64>,
     /// Cap on the total time one request may spend in retries, seconds.
     pub retry_seconds: Option<u64>,
+    /// S3: the service's base URL; omitted means AWS for `region`.
+    pub endpoint: Option<String>,
+    /// S3: the signing region.
+    pub region: Option<String>,
+    /// S3: the bucket.
+    pub bucket: Option<String>,
+    /// S3: the key prefix that is the mount's root (`team/`).
+    pub prefix: Option<String>,
+    /// S3: path-style addressing (`host/bucket/key`); virtual-hosted otherwise.
+    pub path_style: Option<bool>,
+    /// S3: the access key id (with `secret_access_key`; else the standard chain).
+    pub access_key_id: Option<String>,
+    /// S3: the secret access key.
+    pub secret_access_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -123,6 +145,39 @@ pub struct TargetConfig {
     pub insecure: bool,
     pub max_file_size: Option<u64>,
     pub retry_seconds: u64,
+    /// The S3 settings (`kind = "s3"` only).
+    pub s3: Option<S3Config>,
+}
+
+/// A validated S3 target: where the bucket is and the keys that sign for it.
+#[derive(Clone)]
+pub struct S3Config {
+    /// Base URL of the service, without a trailing `/`.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// The key prefix that is the root: empty, or ending in `/`.
+    pub prefix: String,
+    pub path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// Temporary credentials' session token.
+    pub session_token: Option<Secret>,
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key)
+            .field("session_token", &self.session_token)
+            .finish()
+    }
 }
 
 impl fmt::Debug for TargetConfig {
@@ -138,6 +193,7 @@ impl fmt::Debug for TargetConfig {
             .field("room_id", &self.room_id)
             .field("message_id", &self.message_id)
             .field("pool_id", &self.pool_id)
+            .field("s3", &self.s3)
             .finish_non_exhaustive()
     }
 }
@@ -154,7 +210,7 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("config file {path} holds a token but is readable by group or others (mode {mode:o}); fix with: chmod 600 {path}")]
+    #[error("config file {path} holds a token or secret key but is readable by group or others (mode {mode:o}); fix with: chmod 600 {path}")]
     Permissions { path: PathBuf, mode: u32 },
     #[error("target '{name}': {message}")]
     Invalid { name: String, message: String },
@@ -202,7 +258,11 @@ impl Config {
             path: path.clone(),
             message: e.message().to_string(),
         })?;
-        if raw.targets.values().any(|t| t.token.is_some()) {
+        if raw
+            .targets
+            .values()
+            .any(|t| t.token.is_some() || t.secret_access_key.is_some())
+        {
             check_private(&path)?;
         }
         Ok(Config {
@@ -263,6 +323,24 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
     if raw.kind == TargetKind::Null {
         return Ok(TargetConfig::null());
     }
+    if raw.kind == TargetKind::S3 {
+        return validate_s3(name, raw);
+    }
+    let s3_only = [
+        ("endpoint", raw.endpoint.is_some()),
+        ("region", raw.region.is_some()),
+        ("bucket", raw.bucket.is_some()),
+        ("prefix", raw.prefix.is_some()),
+        ("path_style", raw.path_style.is_some()),
+        ("access_key_id", raw.access_key_id.is_some()),
+        ("secret_access_key", raw.secret_access_key.is_some()),
+    ];
+    if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
+        return Err(invalid(format!(
+            "`{key}` is for kind = \"s3\" only (this target is kind = \"{}\")",
+            raw.kind.as_str()
+        )));
+    }
     let url = raw
         .url
         .clone()
@@ -322,7 +400,7 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
             need("room_id", raw.room_id.is_some())?;
             need("message_id", raw.message_id.is_some())?;
         }
-        TargetKind::Dyson | TargetKind::Null => {}
+        TargetKind::Dyson | TargetKind::S3 | TargetKind::Null => {}
     }
     Ok(TargetConfig {
         kind: raw.kind,
@@ -342,7 +420,205 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
         insecure: raw.insecure,
         max_file_size: raw.max_file_size,
         retry_seconds: raw.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
+        s3: None,
     })
+}
+
+/// Validate a `kind = "s3"` table: addressing, then the keys (table, else the standard
+/// chain).
+fn validate_s3(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        name: name.to_string(),
+        message,
+    };
+    let other = [
+        ("url", raw.url.is_some()),
+        ("upload_url", raw.upload_url.is_some()),
+        ("token", raw.token.is_some()),
+        ("token_env", raw.token_env.is_some()),
+        ("token_file", raw.token_file.is_some()),
+    ];
+    if let Some((key, _)) = other.iter().find(|(_, set)| *set) {
+        return Err(invalid(format!(
+            "kind = \"s3\" takes no `{key}`: use `endpoint` for the address and \
+             access_key_id/secret_access_key (or the AWS_* variables or ~/.aws/credentials) \
+             for the keys"
+        )));
+    }
+    let bucket = raw
+        .bucket
+        .clone()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| invalid("kind = \"s3\" needs `bucket`".to_string()))?;
+    let (endpoint, region) = match (&raw.endpoint, &raw.region) {
+        (Some(e), r) => (
+            e.trim_end_matches('/').to_string(),
+            r.clone().unwrap_or_else(|| DEFAULT_S3_REGION.to_string()),
+        ),
+        (None, Some(r)) => (format!("https://s3.{r}.amazonaws.com"), r.clone()),
+        (None, None) => {
+            return Err(invalid(
+                "kind = \"s3\" needs `region` (or an `endpoint` for a non-AWS service)".to_string(),
+            ))
+        }
+    };
+    match url::Url::parse(&endpoint) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+        _ => {
+            return Err(invalid(format!(
+                "endpoint = \"{endpoint}\" is not an http(s) URL (expected e.g. \
+                 http://127.0.0.1:9000)"
+            )))
+        }
+    }
+    let prefix = raw.prefix.as_deref().unwrap_or("").trim_start_matches('/');
+    let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}/")
+    };
+    let keys = s3_credentials(name, raw)?;
+    Ok(TargetConfig {
+        kind: TargetKind::S3,
+        token_source: keys.source,
+        url: endpoint.clone(),
+        upload_url: None,
+        token: Secret::default(),
+        folder_id: None,
+        root: None,
+        channel_id: None,
+        room_id: None,
+        message_id: None,
+        pool_id: None,
+        insecure: raw.insecure,
+        max_file_size: raw.max_file_size,
+        retry_seconds: raw.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
+        s3: Some(S3Config {
+            endpoint,
+            region,
+            bucket,
+            prefix,
+            path_style: raw.path_style.unwrap_or(false),
+            access_key_id: keys.access_key_id,
+            secret_access_key: keys.secret_access_key,
+            session_token: keys.session_token,
+        }),
+    })
+}
+
+/// The signing region when an `endpoint` is given without one (what MinIO, SeaweedFS and
+/// most other servers expect).
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
+
+/// S3 keys and where they came from (for messages; never the keys themselves).
+pub struct S3Keys {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+    pub source: String,
+}
+
+/// The S3 keys of a target, first found wins: `access_key_id`/`secret_access_key` in the
+/// table; `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`); the
+/// profile `AWS_PROFILE` (default `default`) in `~/.aws/credentials`, then in
+/// `~/.aws/config` (`AWS_SHARED_CREDENTIALS_FILE` / `AWS_CONFIG_FILE` move them).
+pub fn s3_credentials(name: &str, raw: &RawTarget) -> Result<S3Keys, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        name: name.to_string(),
+        message,
+    };
+    match (&raw.access_key_id, &raw.secret_access_key) {
+        (Some(id), Some(secret)) => {
+            return Ok(S3Keys {
+                access_key_id: id.clone(),
+                secret_access_key: Secret::new(secret.clone()),
+                session_token: None,
+                source: format!("`secret_access_key` of [targets.{name}] in the config file"),
+            })
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(invalid(
+                "set both access_key_id and secret_access_key, or neither (then the \
+                 AWS_* variables or ~/.aws/credentials are used)"
+                    .to_string(),
+            ))
+        }
+        (None, None) => {}
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        return Ok(S3Keys {
+            access_key_id: id,
+            secret_access_key: Secret::new(secret),
+            session_token: env("AWS_SESSION_TOKEN").map(Secret::new),
+            source: "$AWS_ACCESS_KEY_ID / $AWS_SECRET_ACCESS_KEY".to_string(),
+        });
+    }
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
+    let home = dirs::home_dir().unwrap_or_else(|| PathBuf::from("."));
+    let credentials = env("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".aws").join("credentials"));
+    let config = env("AWS_CONFIG_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".aws").join("config"));
+    // The credentials file names sections after the profile; the config file writes
+    // `[profile NAME]`, except for `[default]`.
+    let sections = [
+        (credentials, profile.clone()),
+        (config, format!("profile {profile}")),
+    ];
+    for (file, section) in &sections {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        let mut found = ini_section(&text, section);
+        if found.is_empty() && profile == "default" {
+            found = ini_section(&text, "default");
+        }
+        let get = |k: &str| {
+            found
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_empty())
+        };
+        if let (Some(id), Some(secret)) = (get("aws_access_key_id"), get("aws_secret_access_key")) {
+            return Ok(S3Keys {
+                access_key_id: id,
+                secret_access_key: Secret::new(secret),
+                session_token: get("aws_session_token").map(Secret::new),
+                source: format!("profile {profile} in {}", file.display()),
+            });
+        }
+    }
+    Err(invalid(format!(
+        "no S3 keys: set access_key_id and secret_access_key in [targets.{name}], or \
+         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or profile {profile} in \
+         ~/.aws/credentials"
+    )))
+}
+
+/// The `key = value` lines of `[section]` in an AWS shared config or credentials file.
+fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = name.trim() == section;
+            continue;
+        }
+        if inside {
+            if let Some((k, v)) = line.split_once('=') {
+                out.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+    }
+    out
 }
 
 impl TargetConfig {
@@ -363,13 +639,15 @@ impl TargetConfig {
             insecure: false,
             max_file_size: None,
             retry_seconds: DEFAULT_RETRY_SECONDS,
+            s3: None,
         }
     }
 
     /// A config pointing at an `uploadfs serve` instance at `base` (e.g.
     /// `http://127.0.0.1:8080`) for protocol `kind`, as used by the `local` target and tests.
     pub fn for_local_server(kind: TargetKind, base: &str, token: &str) -> TargetConfig {
-        if kind == TargetKind::Null {
+        if matches!(kind, TargetKind::Null | TargetKind::S3) {
+            // The local server speaks no S3: `s3` has no local config, like `null`.
             return TargetConfig::null();
         }
         let base = base.trim_end_matches('/');
@@ -382,7 +660,7 @@ impl TargetConfig {
             TargetKind::Fluxer => (format!("{base}/fluxer/v1"), None),
             TargetKind::Virola => (format!("{base}/virola/api/v1"), None),
             TargetKind::Dyson => (format!("{base}/dyson/api"), None),
-            TargetKind::Null => (String::new(), None),
+            TargetKind::S3 | TargetKind::Null => (String::new(), None),
         };
         TargetConfig {
             kind,
@@ -399,6 +677,7 @@ impl TargetConfig {
             insecure: false,
             max_file_size: None,
             retry_seconds: DEFAULT_RETRY_SECONDS,
+            s3: None,
         }
     }
 }
@@ -435,5 +714,81 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         let cfg = Config::load(Some(&p)).unwrap();
         assert_eq!(cfg.target("a").unwrap().token.expose(), "t");
+    }
+
+    fn s3_raw(extra: &str) -> RawTarget {
+        let text = format!("[targets.b]\nkind='s3'\nbucket='photos'\n{extra}");
+        toml::from_str::<RawFile>(&text).unwrap().targets["b"].clone()
+    }
+
+    #[test]
+    fn s3_table_keys_and_addressing() {
+        let raw = s3_raw(
+            "endpoint='http://127.0.0.1:9000/'\nprefix='team'\npath_style=true\n\
+             access_key_id='AKID'\nsecret_access_key='s3-secret-xyz'\n",
+        );
+        let cfg = validate("b", &raw).unwrap();
+        let s3 = cfg.s3.as_ref().unwrap();
+        assert_eq!(s3.endpoint, "http://127.0.0.1:9000");
+        assert_eq!(s3.region, DEFAULT_S3_REGION);
+        assert_eq!(s3.prefix, "team/");
+        assert!(s3.path_style);
+        assert_eq!(s3.secret_access_key.expose(), "s3-secret-xyz");
+        assert!(!format!("{cfg:?}").contains("s3-secret-xyz"));
+        assert!(!cfg.token_source.contains("s3-secret-xyz"));
+        // AWS: the endpoint follows the region.
+        let raw = s3_raw("region='eu-west-3'\naccess_key_id='a'\nsecret_access_key='b'\n");
+        let s3 = validate("b", &raw).unwrap().s3.unwrap();
+        assert_eq!(s3.endpoint, "https://s3.eu-west-3.amazonaws.com");
+        assert!(!s3.path_style);
+    }
+
+    #[test]
+    fn s3_refuses_half_keys_and_foreign_fields() {
+        let raw = s3_raw("region='x'\naccess_key_id='a'\n");
+        let err = validate("b", &raw).unwrap_err().to_string();
+        assert!(err.contains("both"), "{err}");
+        let raw = s3_raw("region='x'\ntoken='t'\n");
+        let err = validate("b", &raw).unwrap_err().to_string();
+        assert!(err.contains("`token`"), "{err}");
+        let raw: RawTarget = toml::from_str::<RawFile>(
+            "[targets.b]\nkind='box'\nurl='http://x'\ntoken='t'\nbucket='q'\n",
+        )
+        .unwrap()
+        .targets["b"]
+            .clone();
+        let err = validate("b", &raw).unwrap_err().to_string();
+        assert!(err.contains("`bucket` is for kind"), "{err}");
+    }
+
+    #[test]
+    fn ini_sections() {
+        let text = "[default]\naws_access_key_id = A\n# c\n[profile other]\n\
+                    aws_access_key_id=B\naws_secret_access_key = S\n";
+        assert_eq!(
+            ini_section(text, "profile other"),
+            vec![
+                ("aws_access_key_id".to_string(), "B".to_string()),
+                ("aws_secret_access_key".to_string(), "S".to_string())
+            ]
+        );
+        assert_eq!(ini_section(text, "default").len(), 1);
+        assert!(ini_section(text, "none").is_empty());
+    }
+
+    #[test]
+    fn s3_secret_in_file_needs_mode_600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[targets.a]\nkind='s3'\nendpoint='http://x'\nbucket='b'\n\
+             access_key_id='k'\nsecret_access_key='s'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = Config::load(Some(&p)).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 }

@@ -87,9 +87,14 @@ pub async fn check_config(config_path: Option<&Path>, probe: bool) -> anyhow::Re
                 let t = remote::build(name, &cfg)?;
                 match t.check().await {
                     Ok(()) => println!(
-                        "{name}: ok ({} at {}, token accepted)",
+                        "{name}: ok ({} at {}, {} accepted)",
                         cfg.kind.as_str(),
-                        cfg.url
+                        cfg.url,
+                        if cfg.kind == TargetKind::S3 {
+                            "keys"
+                        } else {
+                            "token"
+                        }
                     ),
                     Err(e) => {
                         bad += 1;

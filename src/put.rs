@@ -380,9 +380,16 @@ async fn get_from(args: &GetArgs, open: &OpenTarget) -> anyhow::Result<u64> {
             }
         })
         .buffered(GET_PARALLEL);
-    // The SHA-1 the target gives is checked like the mount checks a whole-file read, on a
-    // thread of its own so hashing overlaps the download.
-    let verifier = remote.sha1.clone().map(Verifier::start);
+    // The digest the target gives is checked like the mount checks a whole-file read, on a
+    // thread of its own so hashing overlaps the download: the SHA-1, or for S3 the MD5 (a
+    // single-part object's ETag).
+    let verifier = match (&remote.sha1, &remote.md5) {
+        (Some(h), _) => Some(Verifier::start(Algo::Sha1, h.clone())),
+        (None, Some(h)) if open.config.kind == crate::config::TargetKind::S3 => {
+            Some(Verifier::start(Algo::Md5, h.clone()))
+        }
+        _ => None,
+    };
     let mut total = 0u64;
     while let Some(r) = stream.next().await {
         let (off, len, bytes) = r.map_err(|e| anyhow!("download of {tname}:{path} failed: {e}"))?;
@@ -402,19 +409,42 @@ async fn get_from(args: &GetArgs, open: &OpenTarget) -> anyhow::Result<u64> {
     out.flush()?;
     pb.finish_and_clear();
     if let Some(v) = verifier {
+        let v_name = v.algo.name();
         let (want, got) = v.finish()?;
         if !want.eq_ignore_ascii_case(&got) {
             bail!(
-                "download of {tname}:{path} is corrupt: its SHA-1 is {got}, the target says {want}{}",
-                if args.out.is_some() { "; the file written is not to be trusted" } else { "" }
+                "download of {tname}:{path} is corrupt: its {} is {got}, the target says {want}{}",
+                v_name,
+                if args.out.is_some() {
+                    "; the file written is not to be trusted"
+                } else {
+                    ""
+                }
             );
         }
     }
     Ok(total)
 }
 
+/// The digest a download is checked with.
+#[derive(Clone, Copy)]
+enum Algo {
+    Sha1,
+    Md5,
+}
+
+impl Algo {
+    fn name(self) -> &'static str {
+        match self {
+            Algo::Sha1 => "SHA-1",
+            Algo::Md5 => "MD5",
+        }
+    }
+}
+
 /// Hashes downloaded blocks in order on its own thread.
 struct Verifier {
+    algo: Algo,
     want: String,
     tx: std::sync::mpsc::SyncSender<bytes::Bytes>,
     thread: std::thread::JoinHandle<String>,
@@ -424,16 +454,18 @@ impl Verifier {
     /// Blocks queued at most: bounds the memory held for hashing (blocks are GET_BLOCK).
     const QUEUE: usize = 4;
 
-    fn start(want: String) -> Verifier {
+    fn start(algo: Algo, want: String) -> Verifier {
         let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(Self::QUEUE);
-        let thread = std::thread::spawn(move || {
-            let mut h = sha1::Sha1::new();
-            for b in rx {
-                h.update(&b);
-            }
-            hex::encode(h.finalize())
+        let thread = std::thread::spawn(move || match algo {
+            Algo::Sha1 => hash_all(sha1::Sha1::new(), rx),
+            Algo::Md5 => hash_all(md5::Md5::new(), rx),
         });
-        Verifier { want, tx, thread }
+        Verifier {
+            algo,
+            want,
+            tx,
+            thread,
+        }
     }
 
     fn feed(&self, b: bytes::Bytes) {
@@ -447,7 +479,15 @@ impl Verifier {
         let got = self
             .thread
             .join()
-            .map_err(|_| anyhow!("the download's SHA-1 could not be computed"))?;
+            .map_err(|_| anyhow!("the download's digest could not be computed"))?;
         Ok((self.want, got))
     }
+}
+
+/// Hex digest of every block received, in order.
+fn hash_all<D: sha1::Digest>(mut h: D, rx: std::sync::mpsc::Receiver<bytes::Bytes>) -> String {
+    for b in rx {
+        h.update(&b);
+    }
+    hex::encode(h.finalize())
 }

@@ -78,7 +78,7 @@ fn calls(kind: TargetKind) -> Calls {
             commit: ("/files/upload/complete/", "POST"),
             download: ("/dyson/api/files/", "GET"),
         },
-        TargetKind::Null => unreachable!("not a protocol"),
+        TargetKind::Null | TargetKind::S3 => unreachable!("not a protocol"),
     }
 }
 

@@ -19,24 +19,14 @@ use std::time::{Duration, Instant};
 use common::mount::{
     assert_fails_with, bounded, run_bounded, sh, sh_status, wait_exit, Mount, TOOL_TIMEOUT,
 };
+use common::remote::Remote;
 use common::{pattern, sha1_hex, TestServer};
 use uploadfs::config::TargetKind;
 
-/// Like [`TestServer::assert_stored`], for work done in `release`, which the kernel sends after
+/// Like [`Remote::assert_stored`], for work done in `release`, which the kernel sends after
 /// `close()` has returned (e.g. the upload of a file that was created and never written).
-fn wait_on_server(s: &TestServer, proto: &str, name: &str, data: &[u8]) {
-    let want = (data.len() as u64, sha1_hex(data));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let files = s.stored(proto);
-        let landed = files.get(name) == Some(&want)
-            || (proto == "dyson" && files.values().any(|v| *v == want));
-        if landed || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    s.assert_stored(proto, name, data);
+fn wait_on_server(r: &Remote, name: &str, data: &[u8]) {
+    r.wait_stored_one(name, data, Duration::from_secs(10));
 }
 
 /// Every path below `root` → `None` for a directory, the SHA-1 for a file.
@@ -92,17 +82,21 @@ fn make_tree(root: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-/// The whole scenario for one kind.
+/// The whole scenario for one kind of the test server.
 fn scenario(kind: TargetKind) {
     // Small Cloudreve chunks keep the test quick.
-    let s = TestServer::small_chunks();
-    let proto = kind.as_str();
-    let caps = s.target(kind).capabilities();
-    let part = s.part_size(kind);
-    let work = s.dir.path().to_path_buf();
+    scenario_on(&Remote::serve(TestServer::small_chunks(), kind));
+}
+
+/// The whole scenario, on any remote.
+fn scenario_on(s: &Remote) {
+    let proto = s.proto();
+    let caps = s.caps();
+    let part = s.part_size();
+    let work = s.work().to_path_buf();
     let src = work.join("src");
     std::fs::create_dir_all(&src).unwrap();
-    let mut m = Mount::for_kind(&s, kind, "", &[]);
+    let mut m = s.mount("", &[]);
     let mnt = m.dir.clone();
 
     // 1. cp of files around the part size; content checked on the server and read back.
@@ -113,7 +107,7 @@ fn scenario(kind: TargetKind) {
         std::fs::write(src.join(&name), &data).unwrap();
         sh(&work, &format!("cp src/{name} mnt/{name}"));
         // An empty file is committed by the release that follows close().
-        wait_on_server(&s, proto, &name, &data);
+        wait_on_server(s, &name, &data);
         sh(&work, &format!("cmp src/{name} mnt/{name}"));
         let st = std::fs::metadata(mnt.join(&name)).unwrap();
         assert_eq!(st.len(), size as u64, "{name}: size through the mount");
@@ -126,7 +120,7 @@ fn scenario(kind: TargetKind) {
     sh(&work, "diff -r tree mnt/tree");
     for (rel, data) in &tree {
         let name = rel.rsplit('/').next().unwrap();
-        wait_on_server(&s, proto, name, data);
+        wait_on_server(s, name, data);
     }
 
     // 3. rsync -a (temp file + rename, chmod, utimes) exits 0; a second run sends nothing.
@@ -137,12 +131,12 @@ fn scenario(kind: TargetKind) {
     for (rel, data) in &rs {
         let name = rel.rsplit('/').next().unwrap();
         if caps.rename {
-            wait_on_server(&s, proto, name, data);
+            wait_on_server(s, name, data);
         } else {
             // Without remote rename the data stays under rsync's temporary name.
             let want = (data.len() as u64, sha1_hex(data));
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !s.stored(proto).values().any(|v| *v == want) {
+            while !s.stored().values().any(|v| *v == want) {
                 assert!(
                     Instant::now() < deadline,
                     "{proto}: content of {rel} is not on the server"
@@ -151,8 +145,8 @@ fn scenario(kind: TargetKind) {
             }
         }
     }
-    let files_after_first = s.stored(proto);
-    let bytes_before = s.bytes_received();
+    let files_after_first = s.stored();
+    let bytes_before = s.uploads();
     let out = sh(&work, "rsync -a --itemize-changes rs/ mnt/rs/");
     let changes = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -161,12 +155,8 @@ fn scenario(kind: TargetKind) {
             .any(|l| l.starts_with('>') || l.starts_with('<')),
         "second rsync transferred files:\n{changes}"
     );
-    assert_eq!(
-        s.bytes_received(),
-        bytes_before,
-        "second rsync uploaded data"
-    );
-    assert_eq!(s.stored(proto), files_after_first);
+    assert_eq!(s.uploads(), bytes_before, "second rsync uploaded data");
+    assert_eq!(s.stored(), files_after_first);
 
     // 4. mv of a file and of a folder.
     sh(
@@ -179,19 +169,13 @@ fn scenario(kind: TargetKind) {
     );
     sh(&work, "cmp src/f1.bin mnt/f1-moved.bin");
     if caps.rename {
-        let files = s.stored(proto);
+        let files = s.stored();
         assert!(files.contains_key("f1-moved.bin") && !files.contains_key("f1.bin"));
     }
     if caps.folders {
-        let state = s.state();
-        let folders: Vec<String> = state["protocols"][proto]["folders"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["name"].as_str().unwrap_or_default().to_string())
-            .collect();
+        let folders = s.folders();
         assert!(
-            folders.contains(&"tree-moved".to_string()) && !folders.contains(&"tree".to_string()),
+            folders.contains("tree-moved") && !folders.contains("tree"),
             "{proto}: folders on the server after mv: {folders:?}"
         );
     }
@@ -202,7 +186,7 @@ fn scenario(kind: TargetKind) {
         "rm mnt/f0.bin mnt/f1-moved.bin && test ! -e mnt/f0.bin",
     );
     if caps.delete {
-        let files = s.stored(proto);
+        let files = s.stored();
         let f1 = pattern(1, 2);
         assert!(
             !files.values().any(|v| *v == (1, sha1_hex(&f1))),
@@ -214,15 +198,15 @@ fn scenario(kind: TargetKind) {
 
     // 6. touch: a new empty file is created remotely; touching an existing one uploads nothing.
     sh(&work, "touch mnt/empty.txt");
-    wait_on_server(&s, proto, "empty.txt", b"");
-    let bytes_before = s.bytes_received();
+    wait_on_server(s, "empty.txt", b"");
+    let bytes_before = s.uploads();
     sh(&work, "touch mnt/f2.bin");
-    assert_eq!(s.bytes_received(), bytes_before);
+    assert_eq!(s.uploads(), bytes_before);
 
     // 7. Shell redirection: echo > then echo >> (open existing without O_TRUNC, append).
     sh(&work, "echo a > mnt/echo.txt && echo b >> mnt/echo.txt");
     assert_eq!(std::fs::read(mnt.join("echo.txt")).unwrap(), b"a\nb\n");
-    s.assert_stored(proto, "echo.txt", b"a\nb\n");
+    s.assert_stored("echo.txt", b"a\nb\n");
 
     // 8. dd conv=notrunc into the middle of an existing file.
     let mut f3 = pattern(part + 1, 4);
@@ -231,7 +215,7 @@ fn scenario(kind: TargetKind) {
         "printf XXXXX | dd of=mnt/f3.bin bs=1 seek=1000 conv=notrunc status=none",
     );
     f3[1000..1005].copy_from_slice(b"XXXXX");
-    s.assert_stored(proto, "f3.bin", &f3);
+    s.assert_stored("f3.bin", &f3);
     assert_eq!(
         std::fs::metadata(mnt.join("f3.bin")).unwrap().len(),
         f3.len() as u64
@@ -257,13 +241,13 @@ fn scenario(kind: TargetKind) {
             drop(f);
         });
     }
-    s.assert_stored(proto, "random.bin", &rnd);
+    s.assert_stored("random.bin", &rnd);
 
     // 10. cp over an existing file replaces it (one file with the new content).
     let newer = pattern(part / 2 + 3, 77);
     std::fs::write(src.join("newer.bin"), &newer).unwrap();
     sh(&work, "cp src/newer.bin mnt/f4.bin");
-    s.assert_stored(proto, "f4.bin", &newer);
+    s.assert_stored("f4.bin", &newer);
     sh(&work, "cmp src/newer.bin mnt/f4.bin");
 
     // 11. Eight parallel writers.
@@ -290,7 +274,7 @@ fn scenario(kind: TargetKind) {
         });
     }
     for (n, d) in &par {
-        s.assert_stored(proto, n, d);
+        s.assert_stored(n, d);
     }
 
     // 12. A crawler (file manager style): list everything, read the first 4 KiB of each.
@@ -340,27 +324,29 @@ fn scenario(kind: TargetKind) {
     );
     sh(&work, "diff -r rs mnt/rs && diff -r tree mnt/tree-moved");
 
-    // 14. Over the server's size limit: cp fails with EFBIG and nothing lands remotely.
-    s.set_max_file_size(1024 * 1024);
-    std::fs::write(src.join("huge.bin"), pattern(2 * 1024 * 1024, 3)).unwrap();
-    let out = sh_status(&work, "cp src/huge.bin mnt/huge.bin");
-    assert_fails_with(&out, "File too large", "cp of an oversized file");
-    assert!(!s.stored(proto).contains_key("huge.bin"));
-    // The failed file stays visible locally, marked failed, with its error in `status`.
-    assert_eq!(m.state_of("huge.bin").as_deref(), Some("failed"));
-    assert_eq!(
-        std::fs::metadata(mnt.join("huge.bin")).unwrap().len(),
-        2 * 1024 * 1024,
-        "the staged data of a failed upload is kept"
-    );
-    let st = m.status_json();
-    let pending = st["mounts"][0]["pending"].as_array().unwrap();
-    assert!(
-        pending
-            .iter()
-            .any(|p| p["path"] == "/huge.bin" && p["state"] == "failed" && p["error"].is_string()),
-        "status: {st}"
-    );
+    // 14. Over the server's size limit (where it has one to set): cp fails with EFBIG and
+    // nothing lands remotely.
+    if s.set_max_file_size(1024 * 1024) {
+        std::fs::write(src.join("huge.bin"), pattern(2 * 1024 * 1024, 3)).unwrap();
+        let out = sh_status(&work, "cp src/huge.bin mnt/huge.bin");
+        assert_fails_with(&out, "File too large", "cp of an oversized file");
+        assert!(!s.stored().contains_key("huge.bin"));
+        // The failed file stays visible locally, marked failed, with its error in `status`.
+        assert_eq!(m.state_of("huge.bin").as_deref(), Some("failed"));
+        assert_eq!(
+            std::fs::metadata(mnt.join("huge.bin")).unwrap().len(),
+            2 * 1024 * 1024,
+            "the staged data of a failed upload is kept"
+        );
+        let st = m.status_json();
+        let pending = st["mounts"][0]["pending"].as_array().unwrap();
+        assert!(
+            pending.iter().any(|p| p["path"] == "/huge.bin"
+                && p["state"] == "failed"
+                && p["error"].is_string()),
+            "status: {st}"
+        );
+    }
     // Committed files carry their remote id and SHA-1 as read-only xattrs.
     let out = sh(&work, "getfattr -d mnt/echo.txt");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -386,10 +372,13 @@ fn scenario(kind: TargetKind) {
 /// The configured `max_file_size` is enforced at write time (EFBIG before any upload),
 /// and a file uploaded elsewhere shows up in the mount's listing.
 fn limits_and_foreign_files(kind: TargetKind) {
-    let s = TestServer::new();
-    let proto = kind.as_str();
-    let work = s.dir.path().to_path_buf();
-    let m = Mount::for_kind(&s, kind, "max_file_size = 1048576\n", &[]);
+    limits_and_foreign_files_on(&Remote::serve(TestServer::new(), kind));
+}
+
+/// [`limits_and_foreign_files`] on any remote.
+fn limits_and_foreign_files_on(s: &Remote) {
+    let work = s.work().to_path_buf();
+    let m = s.mount("max_file_size = 1048576\n", &[]);
     // The daemon's start-up error reaches `mount`'s caller.
     std::fs::create_dir_all(work.join("mnt2")).unwrap();
     let out = run_bounded(
@@ -410,19 +399,19 @@ fn limits_and_foreign_files(kind: TargetKind) {
     std::fs::write(work.join("big.bin"), pattern(1024 * 1024 + 1, 1)).unwrap();
     let out = sh_status(&work, "cp big.bin mnt/big.bin");
     assert_fails_with(&out, "File too large", "cp over the configured limit");
-    assert!(!s.stored(proto).contains_key("big.bin"));
+    assert!(!s.stored().contains_key("big.bin"));
     // Exactly at the limit is fine.
     let ok = pattern(1024 * 1024, 2);
     std::fs::write(work.join("ok.bin"), &ok).unwrap();
     sh(&work, "cp ok.bin mnt/ok.bin");
-    s.assert_stored(proto, "ok.bin", &ok);
+    s.assert_stored("ok.bin", &ok);
 
     // Uploaded by someone else: visible after the listing TTL.
     let other = pattern(5000, 8);
     let path = work.join("other.bin");
     std::fs::write(&path, &other).unwrap();
-    let t = s.target(kind);
-    s.rt.block_on(t.upload(s.upload_request("foreign.bin", &other, None)))
+    let t = s.target();
+    s.block_on(t.upload(s.upload_request("foreign.bin", &other, None)))
         .expect("direct upload");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -441,20 +430,18 @@ fn limits_and_foreign_files(kind: TargetKind) {
     // never pages the kernel cached from the old version.
     let newer = pattern(7000, 9);
     std::fs::write(&path, &newer).unwrap();
-    let old =
-        s.rt.block_on(t.list(&None))
-            .unwrap()
-            .into_iter()
-            .find(|f| f.name == "foreign.bin")
-            .unwrap();
+    let old = s
+        .block_on(t.list(&None))
+        .unwrap()
+        .into_iter()
+        .find(|f| f.name == "foreign.bin")
+        .unwrap();
     let caps = t.capabilities();
     let mut req = s.upload_request("foreign.bin", &newer, Some(old.clone()));
     req.mtime_ms = 1_700_000_100_000;
-    let replaced =
-        s.rt.block_on(t.upload(req))
-            .expect("direct replacing upload");
+    let replaced = s.block_on(t.upload(req)).expect("direct replacing upload");
     if !caps.replaces_in_place && replaced.id != old.id {
-        s.rt.block_on(t.delete(&old)).unwrap();
+        s.block_on(t.delete(&old)).unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sh_status(&work, "cmp other.bin mnt/foreign.bin")
@@ -468,7 +455,7 @@ fn limits_and_foreign_files(kind: TargetKind) {
         std::thread::sleep(Duration::from_millis(500));
     }
     // Case-insensitive names (Box): looking up a.txt finds A.TXT.
-    if s.target(kind).capabilities().case_insensitive_names {
+    if s.caps().case_insensitive_names {
         sh(
             &work,
             "echo hi > mnt/CASE.TXT && test \"$(cat mnt/case.txt)\" = hi",
@@ -490,6 +477,17 @@ common::per_kind!(scenario;
     virola_tools => Virola,
     dyson_tools => Dyson,
 );
+
+/// The scenario on a bucket of a real S3 server.
+#[test]
+fn s3_tools() {
+    scenario_on(&Remote::s3("tools"));
+}
+
+#[test]
+fn s3_limits() {
+    limits_and_foreign_files_on(&Remote::s3("limits"));
+}
 
 common::per_kind!(limits_and_foreign_files;
     box_limits => Box,

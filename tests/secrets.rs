@@ -162,7 +162,7 @@ fn debug_output_has_no_token() {
             TargetKind::Fluxer => format!("{:?}", fluxer::FluxerTarget::new(http, &cfg).unwrap()),
             TargetKind::Virola => format!("{:?}", virola::VirolaTarget::new(http, &cfg).unwrap()),
             TargetKind::Dyson => format!("{:?}", dyson::DysonTarget::new(http, &cfg).unwrap()),
-            TargetKind::Null => unreachable!(),
+            TargetKind::Null | TargetKind::S3 => unreachable!(),
         });
     }
     let opts = uploadfs::server::ServeOptions::ephemeral(s.dir.path().join("x"), TOKEN);

@@ -232,7 +232,10 @@ impl HttpClient {
         }
     }
 
-    fn request(&self, method: reqwest::Method, url: impl AsRef<str>) -> Request {
+    /// A request of any method: for protocols whose requests are not the common verbs
+    /// (S3's HEAD) or come as a method and a signed URL. Like every request it is sent
+    /// only by [`HttpClient::exchange`].
+    pub fn request(&self, method: reqwest::Method, url: impl AsRef<str>) -> Request {
         Request {
             rb: self.client.request(method, url.as_ref()),
             bad: None,

@@ -28,6 +28,7 @@ pub mod fluxer;
 pub mod http;
 pub mod names;
 pub mod null;
+pub mod s3;
 pub mod session;
 pub mod source;
 pub mod virola;
@@ -339,6 +340,7 @@ pub fn build(name: &str, cfg: &TargetConfig) -> anyhow::Result<Arc<dyn Target>> 
         TargetKind::Fluxer => Arc::new(fluxer::FluxerTarget::new(http, cfg)?),
         TargetKind::Virola => Arc::new(virola::VirolaTarget::new(http, cfg)?),
         TargetKind::Dyson => Arc::new(dyson::DysonTarget::new(http, cfg)?),
+        TargetKind::S3 => Arc::new(s3::S3Target::new(http, cfg)?),
         TargetKind::Null => Arc::new(null::NullTarget::new()),
     })
 }

@@ -1,7 +1,7 @@
 //! Config files for the tests that run the `uploadfs` binary: a [`TargetToml`] builder
 //! for one `[targets.NAME]` table pointing at a test server (kind, server address, token
-//! form, retry budget, extra keys), and one writer that puts tables in a file with mode
-//! 600, as a config holding a token must have.
+//! form, retry budget, extra keys) or at an S3 bucket ([`TargetToml::s3`]), and one writer
+//! that puts tables in a file with mode 600, as a config holding a token must have.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,8 @@ pub struct TargetToml {
     token: Token,
     retry_seconds: u64,
     extra: String,
+    /// An S3 target: endpoint, bucket and key prefix (the keys are the test cluster's).
+    s3: Option<(String, String, String)>,
 }
 
 impl TargetToml {
@@ -52,7 +54,16 @@ impl TargetToml {
             token: Token::Inline(TOKEN.to_string()),
             retry_seconds: RETRY_SECONDS,
             extra: String::new(),
+            s3: None,
         }
+    }
+
+    /// An S3 target on `bucket` (below `prefix`) of the S3 gateway at `endpoint`, path
+    /// style, with the test cluster's keys ([`super::s3`]).
+    pub fn s3(endpoint: &str, bucket: &str, prefix: &str) -> TargetToml {
+        let mut t = TargetToml::at(endpoint, TargetKind::S3);
+        t.s3 = Some((endpoint.to_string(), bucket.to_string(), prefix.to_string()));
+        t
     }
 
     /// The table's name (`[targets.NAME]`, what `uploadfs mount NAME` names).
@@ -79,6 +90,16 @@ impl TargetToml {
 
     /// The table as TOML: the protocol's addresses and fixed ids as the server serves them.
     pub fn toml(&self) -> String {
+        if let Some((endpoint, bucket, prefix)) = &self.s3 {
+            use super::s3::{ACCESS_KEY, REGION, SECRET_KEY};
+            return format!(
+                "[targets.{}]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nregion = \"{REGION}\"\n\
+                 bucket = \"{bucket}\"\nprefix = \"{prefix}\"\npath_style = true\n\
+                 access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n\
+                 retry_seconds = {}\n{}",
+                self.name, self.retry_seconds, self.extra
+            );
+        }
         let c = TargetConfig::for_local_server(self.kind, &self.base, TOKEN);
         let token = match &self.token {
             Token::Inline(t) => format!("token = \"{t}\""),

@@ -3,6 +3,8 @@
 //!   and stored files;
 //! - [`config`]: config files naming targets at a test server;
 //! - [`mount`]: real FUSE mounts of the `uploadfs` binary and bounded tool runs;
+//! - [`s3`]: a real S3 server (SeaweedFS) and its buckets;
+//! - [`remote`]: the remote end of a mount scenario, the test server or an S3 bucket;
 //!
 //! and, below, the binary under test, the [`per_kind!`] test generator, deterministic test
 //! data and the digests the targets use.
@@ -10,6 +12,8 @@
 
 pub mod config;
 pub mod mount;
+pub mod remote;
+pub mod s3;
 pub mod server;
 
 /// The `uploadfs` binary under test.

@@ -91,22 +91,7 @@ impl TestServer {
         data: &[u8],
         replaces: Option<RemoteFile>,
     ) -> UploadRequest {
-        let path = self.dir.path().join(format!("src-{name}"));
-        std::fs::write(&path, data).unwrap();
-        UploadRequest {
-            parent: None,
-            name: name.to_string(),
-            size: data.len() as u64,
-            digests: Digests {
-                sha1: Some(sha1_hex(data)),
-                md5: Some(md5_hex(data)),
-            },
-            mtime_ms: 1_700_000_000_000,
-            replaces,
-            resume_session: None,
-            source: Arc::new(FileSource::open(&path).unwrap()),
-            observer: Arc::new(ByteCounter::default()),
-        }
+        file_request(self.dir.path(), name, data, replaces)
     }
 
     /// The size of one part of a multi-part upload of `kind` to this server: Cloudreve's
@@ -285,5 +270,31 @@ impl Drop for TestServer {
         if let Some(s) = self.server.take() {
             self.rt.block_on(s.stop());
         }
+    }
+}
+
+/// A request to upload `data` as `name` in the root, replacing `replaces`, with both
+/// digests, read from a file `src-NAME` written in `dir`.
+pub fn file_request(
+    dir: &std::path::Path,
+    name: &str,
+    data: &[u8],
+    replaces: Option<RemoteFile>,
+) -> UploadRequest {
+    let path = dir.join(format!("src-{name}"));
+    std::fs::write(&path, data).unwrap();
+    UploadRequest {
+        parent: None,
+        name: name.to_string(),
+        size: data.len() as u64,
+        digests: Digests {
+            sha1: Some(sha1_hex(data)),
+            md5: Some(md5_hex(data)),
+        },
+        mtime_ms: 1_700_000_000_000,
+        replaces,
+        resume_session: None,
+        source: Arc::new(FileSource::open(&path).unwrap()),
+        observer: Arc::new(ByteCounter::default()),
     }
 }
