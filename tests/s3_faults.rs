@@ -43,14 +43,7 @@ const PARALLEL: usize = 3;
 
 /// Sizes around the part boundaries, largest last.
 fn sizes() -> [u64; 6] {
-    [
-        0,
-        1,
-        PART_SIZE - 1,
-        PART_SIZE,
-        PART_SIZE + 1,
-        20 * MIB + 3,
-    ]
+    [0, 1, PART_SIZE - 1, PART_SIZE, PART_SIZE + 1, 20 * MIB + 3]
 }
 
 /// The seed of a test's fault draws: `UPLOADFS_FAULT_SEED`, else `default`.
@@ -128,6 +121,10 @@ fn assert_landed(s3: &S3Remote, want: &BTreeMap<String, Bytes>, failed: &BTreeSe
     let mut seen = BTreeSet::new();
     for o in s3.objects() {
         assert!(seen.insert(o.key.clone()), "{} is listed twice", o.key);
+        // The empty marker of a folder the files went into (`uploadfs put` makes them).
+        if o.key.ends_with('/') && o.size == 0 && want.keys().any(|k| k.starts_with(&o.key)) {
+            continue;
+        }
         let Some(data) = want.get(&o.key) else {
             panic!("unexpected object {} ({} bytes)", o.key, o.size);
         };
@@ -277,13 +274,17 @@ fn mount_cp_and_put_land_once_through_faults() {
         let data = Bytes::from(pattern(size as usize, 100 + i as u64));
         std::fs::write(src.join(&name), &data).unwrap();
         want.insert(name.clone(), data.clone());
+        want.insert(format!("again/{name}"), data.clone());
         want.insert(format!("put/{name}"), data);
         names.push(name);
     }
 
     // Through the mount: `cp` returns once every file's close() has its upload's outcome.
     let mut m = Mount::with_config(&work, "t", &cfg, &[]);
-    sh(&work, "cp src/*.bin mnt/");
+    sh(
+        &work,
+        "cp src/*.bin mnt/ && mkdir mnt/again && cp src/*.bin mnt/again/",
+    );
     m.unmount();
     let after_mount = proxy.stats();
     eprintln!("after the mount: {after_mount}");
@@ -311,4 +312,52 @@ fn mount_cp_and_put_land_once_through_faults() {
     assert_mostly_succeeded("put", names.len(), &failed);
     let log = m.log();
     assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
+}
+
+/// The two steps of a multipart upload that are not idempotent, with half of their answers
+/// lost after the server acted: a lost CreateMultipartUpload answer leaves an upload the
+/// client never learns of, a lost CompleteMultipartUpload answer a finished object the
+/// client must not take for a failure.
+#[test]
+fn lost_create_and_complete_answers_leave_nothing_behind() {
+    let r = s3_remote("faults-lost");
+    let s3 = s3_of(&r);
+    let proxy = FaultProxy::start(
+        &s3.weed.endpoint,
+        Faults::only(
+            Fault::DropAnswer,
+            &["CreateMultipartUpload", "CompleteMultipartUpload"],
+            0.5,
+            seed(7),
+        ),
+    );
+    let t = Arc::new(client_via(&s3.weed, &s3.bucket, &proxy.endpoint));
+    let mut want = BTreeMap::new();
+    for i in 0..6u64 {
+        let data = Bytes::from(pattern((PART_SIZE + 1 + i) as usize, 200 + i));
+        want.insert(format!("m{i}.bin"), data);
+    }
+    let rt = runtime();
+    let mut failed = BTreeSet::new();
+    for (key, data) in &want {
+        if let Err(e) = rt.block_on(t.upload(request(key, data.clone()))) {
+            eprintln!("{key}: upload failed: {e}");
+            failed.insert(key.clone());
+        }
+    }
+    drop(rt);
+    let stats = proxy.stats();
+    drop(proxy);
+    eprintln!("fault proxy: {stats}");
+    for op in ["CreateMultipartUpload", "CompleteMultipartUpload"] {
+        assert!(
+            stats
+                .faults
+                .get(&(Fault::DropAnswer, op))
+                .is_some_and(|n| *n > 0),
+            "no {op} answer was lost: {stats}"
+        );
+    }
+    assert_landed(s3, &want, &failed);
+    assert!(failed.is_empty(), "uploads failed: {failed:?}");
 }

@@ -74,6 +74,8 @@ pub struct Faults {
     pub kinds: Vec<Fault>,
     /// Smallest request body that may be cut in the middle.
     pub reset_min_body: u64,
+    /// Only requests of these S3 operations ([`operation`]) get faults; all when empty.
+    pub ops: Vec<&'static str>,
 }
 
 impl Faults {
@@ -84,6 +86,18 @@ impl Faults {
             seed,
             kinds: Fault::ALL.to_vec(),
             reset_min_body: 1 << 20,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Only `kind`, on requests of the operations `ops` only, at `rate`.
+    pub fn only(kind: Fault, ops: &[&'static str], rate: f64, seed: u64) -> Faults {
+        Faults {
+            rate,
+            seed,
+            kinds: vec![kind],
+            reset_min_body: 1 << 20,
+            ops: ops.to_vec(),
         }
     }
 }
@@ -117,12 +131,7 @@ impl Stats {
 
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} requests, {} faults (",
-            self.requests,
-            self.total()
-        )?;
+        write!(f, "{} requests, {} faults (", self.requests, self.total())?;
         for (i, kind) in Fault::ALL.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             write!(f, "{sep}{kind:?} {}", self.of(*kind))?;
@@ -142,6 +151,7 @@ struct Shared {
     rate_ppm: AtomicU32,
     kinds: Vec<Fault>,
     reset_min_body: u64,
+    ops: Vec<&'static str>,
     rng: Mutex<StdRng>,
     requests: AtomicU64,
     stats: Mutex<Stats>,
@@ -188,6 +198,7 @@ impl FaultProxy {
             rate_ppm: AtomicU32::new(to_ppm(faults.rate)),
             kinds: faults.kinds.clone(),
             reset_min_body: faults.reset_min_body,
+            ops: faults.ops.clone(),
             rng: Mutex::new(StdRng::seed_from_u64(faults.seed)),
             requests: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
@@ -284,8 +295,11 @@ async fn serve(
 }
 
 impl Shared {
-    /// The fault for a request with a body of `len` bytes, if it gets one.
-    fn draw(&self, len: Option<u64>) -> Option<Fault> {
+    /// The fault for a request of `op` with a body of `len` bytes, if it gets one.
+    fn draw(&self, op: &str, len: Option<u64>) -> Option<Fault> {
+        if !self.ops.is_empty() && !self.ops.contains(&op) {
+            return None;
+        }
         let rate = self.rate_ppm.load(Ordering::Relaxed);
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
         if rng.gen_range(0..PPM) >= rate {
@@ -328,7 +342,7 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let fault = sh.draw(len);
+    let fault = sh.draw(op, len);
     if let Some(kind @ (Fault::InternalError | Fault::SlowDown)) = fault {
         let path = req.uri().path().to_string();
         // Read the body out so the client gets to read this answer.
@@ -400,9 +414,7 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
             .map_ok(Frame::data)
             .map_err(std::io::Error::other),
     );
-    answer
-        .body(BodyExt::boxed(body))
-        .map_err(|_| Dropped)
+    answer.body(BodyExt::boxed(body)).map_err(|_| Dropped)
 }
 
 /// The body stream, failing after `at` bytes when `at` is given.
