@@ -69,8 +69,8 @@ pub struct Faults {
     pub rate: f64,
     /// Seed of the draws (the order requests arrive in still varies between runs).
     pub seed: u64,
-    /// Kinds to choose from: [`Fault::ResetMidBody`] for half of the faults on large
-    /// bodies (and only there), the others uniformly.
+    /// Kinds to choose from: [`Fault::ResetMidBody`] for the first fault on a large body
+    /// and half of the later ones (and only there), the others uniformly.
     pub kinds: Vec<Fault>,
     /// Smallest request body that may be cut in the middle.
     pub reset_min_body: u64,
@@ -152,6 +152,8 @@ struct Shared {
     kinds: Vec<Fault>,
     reset_min_body: u64,
     ops: Vec<&'static str>,
+    /// A body was cut already (see [`Shared::draw`]).
+    reset_seen: std::sync::atomic::AtomicBool,
     rng: Mutex<StdRng>,
     requests: AtomicU64,
     stats: Mutex<Stats>,
@@ -199,6 +201,7 @@ impl FaultProxy {
             kinds: faults.kinds.clone(),
             reset_min_body: faults.reset_min_body,
             ops: faults.ops.clone(),
+            reset_seen: std::sync::atomic::AtomicBool::new(false),
             rng: Mutex::new(StdRng::seed_from_u64(faults.seed)),
             requests: AtomicU64::new(0),
             stats: Mutex::new(Stats::default()),
@@ -307,8 +310,11 @@ impl Shared {
         }
         let big = len.is_some_and(|n| n >= self.reset_min_body);
         // Few requests are large (the parts and one-part objects), so a large one's fault
-        // is a cut body half of the time: every test run sees some.
-        if big && self.kinds.contains(&Fault::ResetMidBody) && rng.gen_bool(0.5) {
+        // is a cut body half of the time, and always the first time: every run sees some.
+        if big
+            && self.kinds.contains(&Fault::ResetMidBody)
+            && (!self.reset_seen.swap(true, Ordering::Relaxed) || rng.gen_bool(0.5))
+        {
             return Some(Fault::ResetMidBody);
         }
         let choices: Vec<Fault> = self
