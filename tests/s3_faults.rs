@@ -7,7 +7,10 @@
 //! upload of three parts). Uploaded by our S3 client through the `Target` trait, then
 //! through a real FUSE mount (`cp`) and `uploadfs put`; checked against SeaweedFS directly,
 //! never through the proxy. The proxy's counters must show faults of every kind, so the
-//! tests cannot pass on a quiet network. `UPLOADFS_FAULT_SEED` replays other draws.
+//! tests cannot pass on a quiet network. A third test loses half of the answers to the two
+//! steps that are not idempotent (CreateMultipartUpload, CompleteMultipartUpload) and
+//! nothing else, where a client that retries blindly leaves uploads nobody knows of or
+//! fails uploads that landed. `UPLOADFS_FAULT_SEED` replays other draws.
 //! Needs SeaweedFS (tests/common/s3.rs); the mount test needs /dev/fuse and root or
 //! fusermount3.
 

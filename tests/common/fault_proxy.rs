@@ -136,7 +136,10 @@ impl std::fmt::Display for Stats {
             let sep = if i == 0 { "" } else { ", " };
             write!(f, "{sep}{kind:?} {}", self.of(*kind))?;
         }
-        write!(f, ")")?;
+        write!(f, ")\n  requests:")?;
+        for (op, n) in &self.by_op {
+            write!(f, " {op} {n}")?;
+        }
         for ((kind, op), n) in &self.faults {
             write!(f, "\n  {kind:?} on {op}: {n}")?;
         }
