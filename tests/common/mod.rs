@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod config;
+pub mod fault_proxy;
 pub mod mount;
 pub mod remote;
 pub mod s3;
