@@ -236,7 +236,7 @@ impl S3Target {
             let meta = match self.client.head_object(src).await? {
                 Some(info) if info.meta != ObjectMeta::default() => info.meta,
                 _ => ObjectMeta {
-                    mtime_ms: Some(crate::catalog::now_ms()),
+                    mtime_ms: Some(jiff::Timestamp::now().as_millisecond()),
                     mode: Some(DIR_MODE),
                 },
             };
@@ -460,7 +460,7 @@ impl Target for S3Target {
 
     async fn mkdir(&self, parent: &DirRef, name: &str) -> Result<RemoteFile> {
         let key = self.key(parent, name, true)?;
-        let now = crate::catalog::now_ms();
+        let now = jiff::Timestamp::now().as_millisecond();
         let meta = ObjectMeta {
             mtime_ms: Some(now),
             mode: Some(DIR_MODE),

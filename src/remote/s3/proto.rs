@@ -85,11 +85,17 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
+/// How far the server's clock may lag ours when telling our own stray uploads from
+/// another writer's (loopback and LAN clocks agree to well under this).
+const CLOCK_SKEW_MS: i64 = 60_000;
+
 /// A multipart upload that was started and neither completed nor aborted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingUpload {
     pub key: String,
     pub upload_id: String,
+    /// When it was created, ms since the epoch (0 when the server does not say).
+    pub initiated_ms: i64,
 }
 
 /// A part already stored for a multipart upload (ListParts).
@@ -228,15 +234,43 @@ impl S3Client {
     pub async fn create_multipart(&self, key: &str, meta: &ObjectMeta) -> Result<String> {
         let what = format!("start of the multipart upload of {key}");
         let headers = meta_headers(meta);
-        let reply = self
+        let started_ms = jiff::Timestamp::now().as_millisecond();
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let created = self
             .call(&what, || {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let a = self.bucket.create_multipart_upload(Some(&self.creds), key);
                 self.request(a, Method::POST, &headers)
             })
-            .await?;
-        let r = rusty_s3::actions::CreateMultipartUpload::parse_response(&reply.body)
-            .map_err(|e| xml_error(&what, e, &reply.body))?;
-        Ok(r.upload_id().to_string())
+            .await
+            .and_then(|reply| {
+                rusty_s3::actions::CreateMultipartUpload::parse_response(&reply.body)
+                    .map(|r| r.upload_id().to_string())
+                    .map_err(|e| xml_error(&what, e, &reply.body))
+            });
+        // An attempt that was tried again may have created an upload whose answer was
+        // lost: nobody knows its id, so nobody would ever complete or abort it.
+        if attempts.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+            self.abort_strays(key, created.as_deref().ok(), started_ms)
+                .await;
+        }
+        created
+    }
+
+    /// Abort the unfinished uploads of exactly `key`, other than `keep`, that were created
+    /// since `since_ms` (less [`CLOCK_SKEW_MS`]): the strays of our own retried create.
+    /// Best effort; an upload another writer started earlier is left alone.
+    async fn abort_strays(&self, key: &str, keep: Option<&str>, since_ms: i64) {
+        let Ok(pending) = self.list_multipart_uploads(key).await else {
+            return;
+        };
+        for p in pending {
+            let ours = p.initiated_ms == 0 || p.initiated_ms >= since_ms - CLOCK_SKEW_MS;
+            if p.key == key && Some(p.upload_id.as_str()) != keep && ours {
+                tracing::debug!(key, upload = %p.upload_id, "aborting an upload whose creation answer was lost");
+                let _ = self.abort_multipart(key, &p.upload_id).await;
+            }
+        }
     }
 
     /// UploadPart `number` (1-based) → its ETag, with retries ([`S3Client::part_attempt`]).
@@ -480,6 +514,7 @@ impl S3Client {
             out.extend(doc.uploads.into_iter().map(|u| PendingUpload {
                 key: u.key,
                 upload_id: u.upload_id,
+                initiated_ms: u.initiated.as_deref().map_or(0, parse_time),
             }));
             let truncated = doc.is_truncated.as_deref() == Some("true");
             match (truncated, doc.next_key_marker, doc.next_upload_id_marker) {

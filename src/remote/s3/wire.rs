@@ -49,6 +49,9 @@ pub(super) struct UploadDoc {
     pub(super) key: String,
     #[serde(rename = "UploadId")]
     pub(super) upload_id: String,
+    /// When the upload was created (RFC 3339), where the server says.
+    #[serde(rename = "Initiated", default)]
+    pub(super) initiated: Option<String>,
 }
 
 /// Map an S3 refusal to an error category: by the S3 error code first, then the status.
