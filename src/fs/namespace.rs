@@ -52,8 +52,23 @@ impl Fs {
         if let Some(g) = s.gid {
             n.row.gid = g;
         }
+        let mut gave_up = false;
         if let Some(m) = s.mtime_ms {
+            // An upload that started while the file was written carries the mtime it
+            // started with (S3 sends metadata when the upload is created): a time the
+            // writer sets before close (`cp -a`, `touch -d`) gives it up, and the upload
+            // at close sends the file with that time.
+            if m != n.row.mtime_ms {
+                gave_up = n.open.as_ref().is_some_and(|of| of.cancel_early());
+            }
             n.row.mtime_ms = m;
+        }
+        if gave_up {
+            tracing::debug!(
+                ino,
+                "mtime set while the file uploads: the upload waits for close"
+            );
+            self.uploads.end(ino);
         }
         if n.row != before {
             let row = n.row.clone();

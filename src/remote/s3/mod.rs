@@ -70,6 +70,13 @@ pub const MAX_OBJECT: u64 = 5 << 40;
 const PARTS_IN_FLIGHT: usize = 4;
 /// HeadObject requests at once while listing.
 const HEADS_IN_FLIGHT: usize = 16;
+
+/// Objects whose HeadObject answer is remembered: a few hundred bytes each, so a
+/// directory of 20,000 files listed again costs no request per file and a few MiB.
+const HEADS_CACHED: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(20_000) {
+    Some(n) => n,
+    None => unreachable!(),
+};
 /// Copies (and deletes) at once in a folder rename.
 const COPIES_IN_FLIGHT: usize = 8;
 /// CopyObject's limit; larger objects are copied in parts.
@@ -91,6 +98,10 @@ pub struct S3Target {
     root: String,
     copy_limit: u64,
     copy_part: u64,
+    /// What HeadObject said of objects already listed, by key, ETag and Last-Modified
+    /// (any rewrite of a key changes its Last-Modified): a listing asks only about
+    /// objects it has not seen, so a warm `ls -l` costs the listing alone.
+    heads: std::sync::Mutex<lru::LruCache<(String, String, i64), RemoteFile>>,
 }
 
 impl S3Target {
@@ -129,6 +140,7 @@ impl S3Target {
             root: s3.prefix.clone(),
             copy_limit: COPY_LIMIT,
             copy_part: COPY_PART,
+            heads: std::sync::Mutex::new(lru::LruCache::new(HEADS_CACHED)),
         })
     }
 
@@ -138,6 +150,12 @@ impl S3Target {
         self.copy_limit = limit;
         self.copy_part = part.max(5 << 20);
         self
+    }
+
+    fn heads_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, lru::LruCache<(String, String, i64), RemoteFile>> {
+        self.heads.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The protocol steps, for callers that drive an upload themselves and for checks.
@@ -404,10 +422,23 @@ impl Target for S3Target {
         }
         let mut out: Vec<RemoteFile> = futures_util::stream::iter(files)
             .map(|o| async move {
-                // The metadata (mtime) is only in HeadObject; an object gone since the
-                // listing is left out.
+                // The metadata (mtime) is only in HeadObject, asked once per version of
+                // an object; an object gone since the listing is left out.
+                let version = (o.key.clone(), o.etag.clone(), o.last_modified_ms);
+                let known = self.heads_lock().get(&version).cloned();
+                if let Some(f) = known {
+                    return Ok(Some(f));
+                }
                 match self.client.head_object(&o.key).await? {
-                    Some(info) => Ok(Some(Self::file_of(&info))),
+                    Some(info) => {
+                        let f = Self::file_of(&info);
+                        // Keyed by what the listing said, which HEAD agrees with unless
+                        // the object changed in between (then the next listing asks again).
+                        if info.etag == o.etag {
+                            self.heads_lock().put(version, f.clone());
+                        }
+                        Ok(Some(f))
+                    }
                     None => Ok::<_, TargetError>(None),
                 }
             })
