@@ -103,6 +103,8 @@ pub struct RawTarget {
     pub max_file_size: Option<u64>,
     /// Cap on the total time one request may spend in retries, seconds.
     pub retry_seconds: Option<u64>,
+    /// How long an operation waits for an unreachable target before it fails, seconds.
+    pub outage_seconds: Option<u64>,
     /// S3: the service's base URL; omitted means AWS for `region`.
     pub endpoint: Option<String>,
     /// S3: the signing region.
@@ -145,6 +147,8 @@ pub struct TargetConfig {
     pub insecure: bool,
     pub max_file_size: Option<u64>,
     pub retry_seconds: u64,
+    /// How long an operation waits for an unreachable target before it fails (EIO).
+    pub outage_seconds: u64,
     /// The S3 settings (`kind = "s3"` only).
     pub s3: Option<S3Config>,
 }
@@ -200,6 +204,9 @@ impl fmt::Debug for TargetConfig {
 
 /// Default bound on the time spent retrying one request.
 pub const DEFAULT_RETRY_SECONDS: u64 = 120;
+/// Default bound on an operation's wait for a target it cannot reach (the time a `cp`
+/// in the default mode may take to fail with EIO during an outage).
+pub const DEFAULT_OUTAGE_SECONDS: u64 = 15;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -420,6 +427,7 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
         insecure: raw.insecure,
         max_file_size: raw.max_file_size,
         retry_seconds: raw.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
+        outage_seconds: raw.outage_seconds.unwrap_or(DEFAULT_OUTAGE_SECONDS),
         s3: None,
     })
 }
@@ -493,6 +501,7 @@ fn validate_s3(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError>
         insecure: raw.insecure,
         max_file_size: raw.max_file_size,
         retry_seconds: raw.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
+        outage_seconds: raw.outage_seconds.unwrap_or(DEFAULT_OUTAGE_SECONDS),
         s3: Some(S3Config {
             endpoint,
             region,
@@ -639,6 +648,7 @@ impl TargetConfig {
             insecure: false,
             max_file_size: None,
             retry_seconds: DEFAULT_RETRY_SECONDS,
+            outage_seconds: DEFAULT_OUTAGE_SECONDS,
             s3: None,
         }
     }
@@ -677,6 +687,7 @@ impl TargetConfig {
             insecure: false,
             max_file_size: None,
             retry_seconds: DEFAULT_RETRY_SECONDS,
+            outage_seconds: DEFAULT_OUTAGE_SECONDS,
             s3: None,
         }
     }

@@ -71,12 +71,19 @@ impl Fs {
             return;
         }
         let started = Instant::now();
-        match self.target.list(&dref).await {
+        if self.target_unreachable() {
+            // An outage: the catalog answers at once (`outage`).
+            self.listing_skipped(dir);
+            return;
+        }
+        match crate::remote::health::quick(self.target.list(&dref)).await {
             Ok(entries) => {
+                self.listing_answered(dir);
                 let home = if self.caps.folders { dir } else { ROOT_INO };
                 self.merge(home, entries, started);
             }
             Err(e) => {
+                self.listing_failed(dir, &e);
                 tracing::warn!(dir, error = %e, "listing the target failed; showing the local view")
             }
         }
@@ -226,6 +233,7 @@ impl Fs {
             }
         }
         self.refresh(ino, false).await;
+        self.listing_refused(ino)?;
         let entries = {
             let t = self.tree();
             let n = t.get(ino).ok_or(libc::ENOENT)?;

@@ -16,6 +16,8 @@
 //!   adopting a copy that already landed and crash recovery.
 //! - `xattr`: the read-only extended attributes and statfs; `names`: name rules and
 //!   the heuristics for tools' temporary files.
+//! - `outage`: listings while the target is unreachable (from the catalog, marked stale)
+//!   or refuses the mount (an errno for `ls`, never an empty directory).
 //!
 //! Operations return [`FsResult`]: an [`Error`] is an errno plus what failed and why;
 //! [`crate::fuse`] turns it into the reply and logs the cause.
@@ -29,6 +31,7 @@ pub mod inode;
 mod listing;
 mod names;
 mod namespace;
+mod outage;
 pub mod pool;
 mod xattr;
 
@@ -148,6 +151,8 @@ pub struct Fs {
     uploads: commit::Uploads,
     /// Stage files kept for reuse ([`pool`]).
     pool: pool::StagePool,
+    /// Listings during outages and refused listings ([`outage`]).
+    outage: outage::Outage,
 }
 
 impl Fs {
@@ -181,6 +186,7 @@ impl Fs {
             stage_dir,
             uploads: commit::Uploads::default(),
             pool: pool::StagePool::default(),
+            outage: outage::Outage::default(),
         })
     }
 

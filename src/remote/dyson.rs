@@ -348,6 +348,10 @@ struct CloudFile {
 
 #[async_trait]
 impl Target for DysonTarget {
+    fn health(&self) -> Option<&std::sync::Arc<crate::remote::health::Health>> {
+        Some(self.http.health())
+    }
+
     fn check_name(&self, name: &str) -> Result<()> {
         check_name(name)
     }

@@ -565,6 +565,10 @@ fn to_remote(m: &Message, a: &Attachment) -> RemoteFile {
 
 #[async_trait]
 impl Target for FluxerTarget {
+    fn health(&self) -> Option<&std::sync::Arc<crate::remote::health::Health>> {
+        Some(self.http.health())
+    }
+
     fn check_name(&self, name: &str) -> Result<()> {
         super::names::check_fluxer_name(name)
     }

@@ -14,8 +14,17 @@
 //! backoff and full jitter, honouring `Retry-After` when the server sends it, until a total
 //! time budget is spent. Retries are per request — per part for uploads — so one bad part
 //! never re-sends a whole file.
+//!
+//! Outages ([`super::health`]): every attempt is reported to the target's one shared
+//! [`Health`]. A request that cannot reach the server (the cause sorted out by
+//! [`classify`]: refused, DNS, TLS, timeout) starts the outage clock, and every retry loop
+//! of every layer stops where that clock runs out (`outage_seconds`), not at its own
+//! budget: one bound per outage for a whole operation. While the target is down no request
+//! goes out ([`HttpClient::exchange`] fails at once), but the probe's. Namespace reads
+//! ([`super::health::quick`]) do not retry an unreachable server at all.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +34,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::health::{self, Cause, Health};
 use super::{ErrorKind, RemoteFile, Result, TargetError};
 use crate::config::{Secret, TargetConfig};
 
@@ -61,10 +71,13 @@ impl<T> Attempt<T> {
 }
 
 /// How long and how often one request is tried.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Total time one request may spend retrying.
     pub budget: Duration,
+    /// The target's shared health: its outage clock ends the retries of an unreachable
+    /// server, whatever is left of `budget`.
+    pub health: Option<Arc<Health>>,
 }
 
 impl RetryPolicy {
@@ -83,14 +96,35 @@ impl RetryPolicy {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry { after, reason } => {
-                    let delay = after
+                    let mut delay = after
                         .map(|d| d.min(MAX_DELAY))
                         .unwrap_or_else(|| backoff(n));
-                    if n >= MAX_ATTEMPTS || start.elapsed() + delay > self.budget {
+                    let outage = self.health.as_ref().filter(|h| h.unreachable_now());
+                    if let Some(h) = outage {
+                        // A namespace read or the probe does not wait for an unreachable
+                        // server; anyone else waits no longer than the outage clock: the
+                        // next attempt, at the deadline at the latest, is refused at once
+                        // by the gate if the server is still away.
+                        if health::is_quick() || health::is_probe() {
+                            return Err(h.error());
+                        }
+                        if let Some(deadline) = h.deadline() {
+                            delay = delay.min(deadline.saturating_duration_since(Instant::now()));
+                        }
+                    } else if health::is_probe() {
                         return Err(TargetError::new(
                             ErrorKind::Unavailable,
-                            format!("{what}: gave up after {n} attempts: {reason}"),
+                            format!("{what}: {reason}"),
                         ));
+                    }
+                    if n >= MAX_ATTEMPTS || start.elapsed() + delay > self.budget {
+                        return Err(match outage {
+                            Some(h) => h.error(),
+                            None => TargetError::new(
+                                ErrorKind::Unavailable,
+                                format!("{what}: gave up after {n} attempts: {reason}"),
+                            ),
+                        });
                     }
                     tracing::debug!(what, attempt = n, ?delay, reason, "retrying");
                     tokio::time::sleep(delay).await;
@@ -192,6 +226,8 @@ pub struct HttpClient {
     pub target_name: String,
     /// Total time one request may spend retrying.
     pub retry_budget: Duration,
+    /// The target's health, shared by every clone of this client.
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -217,7 +253,13 @@ impl HttpClient {
             token: cfg.token.clone(),
             target_name: name.to_string(),
             retry_budget: Duration::from_secs(cfg.retry_seconds),
+            health: Health::new(name, Duration::from_secs(cfg.outage_seconds)),
         })
+    }
+
+    /// The target's health, shared by every request of this client.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// The token, for protocols that put it somewhere other than `Authorization: Bearer`.
@@ -229,6 +271,7 @@ impl HttpClient {
     pub fn policy(&self) -> RetryPolicy {
         RetryPolicy {
             budget: self.retry_budget,
+            health: Some(self.health.clone()),
         }
     }
 
@@ -271,11 +314,24 @@ impl HttpClient {
                 "building the request: {bad}"
             )));
         }
+        if let Err(e) = self.health.gate() {
+            return Exchange::Fatal(e);
+        }
         let resp = match r.rb.send().await {
             Ok(resp) => resp,
-            Err(e) => return connection_failed(e),
+            Err(e) => {
+                let cause = classify(&e);
+                let x = connection_failed(e);
+                if let (Some(cause), Exchange::Lost(text)) = (cause, &x) {
+                    self.health.unreachable(cause, text);
+                }
+                return x;
+            }
         };
         let status = resp.status();
+        let busy = (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+            .then(|| format!("server answered {status}"));
+        self.health.answered(busy.as_deref());
         let headers = resp.headers().clone();
         let expected = resp.content_length();
         match resp.bytes().await {
@@ -369,6 +425,39 @@ fn connection_failed(e: reqwest::Error) -> Exchange {
         ));
     }
     Exchange::Lost(format!("connection error: {text}"))
+}
+
+/// Why a request that got no answer could not reach the server at all, when that is the
+/// reason (`None`: it reached the server and was cut off, or failed on our side).
+pub fn classify(e: &reqwest::Error) -> Option<Cause> {
+    // The causes only: the error's own text names the URL, whose host could say anything.
+    let mut io_kind = None;
+    let mut text = String::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        text.push_str(&inner.to_string().to_ascii_lowercase());
+        text.push(' ');
+        src = inner.source();
+    }
+    if io_kind == Some(std::io::ErrorKind::ConnectionRefused) || text.contains("refused") {
+        return Some(Cause::Refused);
+    }
+    if text.contains("dns error") || text.contains("lookup address") {
+        return Some(Cause::Dns);
+    }
+    if !e.is_connect() {
+        return None;
+    }
+    if e.is_timeout() || io_kind == Some(std::io::ErrorKind::TimedOut) {
+        Some(Cause::Timeout)
+    } else if text.contains("tls") || text.contains("handshake") {
+        Some(Cause::Tls)
+    } else {
+        Some(Cause::Connect)
+    }
 }
 
 /// Exponential backoff with full jitter for attempt `n` (1-based).

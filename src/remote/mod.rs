@@ -25,6 +25,7 @@ pub mod budget;
 pub mod cloudreve;
 pub mod dyson;
 pub mod fluxer;
+pub mod health;
 pub mod http;
 pub mod names;
 pub mod null;
@@ -324,6 +325,11 @@ pub trait Target: Send + Sync + 'static {
     /// One cheap authenticated request, to check the token (`config check`).
     async fn check(&self) -> Result<()> {
         self.list(&None).await.map(|_| ())
+    }
+
+    /// The target's health, shared by all its requests (`None`: no network, `null`).
+    fn health(&self) -> Option<&Arc<health::Health>> {
+        None
     }
 }
 

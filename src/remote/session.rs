@@ -257,7 +257,7 @@ pub async fn drive<P: PartProtocol>(
         req.observer.session_started(&id);
         tracing::debug!(session = %id, name = %req.name, protocol = layout.label,
             resumed = done.len(), "upload session");
-        let run = run_session(policy, req, &session, &layout, done);
+        let run = run_session(&policy, req, &session, &layout, done);
         let result = match &seal {
             // A given-up file stops its parts at once, whatever they are doing.
             Some(seal) => tokio::select! {
@@ -290,7 +290,7 @@ pub async fn drive<P: PartProtocol>(
 
 /// Parts, then completion, of one session.
 async fn run_session<S: PartSession>(
-    policy: RetryPolicy,
+    policy: &RetryPolicy,
     req: &UploadRequest,
     session: &S,
     layout: &Layout,

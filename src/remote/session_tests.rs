@@ -186,6 +186,7 @@ fn request(src: Arc<dyn PartSource>, size: u64) -> UploadRequest {
 
 const POLICY: RetryPolicy = RetryPolicy {
     budget: Duration::from_secs(5),
+    health: None,
 };
 
 #[tokio::test]

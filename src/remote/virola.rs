@@ -222,6 +222,10 @@ struct Attachment {
 
 #[async_trait]
 impl Target for VirolaTarget {
+    fn health(&self) -> Option<&std::sync::Arc<crate::remote::health::Health>> {
+        Some(self.http.health())
+    }
+
     fn check_name(&self, name: &str) -> Result<()> {
         check_name(name)
     }

@@ -8,7 +8,10 @@
 //! for the next mount.
 //!
 //! Rendering: one line per file with a progress bar (bytes done / total, rate, ETA, parts,
-//! last error) and totals. On a terminal `--watch` and `unmount` redraw in place with
+//! last error, the next try) and totals; above them, when there is something to say, the
+//! target's health (degraded or down, since when, why), a view answered from the catalog
+//! during an outage, a refused listing, or a dead mount (its daemon gone, the mountpoint
+//! answering ENOTCONN). On a terminal `--watch` and `unmount` redraw in place with
 //! indicatif; elsewhere they print plain snapshots.
 
 use std::io::{BufRead, BufReader, Write};
@@ -22,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fs::Fs;
 use crate::fs::{FileStatus, MountStatus};
+use crate::remote::health::{HealthView, Phase};
 
 /// File name of the socket in the state directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -128,9 +132,70 @@ pub struct StatusView {
     pub pid: u32,
     /// `daemon` (live, with progress) or `catalog` (the daemon's socket was unreachable).
     pub source: &'static str,
+    /// `running`, or `dead`: the daemon is gone and the mountpoint answers ENOTCONN.
+    pub mount: &'static str,
     pub write_back: bool,
+    /// The target's health, as the daemon sees it.
+    pub health: Option<HealthView>,
+    /// Uploads waiting for the target to answer again.
+    pub waiting: usize,
+    /// Some directory is shown from the catalog because the target was unreachable.
+    pub stale: bool,
+    /// The target refused a listing (token, missing folder): what `ls` answers.
+    pub listing_error: Option<String>,
+    /// What to do about the mount, when something is wrong with it.
+    pub note: Option<String>,
     pub pending: Vec<FileStatus>,
     pub totals: Totals,
+}
+
+impl StatusView {
+    /// The view of a running daemon's answer.
+    pub fn live(r: &crate::run::MountRecord, st: MountStatus) -> StatusView {
+        StatusView {
+            mountpoint: r.mountpoint.clone(),
+            target: r.target.clone(),
+            pid: r.pid,
+            source: "daemon",
+            mount: "running",
+            write_back: st.write_back,
+            health: st.health,
+            waiting: st.waiting,
+            stale: st.stale,
+            listing_error: st.listing_error,
+            note: None,
+            totals: Totals::of(&st.pending),
+            pending: st.pending,
+        }
+    }
+}
+
+/// A time of day (local) from ms since the epoch, for people.
+fn clock(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// One line on the target's health, unless it is up.
+pub fn health_text(target: &str, h: &HealthView) -> Option<String> {
+    if h.state == Phase::Up {
+        return None;
+    }
+    let secs = (crate::catalog::now_ms() - h.since_ms).max(0) / 1000;
+    Some(format!(
+        "target {target} is {} since {} ({secs} s){}",
+        h.state.as_str(),
+        clock(h.since_ms),
+        h.last_error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    ))
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -196,6 +261,11 @@ fn details(f: &FileStatus) -> String {
             f.attempts + 1,
             HumanDuration(Duration::from_secs_f64(r))
         ));
+    } else if f.waiting_for_target {
+        s.push_str(&format!(
+            "  retry {} when the target answers",
+            f.attempts + 1
+        ));
     }
     if let Some(e) = &f.error {
         s.push_str(&format!("  ({e})"));
@@ -228,13 +298,17 @@ pub fn render_text(views: &[StatusView]) -> String {
     }
     for v in views {
         out.push_str(&format!(
-            "{} ({}, pid {}{}): {} file(s) not in sync\n",
+            "{} ({}, pid {}{}{}): {} file(s) not in sync\n",
             v.mountpoint.display(),
             v.target,
             v.pid,
             if v.write_back { ", write-back" } else { "" },
+            if v.mount == "dead" { ", DEAD" } else { "" },
             v.pending.len()
         ));
+        for line in about(v) {
+            out.push_str(&format!("  {line}\n"));
+        }
         for f in &v.pending {
             out.push_str(&format!(
                 "  {:<10} {} {:>10} / {:<10} {}{}\n",
@@ -251,6 +325,32 @@ pub fn render_text(views: &[StatusView]) -> String {
         }
     }
     out
+}
+
+/// What is wrong with a mount, one line each: a dead daemon, the target's health, a view
+/// from the catalog, a refused listing.
+pub fn about(v: &StatusView) -> Vec<String> {
+    let mut lines = vec![];
+    if let Some(n) = &v.note {
+        lines.push(n.clone());
+    }
+    if let Some(h) = v.health.as_ref().and_then(|h| health_text(&v.target, h)) {
+        lines.push(h);
+    }
+    if v.waiting > 0 {
+        lines.push(format!(
+            "{} upload(s) wait for the target and are retried when it answers",
+            v.waiting
+        ));
+    }
+    if v.stale {
+        lines
+            .push("listings are answered from the catalog (stale) until the target answers".into());
+    }
+    if let Some(e) = &v.listing_error {
+        lines.push(e.clone());
+    }
+    lines
 }
 
 /// Live progress bars, redrawn in place on a terminal.

@@ -43,13 +43,20 @@ pub(super) fn read_record(mountpoint: &Path) -> Option<MountRecord> {
 }
 
 pub(super) fn all_records() -> Vec<MountRecord> {
+    every_record()
+        .into_iter()
+        .filter(|r| pid_alive(r.pid))
+        .collect()
+}
+
+/// Every record, those of daemons that died included.
+pub(super) fn every_record() -> Vec<MountRecord> {
     let Ok(rd) = std::fs::read_dir(registry_dir()) else {
         return vec![];
     };
     rd.filter_map(|e| e.ok())
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .filter_map(|t| serde_json::from_str::<MountRecord>(&t).ok())
-        .filter(|r| pid_alive(r.pid))
         .collect()
 }
 

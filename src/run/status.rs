@@ -1,5 +1,10 @@
 //! `uploadfs unmount` (drain with progress, then unmount and wait for the daemon) and
 //! `uploadfs status` (live from a daemon's control socket, else from its catalog).
+//!
+//! `unmount` says at once when the uploads it waits for wait for an unreachable target,
+//! and names `--force`, which unmounts without them: they stay staged and journaled and
+//! go up at the next mount. `status` also shows mounts whose daemon died (the mountpoint
+//! answers ENOTCONN), with what they left to upload and how to get the mountpoint back.
 
 use std::path::Path;
 use std::process::Command;
@@ -7,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 
-use super::registry::{all_records, mounted_fstype, pid_alive, read_record, MountRecord};
+use super::registry::{
+    all_records, every_record, mounted_fstype, pid_alive, read_record, MountRecord,
+};
 use crate::catalog::{Catalog, NodeRow, ROOT_INO};
 use crate::cli::{StatusArgs, UnmountArgs};
 
@@ -93,14 +100,36 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
     if let (Some(r), Some(sock)) = (&record, &socket) {
         let mut view = crate::run::control::LiveView::new(true);
         let mut last_draw: Option<Instant> = None;
+        let mut last_text = String::new();
+        let mut hinted = false;
         loop {
             let st = match crate::run::control::query_status(sock) {
                 Ok(st) => st,
                 Err(e) => {
+                    if mounted_fstype(&mp).is_none() {
+                        // Unmounted meanwhile (`unmount --force` from elsewhere).
+                        return Ok(());
+                    }
                     tracing::warn!(error = %e, "cannot read the daemon's progress");
                     break;
                 }
             };
+            let unreachable = st.health.as_ref().is_some_and(|h| h.unreachable);
+            if st.busy > 0 && (st.waiting > 0 || unreachable) && !hinted {
+                hinted = true;
+                let why = st
+                    .health
+                    .as_ref()
+                    .and_then(|h| crate::run::control::health_text(&r.target, h))
+                    .unwrap_or_else(|| format!("target {} is unreachable", r.target));
+                eprintln!(
+                    "uploadfs: {why}\nuploadfs: {} upload(s) wait for it; unmount waits until they \
+                     are done. `uploadfs unmount --force {}` unmounts now and keeps them staged \
+                     for the next mount.",
+                    st.busy,
+                    mp.display()
+                );
+            }
             if st.busy == 0 {
                 let failed = st.pending.iter().filter(|f| f.state == "failed").count();
                 if failed > 0 {
@@ -110,18 +139,15 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
                 }
                 break;
             }
-            // A plain (non-terminal) view prints a snapshot every few seconds only.
+            // A plain (non-terminal) view prints a snapshot every few seconds only, and only
+            // when something changed.
             if last_draw.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
-                let pending = st.pending.clone();
-                view.update(&[crate::run::control::StatusView {
-                    mountpoint: mp.clone(),
-                    target: r.target.clone(),
-                    pid: r.pid,
-                    source: "daemon",
-                    write_back: st.write_back,
-                    totals: crate::run::control::Totals::of(&pending),
-                    pending,
-                }]);
+                let v = crate::run::control::StatusView::live(r, st);
+                let text = crate::run::control::render_text(std::slice::from_ref(&v));
+                if text != last_text {
+                    view.update(&[v]);
+                    last_text = text;
+                }
                 last_draw = Some(Instant::now());
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -172,19 +198,10 @@ fn node_paths(nodes: &[NodeRow]) -> std::collections::HashMap<u64, String> {
 fn mount_status(r: &MountRecord) -> anyhow::Result<crate::run::control::StatusView> {
     use crate::fs::FileStatus;
     use crate::run::control::{StatusView, Totals};
-    if let Some(sock) = &r.control {
+    let dead = !pid_alive(r.pid);
+    if let Some(sock) = r.control.as_ref().filter(|_| !dead) {
         match crate::run::control::query_status(sock) {
-            Ok(st) => {
-                return Ok(StatusView {
-                    mountpoint: r.mountpoint.clone(),
-                    target: r.target.clone(),
-                    pid: r.pid,
-                    source: "daemon",
-                    write_back: st.write_back,
-                    totals: Totals::of(&st.pending),
-                    pending: st.pending,
-                })
-            }
+            Ok(st) => return Ok(StatusView::live(r, st)),
             Err(e) => tracing::debug!(error = %e, "daemon unreachable; reading the catalog"),
         }
     }
@@ -205,17 +222,40 @@ fn mount_status(r: &MountRecord) -> anyhow::Result<crate::run::control::StatusVi
             error: n.last_error,
             attempts: 0,
             retry_in_seconds: None,
+            waiting_for_target: false,
         })
         .collect();
+    let note = dead.then(|| {
+        format!(
+            "the daemon (pid {}) is gone; the mountpoint answers ENOTCONN (Transport endpoint \
+             is not connected). `uploadfs mount {} {}` takes it over and uploads what is left; \
+             `fusermount3 -uz {}` only detaches it",
+            r.pid,
+            r.target,
+            r.mountpoint.display(),
+            r.mountpoint.display()
+        )
+    });
     Ok(StatusView {
         mountpoint: r.mountpoint.clone(),
         target: r.target.clone(),
         pid: r.pid,
         source: "catalog",
+        mount: if dead { "dead" } else { "running" },
         write_back: false,
+        health: None,
+        waiting: 0,
+        stale: false,
+        listing_error: None,
+        note,
         totals: Totals::of(&pending),
         pending,
     })
+}
+
+/// A record whose daemon died while its mount stayed (the mountpoint answers ENOTCONN).
+fn dead_mount(r: &MountRecord) -> bool {
+    !pid_alive(r.pid) && mounted_fstype(&r.mountpoint).is_some()
 }
 
 /// `uploadfs status`: files of running mounts that are not in sync with the remote, with
@@ -224,12 +264,19 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let records = || -> anyhow::Result<Vec<MountRecord>> {
         Ok(match &args.mountpoint {
             Some(m) => {
-                let mp = m.canonicalize().unwrap_or_else(|_| m.clone());
+                let mp = m
+                    .canonicalize()
+                    .or_else(|_| std::path::absolute(m))
+                    .unwrap_or_else(|_| m.clone());
                 vec![read_record(&mp)
-                    .filter(|r| pid_alive(r.pid))
+                    .filter(|r| pid_alive(r.pid) || dead_mount(r))
                     .ok_or_else(|| anyhow!("{} is not a running uploadfs mount", mp.display()))?]
             }
-            None => all_records(),
+            None => {
+                let mut v = all_records();
+                v.extend(every_record().into_iter().filter(dead_mount));
+                v
+            }
         })
     };
     let views = || -> anyhow::Result<Vec<crate::run::control::StatusView>> {

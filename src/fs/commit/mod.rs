@@ -262,6 +262,7 @@ impl Fs {
                 self.set_failed(ino, &message);
                 let mut err = Error::from(e);
                 err.message = message.into();
+                self.failed_in_outage(ino, &err);
                 return Err(err);
             }
         };

@@ -10,6 +10,12 @@
 //!
 //! The same registry tracks the progress of every running upload, synchronous ones too,
 //! for `uploadfs status` and `uploadfs unmount`.
+//!
+//! Outages: an upload that failed because the target could not be reached (in either
+//! mode, synchronous ones included: [`Fs::failed_in_outage`]) stays queued, *waiting for
+//! the target*, with its attempt count; the worker leaves it alone until the target's
+//! health says it answers again, then tries every waiting file at once. The worker also
+//! runs the health's probe while the target is down ([`Fs::run_uploads`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -45,6 +51,9 @@ pub(super) struct Entry {
     /// Queued by recovery at mount: look for a finished upload remotely first.
     pub(super) recovered: bool,
     pub(super) running: bool,
+    /// The last attempt failed because the target was unreachable: tried again when it
+    /// answers, not on a timer.
+    pub(super) waiting: bool,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +92,7 @@ impl Uploads {
                 e.again = true;
             }
             e.not_before = delay.map(|d| Instant::now() + d);
+            e.waiting = false;
             if !recovered {
                 // New data from a close: a fresh start, not a retry.
                 e.attempts = 0;
@@ -114,6 +124,16 @@ impl Uploads {
             .count()
     }
 
+    /// Uploads waiting for the target to answer again (counted in [`Uploads::busy`]:
+    /// `unmount` waits for them, and says so).
+    pub fn waiting(&self) -> usize {
+        self.lock()
+            .queue
+            .values()
+            .filter(|e| e.waiting && !e.running)
+            .count()
+    }
+
     pub fn set_abandon(&self) {
         self.lock().abandon = true;
         self.changed.notify_waiters();
@@ -121,6 +141,25 @@ impl Uploads {
 
     pub fn abandoned(&self) -> bool {
         self.lock().abandon
+    }
+
+    /// The target answers again: every upload waiting for it is tried now. How many.
+    fn resume_waiting(&self) -> usize {
+        let n = {
+            let mut g = self.lock();
+            let mut n = 0;
+            for e in g.queue.values_mut().filter(|e| e.waiting) {
+                e.waiting = false;
+                e.not_before = None;
+                n += 1;
+            }
+            n
+        };
+        if n > 0 {
+            self.wake.notify_one();
+            self.changed.notify_waiters();
+        }
+        n
     }
 }
 
@@ -246,9 +285,59 @@ impl Fs {
         Ok(true)
     }
 
+    /// `e`, the failure of an upload of `ino`, came from an outage: the target could not be
+    /// reached. Only the uploads of which the target is the cause wait for it.
+    fn is_outage(&self, e: &Error) -> bool {
+        e.remote_kind() == Some(crate::remote::ErrorKind::Unavailable)
+            && self.target.health().is_some_and(|h| h.unreachable_now())
+    }
+
+    /// A synchronous upload of `ino` failed with `e` (the default mode's close, fsync): if
+    /// the target could not be reached, the file waits in the queue for the target to
+    /// answer again, so it lands without another close or a remount. The worker's own
+    /// attempts are counted by [`Fs::upload_finished`].
+    pub(in crate::fs) fn failed_in_outage(&self, ino: u64, e: &Error) {
+        if !self.is_outage(e) {
+            return;
+        }
+        {
+            let mut g = self.uploads.lock();
+            let entry = g.queue.entry(ino).or_default();
+            if entry.running {
+                return;
+            }
+            entry.attempts += 1;
+            entry.waiting = true;
+            entry.not_before = None;
+        }
+        self.uploads.changed.notify_waiters();
+    }
+
+    /// Follow the target's health: probe it while it is down, and try every upload that
+    /// waits for it as soon as it answers again.
+    fn watch_health(self: &Arc<Self>) {
+        let Some(health) = self.target.health().cloned() else {
+            return;
+        };
+        tokio::spawn(health.clone().probe(self.target.clone()));
+        let fs = self.clone();
+        tokio::spawn(async move {
+            let mut changes = health.subscribe();
+            while changes.changed().await.is_ok() {
+                if !health.unreachable_now() {
+                    let n = fs.uploads.resume_waiting();
+                    if n > 0 {
+                        tracing::info!(files = n, "the target answers again; retrying uploads");
+                    }
+                }
+            }
+        });
+    }
+
     /// The worker: uploads queued files, [`PARALLEL_UPLOADS`] at a time, until the process
-    /// ends.
+    /// ends. It also follows the target's health (probe, retries when it answers again).
     pub async fn run_uploads(self: Arc<Self>) {
+        self.watch_health();
         loop {
             let (ready, next) = {
                 let mut g = self.uploads.lock();
@@ -257,7 +346,7 @@ impl Fs {
                 let mut ready = vec![];
                 let mut next: Option<Instant> = None;
                 for (ino, e) in g.queue.iter_mut() {
-                    if e.running {
+                    if e.running || e.waiting {
                         continue;
                     }
                     match e.not_before {
@@ -294,6 +383,7 @@ impl Fs {
         if let Err(e) = &r {
             tracing::error!(ino, errno = e.errno, error = %e, "background upload failed");
         }
+        let outage = r.as_ref().err().is_some_and(|e| self.is_outage(e));
         {
             let mut g = self.uploads.lock();
             let write_back = g.write_back;
@@ -305,6 +395,16 @@ impl Fs {
                     e.not_before = None;
                 } else if r.is_ok() {
                     g.queue.remove(&ino);
+                } else if outage {
+                    // Both modes: tried again when the target answers.
+                    e.attempts += 1;
+                    e.waiting = true;
+                    e.not_before = None;
+                    tracing::warn!(
+                        ino,
+                        attempts = e.attempts,
+                        "the target is unreachable; the upload waits for it"
+                    );
                 } else if write_back {
                     e.attempts += 1;
                     let wait = backoff(e.attempts);
@@ -360,13 +460,14 @@ impl Fs {
     }
 
     /// Wait until no background upload is queued or running (failed ones waiting for
-    /// their retry are left journaled), or until `abandon` is set.
+    /// their retry, and those waiting for an unreachable target, are left journaled), or
+    /// until `abandon` is set.
     pub async fn drain(&self) {
         loop {
             let notified = self.uploads.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.uploads.busy() == 0 || self.uploads.abandoned() {
+            if self.uploads.busy() == self.uploads.waiting() || self.uploads.abandoned() {
                 return;
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;

@@ -339,6 +339,10 @@ impl BoxTarget {
 
 #[async_trait]
 impl Target for BoxTarget {
+    fn health(&self) -> Option<&std::sync::Arc<crate::remote::health::Health>> {
+        Some(self.http.health())
+    }
+
     fn check_name(&self, name: &str) -> Result<()> {
         crate::remote::names::check_box_name(name)
     }

@@ -467,6 +467,10 @@ fn code_error(what: &str, code: i64, msg: &str) -> TargetError {
 
 #[async_trait]
 impl Target for CloudreveTarget {
+    fn health(&self) -> Option<&std::sync::Arc<crate::remote::health::Health>> {
+        Some(self.http.health())
+    }
+
     fn check_name(&self, name: &str) -> Result<()> {
         // Else code 40052, illegal name.
         crate::remote::check_plain_name(name, "Cloudreve refuses this name")

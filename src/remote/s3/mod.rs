@@ -360,6 +360,10 @@ fn last_name(key: &str) -> &str {
 
 #[async_trait]
 impl Target for S3Target {
+    fn health(&self) -> Option<&std::sync::Arc<crate::remote::health::Health>> {
+        Some(self.client.http.health())
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             kind: "s3",
