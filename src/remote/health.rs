@@ -221,13 +221,18 @@ impl Health {
         }
     }
 
-    /// A request could not reach the server: the outage clock starts (or runs on).
-    pub fn unreachable(&self, cause: Cause, detail: &str) {
+    /// A request to `server` (host:port) could not reach it: the outage clock starts (or
+    /// runs on).
+    pub fn unreachable(&self, cause: Cause, server: &str) {
         let mut st = self.lock();
         let now = Instant::now();
         let since = *st.failing_since.get_or_insert(now);
         st.cause = Some(cause);
-        st.last_error = Some(format!("{cause}: {detail}"));
+        st.last_error = Some(if server.is_empty() {
+            cause.to_string()
+        } else {
+            format!("{cause} ({server})")
+        });
         if now.duration_since(since) >= self.outage {
             self.enter(&mut st, Phase::Down);
         } else if st.phase == Phase::Up {
@@ -332,7 +337,7 @@ mod tests {
         let h = Health::new("t", Duration::from_millis(50));
         let mut rx = h.subscribe();
         assert!(h.gate().is_ok());
-        h.unreachable(Cause::Refused, "tcp connect");
+        h.unreachable(Cause::Refused, "127.0.0.1:9");
         assert_eq!(h.phase(), Phase::Degraded);
         assert!(h.gate().is_ok(), "the clock still runs");
         assert!(h.deadline().is_some());

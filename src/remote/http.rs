@@ -321,9 +321,21 @@ impl HttpClient {
             Ok(resp) => resp,
             Err(e) => {
                 let cause = classify(&e);
+                // Where it could not connect: host and port only (a signed URL's query
+                // holds secrets).
+                let server = e
+                    .url()
+                    .map(|u| {
+                        format!(
+                            "{}:{}",
+                            u.host_str().unwrap_or(""),
+                            u.port_or_known_default().unwrap_or(0)
+                        )
+                    })
+                    .unwrap_or_default();
                 let x = connection_failed(e);
-                if let (Some(cause), Exchange::Lost(text)) = (cause, &x) {
-                    self.health.unreachable(cause, text);
+                if let (Some(cause), Exchange::Lost(_)) = (cause, &x) {
+                    self.health.unreachable(cause, &server);
                 }
                 return x;
             }

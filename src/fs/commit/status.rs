@@ -127,6 +127,8 @@ impl Fs {
         }
         pending.sort_by(|a, b| a.path.cmp(&b.path));
         let (stale, listing_error) = self.listing_status();
+        // During an outage every view comes from the catalog.
+        let stale = stale || outage.is_some();
         MountStatus {
             write_back,
             pending,
