@@ -341,3 +341,22 @@ fn status_shows_a_dead_mount() {
         "{txt}"
     );
 }
+
+/// S3: a refused secret key is EACCES for `ls` as well (the real S3 server).
+#[test]
+fn s3_wrong_secret() {
+    let weed = common::s3::Weed::shared();
+    let bucket = weed.bucket("wrongsecret");
+    let work = tempfile::tempdir().unwrap();
+    let cfg = weed.config_file(work.path(), "t", &bucket, "");
+    let toml = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(common::s3::SECRET_KEY, "not-the-secret-key-0123456789");
+    std::fs::write(&cfg, toml).unwrap();
+    let m = Mount::with_config(work.path(), "t", &cfg, &[]);
+    let out = sh_run(work.path(), &[], Duration::from_secs(60), "ls mnt");
+    assert_fails_with(&out, "Permission denied", "s3: ls with a wrong secret key");
+    let v = m.status_json();
+    let e = v["mounts"][0]["listing_error"].as_str().unwrap_or("");
+    assert!(e.contains("refused"), "s3: {v}");
+}
