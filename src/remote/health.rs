@@ -103,8 +103,6 @@ struct State {
     /// answered since).
     failing_since: Option<Instant>,
     last_error: Option<String>,
-    /// The cause of the running outage.
-    cause: Option<Cause>,
 }
 
 /// The shared health of one configured target.
@@ -163,7 +161,6 @@ impl Health {
                 since_ms: crate::catalog::now_ms(),
                 failing_since: None,
                 last_error: None,
-                cause: None,
             }),
             changed,
         })
@@ -211,7 +208,6 @@ impl Health {
     pub fn answered(&self, busy: Option<&str>) {
         let mut st = self.lock();
         st.failing_since = None;
-        st.cause = None;
         match busy {
             Some(reason) => {
                 st.last_error = Some(reason.to_string());
@@ -227,7 +223,6 @@ impl Health {
         let mut st = self.lock();
         let now = Instant::now();
         let since = *st.failing_since.get_or_insert(now);
-        st.cause = Some(cause);
         st.last_error = Some(if server.is_empty() {
             cause.to_string()
         } else {

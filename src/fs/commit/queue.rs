@@ -339,6 +339,11 @@ impl Fs {
     pub async fn run_uploads(self: Arc<Self>) {
         self.watch_health();
         loop {
+            // Also here, not only on the health's change: an upload that failed just as
+            // the target came back must not wait for the next outage to end.
+            if !self.target_unreachable() {
+                self.uploads.resume_waiting();
+            }
             let (ready, next) = {
                 let mut g = self.uploads.lock();
                 let now = Instant::now();
