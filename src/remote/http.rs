@@ -622,3 +622,47 @@ pub fn check_read(
     }
     Ok(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port nothing listens on: bound, then closed.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_classified_and_ends_retries_at_the_outage_bound() {
+        let mut cfg = TargetConfig::null();
+        cfg.outage_seconds = 1;
+        let http = HttpClient::new("t", &cfg).unwrap();
+        let url = format!("http://127.0.0.1:{}/x", closed_port());
+        let e = reqwest::get(&url).await.unwrap_err();
+        assert_eq!(classify(&e), Some(Cause::Refused));
+        let e = reqwest::get("http://no-such-host.invalid/x")
+            .await
+            .unwrap_err();
+        assert_eq!(classify(&e), Some(Cause::Dns));
+
+        // Retried until the outage clock runs out, then refused at once while down.
+        let start = Instant::now();
+        let e = http.call("get", || http.get(&url)).await.unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(e.message.contains("target t unreachable"), "{e}");
+        assert!(e.message.contains("connection refused (127.0.0.1:"), "{e}");
+        assert_eq!(http.health().phase(), health::Phase::Down);
+        let start = Instant::now();
+        assert!(http.call("get", || http.get(&url)).await.is_err());
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "down: no request goes out"
+        );
+    }
+}
