@@ -10,7 +10,10 @@
 //!
 //! Then ([`Fs::recover`]) files left `queued` or `failed` are queued again in both modes;
 //! the worker first looks remotely for an upload that finished just before the crash
-//! (`adopt`) and checks that the stage still holds what was journaled.
+//! (`adopt`) and checks that the stage still holds what was journaled. Files an earlier
+//! run left after `unmount --force` during an outage come back the same way; should the
+//! target still be unreachable, they wait for it in the queue like any upload an outage
+//! stopped (`queue`), and go up when it answers.
 
 use std::sync::Arc;
 
