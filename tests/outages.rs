@@ -81,10 +81,8 @@ fn health(m: &Mount) -> serde_json::Value {
 
 /// Default mode: the bounded failure, the log line, the instant cached listing, status
 /// down with the file retrying, and the file landing by itself when the server is back.
-#[test]
-fn default_mode_outage() {
+fn default_mode_outage(kind: TargetKind) {
     let mut s = TestServer::new();
-    let kind = TargetKind::Box;
     let m = mount(&s, kind, &[]);
     let work = s.dir.path().to_path_buf();
     let a = pattern(10_000, 1);
@@ -158,6 +156,14 @@ fn default_mode_outage() {
     assert_eq!(health(&m)["state"], "up");
     sh(&work, "cmp b.bin mnt/b.bin");
 }
+
+common::per_kind!(default_mode_outage;
+    box_default_mode_outage => Box,
+    cloudreve_default_mode_outage => Cloudreve,
+    fluxer_default_mode_outage => Fluxer,
+    virola_default_mode_outage => Virola,
+    dyson_default_mode_outage => Dyson,
+);
 
 /// Write-back: a file closed during the outage lands by itself when the server is back;
 /// a second outage: `unmount` names `--force` at once, `--force` unmounts within seconds,
