@@ -405,7 +405,8 @@ impl Fs {
                     e.attempts += 1;
                     e.waiting = true;
                     e.not_before = None;
-                    tracing::warn!(
+                    // The failure itself is logged above, with its cause.
+                    tracing::debug!(
                         ino,
                         attempts = e.attempts,
                         "the target is unreachable; the upload waits for it"
