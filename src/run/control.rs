@@ -441,7 +441,17 @@ impl LiveView {
         self.totals.set_message(if views.is_empty() {
             "no uploadfs mounts running".to_string()
         } else {
-            totals_text(&Totals::of(&all))
+            // What is wrong with a mount (a down target, a dead daemon) above the totals.
+            let mut lines: Vec<String> = views
+                .iter()
+                .flat_map(|v| {
+                    about(v)
+                        .into_iter()
+                        .map(move |l| format!("{}: {l}", v.mountpoint.display()))
+                })
+                .collect();
+            lines.push(totals_text(&Totals::of(&all)));
+            lines.join("\n")
         });
     }
 
