@@ -366,3 +366,54 @@ fn s3_wrong_secret() {
     let e = v["mounts"][0]["listing_error"].as_str().unwrap_or("");
     assert!(e.contains("refused"), "s3: {v}");
 }
+
+/// The listing that discovers an outage is tried once: `ls` and `stat` answer at once
+/// from the catalog, and status marks the view stale.
+#[test]
+fn the_first_listing_in_an_outage_answers_at_once() {
+    let mut s = TestServer::new();
+    let m = mount(&s, TargetKind::Box, &[]);
+    let work = s.dir.path().to_path_buf();
+    sh(&work, "echo hello > mnt/known.txt && ls mnt");
+    stop(&mut s);
+    // Past the listing cache's lifetime (5 s), so the next `ls` asks the target.
+    std::thread::sleep(Duration::from_millis(5500));
+    let t = Instant::now();
+    let out = sh(&work, "ls mnt");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "ls took {:?} discovering the outage",
+        t.elapsed()
+    );
+    assert!(
+        text(&out.stdout).contains("known.txt"),
+        "{}",
+        text(&out.stdout)
+    );
+    let t = Instant::now();
+    let out = sh_run(&work, &[], Duration::from_secs(30), "stat mnt/nothing-here");
+    assert_fails_with(
+        &out,
+        "No such file",
+        "stat of a missing name during the outage",
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stat took {:?}",
+        t.elapsed()
+    );
+    // Data neither staged nor cached needs the server: EIO within the outage bound.
+    let t = Instant::now();
+    let out = sh_run(&work, &[], Duration::from_secs(60), "cat mnt/known.txt");
+    assert_fails_with(&out, "Input/output error", "a read during the outage");
+    assert!(
+        t.elapsed() < Duration::from_secs(OUTAGE) + SLACK,
+        "the read took {:?}",
+        t.elapsed()
+    );
+    let v = m.status_json();
+    let mnt = &v["mounts"][0];
+    assert_eq!(mnt["stale"], true, "{v}");
+    assert_eq!(mnt["health"]["unreachable"], true, "{v}");
+    restart(&mut s);
+}
