@@ -15,7 +15,8 @@
 //!   seal → commit → landed/failed), with write-back's queue, the size-hinted early start,
 //!   adopting a copy that already landed and crash recovery.
 //! - `xattr`: the read-only extended attributes and statfs; `names`: name rules and
-//!   the heuristics for tools' temporary files.
+//!   the heuristics for tools' temporary files; `repost`: a renamed file posted again
+//!   under its new name on flat targets that cannot rename remotely.
 //!
 //! Operations return [`FsResult`]: an [`Error`] is an errno plus what failed and why;
 //! [`crate::fuse`] turns it into the reply and logs the cause.
@@ -30,6 +31,7 @@ mod listing;
 mod names;
 mod namespace;
 pub mod pool;
+mod repost;
 mod xattr;
 
 pub use commit::{FileStatus, MountStatus, Uploads};
