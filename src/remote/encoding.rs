@@ -7,8 +7,8 @@
 //! | local | remote | rule | kinds |
 //! |---|---|---|---|
 //! | `\` | `＼` (U+FF3C) | backslash | every kind but `null` |
-//! | control U+0001–U+001F | `␁`–`␟` (U+2401–U+241F) | control | Box, Fluxer |
-//! | DEL U+007F | `␡` (U+2421) | control | Box, Fluxer |
+//! | control U+0001–U+001F | `␁`–`␟` (U+2401–U+241F) | control | Box, Fluxer, Virola |
+//! | DEL U+007F | `␡` (U+2421) | control | Box, Fluxer, Virola |
 //! | leading or trailing space | `␠` (U+2420) | edge spaces | Box |
 //!
 //! A name that already holds a stand-in where it would be read back as one gets the quote
@@ -55,7 +55,8 @@ pub struct Rules {
 
 impl Rules {
     /// The rules of a target kind (`Capabilities::kind`). Every service refuses `\`;
-    /// Box and Fluxer refuse control characters; Box refuses leading and trailing spaces.
+    /// Box and Fluxer refuse control characters, and Virola's names travel in a multipart
+    /// header and a URL path, where they cannot; Box refuses leading and trailing spaces.
     pub fn for_kind(kind: &str) -> Rules {
         match kind {
             "null" => Rules::default(),
@@ -64,7 +65,7 @@ impl Rules {
                 control: true,
                 edge_spaces: true,
             },
-            "fluxer" => Rules {
+            "fluxer" | "virola" => Rules {
                 backslash: true,
                 control: true,
                 edge_spaces: false,
