@@ -50,7 +50,10 @@ pub struct GenerateArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Generate {
     /// Shell completions, e.g. `uploadfs generate completions bash > /etc/bash_completion.d/uploadfs`.
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// The man pages (roff): the top-level page on standard output, e.g.
     /// `uploadfs generate man > uploadfs.1`; with --dir, that page and one per subcommand
     /// (uploadfs-mount.1, uploadfs-config-check.1, ...) written into DIR.
@@ -99,6 +102,7 @@ pub struct MountArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct UnmountArgs {
+    /// The directory the target is mounted at.
     pub mountpoint: PathBuf,
     /// Do not wait for pending uploads (they stay journaled for the next mount).
     #[arg(long)]
