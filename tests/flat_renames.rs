@@ -3,7 +3,8 @@
 //! (`sed -i`, rsync's `.NAME.XXXXXX`, an editor's save-by-rename, plain `mv`) leave the
 //! right names, and a fresh mount (new cache and state directories) of the same channel
 //! shows them; no temporary name is left on the server. Run in the default mode (the
-//! upload has landed when the rename comes) and in write-back mode (it may not have).
+//! upload has landed when the rename comes, unless the temporary name is a known tool's)
+//! and in write-back mode (it may not have).
 
 mod common;
 
@@ -36,7 +37,15 @@ fn renames(kind: TargetKind, extra: &[&str]) {
     let f1 = pattern(300_000, 7);
     std::fs::write(work.join("src/f1.bin"), &f1).unwrap();
     std::fs::write(work.join("src/f2.txt"), b"second file\n").unwrap();
+    let before = s.bytes_received();
     sh(&work, "rsync -r src/ mnt/");
+    // Each file went up once, under its final name: no second post after the rename.
+    let sent = s.bytes_received() - before;
+    assert!(
+        sent < (f1.len() as u64) * 3 / 2,
+        "{proto}: rsync sent {sent} bytes for {} bytes of files",
+        f1.len() + 12
+    );
     // mv of a file that landed long ago.
     std::fs::write(m.path("a.txt"), b"plain move\n").unwrap();
     sh(&work, "mv mnt/a.txt mnt/b.txt");
