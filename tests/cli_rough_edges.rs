@@ -152,3 +152,38 @@ fn a_non_empty_mountpoint_is_refused_unless_nonempty() {
         b"would be hidden"
     );
 }
+
+/// `uploadfs put` and `get` speak local names too: a name Box refuses goes up encoded
+/// and comes back by the name it was given.
+#[test]
+fn put_and_get_encode_names() {
+    let s = TestServer::new();
+    let cfg = write_config(&s, TargetKind::Box, "");
+    let home = s.dir.path();
+    let src = home.join("payload.bin");
+    std::fs::write(&src, b"odd name").unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .env("HOME", home)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        out
+    };
+    run(&[
+        "put",
+        "-q",
+        src.to_str().unwrap(),
+        "t:back\\slash and tab\t ",
+    ]);
+    assert!(
+        s.stored("box").contains_key("back＼slash and tab␉␠"),
+        "{:?}",
+        s.stored("box")
+    );
+    let out = run(&["get", "-q", "t:back\\slash and tab\t "]);
+    assert_eq!(out.stdout, b"odd name");
+}
