@@ -1,16 +1,17 @@
 //! Renames on flat targets that cannot rename remotely (Fluxer, Virola): the file is
 //! posted again under its new name and the old post deleted, so the server holds the
-//! final names (`sed -i`'s temporary file, an editor's save-by-rename, rsync's
-//! `.NAME.XXXXXX`) and a fresh mount of the same channel shows what this one shows.
+//! final names (an editor's save-by-rename, a plain `mv`) and a fresh mount of the same
+//! channel shows what this one shows.
 //!
-//! Cost: a file still pending when it is renamed needs nothing here, its upload takes the
-//! name it has when it starts (write-back: the queue; the common case of a rename right
-//! after a write-back close). A file renamed while its upload runs is re-posted once that
-//! upload lands. A landed file is sent again from its local copy (the stage, while the
-//! file is open) or, failing that, downloaded first; the one upload path (`commit`) then
-//! lands it under the new name and deletes the post it replaces.
-//! Targets with a remote rename (Dyson, and the folder targets) rename in
-//! [`Fs::rename`] itself and never come here.
+//! Cost: nothing here for a file not yet landed when it is renamed: its upload takes the
+//! name it has when it starts (write-back: the queue, so the common rename right after a
+//! close; the temporary files of GIO, rsync and `sed -i`, whose upload waits for the
+//! rename, see `names.rs`; a file still being written, uploaded by its writer's close). A
+//! file renamed while its upload runs is re-posted once that upload lands. A landed file
+//! is sent again from its local copy (the stage, while the file is open) or, failing
+//! that, downloaded first; the one upload path (`close_commit`) then lands it under the
+//! new name and deletes the post it replaces. Targets with a remote rename (Dyson, and
+//! the folder targets) rename in [`Fs::rename`] itself and never come here.
 
 use std::sync::atomic::Ordering;
 
@@ -46,6 +47,11 @@ impl Fs {
         if let Some(of) = &open {
             // An upload in flight posts under the old name: let it land first.
             drop(of.commit_lock.lock().await);
+            if of.writers.load(Ordering::SeqCst) > 0 && of.dirty() {
+                // Still being written: the writer's close uploads it under the new name
+                // (and deletes the old post).
+                return Ok(());
+            }
         }
         let misnamed = {
             let t = self.tree();
