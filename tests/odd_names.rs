@@ -1,5 +1,5 @@
 //! Names a local disk accepts but a service refuses (a trailing space, a backslash, a tab,
-//! a newline, DEL), and names that already hold the stand-ins the encoding uses, written
+//! a newline, DEL, `:*?"<>|`), and names that already hold the stand-ins the encoding uses, written
 //! through a real mount of every kind, moved with `mv`, and read back by a fresh mount
 //! (new cache and state directories) of the same target: the names and contents round-trip
 //! and the server holds only names it accepts.
@@ -25,10 +25,13 @@ const WRITTEN: &[&str] = &[
     "tab\there",
     "new\nline",
     "del\u{7f}.bin",
+    // Windows' reserved characters (Cloudreve refuses them).
+    "12:30 <why?> \"q\" *|.txt",
     // The stand-ins themselves, and the quote, as ordinary characters.
     "full＼width",
     "␠symbols␠",
     "quote‛＼and‛",
+    "full：width？",
 ];
 
 /// Moved with `mv`: from → to.

@@ -7,6 +7,7 @@
 //! | local | remote | rule | kinds |
 //! |---|---|---|---|
 //! | `\` | `＼` (U+FF3C) | backslash | every kind but `null` |
+//! | `:` `*` `?` `"` `<` `>` `\|` | `：` `＊` `？` `＂` `＜` `＞` `｜` (fullwidth) | windows | Cloudreve |
 //! | control U+0001–U+001F | `␁`–`␟` (U+2401–U+241F) | control | Box, Fluxer, Virola |
 //! | DEL U+007F | `␡` (U+2421) | control | Box, Fluxer, Virola |
 //! | leading or trailing space | `␠` (U+2420) | edge spaces | Box |
@@ -41,6 +42,10 @@ const CONTROL_SYMBOLS: u32 = 0x2400;
 const DEL_SYMBOL: char = '\u{2421}';
 /// Stands for `\`.
 const FULLWIDTH_BACKSLASH: char = '\u{FF3C}';
+/// Adding this to a printable ASCII character gives its fullwidth form (`:` → `：`).
+const FULLWIDTH_OFFSET: u32 = 0xFEE0;
+/// The characters Windows refuses in names (besides `/` and `\`), and Cloudreve with it.
+const WINDOWS_RESERVED: &str = ":*?\"<>|";
 
 /// Which characters a target's names need encoded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,10 +56,13 @@ pub struct Rules {
     pub control: bool,
     /// A leading or trailing space → `␠`.
     pub edge_spaces: bool,
+    /// `:*?"<>|` → their fullwidth forms.
+    pub windows: bool,
 }
 
 impl Rules {
     /// The rules of a target kind (`Capabilities::kind`). Every service refuses `\`;
+    /// Cloudreve refuses what Windows does (`:*?"<>|`);
     /// Box and Fluxer refuse control characters, and Virola's names travel in a multipart
     /// header and a URL path, where they cannot; Box refuses leading and trailing spaces.
     pub fn for_kind(kind: &str) -> Rules {
@@ -64,16 +72,21 @@ impl Rules {
                 backslash: true,
                 control: true,
                 edge_spaces: true,
+                windows: false,
             },
             "fluxer" | "virola" => Rules {
                 backslash: true,
                 control: true,
-                edge_spaces: false,
+                ..Rules::default()
+            },
+            "cloudreve" => Rules {
+                backslash: true,
+                windows: true,
+                ..Rules::default()
             },
             _ => Rules {
                 backslash: true,
-                control: false,
-                edge_spaces: false,
+                ..Rules::default()
             },
         }
     }
@@ -88,6 +101,9 @@ impl Rules {
             '\\' if self.backslash => Some(FULLWIDTH_BACKSLASH),
             '\u{1}'..='\u{1f}' if self.control => char::from_u32(CONTROL_SYMBOLS + c as u32),
             '\u{7f}' if self.control => Some(DEL_SYMBOL),
+            c if self.windows && WINDOWS_RESERVED.contains(c) => {
+                char::from_u32(c as u32 + FULLWIDTH_OFFSET)
+            }
             _ => None,
         }
     }
@@ -101,6 +117,14 @@ impl Rules {
                 && (CONTROL_SYMBOLS + 1..=CONTROL_SYMBOLS + 0x1f).contains(&(c as u32)) =>
             {
                 char::from_u32(c as u32 - CONTROL_SYMBOLS)
+            }
+            c if self.windows
+                && (c as u32)
+                    .checked_sub(FULLWIDTH_OFFSET)
+                    .and_then(char::from_u32)
+                    .is_some_and(|o| WINDOWS_RESERVED.contains(o)) =>
+            {
+                char::from_u32(c as u32 - FULLWIDTH_OFFSET)
             }
             _ => None,
         }
@@ -299,6 +323,7 @@ mod tests {
         backslash: true,
         control: true,
         edge_spaces: true,
+        windows: false,
     };
 
     #[test]
@@ -318,6 +343,9 @@ mod tests {
         let cloudreve = Rules::for_kind("cloudreve");
         assert_eq!(cloudreve.encode(" a\tb "), " a\tb ");
         assert_eq!(cloudreve.encode("a\\b"), "a＼b");
+        assert_eq!(cloudreve.encode("12:30 <why?>.txt"), "12：30 ＜why？＞.txt");
+        assert_eq!(cloudreve.encode("a：b"), "a‛：b");
+        assert_eq!(BOX.encode("12:30?"), "12:30?");
         assert_eq!(Rules::for_kind("null").encode("a\\b"), "a\\b");
     }
 
@@ -342,15 +370,17 @@ mod tests {
             FULLWIDTH_BACKSLASH,
             '\u{2409}',
             DEL_SYMBOL,
+            ':',
+            '\u{FF1A}',
         ];
         let all_rules = [
             BOX,
             Rules::for_kind("fluxer"),
             Rules::for_kind("dyson"),
+            Rules::for_kind("cloudreve"),
             Rules {
-                backslash: false,
-                control: false,
                 edge_spaces: true,
+                ..Rules::default()
             },
         ];
         let mut names = vec![String::new()];
