@@ -256,6 +256,9 @@ impl Encoded {
     }
 }
 
+// Every method is written out, none left to the trait's default: a default body here
+// would bypass the client's own implementation. A method added to `Target` needs its
+// forwarding line here too (names encoded going out, decoded coming back).
 #[async_trait]
 impl Target for Encoded {
     fn capabilities(&self) -> Capabilities {
