@@ -1,4 +1,5 @@
-//! The command line (a stable contract, DESIGN.md §2): clap definitions only.
+//! The command line (a stable contract, DESIGN.md §2): clap definitions, and the value
+//! parsers they use.
 
 use std::path::PathBuf;
 
@@ -49,15 +50,26 @@ pub struct GenerateArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Generate {
     /// Shell completions, e.g. `uploadfs generate completions bash > /etc/bash_completion.d/uploadfs`.
-    Completions { shell: clap_complete::Shell },
-    /// The man page (roff), e.g. `uploadfs generate man > uploadfs.1`.
-    Man,
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// The man pages (roff): the top-level page on standard output, e.g.
+    /// `uploadfs generate man > uploadfs.1`; with --dir, that page and one per subcommand
+    /// (uploadfs-mount.1, uploadfs-config-check.1, ...) written into DIR.
+    Man {
+        /// Write uploadfs.1 and every subcommand's page into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct MountArgs {
     /// `local` or the name of a `[targets.NAME]` table.
     pub target: String,
+    /// An existing, empty directory to mount on (`-o nonempty` allows a non-empty one,
+    /// whose files the mount hides until it is unmounted).
     pub mountpoint: PathBuf,
     /// Config file (default ~/.config/uploadfs/config.toml).
     #[arg(long)]
@@ -74,13 +86,13 @@ pub struct MountArgs {
     /// Where the catalog lives.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Byte budget of the read block cache.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    /// Byte budget of the read block cache: bytes, or with a binary suffix (`512M`, `2G`).
+    #[arg(long, default_value = "64M", value_parser = parse_byte_size, value_name = "BYTES")]
     pub cache_size: u64,
     /// Never delete remote files (unlink only forgets them).
     #[arg(long)]
     pub keep_remote: bool,
-    /// Mount options (`allow_other`, `ro`, ...), comma separated.
+    /// Mount options (`allow_other`, `ro`, `nonempty`, ...), comma separated.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Accept self-signed TLS certificates.
@@ -90,6 +102,7 @@ pub struct MountArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct UnmountArgs {
+    /// The directory the target is mounted at.
     pub mountpoint: PathBuf,
     /// Do not wait for pending uploads (they stay journaled for the next mount).
     #[arg(long)]
@@ -98,9 +111,12 @@ pub struct UnmountArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
+    /// The mount to show (default: every running mount).
     pub mountpoint: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Refresh the display until interrupted.
     #[arg(long)]
     pub watch: bool,
 }
@@ -111,6 +127,7 @@ pub struct PutArgs {
     pub file: PathBuf,
     /// `TARGET` or `TARGET:PATH` (PATH is a file name, or dir/name on targets with folders).
     pub dest: String,
+    /// Config file (default ~/.config/uploadfs/config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Accept self-signed TLS certificates.
@@ -134,10 +151,13 @@ pub struct GetArgs {
     pub src: String,
     /// Local destination (default: standard output).
     pub out: Option<PathBuf>,
+    /// Config file (default ~/.config/uploadfs/config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Accept self-signed TLS certificates.
     #[arg(long)]
     pub insecure: bool,
+    /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -152,9 +172,43 @@ pub struct ConfigArgs {
 pub enum ConfigCommand {
     /// Validate every target; with --probe, send one harmless request with each token.
     Check {
+        /// Config file (default ~/.config/uploadfs/config.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Also send one harmless authenticated request per target, to check its token.
         #[arg(long)]
         probe: bool,
     },
+}
+
+/// A byte count with an optional binary suffix (`K`, `M`, `G`, `T`, either case): `512M`,
+/// `2G`, `1048576`. The one parser of sizes given on the command line or as mount options.
+pub fn parse_byte_size(v: &str) -> Result<u64, String> {
+    let t = v.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        Some((i, 't' | 'T')) => (&t[..i], 40),
+        _ => (t, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("{v:?}: expected bytes, e.g. 536870912 or 512M"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_byte_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_byte_size("1048576"), Ok(1 << 20));
+        assert!(parse_byte_size("lots").is_err());
+        assert!(parse_byte_size("M").is_err());
+        assert!(parse_byte_size("99999999999T").is_err());
+    }
 }

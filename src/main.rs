@@ -70,7 +70,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Generate::Completions { shell } => {
                     clap_complete::generate(shell, &mut cmd, "uploadfs", &mut std::io::stdout());
                 }
-                Generate::Man => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+                Generate::Man { dir: None } => {
+                    clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?
+                }
+                // The pages the top-level one refers to: uploadfs-mount(1) and the others.
+                Generate::Man { dir: Some(dir) } => {
+                    std::fs::create_dir_all(&dir)?;
+                    clap_mangen::generate_to(cmd, &dir)?;
+                }
             }
             Ok(())
         }

@@ -45,7 +45,7 @@ pub async fn open_target(
             let token = uuid::Uuid::new_v4().simple().to_string();
             let server = crate::server::start(ServeOptions::ephemeral(data, &token)).await?;
             let cfg = TargetConfig::for_local_server(LOCAL_KIND, &server.base_url(), &token);
-            let target = remote::build("local", &cfg)?;
+            let target = remote::build_encoded("local", &cfg)?;
             return Ok(OpenTarget {
                 name: name.to_string(),
                 config: cfg,
@@ -57,7 +57,7 @@ pub async fn open_target(
     let config = Config::load(config_path)?;
     let mut cfg = config.target(name)?;
     cfg.insecure |= insecure;
-    let target = remote::build(name, &cfg)?;
+    let target = remote::build_encoded(name, &cfg)?;
     Ok(OpenTarget {
         name: name.to_string(),
         config: cfg,

@@ -15,7 +15,8 @@
 //!   seal → commit → landed/failed), with write-back's queue, the size-hinted early start,
 //!   adopting a copy that already landed and crash recovery.
 //! - `xattr`: the read-only extended attributes and statfs; `names`: name rules and
-//!   the heuristics for tools' temporary files.
+//!   the heuristics for tools' temporary files; `repost`: a renamed file posted again
+//!   under its new name on flat targets that cannot rename remotely.
 //! - `outage`: listings while the target is unreachable (from the catalog, marked stale)
 //!   or refuses the mount (an errno for `ls`, never an empty directory).
 //!
@@ -33,6 +34,7 @@ mod names;
 mod namespace;
 mod outage;
 pub mod pool;
+mod repost;
 mod xattr;
 
 pub use commit::{FileStatus, MountStatus, Uploads};

@@ -1,7 +1,8 @@
-//! Name rules and tool heuristics: which names a new entry may have (local limits and the
-//! target's own rules, checked before anything is staged), the desktop trash folders a
-//! flat target refuses, GIO's safe-save temporary files whose upload waits for the rename
-//! into place, and the caller's thread group (a forked child's close does not commit).
+//! Name rules and tool heuristics: which names a new entry may have (what a local disk
+//! accepts; the target's own rules, applied to the encoded name, checked before anything
+//! is staged), the desktop trash folders a flat target refuses, the temporary files of
+//! GIO's safe save, rsync and `sed -i` whose upload waits for the rename into place, and
+//! the caller's thread group (a forked child's close does not commit).
 
 use super::{Error, Fs, FsResult};
 
@@ -46,8 +47,33 @@ pub(super) fn check_new_name(name: &std::ffi::OsStr) -> FsResult<&str> {
 /// Prefix of GIO's safe-save temporary files (see [`Fs::waits_for_rename`]).
 const SAVE_TEMP_PREFIX: &str = ".goutputstream-";
 
+/// Length of the random suffix `mkstemp(3)` puts in a temporary name (`XXXXXX`).
+const MKSTEMP_SUFFIX: usize = 6;
+
+/// GIO's safe-save temporary file (`.goutputstream-XXXXXX`): on no target does it start
+/// an early upload, and it waits for its rename where that is local.
 pub(super) fn is_save_temp(name: &str) -> bool {
     name.starts_with(SAVE_TEMP_PREFIX)
+}
+
+/// A temporary file a tool writes, closes and then renames into place: GIO's safe save,
+/// rsync's `.NAME.XXXXXX` and `sed -i`'s `sedXXXXXX`. The `XXXXXX` of the last two is
+/// `mkstemp`'s: six ASCII letters and digits; at least one capital letter is asked for
+/// too, so ordinary names (`.bashrc.backup`, `sediments`) do not match (the few temporary
+/// names without one are re-posted after their rename instead).
+pub(super) fn is_tool_temp(name: &str) -> bool {
+    let mkstemp = |x: &str| {
+        x.len() == MKSTEMP_SUFFIX
+            && x.bytes().all(|b| b.is_ascii_alphanumeric())
+            && x.bytes().any(|b| b.is_ascii_uppercase())
+    };
+    let rsync = || {
+        name.strip_prefix('.')
+            .and_then(|rest| rest.rsplit_once('.'))
+            .is_some_and(|(base, x)| !base.is_empty() && mkstemp(x))
+    };
+    let sed = || name.strip_prefix("sed").is_some_and(mkstemp);
+    is_save_temp(name) || rsync() || sed()
 }
 
 /// The trash folders file managers create at a filesystem's top (`.Trash`, `.Trash-UID`;
@@ -84,13 +110,44 @@ impl Fs {
 
     /// A save through a temporary file on a target without remote rename: GIO's
     /// `g_file_replace` writes `.goutputstream-XXXXXX`, closes it and renames it over the
-    /// original. Committed at close, the content would keep the temporary name remotely for
-    /// good; so its upload waits for the rename (which then returns the upload's outcome).
+    /// original (rsync and `sed -i` likewise). Committed at close, the content would land
+    /// under the temporary name and have to be posted again after the rename; so its
+    /// upload waits for the rename (which then returns the upload's outcome).
     pub(super) fn waits_for_rename(&self, ino: u64) -> bool {
         !self.caps.rename
             && self
                 .tree()
                 .get(ino)
-                .is_some_and(|n| !n.is_dir() && n.row.remote.is_none() && is_save_temp(&n.row.name))
+                .is_some_and(|n| !n.is_dir() && n.row.remote.is_none() && is_tool_temp(&n.row.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_save_temp, is_tool_temp};
+
+    #[test]
+    fn tools_temporary_names() {
+        for temp in [
+            ".goutputstream-AB12cd",
+            ".f1.bin.QlhxxK",
+            ".a.Xb3k9z",
+            "sedrTewaY",
+        ] {
+            assert!(is_tool_temp(temp), "{temp}");
+        }
+        for plain in [
+            ".bashrc.backup",
+            "sediments",
+            "sed",
+            ".x.ABCDEFG",
+            "..ABCdef",
+            "notes.ABCdef",
+            "sedABC-ef",
+        ] {
+            assert!(!is_tool_temp(plain), "{plain}");
+        }
+        // Only GIO's keeps an early upload from starting (on every target).
+        assert!(is_save_temp(".goutputstream-AB12cd") && !is_save_temp(".f1.bin.QlhxxK"));
     }
 }

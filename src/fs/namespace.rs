@@ -373,6 +373,8 @@ impl Fs {
             self.put_open(src, &of, false);
             r?;
         }
+        // Flat targets without a remote rename: the server gets the new name too.
+        self.follow_rename(src).await;
         Ok(())
     }
 }

@@ -10,7 +10,8 @@
 //!   Fluxer and Dyson sessions (and S3's) are protocol steps plugged into it.
 //! - `http.rs`: the one raw attempt every request goes through, and the retry policy.
 //! - `source.rs`: the source, the seal, and the one reader (parts, hashes, streamed bodies).
-//! - `names.rs`: which names each service refuses.
+//! - `names.rs`: which names each service refuses; `encoding.rs`: how any local name is
+//!   encoded into one the service accepts and back ([`build_encoded`] applies it).
 //! - one file (or folder) per protocol with only its protocol steps: sessions, the
 //!   single-request small-file path, reads, listing, rename, delete, mkdir. Virola has one
 //!   streamed request per file, so no session.
@@ -24,6 +25,7 @@ pub mod box_;
 pub mod budget;
 pub mod cloudreve;
 pub mod dyson;
+pub mod encoding;
 pub mod fluxer;
 pub mod health;
 pub mod http;
@@ -333,7 +335,14 @@ pub trait Target: Send + Sync + 'static {
     }
 }
 
-/// Build the client for a configured target.
+/// Build the client for a configured target, with names encoded into what the service
+/// accepts and decoded back ([`encoding::Encoded`]): what the mount and `put`/`get` speak.
+pub fn build_encoded(name: &str, cfg: &TargetConfig) -> anyhow::Result<Arc<dyn Target>> {
+    Ok(encoding::Encoded::wrap(build(name, cfg)?))
+}
+
+/// Build the raw client for a configured target: names go out as given, and the client
+/// refuses those its service refuses.
 pub fn build(name: &str, cfg: &TargetConfig) -> anyhow::Result<Arc<dyn Target>> {
     use crate::config::TargetKind;
     if cfg.kind == TargetKind::Null {

@@ -1,6 +1,8 @@
 //! The client side's name rules: which file and folder names each service refuses, so the
 //! filesystem can refuse them (`EINVAL`, naming the rule) before anything is staged or
-//! sent. Every service shares the plain rules; Box and Fluxer add their own. The emulator
+//! sent. Every service shares the plain rules; Box, Fluxer and Cloudreve add their own.
+//! Names reach these checks encoded (`encoding.rs`), so they are the last line: what is
+//! still refused is a name its encoding cannot fit. The emulator
 //! in `server/` keeps its own copy on purpose: a test server must not share the code it
 //! tests.
 
@@ -17,6 +19,8 @@ struct Rules {
     no_control: bool,
     /// No leading or trailing spaces (Box).
     no_edge_spaces: bool,
+    /// None of the characters Windows refuses, `:*?"<>|` (Cloudreve).
+    no_windows: bool,
 }
 
 /// Why `name` breaks `rules`, if it does.
@@ -33,6 +37,8 @@ fn problem(name: &str, rules: Rules) -> Option<&'static str> {
         Some("the name is '.' or '..'")
     } else if rules.no_edge_spaces && (name.starts_with(' ') || name.ends_with(' ')) {
         Some("the name has leading or trailing spaces")
+    } else if rules.no_windows && name.contains([':', '*', '?', '"', '<', '>', '|']) {
+        Some("the name contains one of : * ? \" < > |")
     } else {
         None
     }
@@ -60,6 +66,7 @@ pub fn check_box_name(name: &str) -> Result<()> {
     let rules = Rules {
         no_control: true,
         no_edge_spaces: true,
+        no_windows: false,
     };
     check(name, "Box refuses this name", rules)
 }
@@ -69,9 +76,19 @@ pub fn check_box_name(name: &str) -> Result<()> {
 pub fn check_fluxer_name(name: &str) -> Result<()> {
     let rules = Rules {
         no_control: true,
-        no_edge_spaces: false,
+        ..Rules::default()
     };
     check(name, "Fluxer refuses this file name", rules)
+}
+
+/// Cloudreve's rules: the plain ones and none of `:*?"<>|` (else code 40052, illegal
+/// name).
+pub fn check_cloudreve_name(name: &str) -> Result<()> {
+    let rules = Rules {
+        no_windows: true,
+        ..Rules::default()
+    };
+    check(name, "Cloudreve refuses this name", rules)
 }
 
 #[cfg(test)]
@@ -88,6 +105,8 @@ mod tests {
         assert!(check_plain_name("a\tb", "t").is_ok());
         assert!(check_fluxer_name("a\tb").is_err());
         assert!(check_fluxer_name(" a ").is_ok());
+        assert!(check_cloudreve_name("12:30").is_err());
+        assert!(check_cloudreve_name("12：30 a\tb").is_ok());
         let e = check_box_name(" a").unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidName);
         assert!(e.message.contains("leading or trailing spaces"), "{e}");

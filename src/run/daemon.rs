@@ -70,6 +70,23 @@ fn check_not_mounted(mountpoint: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuse a mountpoint that holds files (the mount would hide them without a word),
+/// unless `-o nonempty` says so, as FUSE mounts do.
+fn check_empty(mountpoint: &Path, options: &[String]) -> anyhow::Result<()> {
+    if options.iter().any(|o| o.trim() == "nonempty") {
+        return Ok(());
+    }
+    let mut entries = std::fs::read_dir(mountpoint)
+        .with_context(|| format!("cannot read mountpoint {}", mountpoint.display()))?;
+    if entries.next().is_some() {
+        bail!(
+            "mountpoint {} is not empty: the mount would hide its files; empty it, or mount with -o nonempty",
+            mountpoint.display()
+        );
+    }
+    Ok(())
+}
+
 /// A mountpoint left by a daemon that died (SIGKILL, crash) answers ENOTCONN: detach it
 /// when it is an uploadfs mount whose daemon is gone, so the new mount can take its place.
 fn clean_dead_mount(mountpoint: &Path) -> anyhow::Result<()> {
@@ -222,6 +239,8 @@ fn mount_config(target: &str, options: &[String]) -> anyhow::Result<fuser::Confi
             "exec" => opts.push(M::Exec),
             "default_permissions" => opts.push(M::DefaultPermissions),
             "auto_unmount" => opts.push(M::AutoUnmount),
+            // Checked before mounting (`check_empty`); not a kernel option.
+            "nonempty" => {}
             o if o.starts_with("fsname=") || o.starts_with("subtype=") => {
                 bail!("-o {o}: the file system name and type are set by uploadfs")
             }
@@ -277,6 +296,7 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
         .canonicalize()
         .with_context(|| format!("mountpoint {} does not exist", args.mountpoint.display()))?;
     check_not_mounted(&mountpoint)?;
+    check_empty(&mountpoint, &args.options)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("uploadfs-rt")

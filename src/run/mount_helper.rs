@@ -31,6 +31,7 @@ const PASS_THROUGH: &[&str] = &[
     "ro",
     "rw",
     "noatime",
+    "nonempty",
     "noexec",
     "exec",
 ];
@@ -118,17 +119,9 @@ fn split_options(s: &str) -> Vec<String> {
     out.into_iter().filter(|o| !o.is_empty()).collect()
 }
 
-/// A byte count with an optional binary suffix: `512M`, `2G`, `1048576`.
+/// A byte count with an optional binary suffix (see [`crate::cli::parse_byte_size`]).
 fn parse_size(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let (num, mult) = match v.char_indices().last()? {
-        (i, 'k' | 'K') => (&v[..i], 1u64 << 10),
-        (i, 'm' | 'M') => (&v[..i], 1 << 20),
-        (i, 'g' | 'G') => (&v[..i], 1 << 30),
-        (i, 't' | 'T') => (&v[..i], 1 << 40),
-        _ => (v, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
+    crate::cli::parse_byte_size(v).ok()
 }
 
 /// Translate the helper's arguments (without `argv[0]`) into an `uploadfs` command line.

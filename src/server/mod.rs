@@ -56,12 +56,23 @@ pub const FLUXER_CHANNEL_ID: &str = "1000000000000000001";
 /// The Virola room and message that hold uploaded attachments.
 pub const VIROLA_ROOM_ID: u64 = 6;
 pub const VIROLA_MESSAGE_ID: u64 = 1234567;
+/// What a client config needs besides the URL and token: the ids of what the server
+/// hosts (in `serve --help` and on the startup line).
+fn served_ids() -> String {
+    format!(
+        "fluxer: channel_id = \"{FLUXER_CHANNEL_ID}\"; virola: room_id = {VIROLA_ROOM_ID}, \
+         message_id = {VIROLA_MESSAGE_ID}; box: folder_id = \"0\"; cloudreve: root = \
+         \"cloudreve://my\""
+    )
+}
+
 /// Default token when `--token` is not given.
 pub const DEFAULT_TOKEN: &str = "uploadfs-dev-token";
 
 /// Options of `uploadfs serve` (also used in-process by the `local` target and tests).
 /// `Debug` leaves the token out.
 #[derive(Clone, clap::Args)]
+#[command(after_help = format!("Client config ids of the hosted targets: {}", served_ids()))]
 pub struct ServeOptions {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -91,7 +102,7 @@ pub struct ServeOptions {
     #[arg(long, default_value_t = 25 * 1024 * 1024)]
     pub fluxer_max_size: u64,
     /// Lifetime of a Fluxer chunked-upload session in seconds, counted from creation.
-    #[arg(long, default_value_t = 3600, hide = true)]
+    #[arg(long, default_value_t = 3600)]
     pub fluxer_session_ttl: u64,
     /// Largest file any protocol accepts, bytes (each answers in its own error shape).
     #[arg(long, default_value_t = 64 * 1024 * 1024 * 1024)]
@@ -484,6 +495,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let server = start(opts).await?;
     println!("uploadfs serve listening on {}", server.base_url());
+    println!("targets' ids: {}", served_ids());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -472,8 +472,7 @@ impl Target for CloudreveTarget {
     }
 
     fn check_name(&self, name: &str) -> Result<()> {
-        // Else code 40052, illegal name.
-        crate::remote::check_plain_name(name, "Cloudreve refuses this name")
+        crate::remote::names::check_cloudreve_name(name)
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -103,11 +103,19 @@ pub fn escape(name: &str) -> String {
     utf8_percent_encode(name, SEGMENT).to_string()
 }
 
-/// The name rules: not empty, at most 255 bytes, no `/`, `\` or NUL, not `.` or `..`.
+/// The characters Cloudreve refuses besides the separators, as Windows does
+/// (`validateFileName` in Cloudreve v4's `dbfs/validator.go`).
+const RESERVED_CHARS: [char; 7] = [':', '*', '?', '"', '<', '>', '|'];
+
+/// The name rules: not empty, at most 255 bytes, no `/`, `\` or NUL, none of `:*?"<>|`,
+/// not `.` or `..`.
 pub fn check_name(name: &str) -> Result<(), ApiError> {
-    NameRules::default()
-        .check(name)
-        .map_err(|_| ApiError::new(code::ILLEGAL_NAME, "Illegal file name"))
+    let illegal = || ApiError::new(code::ILLEGAL_NAME, "Illegal file name");
+    NameRules::default().check(name).map_err(|_| illegal())?;
+    if name.contains(RESERVED_CHARS) {
+        return Err(illegal());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -136,6 +144,8 @@ mod tests {
             "cloudreve://my/a%2Fb",
             "cloudreve://my/a%5Cb",
             "cloudreve://my/a%00b",
+            "cloudreve://my/12%3A30",
+            "cloudreve://my/why%3F",
         ] {
             assert_eq!(
                 CrPath::parse(bad).unwrap_err().code,
