@@ -32,10 +32,10 @@ mod namespace;
 pub mod pool;
 mod xattr;
 
-pub use commit::{FileStatus, MountStatus, Uploads};
+pub use commit::{ConflictStatus, FileStatus, MountStatus, Uploads};
 pub use error::{Errno, Error, ToErrno};
 pub use names::NAME_MAX;
-pub use xattr::{XATTR_REMOTE_ID, XATTR_SHA1, XATTR_STATE, XATTR_URL};
+pub use xattr::{XATTR_REMOTE_ID, XATTR_SHA1, XATTR_STATE, XATTR_URL, XATTR_VALIDATED};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -148,6 +148,11 @@ pub struct Fs {
     uploads: commit::Uploads,
     /// Stage files kept for reuse ([`pool`]).
     pool: pool::StagePool,
+    /// When each file's remote metadata was last checked by itself, ms since the epoch
+    /// (a listing of its folder checks it too).
+    validated: Mutex<HashMap<u64, i64>>,
+    /// Conflict copies made by this mount ([`commit::conflict`]).
+    conflicts: commit::conflict::Conflicts,
 }
 
 impl Fs {
@@ -181,6 +186,8 @@ impl Fs {
             stage_dir,
             uploads: commit::Uploads::default(),
             pool: pool::StagePool::default(),
+            validated: Mutex::new(HashMap::new()),
+            conflicts: commit::conflict::Conflicts::default(),
         })
     }
 

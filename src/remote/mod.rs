@@ -251,6 +251,9 @@ pub enum ErrorKind {
     LocalIo,
     /// An upload started before its file was complete was given up by the caller.
     Cancelled,
+    /// A conditional upload ([`Target::upload_unless_changed`]) found the remote file
+    /// changed since it was read: the precondition failed and nothing was written.
+    Changed,
 }
 
 /// A target failure: a category plus a message naming the cause (never a secret).
@@ -324,6 +327,47 @@ pub trait Target: Send + Sync + 'static {
     /// One cheap authenticated request, to check the token (`config check`).
     async fn check(&self) -> Result<()> {
         self.list(&None).await.map(|_| ())
+    }
+
+    /// The file's current metadata (size, digests, version) in one cheap request, or
+    /// `None` when the service no longer has a file with this id. Used to revalidate a
+    /// cached file at open and to check, right before a commit, that nobody replaced the
+    /// file meanwhile. The default: `ErrorKind::Unsupported` (the caller then relies on
+    /// listings).
+    async fn stat(&self, _file: &RemoteFile) -> Result<Option<RemoteFile>> {
+        Err(TargetError::unsupported("a metadata request for one file"))
+    }
+
+    /// Upload `req` as a new version of `expected` (`req.replaces`) only if the remote
+    /// file is still that version, as one step where the protocol has a precondition
+    /// (Box `If-Match`, S3 conditional writes); `ErrorKind::Changed` when it is not, with
+    /// nothing written. The default uploads: the caller checked with [`Target::stat`]
+    /// right before.
+    async fn upload_unless_changed(
+        &self,
+        req: UploadRequest,
+        _expected: &RemoteFile,
+    ) -> Result<RemoteFile> {
+        self.upload(req).await
+    }
+}
+
+/// `a` and `b` are the same content version of one remote file: same id and size, and
+/// the same digest where both report one; without digests the same protocol version
+/// locator (`extra`: Cloudreve's entity) where both have one, else the same
+/// modification time. Box's etag (its `extra`) also moves on a rename, so the digest
+/// decides first.
+pub fn same_version(a: &RemoteFile, b: &RemoteFile) -> bool {
+    if a.id != b.id || a.size != b.size || a.is_dir != b.is_dir {
+        return false;
+    }
+    match (&a.sha1, &b.sha1, &a.md5, &b.md5) {
+        (Some(x), Some(y), _, _) => x == y,
+        (_, _, Some(x), Some(y)) => x == y,
+        _ => match (&a.extra, &b.extra) {
+            (Some(x), Some(y)) => x == y,
+            _ => a.mtime_ms == 0 || b.mtime_ms == 0 || a.mtime_ms == b.mtime_ms,
+        },
     }
 }
 

@@ -131,6 +131,8 @@ pub struct StatusView {
     pub write_back: bool,
     pub pending: Vec<FileStatus>,
     pub totals: Totals,
+    /// Conflict copies this mount made (live from the daemon only).
+    pub conflicts: Vec<crate::fs::ConflictStatus>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -248,6 +250,12 @@ pub fn render_text(views: &[StatusView]) -> String {
         }
         if !v.pending.is_empty() {
             out.push_str(&format!("  {}\n", totals_text(&v.totals)));
+        }
+        for c in &v.conflicts {
+            out.push_str(&format!(
+                "  conflict   {} changed remotely while open here; this mount's version is {}\n",
+                c.path, c.copy
+            ));
         }
     }
     out

@@ -121,6 +121,7 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
                     write_back: st.write_back,
                     totals: crate::run::control::Totals::of(&pending),
                     pending,
+                    conflicts: st.conflicts.clone(),
                 }]);
                 last_draw = Some(Instant::now());
             }
@@ -183,6 +184,7 @@ fn mount_status(r: &MountRecord) -> anyhow::Result<crate::run::control::StatusVi
                     write_back: st.write_back,
                     totals: Totals::of(&st.pending),
                     pending: st.pending,
+                    conflicts: st.conflicts,
                 })
             }
             Err(e) => tracing::debug!(error = %e, "daemon unreachable; reading the catalog"),
@@ -215,6 +217,7 @@ fn mount_status(r: &MountRecord) -> anyhow::Result<crate::run::control::StatusVi
         write_back: false,
         totals: Totals::of(&pending),
         pending,
+        conflicts: vec![],
     })
 }
 

@@ -46,11 +46,13 @@
 //!   upload sealed at close, and a copy adopted after a failure or a crash.
 
 mod adopt;
+pub mod conflict;
 pub mod early;
 mod queue;
 pub(super) mod recover;
 mod status;
 
+pub use conflict::ConflictStatus;
 pub use queue::Uploads;
 pub use status::{FileStatus, MountStatus};
 
@@ -237,7 +239,7 @@ impl Fs {
         }
         let version = of.stage.version();
         let size = of.stage.size();
-        let Some(snap) = self.snapshot(ino) else {
+        let Some(mut snap) = self.snapshot(ino) else {
             return Ok(());
         };
         let early = of.begin_upload();
@@ -251,10 +253,34 @@ impl Fs {
             }
         };
         self.set_uploading(ino, size);
-        let (result, found) = self.send(ino, of, &snap, size, &digests, early).await;
+        // Shared files: never overwrite a version this mount has not seen.
+        let expected = match self.commit_check(&snap).await {
+            conflict::Check::Replace { expected } => expected,
+            conflict::Check::Gone => {
+                snap.remote = None;
+                None
+            }
+            conflict::Check::Conflict(theirs) => {
+                if let Some(e) = early {
+                    self.give_up_early(ino, e).await;
+                }
+                return self
+                    .commit_as_conflict(ino, of, &snap, version, size, &digests, Some(theirs))
+                    .await;
+            }
+        };
+        let (result, found) = self
+            .send(ino, of, &snap, size, &digests, early, expected)
+            .await;
         of.end_upload(None);
         let remote = match result {
             Ok(r) => r,
+            Err(e) if e.kind == crate::remote::ErrorKind::Changed => {
+                // The protocol's precondition caught a change after the check.
+                return self
+                    .commit_as_conflict(ino, of, &snap, version, size, &digests, None)
+                    .await;
+            }
             Err(e) => {
                 // Failed: the row keeps the line for people (`status`), the caller gets it
                 // with its cause and logs it once.
@@ -274,6 +300,48 @@ impl Fs {
         };
         self.after_landing(ino, &snap, found, landed).await;
         Ok(())
+    }
+
+    /// Uploading → Landed as the conflict copy beside the other writer's version (or
+    /// Failed, as any commit).
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_as_conflict(
+        &self,
+        ino: u64,
+        of: &Arc<OpenFile>,
+        snap: &Snapshot,
+        version: u64,
+        size: u64,
+        digests: &Digests,
+        theirs: Option<RemoteFile>,
+    ) -> FsResult<()> {
+        let r = self
+            .commit_conflict(ino, of, snap, size, digests, theirs)
+            .await;
+        of.end_upload(None);
+        match r {
+            Ok(landed) => {
+                of.mark_committed(version);
+                let remote = landed.remote.clone();
+                if self
+                    .apply_committed(&mut self.tree(), ino, &landed, false)
+                    .is_none()
+                {
+                    // Unlinked while uploading: the copy must not outlive the file.
+                    if let Err(e) = self.delete_remote(&remote, ino).await {
+                        tracing::warn!(ino, error = %e, "cannot delete the upload of a removed file");
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let message = self.upload_failure(&snap.path, &e);
+                self.set_failed(ino, &message);
+                let mut err = Error::from(e);
+                err.message = message.into();
+                Err(err)
+            }
+        }
     }
 
     /// The node's place and remote state as the commit begins; `None` when it is gone.
@@ -332,6 +400,7 @@ impl Fs {
         size: u64,
         digests: &Digests,
         early: Option<EarlyUpload>,
+        expected: Option<RemoteFile>,
     ) -> (Result<RemoteFile, TargetError>, Option<RemoteFile>) {
         let replaces_id = snap
             .remote
@@ -381,6 +450,8 @@ impl Fs {
                 max_size: self.max_size(),
                 progress,
                 early: None,
+                // Only where the node's own remote file is replaced, as checked.
+                expect: expected.filter(|_| landed.is_none()),
             },
         )
         .await;

@@ -38,6 +38,10 @@ pub struct MountStatus {
     pub pending: Vec<FileStatus>,
     /// Queued or uploading background uploads (what `unmount` waits for).
     pub busy: usize,
+    /// Files another writer changed while they were open here: their version kept the
+    /// name, this mount's landed beside it ([`super::conflict`]).
+    #[serde(default)]
+    pub conflicts: Vec<super::ConflictStatus>,
 }
 
 impl Fs {
@@ -94,6 +98,7 @@ impl Fs {
             write_back,
             pending,
             busy,
+            conflicts: self.conflicts(),
         }
     }
 }
