@@ -103,6 +103,9 @@ pub struct RawTarget {
     pub max_file_size: Option<u64>,
     /// Cap on the total time one request may spend in retries, seconds.
     pub retry_seconds: Option<u64>,
+    /// How long a listing or a file's metadata is trusted before it is asked for again,
+    /// milliseconds (other writers' changes show within this time).
+    pub list_ttl_ms: Option<u64>,
     /// S3: the service's base URL; omitted means AWS for `region`.
     pub endpoint: Option<String>,
     /// S3: the signing region.
@@ -145,6 +148,8 @@ pub struct TargetConfig {
     pub insecure: bool,
     pub max_file_size: Option<u64>,
     pub retry_seconds: u64,
+    /// `list_ttl_ms` as given (the mount's default when absent).
+    pub list_ttl_ms: Option<u64>,
     /// The S3 settings (`kind = "s3"` only).
     pub s3: Option<S3Config>,
 }
@@ -420,6 +425,7 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
         insecure: raw.insecure,
         max_file_size: raw.max_file_size,
         retry_seconds: raw.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
+        list_ttl_ms: raw.list_ttl_ms,
         s3: None,
     })
 }
@@ -493,6 +499,7 @@ fn validate_s3(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError>
         insecure: raw.insecure,
         max_file_size: raw.max_file_size,
         retry_seconds: raw.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
+        list_ttl_ms: raw.list_ttl_ms,
         s3: Some(S3Config {
             endpoint,
             region,
@@ -639,6 +646,7 @@ impl TargetConfig {
             insecure: false,
             max_file_size: None,
             retry_seconds: DEFAULT_RETRY_SECONDS,
+            list_ttl_ms: None,
             s3: None,
         }
     }
@@ -677,6 +685,7 @@ impl TargetConfig {
             insecure: false,
             max_file_size: None,
             retry_seconds: DEFAULT_RETRY_SECONDS,
+            list_ttl_ms: None,
             s3: None,
         }
     }

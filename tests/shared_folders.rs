@@ -1,0 +1,243 @@
+//! Shared folders on real mounts: two daemons of one target (two mount points, two state
+//! and cache directories, one `uploadfs serve`) and `uploadfs put` straight to the server.
+//! With a short listing TTL, each mount sees the other's writes, deletes and new files
+//! after the TTL; a file edited in one mount while the other holds it open for writing is
+//! never overwritten: the second close lands beside it as the conflict copy, and both
+//! writers' bytes are on the server. Every kind with remote overwrite or versions.
+//! Needs /dev/fuse and root or fusermount3, like tests/mount_scenarios.rs.
+
+mod common;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::IntoRawFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::config::TargetToml;
+use common::mount::{run_bounded, text, xattr, Mount};
+use common::{sha1_hex, TestServer, BIN};
+use uploadfs::config::TargetKind;
+
+/// The listing TTL of these mounts, ms: short so the tests wait little.
+const TTL_MS: u64 = 400;
+
+/// Long enough for the listing TTL and the kernel's 1 s attribute and entry caches.
+const SETTLE: Duration = Duration::from_millis(1600);
+
+/// Two mounts `a` and `b` of target `t` of `kind` at `s`, and the config file.
+fn two_mounts(s: &TestServer, kind: TargetKind) -> (Mount, Mount, std::path::PathBuf) {
+    let cfg = TargetToml::new(s, kind)
+        .retry_seconds(10)
+        .extra(&format!("list_ttl_ms = {TTL_MS}\n"))
+        .write(s);
+    let wa = s.dir.path().join("a");
+    let wb = s.dir.path().join("b");
+    std::fs::create_dir_all(&wa).unwrap();
+    std::fs::create_dir_all(&wb).unwrap();
+    let a = Mount::with_config(&wa, "t", &cfg, &[]);
+    let b = Mount::with_config(&wb, "t", &cfg, &[]);
+    (a, b, cfg)
+}
+
+/// Close `f` and fail the test unless `close()` returned 0 (dropping a `File` ignores it).
+fn close(f: File) {
+    let fd = f.into_raw_fd();
+    let r = unsafe { libc::close(fd) };
+    assert_eq!(r, 0, "close failed: {}", std::io::Error::last_os_error());
+}
+
+/// Write a whole file through a mount, checking `close()`.
+fn write_file(p: &Path, data: &[u8]) {
+    let mut f = File::create(p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+    f.write_all(data).unwrap();
+    close(f);
+}
+
+/// Poll until reading `p` gives `want` (the TTL and the kernel's caches pass first).
+fn wait_read(p: &Path, want: &[u8], what: &str) {
+    std::thread::sleep(SETTLE);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = std::fs::read(p).ok();
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} reads {:?}, expected {:?}",
+            p.display(),
+            got.map(|g| String::from_utf8_lossy(&g).into_owned()),
+            String::from_utf8_lossy(want)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Names in directory `d`, sorted.
+fn names(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The server's files of `kind`: name → sha1.
+fn on_server(s: &TestServer, kind: TargetKind) -> std::collections::BTreeMap<String, String> {
+    s.stored(kind.as_str())
+        .into_iter()
+        .map(|(n, (_, sha))| (n, sha))
+        .collect()
+}
+
+/// A file written in one mount is read right in the other after the TTL, also when the
+/// other has an older version cached; a delete and a new file are seen too.
+fn writes_are_seen_across_mounts(kind: TargetKind) {
+    let s = TestServer::new();
+    let (a, b, _) = two_mounts(&s, kind);
+    write_file(&a.path("f.txt"), b"one from a\n");
+    wait_read(&b.path("f.txt"), b"one from a\n", "b after a's create");
+
+    // b has it cached now: a new, longer version from a replaces what b reads.
+    write_file(&a.path("f.txt"), b"two from a, longer than the first\n");
+    wait_read(
+        &b.path("f.txt"),
+        b"two from a, longer than the first\n",
+        "b after a's overwrite",
+    );
+    // The other way, shorter.
+    write_file(&b.path("f.txt"), b"three\n");
+    wait_read(&a.path("f.txt"), b"three\n", "a after b's overwrite");
+    assert!(
+        xattr(&a.path("f.txt"), "user.uploadfs.validated").is_some(),
+        "no validation time on a's copy"
+    );
+
+    // A new file appears, a deleted one goes.
+    write_file(&a.path("g.txt"), b"new\n");
+    std::fs::remove_file(a.path("f.txt")).unwrap();
+    std::thread::sleep(SETTLE);
+    assert_eq!(names(&b.dir), vec!["g.txt".to_string()], "b's listing");
+    let err = File::open(b.path("f.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    assert_eq!(std::fs::read(b.path("g.txt")).unwrap(), b"new\n");
+    drop((a, b));
+}
+
+/// A file deleted remotely while a mount has it cached, and even open for reading,
+/// answers ENOENT at the next open after the TTL.
+fn a_remote_delete_is_enoent_at_open(kind: TargetKind) {
+    let s = TestServer::new();
+    let (a, b, _) = two_mounts(&s, kind);
+    write_file(&a.path("gone.txt"), b"soon gone\n");
+    wait_read(&b.path("gone.txt"), b"soon gone\n", "b before the delete");
+    let held = File::open(b.path("gone.txt")).unwrap();
+    std::fs::remove_file(a.path("gone.txt")).unwrap();
+    std::thread::sleep(SETTLE);
+    let err = File::open(b.path("gone.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    drop(held);
+    assert!(!names(&b.dir).contains(&"gone.txt".to_string()));
+}
+
+/// Mount `b` holds a file open for writing while `a` replaces it: `b`'s close succeeds,
+/// but lands beside `a`'s version as the conflict copy; both contents are on the server
+/// and in both mounts, and `b`'s status lists the conflict.
+fn an_edit_during_an_open_write_makes_a_conflict_copy(kind: TargetKind) {
+    let s = TestServer::new();
+    let (a, b, _) = two_mounts(&s, kind);
+    write_file(&a.path("report.txt"), b"the first version\n");
+    wait_read(&b.path("report.txt"), b"the first version\n", "b before editing");
+
+    // b opens the file for writing and starts its edit (an editor reads it first).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(b.path("report.txt"))
+        .unwrap();
+    let mut head = [0u8; 4];
+    f.read_at(&mut head, 0).unwrap();
+    f.write_at(b"B's edit of the file\n", 0).unwrap();
+
+    // Meanwhile a commits another version.
+    let theirs = b"A's version, committed while B had it open\n".to_vec();
+    write_file(&a.path("report.txt"), &theirs);
+
+    // b's close: no error, and a's version is not overwritten.
+    f.set_len(b"B's edit of the file\n".len() as u64).unwrap();
+    close(f);
+    let ours = b"B's edit of the file\n".to_vec();
+
+    let files = on_server(&s, kind);
+    assert_eq!(
+        files.get("report.txt"),
+        Some(&sha1_hex(&theirs)),
+        "the other writer's version was overwritten: {files:?}"
+    );
+    let copies: Vec<&String> = files
+        .keys()
+        .filter(|n| n.starts_with("report (conflict ") && n.ends_with(").txt"))
+        .collect();
+    assert_eq!(copies.len(), 1, "one conflict copy expected: {files:?}");
+    let copy = copies[0].clone();
+    assert_eq!(files[&copy], sha1_hex(&ours), "the copy holds our edit");
+
+    let st = b.status_json();
+    let conflicts = st["mounts"][0]["conflicts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(conflicts.len(), 1, "status lists the conflict: {st}");
+    assert_eq!(conflicts[0]["path"], "/report.txt", "{st}");
+    assert!(
+        b.log().contains("changed remotely while it was open here"),
+        "no warning logged"
+    );
+
+    // Both mounts show both files with their contents.
+    for m in [&a, &b] {
+        wait_read(&m.path("report.txt"), &theirs, "their version under the name");
+        wait_read(&m.path(&copy), &ours, "our version as the copy");
+    }
+}
+
+/// A change made with `uploadfs put` straight to the server, while a mount has the file
+/// cached (and open for reading), is read by the mount after the TTL.
+fn a_put_to_the_server_is_read_after_the_ttl(kind: TargetKind) {
+    let s = TestServer::new();
+    let (a, b, cfg) = two_mounts(&s, kind);
+    drop(b);
+    write_file(&a.path("data.bin"), b"the mount's version\n");
+    assert_eq!(
+        std::fs::read(a.path("data.bin")).unwrap(),
+        b"the mount's version\n"
+    );
+    let held = File::open(a.path("data.bin")).unwrap();
+    let src = s.dir.path().join("newer.bin");
+    let newer = b"a newer version, put straight to the server by someone else\n";
+    std::fs::write(&src, newer).unwrap();
+    let out = run_bounded(
+        Command::new(BIN).args([
+            "put",
+            "--quiet",
+            src.to_str().unwrap(),
+            "t:data.bin",
+            "--config",
+            cfg.to_str().unwrap(),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "put: {}", text(&out.stderr));
+    wait_read(&a.path("data.bin"), newer, "the mount after the put");
+    drop(held);
+}
+
+common::per_kind!(writes_are_seen_across_mounts;
+    seen_box => Box, seen_cloudreve => Cloudreve, seen_dyson => Dyson);
+common::per_kind!(a_remote_delete_is_enoent_at_open;
+    delete_box => Box, delete_cloudreve => Cloudreve, delete_dyson => Dyson);
+common::per_kind!(an_edit_during_an_open_write_makes_a_conflict_copy;
+    conflict_box => Box, conflict_cloudreve => Cloudreve, conflict_dyson => Dyson);
+common::per_kind!(a_put_to_the_server_is_read_after_the_ttl;
+    put_box => Box, put_cloudreve => Cloudreve, put_dyson => Dyson);
