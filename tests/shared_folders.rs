@@ -151,7 +151,11 @@ fn an_edit_during_an_open_write_makes_a_conflict_copy(kind: TargetKind) {
     let s = TestServer::new();
     let (a, b, _) = two_mounts(&s, kind);
     write_file(&a.path("report.txt"), b"the first version\n");
-    wait_read(&b.path("report.txt"), b"the first version\n", "b before editing");
+    wait_read(
+        &b.path("report.txt"),
+        b"the first version\n",
+        "b before editing",
+    );
 
     // b opens the file for writing and starts its edit (an editor reads it first).
     let f = std::fs::OpenOptions::new()
@@ -187,7 +191,10 @@ fn an_edit_during_an_open_write_makes_a_conflict_copy(kind: TargetKind) {
     assert_eq!(files[&copy], sha1_hex(&ours), "the copy holds our edit");
 
     let st = b.status_json();
-    let conflicts = st["mounts"][0]["conflicts"].as_array().cloned().unwrap_or_default();
+    let conflicts = st["mounts"][0]["conflicts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(conflicts.len(), 1, "status lists the conflict: {st}");
     assert_eq!(conflicts[0]["path"], "/report.txt", "{st}");
     assert!(
@@ -197,7 +204,11 @@ fn an_edit_during_an_open_write_makes_a_conflict_copy(kind: TargetKind) {
 
     // Both mounts show both files with their contents.
     for m in [&a, &b] {
-        wait_read(&m.path("report.txt"), &theirs, "their version under the name");
+        wait_read(
+            &m.path("report.txt"),
+            &theirs,
+            "their version under the name",
+        );
         wait_read(&m.path(&copy), &ours, "our version as the copy");
     }
 }
@@ -241,3 +252,76 @@ common::per_kind!(an_edit_during_an_open_write_makes_a_conflict_copy;
     conflict_box => Box, conflict_cloudreve => Cloudreve, conflict_dyson => Dyson);
 common::per_kind!(a_put_to_the_server_is_read_after_the_ttl;
     put_box => Box, put_cloudreve => Cloudreve, put_dyson => Dyson);
+
+// ----- the clients' metadata request and conditional upload ------------------------------
+
+/// `stat` answers the version a file has now: the same after nothing happened, another
+/// after a new version (Box, Cloudreve: same id; Dyson: the old id is gone), nothing
+/// after a delete.
+fn stat_follows_versions(kind: TargetKind) {
+    use uploadfs::remote::same_version;
+    let s = TestServer::new();
+    let t = s.target(kind);
+    let v1 =
+        s.rt.block_on(t.upload(s.upload_request("v.txt", b"version one\n", None)))
+            .unwrap();
+    let now = s.rt.block_on(t.stat(&v1)).unwrap().expect("stat finds it");
+    assert!(same_version(&now, &v1), "{now:?} vs {v1:?}");
+    let v2 =
+        s.rt.block_on(t.upload(s.upload_request("v.txt", b"version two!\n", Some(v1.clone()))))
+            .unwrap();
+    if !t.capabilities().replaces_in_place {
+        // The caller deletes the old file (what the mount and `put` do).
+        s.rt.block_on(t.delete(&v1)).unwrap();
+    }
+    match s.rt.block_on(t.stat(&v1)).unwrap() {
+        Some(now) => assert!(!same_version(&now, &v1), "a new version looks the same"),
+        None => assert_ne!(v2.id, v1.id, "the file vanished, yet kept its id"),
+    }
+    s.rt.block_on(t.delete(&v2)).unwrap();
+    assert_eq!(
+        s.rt.block_on(t.stat(&v2)).unwrap(),
+        None,
+        "stat of a deleted file"
+    );
+}
+
+common::per_kind!(stat_follows_versions;
+    stat_box => Box, stat_cloudreve => Cloudreve, stat_dyson => Dyson);
+
+/// Box: a new version names the etag it replaces (`If-Match`), on the direct upload and
+/// on a session's commit; a stale etag gets `ErrorKind::Changed` and nothing is written.
+#[test]
+fn box_new_versions_are_conditional() {
+    use uploadfs::remote::ErrorKind;
+    let s = TestServer::new();
+    let t = s.target(TargetKind::Box);
+    for (name, size) in [("small.bin", 1000usize), ("big.bin", 20_000_000 + 7)] {
+        let first = common::pattern(size, 1);
+        let v1 =
+            s.rt.block_on(t.upload(s.upload_request(name, &first, None)))
+                .unwrap();
+        let seen = s.rt.block_on(t.stat(&v1)).unwrap().unwrap();
+        assert!(seen.extra.is_some(), "stat gives the etag");
+        // Someone else commits a version.
+        let theirs = common::pattern(size, 2);
+        s.rt.block_on(t.upload(s.upload_request(name, &theirs, Some(v1.clone()))))
+            .unwrap();
+        // Ours names the etag seen before theirs: refused, theirs stays.
+        let ours = common::pattern(size, 3);
+        let err =
+            s.rt.block_on(
+                t.upload_unless_changed(s.upload_request(name, &ours, Some(v1.clone())), &seen),
+            )
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Changed, "{name}: {err}");
+        s.assert_stored("box", name, &theirs);
+        // With the current etag it goes through.
+        let fresh = s.rt.block_on(t.stat(&v1)).unwrap().unwrap();
+        s.rt.block_on(
+            t.upload_unless_changed(s.upload_request(name, &ours, Some(v1.clone())), &fresh),
+        )
+        .unwrap();
+        s.assert_stored("box", name, &ours);
+    }
+}
