@@ -5,7 +5,8 @@
 //! remote file still the version this node stands for? One cheap metadata request
 //! ([`crate::remote::Target::stat`]) answers it; a file gone by its id is looked up by name
 //! in its folder's listing, since a target without in-place versions (Dyson) stores a
-//! replaced file under a new id.
+//! replaced file under a new id. Targets without a metadata request (Fluxer, Virola) are
+//! checked by listing: before a commit here, at open through the TTL-bound listing.
 //!
 //! - At open ([`super::super::files`]), a stale answer revalidates the cached node.
 //! - Right before a commit replaces a remote file ([`Fs::commit_check`]): when the file
@@ -117,23 +118,38 @@ impl Fs {
         match self.target.stat(known).await {
             Ok(Some(now)) if same_version(&now, known) => Ok(RemoteNow::Same(now)),
             Ok(Some(now)) => Ok(RemoteNow::Changed(now)),
-            Ok(None) => {
-                let key = |n: &str| {
-                    if self.caps.case_insensitive_names {
-                        n.to_lowercase()
-                    } else {
-                        n.to_string()
-                    }
-                };
-                let entries = self.target.list(parent).await?;
-                Ok(entries
-                    .into_iter()
-                    .find(|e| !e.is_dir && key(&e.name) == key(name))
-                    .map_or(RemoteNow::Gone, RemoteNow::Changed))
-            }
+            Ok(None) => self.remote_listed(parent, name, known).await,
             Err(e) if e.kind == ErrorKind::Unsupported => Ok(RemoteNow::Unknown),
             Err(e) => Err(e),
         }
+    }
+
+    /// [`Fs::remote_now`] from a listing of `parent`: `known` by id, else a file by name.
+    async fn remote_listed(
+        &self,
+        parent: &DirRef,
+        name: &str,
+        known: &RemoteFile,
+    ) -> Result<RemoteNow, TargetError> {
+        let key = |n: &str| {
+            if self.caps.case_insensitive_names {
+                n.to_lowercase()
+            } else {
+                n.to_string()
+            }
+        };
+        let entries = self.target.list(parent).await?;
+        if let Some(e) = entries.iter().find(|e| e.id == known.id && !e.is_dir) {
+            return Ok(if same_version(e, known) {
+                RemoteNow::Same(e.clone())
+            } else {
+                RemoteNow::Changed(e.clone())
+            });
+        }
+        Ok(entries
+            .into_iter()
+            .find(|e| !e.is_dir && key(&e.name) == key(name))
+            .map_or(RemoteNow::Gone, RemoteNow::Changed))
     }
 
     /// Right before a commit that replaces the remote file the node had: is it still the
@@ -149,7 +165,17 @@ impl Fs {
             },
             Ok(RemoteNow::Changed(theirs)) => Check::Conflict(theirs),
             Ok(RemoteNow::Gone) => Check::Gone,
-            Ok(RemoteNow::Unknown) => Check::Replace { expected: None },
+            Ok(RemoteNow::Unknown) => {
+                match self.remote_listed(&snap.parent, &snap.name, known).await {
+                    Ok(RemoteNow::Changed(theirs)) => Check::Conflict(theirs),
+                    Ok(RemoteNow::Gone) => Check::Gone,
+                    Ok(_) => Check::Replace { expected: None },
+                    Err(e) => {
+                        tracing::warn!(path = %snap.path, error = %e, "cannot check whether the remote file changed; uploading over it");
+                        Check::Replace { expected: None }
+                    }
+                }
+            }
             Err(e) => {
                 tracing::warn!(path = %snap.path, error = %e, "cannot check whether the remote file changed; uploading over it");
                 Check::Replace { expected: None }

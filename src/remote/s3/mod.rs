@@ -383,6 +383,19 @@ impl Target for S3Target {
         self.upload_file(&req).await
     }
 
+    /// `stat`: one HeadObject of the key (a folder has no object: `Unsupported`, so the
+    /// caller lists instead).
+    async fn stat(&self, file: &RemoteFile) -> Result<Option<RemoteFile>> {
+        if file.is_dir {
+            return Err(TargetError::unsupported("a metadata request for a folder"));
+        }
+        Ok(self
+            .client
+            .head_object(&file.id)
+            .await?
+            .map(|info| Self::file_of(&info)))
+    }
+
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
         let len = len.min(file.size.saturating_sub(offset));
         if len == 0 {
