@@ -148,8 +148,22 @@ fn a_remote_delete_is_enoent_at_open(kind: TargetKind) {
 /// but lands beside `a`'s version as the conflict copy; both contents are on the server
 /// and in both mounts, and `b`'s status lists the conflict.
 fn an_edit_during_an_open_write_makes_a_conflict_copy(kind: TargetKind) {
+    conflict_scenario(kind, false);
+}
+
+/// The same with `b` in write-back mode: its background upload finds the other version.
+fn write_back_makes_the_same_conflict_copy(kind: TargetKind) {
+    conflict_scenario(kind, true);
+}
+
+fn conflict_scenario(kind: TargetKind, write_back: bool) {
     let s = TestServer::new();
-    let (a, b, _) = two_mounts(&s, kind);
+    let (a, mut b, _) = two_mounts(&s, kind);
+    if write_back {
+        b.unmount();
+        b.set_extra(&["--write-back"]);
+        b.mount();
+    }
     write_file(&a.path("report.txt"), b"the first version\n");
     wait_read(
         &b.path("report.txt"),
@@ -176,6 +190,14 @@ fn an_edit_during_an_open_write_makes_a_conflict_copy(kind: TargetKind) {
     close(f);
     let ours = b"B's edit of the file\n".to_vec();
 
+    // Write-back: the queue uploads after close.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let copy_landed = |files: &std::collections::BTreeMap<String, String>| {
+        files.keys().any(|n| n.starts_with("report (conflict "))
+    };
+    while write_back && !copy_landed(&on_server(&s, kind)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let files = on_server(&s, kind);
     assert_eq!(
         files.get("report.txt"),
@@ -250,6 +272,8 @@ common::per_kind!(a_remote_delete_is_enoent_at_open;
     delete_box => Box, delete_cloudreve => Cloudreve, delete_dyson => Dyson);
 common::per_kind!(an_edit_during_an_open_write_makes_a_conflict_copy;
     conflict_box => Box, conflict_cloudreve => Cloudreve, conflict_dyson => Dyson);
+common::per_kind!(write_back_makes_the_same_conflict_copy;
+    write_back_conflict_box => Box, write_back_conflict_dyson => Dyson);
 common::per_kind!(a_put_to_the_server_is_read_after_the_ttl;
     put_box => Box, put_cloudreve => Cloudreve, put_dyson => Dyson);
 

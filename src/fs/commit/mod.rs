@@ -195,6 +195,9 @@ struct Snapshot {
     /// An earlier attempt failed (reopening for write makes a failed node `staged`; its
     /// error stays).
     retried: bool,
+    /// `remote` as the check right before the upload saw it: the version a conditional
+    /// upload names ([`conflict`]).
+    expected: Option<RemoteFile>,
 }
 
 /// An upload that landed: the remote file and the content it holds.
@@ -254,12 +257,9 @@ impl Fs {
         };
         self.set_uploading(ino, size);
         // Shared files: never overwrite a version this mount has not seen.
-        let expected = match self.commit_check(&snap).await {
-            conflict::Check::Replace { expected } => expected,
-            conflict::Check::Gone => {
-                snap.remote = None;
-                None
-            }
+        match self.commit_check(&snap).await {
+            conflict::Check::Replace { expected } => snap.expected = expected,
+            conflict::Check::Gone => snap.remote = None,
             conflict::Check::Conflict(theirs) => {
                 if let Some(e) = early {
                     self.give_up_early(ino, e).await;
@@ -269,9 +269,7 @@ impl Fs {
                     .await;
             }
         };
-        let (result, found) = self
-            .send(ino, of, &snap, size, &digests, early, expected)
-            .await;
+        let (result, found) = self.send(ino, of, &snap, size, &digests, early).await;
         of.end_upload(None);
         let remote = match result {
             Ok(r) => r,
@@ -356,6 +354,7 @@ impl Fs {
             replaces: n.row.replaces.clone(),
             path: t.path(ino),
             retried: n.row.state == NodeState::Failed || n.row.last_error.is_some(),
+            expected: None,
         })
     }
 
@@ -400,7 +399,6 @@ impl Fs {
         size: u64,
         digests: &Digests,
         early: Option<EarlyUpload>,
-        expected: Option<RemoteFile>,
     ) -> (Result<RemoteFile, TargetError>, Option<RemoteFile>) {
         let replaces_id = snap
             .remote
@@ -451,7 +449,7 @@ impl Fs {
                 progress,
                 early: None,
                 // Only where the node's own remote file is replaced, as checked.
-                expect: expected.filter(|_| landed.is_none()),
+                expect: snap.expected.clone().filter(|_| landed.is_none()),
             },
         )
         .await;
