@@ -349,3 +349,85 @@ fn box_new_versions_are_conditional() {
         s.assert_stored("box", name, &ours);
     }
 }
+
+// ----- close-to-open in the core, without FUSE ---------------------------------------------
+
+/// An open after the TTL checks the file by itself (no lookup or listing in between, as
+/// when the kernel still holds the name): a new version is read, a deleted file is ENOENT.
+fn open_revalidates_by_itself(kind: TargetKind) {
+    use std::ffi::OsStr;
+    use std::sync::Arc;
+    use uploadfs::catalog::{Catalog, ROOT_INO};
+    use uploadfs::fs::{Fs, FsOptions};
+    let s = TestServer::new();
+    let t = s.target(kind);
+    let state = tempfile::tempdir().unwrap();
+    let catalog = Arc::new(Catalog::open(&state.path().join("catalog.db")).unwrap());
+    let ttl = Duration::from_millis(TTL_MS);
+    let fs = Fs::new(
+        t.clone(),
+        catalog,
+        FsOptions {
+            target_name: "t".into(),
+            token_source: String::new(),
+            cache_dir: state.path().join("cache"),
+            cache_size: 16 << 20,
+            keep_remote: false,
+            uid: 0,
+            gid: 0,
+            max_file_size: None,
+            list_ttl: ttl,
+        },
+    )
+    .unwrap();
+    let rt = &s.rt;
+    let read_all = |ino: u64| -> Result<Vec<u8>, i32> {
+        let fh = rt
+            .block_on(fs.open(ino, libc::O_RDONLY, 0))
+            .map_err(|e| e.errno)?;
+        let data = rt.block_on(fs.read(fh, 0, 1 << 20)).unwrap().to_vec();
+        rt.block_on(fs.release(fh)).unwrap();
+        Ok(data)
+    };
+    let v1 = rt
+        .block_on(t.upload(s.upload_request("f.txt", b"version one\n", None)))
+        .unwrap();
+    let ino = rt
+        .block_on(fs.lookup(ROOT_INO, OsStr::new("f.txt")))
+        .unwrap()
+        .ino;
+    assert_eq!(read_all(ino).unwrap(), b"version one\n");
+
+    let newer = b"version two, from another writer\n";
+    let v2 = rt
+        .block_on(t.upload(s.upload_request("f.txt", newer, Some(v1.clone()))))
+        .unwrap();
+    if !t.capabilities().replaces_in_place {
+        rt.block_on(t.delete(&v1)).unwrap();
+    }
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    let before = s.requests();
+    assert_eq!(
+        read_all(ino).unwrap(),
+        newer,
+        "an open after the TTL reads the new version"
+    );
+    assert_eq!(fs.getattr(ino).unwrap().size, newer.len() as u64);
+    assert!(s.requests() > before, "the open asked the server");
+    // Within the TTL the next open asks nothing.
+    let before = s.requests();
+    assert_eq!(read_all(ino).unwrap(), newer);
+    assert_eq!(
+        s.requests() - before,
+        1,
+        "only the introspection call itself"
+    );
+
+    rt.block_on(t.delete(&v2)).unwrap();
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    assert_eq!(read_all(ino).unwrap_err(), libc::ENOENT, "a deleted file");
+    assert!(fs.getattr(ino).is_err(), "the node is gone");
+}
+
+common::per_kind!(open_revalidates_by_itself;
+    open_box => Box, open_cloudreve => Cloudreve, open_dyson => Dyson);
