@@ -27,7 +27,8 @@ use crate::write::uploader;
 
 use super::{Landed, Snapshot};
 use crate::fs::handle::OpenFile;
-use crate::fs::Fs;
+use crate::fs::{Fs, FsResult};
+use crate::remote::Digests;
 
 /// How many conflicts `status` keeps (the oldest go first): a list for people, not a log.
 const CONFLICTS_KEPT: usize = 100;
@@ -180,6 +181,42 @@ impl Fs {
                 tracing::warn!(path = %snap.path, error = %e, "cannot check whether the remote file changed; uploading over it");
                 Check::Replace { expected: None }
             }
+        }
+    }
+
+    /// Uploading → Landed as the conflict copy beside the other writer's version (or
+    /// Failed, as any commit).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn commit_as_conflict(
+        &self,
+        ino: u64,
+        of: &OpenFile,
+        snap: &Snapshot,
+        version: u64,
+        size: u64,
+        digests: &Digests,
+        theirs: Option<RemoteFile>,
+    ) -> FsResult<()> {
+        let r = self
+            .commit_conflict(ino, of, snap, size, digests, theirs)
+            .await;
+        of.end_upload(None);
+        match r {
+            Ok(landed) => {
+                of.mark_committed(version);
+                let remote = landed.remote.clone();
+                if self
+                    .apply_committed(&mut self.tree(), ino, &landed, false)
+                    .is_none()
+                {
+                    // Unlinked while uploading: the copy must not outlive the file.
+                    if let Err(e) = self.delete_remote(&remote, ino).await {
+                        tracing::warn!(ino, error = %e, "cannot delete the upload of a removed file");
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.commit_failed(ino, &snap.path, e)),
         }
     }
 

@@ -279,15 +279,7 @@ impl Fs {
                     .commit_as_conflict(ino, of, &snap, version, size, &digests, None)
                     .await;
             }
-            Err(e) => {
-                // Failed: the row keeps the line for people (`status`), the caller gets it
-                // with its cause and logs it once.
-                let message = self.upload_failure(&snap.path, &e);
-                self.set_failed(ino, &message);
-                let mut err = Error::from(e);
-                err.message = message.into();
-                return Err(err);
-            }
+            Err(e) => return Err(self.commit_failed(ino, &snap.path, e)),
         };
         of.mark_committed(version);
         let landed = Landed {
@@ -298,48 +290,6 @@ impl Fs {
         };
         self.after_landing(ino, &snap, found, landed).await;
         Ok(())
-    }
-
-    /// Uploading → Landed as the conflict copy beside the other writer's version (or
-    /// Failed, as any commit).
-    #[allow(clippy::too_many_arguments)]
-    async fn commit_as_conflict(
-        &self,
-        ino: u64,
-        of: &Arc<OpenFile>,
-        snap: &Snapshot,
-        version: u64,
-        size: u64,
-        digests: &Digests,
-        theirs: Option<RemoteFile>,
-    ) -> FsResult<()> {
-        let r = self
-            .commit_conflict(ino, of, snap, size, digests, theirs)
-            .await;
-        of.end_upload(None);
-        match r {
-            Ok(landed) => {
-                of.mark_committed(version);
-                let remote = landed.remote.clone();
-                if self
-                    .apply_committed(&mut self.tree(), ino, &landed, false)
-                    .is_none()
-                {
-                    // Unlinked while uploading: the copy must not outlive the file.
-                    if let Err(e) = self.delete_remote(&remote, ino).await {
-                        tracing::warn!(ino, error = %e, "cannot delete the upload of a removed file");
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let message = self.upload_failure(&snap.path, &e);
-                self.set_failed(ino, &message);
-                let mut err = Error::from(e);
-                err.message = message.into();
-                Err(err)
-            }
-        }
     }
 
     /// The node's place and remote state as the commit begins; `None` when it is gone.
@@ -581,6 +531,16 @@ impl Fs {
             digests,
         }
     }
+    /// Uploading → Failed: the row keeps the line for people (`status`), the caller gets
+    /// it with its cause and logs it once.
+    pub(in crate::fs) fn commit_failed(&self, ino: u64, path: &str, e: TargetError) -> Error {
+        let message = self.upload_failure(path, &e);
+        self.set_failed(ino, &message);
+        let mut err = Error::from(e);
+        err.message = message.into();
+        err
+    }
+
     /// One line a person can act on: the file, the target, the cause, and for a refused
     /// token where it comes from.
     pub(in crate::fs) fn upload_failure(
