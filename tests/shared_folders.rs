@@ -16,8 +16,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::config::TargetToml;
 use common::mount::{run_bounded, text, xattr, Mount};
+use common::remote::Remote;
 use common::{sha1_hex, TestServer, BIN};
 use uploadfs::config::TargetKind;
 
@@ -27,14 +27,19 @@ const TTL_MS: u64 = 400;
 /// Long enough for the listing TTL and the kernel's 1 s attribute and entry caches.
 const SETTLE: Duration = Duration::from_millis(1600);
 
-/// Two mounts `a` and `b` of target `t` of `kind` at `s`, and the config file.
-fn two_mounts(s: &TestServer, kind: TargetKind) -> (Mount, Mount, std::path::PathBuf) {
-    let cfg = TargetToml::new(s, kind)
-        .retry_seconds(10)
-        .extra(&format!("list_ttl_ms = {TTL_MS}\n"))
-        .write(s);
-    let wa = s.dir.path().join("a");
-    let wb = s.dir.path().join("b");
+/// The remote end for `kind`: a test server, or a fresh bucket of the S3 cluster.
+fn remote(kind: TargetKind) -> Remote {
+    match kind {
+        TargetKind::S3 => Remote::s3("shared"),
+        _ => Remote::serve(TestServer::new(), kind),
+    }
+}
+
+/// Two mounts `a` and `b` of target `t` at `r`, and the config file.
+fn two_mounts(r: &Remote) -> (Mount, Mount, std::path::PathBuf) {
+    let cfg = r.config(&format!("list_ttl_ms = {TTL_MS}\n"), 10);
+    let wa = r.work().join("a");
+    let wb = r.work().join("b");
     std::fs::create_dir_all(&wa).unwrap();
     std::fs::create_dir_all(&wb).unwrap();
     let a = Mount::with_config(&wa, "t", &cfg, &[]);
@@ -86,9 +91,9 @@ fn names(d: &Path) -> Vec<String> {
     v
 }
 
-/// The server's files of `kind`: name → sha1.
-fn on_server(s: &TestServer, kind: TargetKind) -> std::collections::BTreeMap<String, String> {
-    s.stored(kind.as_str())
+/// The remote's files: name → sha1.
+fn on_server(r: &Remote) -> std::collections::BTreeMap<String, String> {
+    r.stored()
         .into_iter()
         .map(|(n, (_, sha))| (n, sha))
         .collect()
@@ -97,8 +102,8 @@ fn on_server(s: &TestServer, kind: TargetKind) -> std::collections::BTreeMap<Str
 /// A file written in one mount is read right in the other after the TTL, also when the
 /// other has an older version cached; a delete and a new file are seen too.
 fn writes_are_seen_across_mounts(kind: TargetKind) {
-    let s = TestServer::new();
-    let (a, b, _) = two_mounts(&s, kind);
+    let r = remote(kind);
+    let (a, b, _) = two_mounts(&r);
     write_file(&a.path("f.txt"), b"one from a\n");
     wait_read(&b.path("f.txt"), b"one from a\n", "b after a's create");
 
@@ -131,8 +136,8 @@ fn writes_are_seen_across_mounts(kind: TargetKind) {
 /// A file deleted remotely while a mount has it cached, and even open for reading,
 /// answers ENOENT at the next open after the TTL.
 fn a_remote_delete_is_enoent_at_open(kind: TargetKind) {
-    let s = TestServer::new();
-    let (a, b, _) = two_mounts(&s, kind);
+    let r = remote(kind);
+    let (a, b, _) = two_mounts(&r);
     write_file(&a.path("gone.txt"), b"soon gone\n");
     wait_read(&b.path("gone.txt"), b"soon gone\n", "b before the delete");
     let held = File::open(b.path("gone.txt")).unwrap();
@@ -157,8 +162,8 @@ fn write_back_makes_the_same_conflict_copy(kind: TargetKind) {
 }
 
 fn conflict_scenario(kind: TargetKind, write_back: bool) {
-    let s = TestServer::new();
-    let (a, mut b, _) = two_mounts(&s, kind);
+    let r = remote(kind);
+    let (a, mut b, _) = two_mounts(&r);
     if write_back {
         b.unmount();
         b.set_extra(&["--write-back"]);
@@ -195,10 +200,10 @@ fn conflict_scenario(kind: TargetKind, write_back: bool) {
     let copy_landed = |files: &std::collections::BTreeMap<String, String>| {
         files.keys().any(|n| n.starts_with("report (conflict "))
     };
-    while write_back && !copy_landed(&on_server(&s, kind)) && Instant::now() < deadline {
+    while write_back && !copy_landed(&on_server(&r)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let files = on_server(&s, kind);
+    let files = on_server(&r);
     assert_eq!(
         files.get("report.txt"),
         Some(&sha1_hex(&theirs)),
@@ -238,8 +243,8 @@ fn conflict_scenario(kind: TargetKind, write_back: bool) {
 /// A change made with `uploadfs put` straight to the server, while a mount has the file
 /// cached (and open for reading), is read by the mount after the TTL.
 fn a_put_to_the_server_is_read_after_the_ttl(kind: TargetKind) {
-    let s = TestServer::new();
-    let (a, b, cfg) = two_mounts(&s, kind);
+    let r = remote(kind);
+    let (a, b, cfg) = two_mounts(&r);
     drop(b);
     write_file(&a.path("data.bin"), b"the mount's version\n");
     assert_eq!(
@@ -247,7 +252,7 @@ fn a_put_to_the_server_is_read_after_the_ttl(kind: TargetKind) {
         b"the mount's version\n"
     );
     let held = File::open(a.path("data.bin")).unwrap();
-    let src = s.dir.path().join("newer.bin");
+    let src = r.work().join("newer.bin");
     let newer = b"a newer version, put straight to the server by someone else\n";
     std::fs::write(&src, newer).unwrap();
     let out = run_bounded(
@@ -267,15 +272,16 @@ fn a_put_to_the_server_is_read_after_the_ttl(kind: TargetKind) {
 }
 
 common::per_kind!(writes_are_seen_across_mounts;
-    seen_box => Box, seen_cloudreve => Cloudreve, seen_dyson => Dyson);
+    seen_box => Box, seen_cloudreve => Cloudreve, seen_dyson => Dyson, seen_s3 => S3);
 common::per_kind!(a_remote_delete_is_enoent_at_open;
-    delete_box => Box, delete_cloudreve => Cloudreve, delete_dyson => Dyson);
+    delete_box => Box, delete_cloudreve => Cloudreve, delete_dyson => Dyson, delete_s3 => S3);
 common::per_kind!(an_edit_during_an_open_write_makes_a_conflict_copy;
-    conflict_box => Box, conflict_cloudreve => Cloudreve, conflict_dyson => Dyson);
+    conflict_box => Box, conflict_cloudreve => Cloudreve, conflict_dyson => Dyson,
+    conflict_s3 => S3);
 common::per_kind!(write_back_makes_the_same_conflict_copy;
     write_back_conflict_box => Box, write_back_conflict_dyson => Dyson);
 common::per_kind!(a_put_to_the_server_is_read_after_the_ttl;
-    put_box => Box, put_cloudreve => Cloudreve, put_dyson => Dyson);
+    put_box => Box, put_cloudreve => Cloudreve, put_dyson => Dyson, put_s3 => S3);
 
 // ----- the clients' metadata request and conditional upload ------------------------------
 
