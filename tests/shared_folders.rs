@@ -356,6 +356,40 @@ fn box_new_versions_are_conditional() {
     }
 }
 
+/// S3: the same with `If-Match` on PutObject and on CompleteMultipartUpload.
+#[test]
+fn s3_new_versions_are_conditional() {
+    use common::server::file_request;
+    use uploadfs::remote::ErrorKind;
+    let r = Remote::s3("conditional");
+    let t = r.target();
+    let dir = r.work().to_path_buf();
+    for (name, size) in [("small.bin", 1000usize), ("big.bin", 9 * 1024 * 1024 + 7)] {
+        let v1 = r
+            .block_on(t.upload(file_request(&dir, name, &common::pattern(size, 1), None)))
+            .unwrap();
+        let seen = r.block_on(t.stat(&v1)).unwrap().unwrap();
+        assert!(seen.extra.is_some(), "stat gives the ETag");
+        let theirs = common::pattern(size, 2);
+        r.block_on(t.upload(file_request(&dir, name, &theirs, Some(v1.clone()))))
+            .unwrap();
+        let ours = common::pattern(size, 3);
+        let err = r
+            .block_on(
+                t.upload_unless_changed(file_request(&dir, name, &ours, Some(v1.clone())), &seen),
+            )
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Changed, "{name}: {err}");
+        r.assert_stored(name, &theirs);
+        let fresh = r.block_on(t.stat(&v1)).unwrap().unwrap();
+        r.block_on(
+            t.upload_unless_changed(file_request(&dir, name, &ours, Some(v1.clone())), &fresh),
+        )
+        .unwrap();
+        r.assert_stored(name, &ours);
+    }
+}
+
 // ----- close-to-open in the core, without FUSE ---------------------------------------------
 
 /// An open after the TTL checks the file by itself (no lookup or listing in between, as
