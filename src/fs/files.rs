@@ -382,12 +382,12 @@ impl Fs {
         if n.open.is_some() || n.is_pending() || n.row.remote.as_ref() != Some(&known) {
             return Ok(());
         }
-        match now {
+        let changed = match now {
+            RemoteNow::Same(fresh) if fresh == known => false,
             RemoteNow::Same(fresh) => {
-                if fresh != known {
-                    // The same content; the metadata moved (an etag after a rename).
-                    t.set_remote(ino, Some(fresh));
-                }
+                // The same content; the metadata moved (an etag after a rename).
+                t.set_remote(ino, Some(fresh));
+                true
             }
             RemoteNow::Changed(new) => {
                 tracing::info!(ino, name = %name, id = %new.id, size = new.size, "the file changed remotely; dropping its cached data");
@@ -404,6 +404,7 @@ impl Fs {
                     n.page_cache = None;
                     n.synced = std::time::Instant::now();
                 }
+                true
             }
             RemoteNow::Gone => {
                 tracing::info!(ino, name = %name, "the file was deleted remotely");
@@ -414,9 +415,9 @@ impl Fs {
                 self.validated_lock().remove(&ino);
                 return Err(Error::msg(libc::ENOENT, "the file was deleted remotely"));
             }
-            RemoteNow::Unknown => {}
-        }
-        if let Some(n) = t.get(ino) {
+            RemoteNow::Unknown => false,
+        };
+        if let Some(n) = t.get(ino).filter(|_| changed) {
             let row = n.row.clone();
             self.persist_or_log(&row);
         }
@@ -438,7 +439,7 @@ impl Fs {
     }
 
     /// When the file's remote metadata was last checked, ms since the epoch: by itself
-    /// at an open, or by a listing of its folder (`user.uploadfs.validated`, `status`).
+    /// at an open, or by a listing of its folder (`user.uploadfs.validated`).
     pub(super) fn last_validated(&self, ino: u64) -> Option<i64> {
         let own = self.validated_lock().get(&ino).copied();
         let listed = {

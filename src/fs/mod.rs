@@ -9,7 +9,8 @@
 //!   pending files; remote entries get stable inodes, matched by remote id first;
 //!   tombstones keep a listing that started before a delete from bringing it back.
 //! - `files`: open, create, read, write, truncate. A file's data is staged
-//!   ([`crate::write::Stage`]); committed files are read through the block cache.
+//!   ([`crate::write::Stage`]); committed files are read through the block cache. An open
+//!   after the listing TTL checks the file against the remote first (close-to-open).
 //! - `close`: flush, fsync, release: where a writer's data enters the upload lifecycle.
 //! - [`commit`]: the upload lifecycle itself, one state machine (stage → session → parts →
 //!   seal → commit → landed/failed), with write-back's queue, the size-hinted early start,

@@ -3,8 +3,9 @@
 //! A file's data reaches the target through one state machine; the folder holds all of
 //! it: the commit driver (here), write-back's queue (`queue`), the early start
 //! (size-hinted, or streamed from the first write: [`early`]), adopting a copy that
-//! already landed (`adopt`), crash recovery (`recover`) and what `uploadfs status` shows
-//! (`status`).
+//! already landed (`adopt`), crash recovery (`recover`), what `uploadfs status` shows
+//! (`status`) and the check that another writer's version is never overwritten: the
+//! conflict copy ([`conflict`]).
 //!
 //! ```text
 //!                 write, truncate, O_TRUNC
