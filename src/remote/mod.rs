@@ -388,3 +388,50 @@ pub fn build(name: &str, cfg: &TargetConfig) -> anyhow::Result<Arc<dyn Target>> 
         TargetKind::Null => Arc::new(null::NullTarget::new()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(id: &str, size: u64) -> RemoteFile {
+        RemoteFile {
+            id: id.into(),
+            name: "f".into(),
+            size,
+            mtime_ms: 1000,
+            is_dir: false,
+            sha1: None,
+            md5: None,
+            url: None,
+            extra: None,
+        }
+    }
+
+    #[test]
+    fn versions_compare_by_digest_then_locator_then_time() {
+        let a = file("1", 5);
+        assert!(same_version(&a, &a.clone()));
+        assert!(!same_version(&a, &file("2", 5)), "another id");
+        assert!(!same_version(&a, &file("1", 6)), "another size");
+        // A digest decides over everything else (Box's etag moves on a rename).
+        let mut x = a.clone();
+        x.sha1 = Some("aa".into());
+        let mut y = x.clone();
+        y.extra = Some("etag-2".into());
+        y.mtime_ms = 2000;
+        assert!(same_version(&x, &y));
+        y.sha1 = Some("bb".into());
+        assert!(!same_version(&x, &y));
+        // Without digests: the version locator (Cloudreve's entity), else the time.
+        let mut c = a.clone();
+        c.extra = Some("entity-1".into());
+        let mut d = c.clone();
+        d.mtime_ms = 3000;
+        assert!(same_version(&c, &d));
+        d.extra = Some("entity-2".into());
+        assert!(!same_version(&c, &d));
+        let mut e = a.clone();
+        e.mtime_ms = 4000;
+        assert!(!same_version(&a, &e));
+    }
+}
