@@ -220,6 +220,21 @@ impl Fs {
         }
     }
 
+    /// A conditional upload was refused: is the version there ours after all (an attempt
+    /// whose answer was lost had landed, and its retry met it)? Then it is kept.
+    pub(super) async fn ours_after_all(
+        &self,
+        snap: &Snapshot,
+        size: u64,
+        digests: &Digests,
+    ) -> Option<RemoteFile> {
+        let known = snap.remote.as_ref()?;
+        let now = self.target.stat(known).await.ok().flatten()?;
+        super::adopt::Content::of(size, digests)
+            .held_by(&now)
+            .then_some(now)
+    }
+
     /// The remote file changed since this mount read it: upload our stage beside it as the
     /// conflict copy and make the node that copy; theirs stays under the name and shows up
     /// at the next listing. `Ok` when ours landed (the writer's close succeeds).

@@ -275,10 +275,16 @@ impl Fs {
         let remote = match result {
             Ok(r) => r,
             Err(e) if e.kind == crate::remote::ErrorKind::Changed => {
-                // The protocol's precondition caught a change after the check.
-                return self
-                    .commit_as_conflict(ino, of, &snap, version, size, &digests, None)
-                    .await;
+                // The protocol's precondition caught a change after the check (or the
+                // retry of an attempt that landed met our own version).
+                match self.ours_after_all(&snap, size, &digests).await {
+                    Some(r) => r,
+                    None => {
+                        return self
+                            .commit_as_conflict(ino, of, &snap, version, size, &digests, None)
+                            .await
+                    }
+                }
             }
             Err(e) => return Err(self.commit_failed(ino, &snap.path, e)),
         };
