@@ -3,7 +3,8 @@
 //! With a short listing TTL, each mount sees the other's writes, deletes and new files
 //! after the TTL; a file edited in one mount while the other holds it open for writing is
 //! never overwritten: the second close lands beside it as the conflict copy, and both
-//! writers' bytes are on the server. Every kind with remote overwrite or versions.
+//! writers' bytes are on the server. Every kind with remote overwrite or versions (Box,
+//! Cloudreve, Dyson) and S3; Fluxer and Virola (checked by listing) for the main two.
 //! Needs /dev/fuse and root or fusermount3, like tests/mount_scenarios.rs.
 
 mod common;
@@ -278,6 +279,11 @@ common::per_kind!(a_remote_delete_is_enoent_at_open;
 common::per_kind!(an_edit_during_an_open_write_makes_a_conflict_copy;
     conflict_box => Box, conflict_cloudreve => Cloudreve, conflict_dyson => Dyson,
     conflict_s3 => S3);
+// The kinds without versions or a metadata request: checked by listing.
+common::per_kind!(an_edit_during_an_open_write_makes_a_conflict_copy;
+    conflict_fluxer => Fluxer, conflict_virola => Virola);
+common::per_kind!(writes_are_seen_across_mounts;
+    seen_fluxer => Fluxer, seen_virola => Virola);
 common::per_kind!(write_back_makes_the_same_conflict_copy;
     write_back_conflict_box => Box, write_back_conflict_dyson => Dyson);
 common::per_kind!(a_put_to_the_server_is_read_after_the_ttl;
