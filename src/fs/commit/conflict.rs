@@ -8,7 +8,7 @@
 //! replaced file under a new id. Targets without a metadata request (Fluxer, Virola) are
 //! checked by listing: before a commit here, at open through the TTL-bound listing.
 //!
-//! - At open ([`super::super::files`]), a stale answer revalidates the cached node.
+//! - At open (`fs/files.rs`), a stale answer revalidates the cached node.
 //! - Right before a commit replaces a remote file ([`Fs::commit_check`]): when the file
 //!   changed since this mount read it, the commit does not overwrite it. Our bytes land
 //!   beside it as `NAME (conflict YYYY-MM-DD HHMMSS).ext` (UTC), the node becomes that
