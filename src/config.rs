@@ -105,6 +105,9 @@ pub struct RawTarget {
     pub retry_seconds: Option<u64>,
     /// How long an operation waits for an unreachable target before it fails, seconds.
     pub outage_seconds: Option<u64>,
+    /// How long a listing or a file's metadata is trusted before it is asked for again,
+    /// milliseconds (other writers' changes show within this time).
+    pub list_ttl_ms: Option<u64>,
     /// S3: the service's base URL; omitted means AWS for `region`.
     pub endpoint: Option<String>,
     /// S3: the signing region.
@@ -149,6 +152,8 @@ pub struct TargetConfig {
     pub retry_seconds: u64,
     /// How long an operation waits for an unreachable target before it fails (EIO).
     pub outage_seconds: u64,
+    /// `list_ttl_ms` as given (the mount's default when absent).
+    pub list_ttl_ms: Option<u64>,
     /// The S3 settings (`kind = "s3"` only).
     pub s3: Option<S3Config>,
 }
@@ -428,6 +433,7 @@ pub fn validate(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError
         max_file_size: raw.max_file_size,
         retry_seconds: raw.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
         outage_seconds: raw.outage_seconds.unwrap_or(DEFAULT_OUTAGE_SECONDS),
+        list_ttl_ms: raw.list_ttl_ms,
         s3: None,
     })
 }
@@ -502,6 +508,7 @@ fn validate_s3(name: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError>
         max_file_size: raw.max_file_size,
         retry_seconds: raw.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS),
         outage_seconds: raw.outage_seconds.unwrap_or(DEFAULT_OUTAGE_SECONDS),
+        list_ttl_ms: raw.list_ttl_ms,
         s3: Some(S3Config {
             endpoint,
             region,
@@ -649,6 +656,7 @@ impl TargetConfig {
             max_file_size: None,
             retry_seconds: DEFAULT_RETRY_SECONDS,
             outage_seconds: DEFAULT_OUTAGE_SECONDS,
+            list_ttl_ms: None,
             s3: None,
         }
     }
@@ -688,6 +696,7 @@ impl TargetConfig {
             max_file_size: None,
             retry_seconds: DEFAULT_RETRY_SECONDS,
             outage_seconds: DEFAULT_OUTAGE_SECONDS,
+            list_ttl_ms: None,
             s3: None,
         }
     }

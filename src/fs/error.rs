@@ -32,6 +32,7 @@ impl ToErrno for ErrorKind {
             ErrorKind::Unsupported => libc::ENOTSUP,
             ErrorKind::Unavailable | ErrorKind::Protocol | ErrorKind::LocalIo => libc::EIO,
             ErrorKind::Cancelled => libc::ECANCELED,
+            ErrorKind::Changed => libc::EBUSY,
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::read::fetcher::ReadError;
 use crate::read::ReadAhead;
 use crate::remote::{RemoteFile, TargetError};
 
+use super::commit::conflict::RemoteNow;
 use super::commit::early::Expected;
 use crate::write::Stage;
 
@@ -274,6 +275,7 @@ impl Fs {
     /// `open`, also telling whether the kernel may keep the file's cached pages (a
     /// read-only open of the same remote version as the previous read-only open).
     pub async fn open_ext(&self, ino: u64, flags: i32, pid: u32) -> FsResult<Opened> {
+        self.revalidate(ino).await?;
         let acc = flags & libc::O_ACCMODE;
         let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let trunc = writable && flags & libc::O_TRUNC != 0;
@@ -328,6 +330,129 @@ impl Fs {
             state: tokio::sync::Mutex::new(hstate),
         });
         Ok(Opened { fh, keep_cache })
+    }
+
+    /// Close-to-open: a committed file whose remote metadata is older than the listing
+    /// TTL (neither its folder's listing nor a check of its own is fresher) is checked
+    /// with one metadata request before it is opened. A new version replaces the node's
+    /// facts and drops the old version's cached blocks, so reads after this open see the
+    /// new bytes; a file gone remotely is removed (ENOENT). A file with local data, or
+    /// open here, is this mount's to decide (the commit checks it: a conflict copy).
+    /// Without a metadata request, the folder's listing (at most once per TTL) tells.
+    async fn revalidate(&self, ino: u64) -> FsResult<()> {
+        let (known, parent_ino, name, parent) = {
+            let t = self.tree();
+            let n = t.get(ino).ok_or(libc::ENOENT)?;
+            if n.is_dir() || n.open.is_some() || n.is_pending() {
+                return Ok(());
+            }
+            let Some(r) = n.row.remote.clone() else {
+                return Ok(());
+            };
+            (
+                r,
+                n.row.parent,
+                n.row.name.clone(),
+                self.dir_ref(&t, n.row.parent),
+            )
+        };
+        if self.listing_fresh(parent.as_deref().unwrap_or_default()) || self.validated_fresh(ino) {
+            return Ok(());
+        }
+        let now = match self.remote_now(&parent, &name, &known).await {
+            Ok(RemoteNow::Unknown) => {
+                self.refresh(parent_ino, false).await;
+                return match self.tree().get(ino) {
+                    Some(_) => Ok(()),
+                    None => Err(Error::msg(libc::ENOENT, "the file was deleted remotely")),
+                };
+            }
+            Ok(now) => now,
+            Err(e) => {
+                // The cached view is served; the next open asks again.
+                tracing::warn!(ino, name = %name, error = %e, "cannot revalidate the file; serving what is cached");
+                return Ok(());
+            }
+        };
+        let mut t = self.tree();
+        let Some(n) = t.get(ino) else {
+            return Err(Error::new(libc::ENOENT));
+        };
+        // Changed here meanwhile (written, or already updated by a listing): keep that.
+        if n.open.is_some() || n.is_pending() || n.row.remote.as_ref() != Some(&known) {
+            return Ok(());
+        }
+        let changed = match now {
+            RemoteNow::Same(fresh) if fresh == known => false,
+            RemoteNow::Same(fresh) => {
+                // The same content; the metadata moved (an etag after a rename).
+                t.set_remote(ino, Some(fresh));
+                true
+            }
+            RemoteNow::Changed(new) => {
+                tracing::info!(ino, name = %name, id = %new.id, size = new.size, "the file changed remotely; dropping its cached data");
+                self.cache
+                    .forget_file(&crate::read::cache::file_tag(&known));
+                t.set_remote(ino, Some(new.clone()));
+                if let Some(n) = t.get_mut(ino) {
+                    n.row.size = new.size;
+                    if new.mtime_ms > 0 {
+                        n.row.mtime_ms = new.mtime_ms;
+                    }
+                    n.row.sha1 = new.sha1.clone();
+                    n.row.md5 = new.md5.clone();
+                    n.page_cache = None;
+                    n.synced = std::time::Instant::now();
+                }
+                true
+            }
+            RemoteNow::Gone => {
+                tracing::info!(ino, name = %name, "the file was deleted remotely");
+                t.remove(ino);
+                if let Err(e) = self.catalog.delete_node(ino) {
+                    tracing::error!(error = %e, "catalog delete failed");
+                }
+                self.validated_lock().remove(&ino);
+                return Err(Error::msg(libc::ENOENT, "the file was deleted remotely"));
+            }
+            RemoteNow::Unknown => false,
+        };
+        if let Some(n) = t.get(ino).filter(|_| changed) {
+            let row = n.row.clone();
+            self.persist_or_log(&row);
+        }
+        drop(t);
+        self.validated_lock().insert(ino, now_ms());
+        Ok(())
+    }
+
+    fn validated_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, i64>> {
+        self.validated.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The file's own check is younger than the listing TTL.
+    fn validated_fresh(&self, ino: u64) -> bool {
+        let ttl = self.opts.list_ttl.as_millis() as i64;
+        self.validated_lock()
+            .get(&ino)
+            .is_some_and(|at| now_ms() - *at < ttl)
+    }
+
+    /// When the file's remote metadata was last checked, ms since the epoch: by itself
+    /// at an open, or by a listing of its folder (`user.uploadfs.validated`).
+    pub(super) fn last_validated(&self, ino: u64) -> Option<i64> {
+        let own = self.validated_lock().get(&ino).copied();
+        let listed = {
+            let t = self.tree();
+            let n = t.get(ino)?;
+            let key = self.dir_ref(&t, n.row.parent).unwrap_or_default();
+            self.listed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .map(|at| now_ms() - at.elapsed().as_millis() as i64)
+        };
+        own.max(listed)
     }
 
     #[allow(clippy::too_many_arguments)]

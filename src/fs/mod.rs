@@ -9,7 +9,8 @@
 //!   pending files; remote entries get stable inodes, matched by remote id first;
 //!   tombstones keep a listing that started before a delete from bringing it back.
 //! - `files`: open, create, read, write, truncate. A file's data is staged
-//!   ([`crate::write::Stage`]); committed files are read through the block cache.
+//!   ([`crate::write::Stage`]); committed files are read through the block cache. An open
+//!   after the listing TTL checks the file against the remote first (close-to-open).
 //! - `close`: flush, fsync, release: where a writer's data enters the upload lifecycle.
 //! - [`commit`]: the upload lifecycle itself, one state machine (stage → session → parts →
 //!   seal → commit → landed/failed), with write-back's queue, the size-hinted early start,
@@ -37,10 +38,10 @@ pub mod pool;
 mod repost;
 mod xattr;
 
-pub use commit::{FileStatus, MountStatus, Uploads};
+pub use commit::{ConflictStatus, FileStatus, MountStatus, Uploads};
 pub use error::{Errno, Error, ToErrno};
 pub use names::NAME_MAX;
-pub use xattr::{XATTR_REMOTE_ID, XATTR_SHA1, XATTR_STATE, XATTR_URL};
+pub use xattr::{XATTR_REMOTE_ID, XATTR_SHA1, XATTR_STATE, XATTR_URL, XATTR_VALIDATED};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -155,6 +156,11 @@ pub struct Fs {
     pool: pool::StagePool,
     /// Listings during outages and refused listings ([`outage`]).
     outage: outage::Outage,
+    /// When each file's remote metadata was last checked by itself, ms since the epoch
+    /// (a listing of its folder checks it too).
+    validated: Mutex<HashMap<u64, i64>>,
+    /// Conflict copies made by this mount ([`commit::conflict`]).
+    conflicts: commit::conflict::Conflicts,
 }
 
 impl Fs {
@@ -189,6 +195,8 @@ impl Fs {
             uploads: commit::Uploads::default(),
             pool: pool::StagePool::default(),
             outage: outage::Outage::default(),
+            validated: Mutex::new(HashMap::new()),
+            conflicts: commit::conflict::Conflicts::default(),
         })
     }
 

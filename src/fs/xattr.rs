@@ -11,6 +11,8 @@ pub const XATTR_STATE: &str = "user.uploadfs.state";
 pub const XATTR_REMOTE_ID: &str = "user.uploadfs.remote_id";
 pub const XATTR_SHA1: &str = "user.uploadfs.sha1";
 pub const XATTR_URL: &str = "user.uploadfs.url";
+/// When the file's remote metadata was last checked (UTC, RFC 3339; see `files.rs`).
+pub const XATTR_VALIDATED: &str = "user.uploadfs.validated";
 
 impl Fs {
     pub fn statfs(&self) -> StatFs {
@@ -43,6 +45,15 @@ impl Fs {
             if let Some(u) = &r.url {
                 v.push((XATTR_URL, u.clone()));
             }
+        }
+        let has_remote = n.row.remote.is_some();
+        drop(t);
+        if let Some(at) = self.last_validated(ino).filter(|_| has_remote) {
+            let at = chrono::DateTime::from_timestamp_millis(at).unwrap_or_default();
+            v.push((
+                XATTR_VALIDATED,
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ));
         }
         Ok(v)
     }

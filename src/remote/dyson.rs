@@ -460,6 +460,23 @@ impl Target for DysonTarget {
         }
     }
 
+    /// `stat`: `GET /files/{id}/info`; 404 is "gone" (a replaced file has a new id).
+    async fn stat(&self, file: &RemoteFile) -> Result<Option<RemoteFile>> {
+        let what = format!("metadata of {}", file.name);
+        let url = self.url(&format!("/files/{}/info", file.id));
+        let r = self
+            .http
+            .call(&what, || self.http.auth(self.http.get(&url)))
+            .await?;
+        if r.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !r.status.is_success() {
+            return Err(self.fail(&what, r.status, &r.body));
+        }
+        Ok(Some(to_remote(parse_json(&what, &r.body)?)))
+    }
+
     async fn rename(&self, file: &RemoteFile, _p: &DirRef, new_name: &str) -> Result<RemoteFile> {
         check_name(new_name)?;
         let what = format!("renaming {} to {new_name}", file.name);

@@ -254,6 +254,15 @@ impl Encoded {
         }
         Arc::new(Encoded { inner, rules })
     }
+
+    /// The request with its name, and the file it replaces, as the service stores them.
+    fn encode_request(&self, mut req: UploadRequest) -> UploadRequest {
+        req.name = self.rules.encode(&req.name).into_owned();
+        if let Some(old) = req.replaces.take() {
+            req.replaces = Some(self.rules.encode_file(&old).into_owned());
+        }
+        req
+    }
 }
 
 // Every method is written out, none left to the trait's default: a default body here
@@ -265,11 +274,8 @@ impl Target for Encoded {
         self.inner.capabilities()
     }
 
-    async fn upload(&self, mut req: UploadRequest) -> Result<RemoteFile> {
-        req.name = self.rules.encode(&req.name).into_owned();
-        if let Some(old) = req.replaces.take() {
-            req.replaces = Some(self.rules.encode_file(&old).into_owned());
-        }
+    async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
+        let req = self.encode_request(req);
         let landed = self.inner.upload(req).await?;
         Ok(self.rules.decode_file(landed))
     }
@@ -315,6 +321,27 @@ impl Target for Encoded {
 
     async fn check(&self) -> Result<()> {
         self.inner.check().await
+    }
+
+    fn health(&self) -> Option<&Arc<super::health::Health>> {
+        self.inner.health()
+    }
+
+    async fn stat(&self, file: &RemoteFile) -> Result<Option<RemoteFile>> {
+        let file = self.rules.encode_file(file);
+        let now = self.inner.stat(&file).await?;
+        Ok(now.map(|f| self.rules.decode_file(f)))
+    }
+
+    async fn upload_unless_changed(
+        &self,
+        req: UploadRequest,
+        expected: &RemoteFile,
+    ) -> Result<RemoteFile> {
+        let req = self.encode_request(req);
+        let expected = self.rules.encode_file(expected);
+        let landed = self.inner.upload_unless_changed(req, &expected).await?;
+        Ok(self.rules.decode_file(landed))
     }
 }
 

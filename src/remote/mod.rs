@@ -254,6 +254,9 @@ pub enum ErrorKind {
     LocalIo,
     /// An upload started before its file was complete was given up by the caller.
     Cancelled,
+    /// A conditional upload ([`Target::upload_unless_changed`]) found the remote file
+    /// changed since it was read: the precondition failed and nothing was written.
+    Changed,
 }
 
 /// A target failure: a category plus a message naming the cause (never a secret).
@@ -333,6 +336,47 @@ pub trait Target: Send + Sync + 'static {
     fn health(&self) -> Option<&Arc<health::Health>> {
         None
     }
+
+    /// The file's current metadata (size, digests, version) in one cheap request, or
+    /// `None` when the service no longer has a file with this id. Used to revalidate a
+    /// cached file at open and to check, right before a commit, that nobody replaced the
+    /// file meanwhile. The default: `ErrorKind::Unsupported` (the caller then relies on
+    /// listings).
+    async fn stat(&self, _file: &RemoteFile) -> Result<Option<RemoteFile>> {
+        Err(TargetError::unsupported("a metadata request for one file"))
+    }
+
+    /// Upload `req` as a new version of `expected` (`req.replaces`) only if the remote
+    /// file is still that version, as one step where the protocol has a precondition
+    /// (Box `If-Match`, S3 conditional writes); `ErrorKind::Changed` when it is not, with
+    /// nothing written. The default uploads: the caller checked with [`Target::stat`]
+    /// right before.
+    async fn upload_unless_changed(
+        &self,
+        req: UploadRequest,
+        _expected: &RemoteFile,
+    ) -> Result<RemoteFile> {
+        self.upload(req).await
+    }
+}
+
+/// `a` and `b` are the same content version of one remote file: same id and size, and
+/// the same digest where both report one; without digests the same protocol version
+/// locator (`extra`: Cloudreve's entity) where both have one, else the same
+/// modification time. Box's etag (its `extra`) also moves on a rename, so the digest
+/// decides first.
+pub fn same_version(a: &RemoteFile, b: &RemoteFile) -> bool {
+    if a.id != b.id || a.size != b.size || a.is_dir != b.is_dir {
+        return false;
+    }
+    match (&a.sha1, &b.sha1, &a.md5, &b.md5) {
+        (Some(x), Some(y), _, _) => x == y,
+        (_, _, Some(x), Some(y)) => x == y,
+        _ => match (&a.extra, &b.extra) {
+            (Some(x), Some(y)) => x == y,
+            _ => a.mtime_ms == 0 || b.mtime_ms == 0 || a.mtime_ms == b.mtime_ms,
+        },
+    }
 }
 
 /// Build the client for a configured target, with names encoded into what the service
@@ -358,4 +402,51 @@ pub fn build(name: &str, cfg: &TargetConfig) -> anyhow::Result<Arc<dyn Target>> 
         TargetKind::S3 => Arc::new(s3::S3Target::new(http, cfg)?),
         TargetKind::Null => Arc::new(null::NullTarget::new()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(id: &str, size: u64) -> RemoteFile {
+        RemoteFile {
+            id: id.into(),
+            name: "f".into(),
+            size,
+            mtime_ms: 1000,
+            is_dir: false,
+            sha1: None,
+            md5: None,
+            url: None,
+            extra: None,
+        }
+    }
+
+    #[test]
+    fn versions_compare_by_digest_then_locator_then_time() {
+        let a = file("1", 5);
+        assert!(same_version(&a, &a.clone()));
+        assert!(!same_version(&a, &file("2", 5)), "another id");
+        assert!(!same_version(&a, &file("1", 6)), "another size");
+        // A digest decides over everything else (Box's etag moves on a rename).
+        let mut x = a.clone();
+        x.sha1 = Some("aa".into());
+        let mut y = x.clone();
+        y.extra = Some("etag-2".into());
+        y.mtime_ms = 2000;
+        assert!(same_version(&x, &y));
+        y.sha1 = Some("bb".into());
+        assert!(!same_version(&x, &y));
+        // Without digests: the version locator (Cloudreve's entity), else the time.
+        let mut c = a.clone();
+        c.extra = Some("entity-1".into());
+        let mut d = c.clone();
+        d.mtime_ms = 3000;
+        assert!(same_version(&c, &d));
+        d.extra = Some("entity-2".into());
+        assert!(!same_version(&c, &d));
+        let mut e = a.clone();
+        e.mtime_ms = 4000;
+        assert!(!same_version(&a, &e));
+    }
 }

@@ -147,6 +147,8 @@ pub struct StatusView {
     pub note: Option<String>,
     pub pending: Vec<FileStatus>,
     pub totals: Totals,
+    /// Conflict copies this mount made (live from the daemon only).
+    pub conflicts: Vec<crate::fs::ConflictStatus>,
 }
 
 impl StatusView {
@@ -166,6 +168,7 @@ impl StatusView {
             note: None,
             totals: Totals::of(&st.pending),
             pending: st.pending,
+            conflicts: st.conflicts,
         }
     }
 }
@@ -322,6 +325,12 @@ pub fn render_text(views: &[StatusView]) -> String {
         }
         if !v.pending.is_empty() {
             out.push_str(&format!("  {}\n", totals_text(&v.totals)));
+        }
+        for c in &v.conflicts {
+            out.push_str(&format!(
+                "  conflict   {} changed remotely while open here; this mount's version is {}\n",
+                c.path, c.copy
+            ));
         }
     }
     out

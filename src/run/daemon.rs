@@ -26,7 +26,8 @@ const READY_FD_ENV: &str = "UPLOADFS_READY_FD";
 /// How long `mount` waits for the daemon to be ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Listing cache lifetime: files uploaded elsewhere show up within this time.
+/// Listing cache lifetime by default (`list_ttl_ms` sets it): files uploaded elsewhere
+/// show up, and an opened file is checked against the remote, within this time.
 const LIST_TTL: Duration = Duration::from_secs(5);
 
 /// FUSE dispatch threads: enough that slow commits never block lookups and listings.
@@ -344,7 +345,10 @@ fn foreground(args: &MountArgs, ready: &mut Option<std::fs::File>) -> anyhow::Re
             uid,
             gid,
             max_file_size: open.config.max_file_size,
-            list_ttl: LIST_TTL,
+            list_ttl: open
+                .config
+                .list_ttl_ms
+                .map_or(LIST_TTL, Duration::from_millis),
         },
     )?);
     if args.write_back {

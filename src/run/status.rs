@@ -250,6 +250,7 @@ fn mount_status(r: &MountRecord) -> anyhow::Result<crate::run::control::StatusVi
         note,
         totals: Totals::of(&pending),
         pending,
+        conflicts: vec![],
     })
 }
 

@@ -189,6 +189,9 @@ pub struct Commit {
     /// are read as the data arrives and the upload completes only once this is sealed;
     /// `digests` are empty until then.
     pub early: Option<Arc<Seal>>,
+    /// Replace `replaces` only if the remote file is still this version
+    /// ([`Target::upload_unless_changed`]); `ErrorKind::Changed` otherwise.
+    pub expect: Option<RemoteFile>,
 }
 
 /// Upload `stage` as described by `c`, journaling it in `catalog`.
@@ -255,7 +258,10 @@ pub async fn upload(
         )),
     };
     let started = std::time::Instant::now();
-    let result = target.upload(req).await;
+    let result = match &c.expect {
+        Some(expected) => target.upload_unless_changed(req, expected).await,
+        None => target.upload(req).await,
+    };
     // A failed attempt keeps its row: the next one resumes the session.
     if result.is_ok() {
         if let Err(e) = catalog.journal_end(d.ino) {

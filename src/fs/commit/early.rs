@@ -172,6 +172,8 @@ impl Fs {
             max_size: self.max_size(),
             progress: self.uploads.begin(ino, size),
             early: Some(seal.clone()),
+            // The commit checks the remote file before it seals the upload.
+            expect: None,
         };
         let (target, catalog, stage) =
             (self.target.clone(), self.catalog.clone(), of.stage.clone());
@@ -253,6 +255,20 @@ impl Fs {
                 tracing::warn!(ino, name, error = %join, "the upload started early ended abnormally");
                 None
             }
+        }
+    }
+
+    /// Early → given up, waiting for its task: the file is not going where the upload
+    /// was headed (a conflict copy goes up instead). An upload that completed without
+    /// waiting for its seal is a client bug, logged.
+    pub(in crate::fs) async fn give_up_early(&self, ino: u64, mut e: EarlyUpload) {
+        e.seal.cancel();
+        e.stage.early_cancel();
+        let outcome = (&mut e.task).await;
+        e.stage.early_end();
+        self.uploads.end(ino);
+        if let Ok(Ok(r)) = outcome {
+            tracing::error!(ino, name = %e.name, id = %r.id, "an upload given up completed anyway");
         }
     }
 }

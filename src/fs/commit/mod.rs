@@ -3,8 +3,9 @@
 //! A file's data reaches the target through one state machine; the folder holds all of
 //! it: the commit driver (here), write-back's queue (`queue`), the early start
 //! (size-hinted, or streamed from the first write: [`early`]), adopting a copy that
-//! already landed (`adopt`), crash recovery (`recover`) and what `uploadfs status` shows
-//! (`status`).
+//! already landed (`adopt`), crash recovery (`recover`), what `uploadfs status` shows
+//! (`status`) and the check that another writer's version is never overwritten: the
+//! conflict copy ([`conflict`]).
 //!
 //! ```text
 //!                 write, truncate, O_TRUNC
@@ -46,11 +47,13 @@
 //!   upload sealed at close, and a copy adopted after a failure or a crash.
 
 mod adopt;
+pub mod conflict;
 pub mod early;
 mod queue;
 pub(super) mod recover;
 mod status;
 
+pub use conflict::ConflictStatus;
 pub use queue::Uploads;
 pub use status::{FileStatus, MountStatus};
 
@@ -193,6 +196,9 @@ struct Snapshot {
     /// An earlier attempt failed (reopening for write makes a failed node `staged`; its
     /// error stays).
     retried: bool,
+    /// `remote` as the check right before the upload saw it: the version a conditional
+    /// upload names ([`conflict`]).
+    expected: Option<RemoteFile>,
 }
 
 /// An upload that landed: the remote file and the content it holds.
@@ -237,7 +243,7 @@ impl Fs {
         }
         let version = of.stage.version();
         let size = of.stage.size();
-        let Some(snap) = self.snapshot(ino) else {
+        let Some(mut snap) = self.snapshot(ino) else {
             return Ok(());
         };
         let early = of.begin_upload();
@@ -251,20 +257,36 @@ impl Fs {
             }
         };
         self.set_uploading(ino, size);
+        // Shared files: never overwrite a version this mount has not seen.
+        match self.commit_check(&snap).await {
+            conflict::Check::Replace { expected } => snap.expected = expected,
+            conflict::Check::Gone => snap.remote = None,
+            conflict::Check::Conflict(theirs) => {
+                if let Some(e) = early {
+                    self.give_up_early(ino, e).await;
+                }
+                return self
+                    .commit_as_conflict(ino, of, &snap, version, size, &digests, Some(theirs))
+                    .await;
+            }
+        };
         let (result, found) = self.send(ino, of, &snap, size, &digests, early).await;
         of.end_upload(None);
         let remote = match result {
             Ok(r) => r,
-            Err(e) => {
-                // Failed: the row keeps the line for people (`status`), the caller gets it
-                // with its cause and logs it once.
-                let message = self.upload_failure(&snap.path, &e);
-                self.set_failed(ino, &message);
-                let mut err = Error::from(e);
-                err.message = message.into();
-                self.failed_in_outage(ino, &err);
-                return Err(err);
+            Err(e) if e.kind == crate::remote::ErrorKind::Changed => {
+                // The protocol's precondition caught a change after the check (or the
+                // retry of an attempt that landed met our own version).
+                match self.ours_after_all(&snap, size, &digests).await {
+                    Some(r) => r,
+                    None => {
+                        return self
+                            .commit_as_conflict(ino, of, &snap, version, size, &digests, None)
+                            .await
+                    }
+                }
             }
+            Err(e) => return Err(self.commit_failed(ino, &snap.path, e)),
         };
         of.mark_committed(version);
         let landed = Landed {
@@ -289,6 +311,7 @@ impl Fs {
             replaces: n.row.replaces.clone(),
             path: t.path(ino),
             retried: n.row.state == NodeState::Failed || n.row.last_error.is_some(),
+            expected: None,
         })
     }
 
@@ -382,6 +405,8 @@ impl Fs {
                 max_size: self.max_size(),
                 progress,
                 early: None,
+                // Only where the node's own remote file is replaced, as checked.
+                expect: snap.expected.clone().filter(|_| landed.is_none()),
             },
         )
         .await;
@@ -513,6 +538,17 @@ impl Fs {
             digests,
         }
     }
+    /// Uploading → Failed: the row keeps the line for people (`status`), the caller gets
+    /// it with its cause and logs it once.
+    pub(in crate::fs) fn commit_failed(&self, ino: u64, path: &str, e: TargetError) -> Error {
+        let message = self.upload_failure(path, &e);
+        self.set_failed(ino, &message);
+        let mut err = Error::from(e);
+        err.message = message.into();
+        self.failed_in_outage(ino, &err);
+        err
+    }
+
     /// One line a person can act on: the file, the target, the cause, and for a refused
     /// token where it comes from.
     pub(in crate::fs) fn upload_failure(

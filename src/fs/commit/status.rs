@@ -62,6 +62,10 @@ pub struct MountStatus {
     /// The target refused a listing (token, missing folder): what `ls` answers.
     #[serde(default)]
     pub listing_error: Option<String>,
+    /// Files another writer changed while they were open here: their version kept the
+    /// name, this mount's landed beside it ([`super::conflict`]).
+    #[serde(default)]
+    pub conflicts: Vec<super::ConflictStatus>,
 }
 
 impl Fs {
@@ -137,6 +141,7 @@ impl Fs {
             waiting: queue.values().filter(|(_, _, w)| *w).count(),
             stale,
             listing_error,
+            conflicts: self.conflicts(),
         }
     }
 }

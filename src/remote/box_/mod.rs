@@ -46,6 +46,10 @@ const TYPICAL_PART_SIZE: u64 = 8 * 1024 * 1024;
 const PAGE_LIMIT: u32 = 1000;
 /// Fields a listing must ask for: Box's default mini form has no size or times.
 const LIST_FIELDS: &str = "name,size,modified_at,content_modified_at,sha1";
+
+/// The fields of one file's metadata request ([`Target::stat`]): a listing's, plus the
+/// etag a conditional new version names in `If-Match`.
+const STAT_FIELDS: &str = "name,size,modified_at,content_modified_at,sha1,etag";
 /// Box's public upload host, when the config names none.
 const DEFAULT_UPLOAD_URL: &str = "https://upload.box.com/api/2.0";
 /// Wait before retrying a 202 that carries no `Retry-After`.
@@ -104,6 +108,9 @@ struct Item {
     modified_at: Option<String>,
     #[serde(default)]
     content_modified_at: Option<String>,
+    /// Only asked for by [`Target::stat`]; kept in [`RemoteFile::extra`].
+    #[serde(default)]
+    etag: Option<String>,
 }
 
 impl Item {
@@ -124,7 +131,8 @@ impl Item {
             sha1: self.sha1.filter(|s| !s.is_empty()),
             md5: None,
             url: None,
-            extra: None,
+            // The etag, when asked for: what a conditional new version names.
+            extra: self.etag.filter(|e| !e.is_empty()),
         }
     }
 }
@@ -193,6 +201,8 @@ impl Failure {
             "item_name_in_use" => Some(ErrorKind::Conflict),
             "not_found" => Some(ErrorKind::NotFound),
             "unauthorized" => Some(ErrorKind::Auth),
+            // `If-Match` named an older etag: someone changed the file meanwhile.
+            "precondition_failed" => Some(ErrorKind::Changed),
             _ => None,
         };
         match kind {
@@ -275,6 +285,60 @@ impl BoxTarget {
             .ok_or_else(|| TargetError::protocol(format!("{what}: the answer lists no file")))
     }
 
+    /// Upload; a new version only if the file still has etag `if_match` (when given).
+    async fn upload_if(&self, req: UploadRequest, if_match: Option<&str>) -> Result<RemoteFile> {
+        let req = req.with_final_size().await?;
+        let what = format!("box upload of {}", req.name);
+        if let Some(max) = self.max_file_size {
+            if req.size > max {
+                return Err(TargetError::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "{what}: {} bytes is over the target's limit of {max}",
+                        req.size
+                    ),
+                ));
+            }
+        }
+        let parent = self.folder_id(&req.parent).to_string();
+        let mut version_of = req.replaces.as_ref().map(|r| r.id.clone());
+        if req.size < MIN_SESSION_SIZE {
+            // One request makes the file visible: a file still being written is complete first.
+            req.final_digests().await?;
+            let mut answer = self
+                .direct_upload(&req, &parent, version_of.as_deref(), if_match)
+                .await?;
+            // The replaced file vanished: upload as a new file instead.
+            if let (Some(_), Err(f)) = (&version_of, &answer) {
+                if f.status == StatusCode::NOT_FOUND {
+                    version_of = None;
+                    answer = self.direct_upload(&req, &parent, None, None).await?;
+                }
+            }
+            return match answer {
+                Ok(f) => Ok(f),
+                Err(f) => match (version_of, f.conflicting_file()) {
+                    // The name is taken by a file: upload as its new version.
+                    (None, Some(id)) => self
+                        .direct_upload(&req, &parent, Some(&id), None)
+                        .await?
+                        .map_err(|f| f.into_error(&what)),
+                    _ => Err(f.into_error(&what)),
+                },
+            };
+        }
+        match self
+            .session_upload(&req, &parent, version_of.as_deref(), if_match)
+            .await
+        {
+            Err(e) if e.kind == ErrorKind::NotFound && version_of.is_some() => {
+                // The replaced file vanished before the session was created.
+                self.session_upload(&req, &parent, None, None).await
+            }
+            r => r,
+        }
+    }
+
     // -----------------------------------------------------------------------------------
     // Direct uploads
 
@@ -285,6 +349,7 @@ impl BoxTarget {
         req: &UploadRequest,
         parent: &str,
         version_of: Option<&str>,
+        if_match: Option<&str>,
     ) -> Result<std::result::Result<RemoteFile, Failure>> {
         let what = format!("box upload of {}", req.name);
         let mut attributes = json!({ "name": req.name });
@@ -317,6 +382,9 @@ impl BoxTarget {
                 let mut rb = self.http.auth(self.http.post(&url)).multipart(form);
                 if let Some(sha) = &sha1 {
                     rb = rb.header(CONTENT_MD5, sha.as_str());
+                }
+                if let (Some(_), Some(etag)) = (version_of, if_match) {
+                    rb = rb.header(reqwest::header::IF_MATCH, etag);
                 }
                 let ex = self.http.exchange(rb).await;
                 if let Some(e) = failure.take(&what) {
@@ -367,56 +435,34 @@ impl Target for BoxTarget {
     }
 
     async fn upload(&self, req: UploadRequest) -> Result<RemoteFile> {
-        let req = req.with_final_size().await?;
-        let what = format!("box upload of {}", req.name);
-        if let Some(max) = self.max_file_size {
-            if req.size > max {
-                return Err(TargetError::new(
-                    ErrorKind::TooLarge,
-                    format!(
-                        "{what}: {} bytes is over the target's limit of {max}",
-                        req.size
-                    ),
-                ));
-            }
-        }
-        let parent = self.folder_id(&req.parent).to_string();
-        let mut version_of = req.replaces.as_ref().map(|r| r.id.clone());
-        if req.size < MIN_SESSION_SIZE {
-            // One request makes the file visible: a file still being written is complete first.
-            req.final_digests().await?;
-            let mut answer = self
-                .direct_upload(&req, &parent, version_of.as_deref())
-                .await?;
-            // The replaced file vanished: upload as a new file instead.
-            if let (Some(_), Err(f)) = (&version_of, &answer) {
-                if f.status == StatusCode::NOT_FOUND {
-                    version_of = None;
-                    answer = self.direct_upload(&req, &parent, None).await?;
-                }
-            }
-            return match answer {
-                Ok(f) => Ok(f),
-                Err(f) => match (version_of, f.conflicting_file()) {
-                    // The name is taken by a file: upload as its new version.
-                    (None, Some(id)) => self
-                        .direct_upload(&req, &parent, Some(&id))
-                        .await?
-                        .map_err(|f| f.into_error(&what)),
-                    _ => Err(f.into_error(&what)),
-                },
-            };
-        }
+        self.upload_if(req, None).await
+    }
+
+    /// `stat`: `GET /files/{id}` with the listing's fields and the etag; 404 is "gone".
+    async fn stat(&self, file: &RemoteFile) -> Result<Option<RemoteFile>> {
+        let what = format!("box metadata of {}", file.name);
+        let kind = if file.is_dir { "folders" } else { "files" };
+        let url = format!("{}/{kind}/{}", self.api, file.id);
         match self
-            .session_upload(&req, &parent, version_of.as_deref())
-            .await
+            .call(&what, || {
+                self.http.get(&url).query(&[("fields", STAT_FIELDS)])
+            })
+            .await?
         {
-            Err(e) if e.kind == ErrorKind::NotFound && version_of.is_some() => {
-                // The replaced file vanished before the session was created.
-                self.session_upload(&req, &parent, None).await
-            }
-            r => r,
+            Ok(r) => Self::item_to_file(&what, &r.body).map(Some),
+            Err(f) if f.status == StatusCode::NOT_FOUND => Ok(None),
+            Err(f) => Err(f.into_error(&what)),
         }
+    }
+
+    /// A new version committed with `If-Match: <etag>` (the direct upload, or the
+    /// session's commit): Box answers 412 when the file changed since that etag.
+    async fn upload_unless_changed(
+        &self,
+        req: UploadRequest,
+        expected: &RemoteFile,
+    ) -> Result<RemoteFile> {
+        self.upload_if(req, expected.extra.as_deref()).await
     }
 
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {

@@ -172,6 +172,8 @@ struct SessionUpload<'a> {
     t: &'a BoxTarget,
     parent: &'a str,
     version_of: Option<&'a str>,
+    /// The etag the replaced file must still have at the commit (`If-Match`).
+    if_match: Option<&'a str>,
 }
 
 /// An open Box upload session.
@@ -182,6 +184,8 @@ struct BoxSession<'a> {
     size: u64,
     mtime_ms: i64,
     source: Arc<dyn PartSource>,
+    /// `If-Match` of the commit: the replaced file's etag, for a conditional new version.
+    if_match: Option<String>,
 }
 
 #[async_trait]
@@ -201,6 +205,8 @@ impl<'a> PartProtocol for SessionUpload<'a> {
                 }
             }
         }
+        // A conditional commit only where this session makes a new version of that file.
+        let mut conditional = self.version_of.is_some();
         let (s, done) = match resumed {
             Some(r) => r,
             None => {
@@ -208,10 +214,12 @@ impl<'a> PartProtocol for SessionUpload<'a> {
                     Ok(s) => s,
                     Err(f) => match (self.version_of, f.conflicting_file()) {
                         // The name is taken by a file: upload as its new version.
-                        (None, Some(id)) => t
-                            .create_session(req, self.parent, Some(&id))
-                            .await?
-                            .map_err(|f| f.into_error(&what))?,
+                        (None, Some(id)) => {
+                            conditional = false;
+                            t.create_session(req, self.parent, Some(&id))
+                                .await?
+                                .map_err(|f| f.into_error(&what))?
+                        }
                         _ => return Err(f.into_error(&what)),
                     },
                 };
@@ -237,6 +245,7 @@ impl<'a> PartProtocol for SessionUpload<'a> {
                 size: req.size,
                 mtime_ms: req.mtime_ms,
                 source: req.source.clone(),
+                if_match: self.if_match.filter(|_| conditional).map(str::to_string),
             },
             layout,
             done,
@@ -342,10 +351,13 @@ impl PartSession for BoxSession<'_> {
         let http = &self.t.http;
         let url = &self.s.session_endpoints.commit;
         http.retry(&what, || async {
-            let rb = http
+            let mut rb = http
                 .auth(http.post(url))
                 .header(DIGEST, digest.as_str())
                 .json(&body);
+            if let Some(etag) = &self.if_match {
+                rb = rb.header(reqwest::header::IF_MATCH, etag.as_str());
+            }
             let reply = match http.exchange(rb).await {
                 Exchange::Answer(r) => r,
                 Exchange::Lost(reason) => return Attempt::again(reason),
@@ -396,11 +408,13 @@ impl BoxTarget {
         req: &UploadRequest,
         parent: &str,
         version_of: Option<&str>,
+        if_match: Option<&str>,
     ) -> Result<RemoteFile> {
         let proto = SessionUpload {
             t: self,
             parent,
             version_of,
+            if_match,
         };
         session::drive(self.http.policy(), &proto, req).await
     }

@@ -597,6 +597,16 @@ impl Target for CloudreveTarget {
         Ok(())
     }
 
+    /// `stat`: `GET /file/info?uri=`; the primary entity (in `extra`) names the version.
+    async fn stat(&self, file: &RemoteFile) -> Result<Option<RemoteFile>> {
+        let what = format!("metadata of {}", file.name);
+        match self.info(&file.id, &what).await {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn rename(
         &self,
         file: &RemoteFile,

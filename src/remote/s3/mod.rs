@@ -387,6 +387,30 @@ impl Target for S3Target {
         self.upload_file(&req).await
     }
 
+    /// `stat`: one HeadObject of the key (a folder has no object: `Unsupported`, so the
+    /// caller lists instead).
+    async fn stat(&self, file: &RemoteFile) -> Result<Option<RemoteFile>> {
+        if file.is_dir {
+            return Err(TargetError::unsupported("a metadata request for a folder"));
+        }
+        Ok(self.client.head_object(&file.id).await?.map(|info| {
+            let mut f = Self::file_of(&info);
+            // The ETag names this version in a conditional write.
+            f.extra = Some(info.etag.clone()).filter(|e| !e.is_empty());
+            f
+        }))
+    }
+
+    /// A conditional write: `If-Match` with the ETag [`Target::stat`] saw (SeaweedFS and
+    /// AWS honour it on PutObject; CompleteMultipartUpload likewise where supported).
+    async fn upload_unless_changed(
+        &self,
+        req: UploadRequest,
+        expected: &RemoteFile,
+    ) -> Result<RemoteFile> {
+        self.upload_file_if(&req, expected.extra.as_deref()).await
+    }
+
     async fn read_range(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
         let len = len.min(file.size.saturating_sub(offset));
         if len == 0 {

@@ -346,6 +346,19 @@ impl S3Client {
         upload_id: &str,
         etags: &[String],
     ) -> Result<String> {
+        self.complete_multipart_if(key, upload_id, etags, None)
+            .await
+    }
+
+    /// [`Self::complete_multipart`] with `If-Match: "<etag>"`: the object is replaced only
+    /// if it still has that ETag, else `ErrorKind::Changed`.
+    pub async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+        if_match: Option<&str>,
+    ) -> Result<String> {
         let what = format!("completion of the multipart upload of {key}");
         let action = || {
             self.bucket.complete_multipart_upload(
@@ -360,10 +373,13 @@ impl S3Client {
         let done = self
             .http
             .retry(&what, || async {
-                let r = self
+                let mut r = self
                     .http
                     .request(Method::POST, action().sign(SIGNED_FOR))
                     .body(xml.clone());
+                if let Some(e) = if_match {
+                    r = r.header(reqwest::header::IF_MATCH, quoted(e));
+                }
                 let reply = match self.http.exchange(r).await {
                     Exchange::Answer(reply) => reply,
                     Exchange::Lost(reason) => {
@@ -399,7 +415,7 @@ impl S3Client {
                 if err.kind == ErrorKind::NotFound && lost.load(Ordering::Relaxed) {
                     return Attempt::Done(Err(err));
                 }
-                Attempt::Fail(err)
+                Attempt::Fail(changed_if(if_match, err))
             })
             .await?;
         let gone = match done {
@@ -434,9 +450,24 @@ impl S3Client {
     /// PutObject of a whole (small) object with our metadata → its ETag, checked against
     /// the MD5 of what was sent.
     pub async fn put_object(&self, key: &str, meta: &ObjectMeta, body: Bytes) -> Result<String> {
+        self.put_object_if(key, meta, body, None).await
+    }
+
+    /// [`Self::put_object`] with `If-Match: "<etag>"` (signed): the object is replaced
+    /// only if it still has that ETag, else `ErrorKind::Changed`.
+    pub async fn put_object_if(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        body: Bytes,
+        if_match: Option<&str>,
+    ) -> Result<String> {
         let what = format!("upload of {key}");
         let md5 = Md5Of::bytes(&body);
-        let headers = meta_headers(meta);
+        let mut headers = meta_headers(meta);
+        if let Some(e) = if_match {
+            headers.push(("if-match", quoted(e)));
+        }
         let reply = self
             .call(&what, || {
                 let a = self.bucket.put_object(Some(&self.creds), key);
@@ -444,7 +475,8 @@ impl S3Client {
                     .header(CONTENT_MD5, md5.b64.as_str())
                     .body(body.clone())
             })
-            .await?;
+            .await
+            .map_err(|e| changed_if(if_match, e))?;
         let etag = reply
             .headers
             .get(reqwest::header::ETAG)
@@ -709,5 +741,20 @@ impl S3Client {
         })
         .await
         .map(|_| ())
+    }
+}
+
+/// An ETag as `If-Match` names it: quoted.
+fn quoted(etag: &str) -> String {
+    format!("\"{}\"", etag.trim_matches('"'))
+}
+
+/// A refusal of a request made with `If-Match`: a failed precondition means the object
+/// changed (`ErrorKind::Changed`); any other error stays what it is.
+fn changed_if(if_match: Option<&str>, e: TargetError) -> TargetError {
+    if if_match.is_some() && e.kind == ErrorKind::Conflict {
+        TargetError::new(ErrorKind::Changed, e.message)
+    } else {
+        e
     }
 }

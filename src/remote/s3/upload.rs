@@ -37,6 +37,17 @@ use crate::remote::{
 impl S3Target {
     /// Upload a whole file: PutObject below one part, a multipart upload otherwise.
     pub(super) async fn upload_file(&self, req: &UploadRequest) -> Result<RemoteFile> {
+        self.upload_file_if(req, None).await
+    }
+
+    /// [`Self::upload_file`], written only if the key's object still has ETag `if_match`
+    /// (`If-Match` on the PutObject or the CompleteMultipartUpload that makes it visible):
+    /// `ErrorKind::Changed` when it has another.
+    pub(super) async fn upload_file_if(
+        &self,
+        req: &UploadRequest,
+        if_match: Option<&str>,
+    ) -> Result<RemoteFile> {
         let key = self.key(&req.parent, &req.name, false)?;
         if req.known_size().is_some_and(|size| size > MAX_OBJECT) {
             return Err(TargetError::new(
@@ -54,12 +65,15 @@ impl S3Target {
             .map_or(PART_SIZE, |size| size.min(PART_SIZE));
         wait_ready(&req.source, 0, first).await?;
         match req.known_size() {
-            Some(size) if size < PART_SIZE => self.put_small(&key, req, size, &meta).await?,
+            Some(size) if size < PART_SIZE => {
+                self.put_small(&key, req, size, &meta, if_match).await?
+            }
             _ => {
                 let proto = Multipart {
                     client: self.client(),
                     key: &key,
                     meta: &meta,
+                    if_match,
                 };
                 session::drive(self.client().http.policy(), &proto, req).await?;
             }
@@ -84,6 +98,7 @@ impl S3Target {
         req: &UploadRequest,
         size: u64,
         meta: &ObjectMeta,
+        if_match: Option<&str>,
     ) -> Result<()> {
         let digests = req.final_digests().await?;
         let _memory = budget::reserve(size).await;
@@ -97,7 +112,9 @@ impl S3Target {
                 ));
             }
         }
-        self.client().put_object(key, meta, data).await?;
+        self.client()
+            .put_object_if(key, meta, data, if_match)
+            .await?;
         req.observer.part_done(0, size);
         Ok(())
     }
@@ -184,11 +201,14 @@ struct Multipart<'a> {
     client: &'a S3Client,
     key: &'a str,
     meta: &'a ObjectMeta,
+    /// The ETag the completion names in `If-Match`.
+    if_match: Option<&'a str>,
 }
 
 /// One multipart upload in progress.
 struct S3Session {
     guard: AbortGuard,
+    if_match: Option<String>,
 }
 
 fn layout() -> Layout {
@@ -238,6 +258,7 @@ impl Multipart<'_> {
         Open::Session(Opened {
             session: S3Session {
                 guard: AbortGuard::new(self.client, self.key, id),
+                if_match: self.if_match.map(str::to_string),
             },
             id: id.to_string(),
             layout: layout(),
@@ -319,7 +340,7 @@ impl PartSession for S3Session {
         let etags: Vec<String> = receipts.into_iter().map(|(_, e)| e).collect();
         let etag = g
             .client
-            .complete_multipart(&g.key, &g.upload_id, &etags)
+            .complete_multipart_if(&g.key, &g.upload_id, &etags, self.if_match.as_deref())
             .await?;
         g.disarm();
         Ok(etag)

@@ -585,10 +585,15 @@ pub(super) async fn commit(
             parent: folder_id.clone(),
             name: name.clone(),
         },
-        SessionTarget::NewVersion { file_id, name } => Dest::Version {
-            file: Box::new(super::file(&state, file_id)?),
-            name: name.clone(),
-        },
+        SessionTarget::NewVersion { file_id, name } => {
+            let file = super::file(&state, file_id)?;
+            // A conditional commit: 412 when the file changed since the etag it names.
+            super::upload::check_if_match(&headers, &file)?;
+            Dest::Version {
+                file: Box::new(file),
+                name: name.clone(),
+            }
+        }
     };
     resolve_dest(&state, &dest)?;
 
