@@ -144,9 +144,9 @@ fn from_time(t: TimeOrNow) -> i64 {
 
 fn file_attr(a: &Attr) -> FileAttr {
     let t = to_time(a.mtime_ms);
-    let (kind, nlink) = match a.kind {
-        NodeKind::Dir => (FileType::Directory, 2),
-        NodeKind::File => (FileType::RegularFile, 1),
+    let kind = match a.kind {
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::File => FileType::RegularFile,
     };
     FileAttr {
         ino: INodeNo(a.ino),
@@ -158,7 +158,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         crtime: t,
         kind,
         perm: (a.mode & 0o7777) as u16,
-        nlink,
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
         rdev: 0,

@@ -1,6 +1,10 @@
 //! Closing: `flush` (a descriptor's `close()`), `fsync` and `release` (the last close of
 //! a descriptor), where written data enters the upload lifecycle ([`super::commit`]), and
 //! the cleanup that drops an inode's write state once no handle uses it.
+//!
+//! A file's data is committed by the `close()` of the writer, also when nothing was
+//! written (a file created empty, or truncated by `O_TRUNC`): `close()` returns once the
+//! file landed (default mode), so a namespace operation that follows never races it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,9 +30,8 @@ impl Fs {
         if self.waits_for_rename(h.ino) {
             return Ok(());
         }
-        if !of.has_new_data() {
-            // Nothing new (a dup'ed descriptor closed, or an empty file): the release
-            // commits what is left.
+        if !of.dirty() {
+            // Nothing the remote lacks (a dup'ed descriptor closed after a commit).
             return Ok(());
         }
         // The opener's main thread closing (the usual case) needs no look-up.
@@ -128,6 +131,13 @@ impl Fs {
             self.uploads.end(ino);
         }
         if of.unlinked.load(Ordering::SeqCst) {
+            // The last close of a file unlinked while open: the orphan goes.
+            if t.get_or_orphan(ino)
+                .is_some_and(|n| n.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, of)))
+                && t.get(ino).is_none()
+            {
+                t.drop_orphan(ino);
+            }
             of.stage.remove_file();
             return;
         }
