@@ -94,6 +94,7 @@ impl Fs {
             .remove(&fh)
             .ok_or(libc::EBADF)?;
         let Some(of) = h.open.clone() else {
+            self.drop_orphan_if_unused(h.ino);
             return Ok(());
         };
         let failed = matches!(&*h.state.lock().await, HandleState::Failed(_));
@@ -124,7 +125,24 @@ impl Fs {
         }
         // The writer count already went down above.
         self.put_open(h.ino, &of, false);
+        self.drop_orphan_if_unused(h.ino);
         result
+    }
+
+    /// Whether any descriptor has `ino` open.
+    pub(super) fn has_handles(&self, ino: u64) -> bool {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|h| h.ino == ino)
+    }
+
+    /// The last close of a file unlinked while open: the orphan goes.
+    fn drop_orphan_if_unused(&self, ino: u64) {
+        if !self.has_handles(ino) {
+            self.tree().drop_orphan(ino);
+        }
     }
 
     /// Drop an inode's write state once no handle uses it.
@@ -140,13 +158,6 @@ impl Fs {
             self.uploads.end(ino);
         }
         if of.unlinked.load(Ordering::SeqCst) {
-            // The last close of a file unlinked while open: the orphan goes.
-            if t.get_or_orphan(ino)
-                .is_some_and(|n| n.open.as_ref().is_some_and(|o| Arc::ptr_eq(o, of)))
-                && t.get(ino).is_none()
-            {
-                t.drop_orphan(ino);
-            }
             of.stage.remove_file();
             return;
         }

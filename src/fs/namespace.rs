@@ -270,18 +270,18 @@ impl Fs {
     /// stays an orphan until its last close; its stage file goes now (the open descriptor
     /// keeps it readable and writable), so a crash leaves nothing behind.
     pub(super) fn forget_node(&self, ino: u64) {
+        let has_handles = self.has_handles(ino);
         {
             let mut t = self.tree();
             if let Some(n) = t.remove(ino) {
-                if let Some(of) = n.open.clone() {
+                if let Some(of) = &n.open {
                     of.unlinked.store(true, Ordering::SeqCst);
                     of.stage.remove_file();
-                    // Handle counts only go up under the tree lock: checking here is final.
-                    if of.handles.load(Ordering::SeqCst) > 0 {
-                        t.keep_orphan(n);
-                    }
                 } else if let Some(p) = &n.row.stage {
                     let _ = std::fs::remove_file(p);
+                }
+                if has_handles {
+                    t.keep_orphan(n);
                 }
             }
         }
