@@ -131,8 +131,11 @@ fn reused_names(kind: TargetKind) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("three\ntwo\n"), "{kind:?}: {text}");
     assert!(!m.dir.join("a/b").exists() && !m.dir.join("c").exists());
-    r.assert_stored("reused.txt", b"three\n");
-    r.assert_stored("moved.txt", b"two\n");
+    if r.caps().rename {
+        // (A target that cannot rename keeps a renamed file under its first name.)
+        r.assert_stored("reused.txt", b"three\n");
+        r.assert_stored("moved.txt", b"two\n");
+    }
     sh(&work, "rm -r mnt/a && mkdir mnt/a && rmdir mnt/a");
 }
 

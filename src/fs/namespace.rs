@@ -301,7 +301,10 @@ impl Fs {
             }
             c
         };
-        self.refresh(ino, false).await;
+        // Always the remote's word, not a cached listing: some targets delete a folder
+        // with whatever it holds (Cloudreve), and content added elsewhere since the last
+        // listing must make this ENOTEMPTY, not vanish with the folder.
+        self.refresh(ino, true).await;
         let remote = {
             let t = self.tree();
             if t.has_children(ino) {
@@ -353,6 +356,11 @@ impl Fs {
                 let src = t.child(parent, name).ok_or(libc::ENOENT)?;
                 (src, t.child(new_parent, new_name).filter(|d| *d != src))
             };
+            // A replaced directory must be empty remotely too (see `rmdir`).
+            let dst_dir = dst.filter(|d| self.tree().get(*d).is_some_and(|n| n.is_dir()));
+            if let Some(d) = dst_dir {
+                self.refresh(d, true).await;
+            }
             let src_of = self.tree().get(src).and_then(|n| n.open.clone());
             let dst_of = dst.and_then(|d| self.hold_uploads(d).map(|of| (d, of)));
             (src_of.map(|of| (src, of)), dst_of)
