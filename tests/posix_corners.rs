@@ -22,6 +22,14 @@ fn remote(kind: TargetKind) -> Remote {
     Remote::serve(TestServer::new(), kind)
 }
 
+/// A remote that answers every request after `ms` milliseconds, as a real service does:
+/// work left to run after `close()` returns then visibly races what follows.
+fn slow_remote(kind: TargetKind, ms: u64) -> Remote {
+    let s = TestServer::new();
+    s.control(serde_json::json!({ "latency_ms": ms }));
+    Remote::serve(s, kind)
+}
+
 fn has_folders(kind: TargetKind) -> bool {
     matches!(kind, TargetKind::Box | TargetKind::Cloudreve)
 }
@@ -36,7 +44,7 @@ fn requests(r: &Remote) -> u64 {
 /// `touch d/x; rm d/x; rmdir d` and friends: an empty file is on the server when
 /// `close()` returns, and nothing lands after it was removed.
 fn empty_files(kind: TargetKind) {
-    let r = remote(kind);
+    let r = slow_remote(kind, 50);
     let m = r.mount("", &[]);
     let work = r.work().to_path_buf();
     sh(
@@ -97,7 +105,7 @@ common::per_kind!(empty_files;
 /// A name removed or renamed away and made again at once is the new object, through
 /// listings too: no EEXIST, no ENOENT, and the remote holds the new content.
 fn reused_names(kind: TargetKind) {
-    let r = remote(kind);
+    let r = slow_remote(kind, 20);
     let m = r.mount("", &[]);
     let work = r.work().to_path_buf();
     sh(&work, "mkdir mnt/a && mkdir mnt/a/b && ls mnt/a >/dev/null");
