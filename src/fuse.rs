@@ -385,14 +385,21 @@ impl Filesystem for FuseAdapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _s = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
         match self.rt.block_on(self.fs.write(fh.0, offset, data)) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                // With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves it to the filesystem to
+                // drop set-user/group-ID bits when an unprivileged process writes.
+                if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                    self.fs.kill_suid(ino.0);
+                }
+                reply.written(n)
+            }
             Err(e) => reply.error(fail("write", e)),
         }
     }

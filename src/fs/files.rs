@@ -280,6 +280,10 @@ impl Fs {
         let trunc = writable && flags & libc::O_TRUNC != 0;
         if writable {
             let of = self.open_for_write(ino, trunc, true).await?;
+            if trunc {
+                // POSIX: an O_TRUNC open of an existing file marks its times for update.
+                self.mark_modified(ino);
+            }
             let fh = self.register(Handle {
                 ino,
                 writable: true,

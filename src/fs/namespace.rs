@@ -115,6 +115,24 @@ impl Fs {
         Ok(self.attr_of(&t, n))
     }
 
+    /// An unprivileged write: the set-user-ID and set-group-ID bits go, as on a local
+    /// filesystem (an orphan's change stays in memory).
+    pub fn kill_suid(&self, ino: u64) {
+        let mut t = self.tree();
+        let linked = t.get(ino).is_some();
+        let Some(n) = t.get_or_orphan_mut(ino) else {
+            return;
+        };
+        let mode = n.row.mode & !(libc::S_ISUID | libc::S_ISGID);
+        if mode != n.row.mode {
+            n.row.mode = mode;
+            let row = n.row.clone();
+            if linked {
+                self.persist_or_log(&row);
+            }
+        }
+    }
+
     pub async fn mkdir(
         &self,
         parent: u64,
