@@ -266,6 +266,17 @@ fn links_and_times(kind: TargetKind) {
         let after = mtime_ns(&m.dir.join("p"));
         assert!(after.0 > before.0, "{kind:?}: {op}: {before:?} → {after:?}");
     }
+    // An O_TRUNC open of an existing file advances its times, even with nothing written.
+    sh(&work, "echo data > mnt/p/t");
+    let before = mtime_ns(&m.dir.join("p/t"));
+    std::thread::sleep(Duration::from_millis(20));
+    sh(&work, ": > mnt/p/t");
+    let after = mtime_ns(&m.dir.join("p/t"));
+    assert!(
+        after.0 > before.0,
+        "{kind:?}: O_TRUNC: {before:?} → {after:?}"
+    );
+    assert_eq!(std::fs::metadata(m.dir.join("p/t")).unwrap().len(), 0);
 }
 
 common::per_kind!(links_and_times;

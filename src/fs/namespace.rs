@@ -61,13 +61,12 @@ impl Fs {
         Some(of)
     }
 
-    /// A directory's entries changed: its mtime (and so its ctime) moves on.
+    /// A directory's entries changed: its mtime (and so its ctime) moves on. In memory
+    /// only, so a create costs no second catalog write: the catalog takes the time with
+    /// the directory's next change of its own (a remount may show an older time).
     pub(super) fn touch_dir(&self, dir: u64) {
-        let mut t = self.tree();
-        if let Some(n) = t.get_mut(dir) {
+        if let Some(n) = self.tree().get_mut(dir) {
             n.row.mtime_ms = now_ms().max(n.row.mtime_ms);
-            let row = n.row.clone();
-            self.persist_or_log(&row);
         }
     }
 
