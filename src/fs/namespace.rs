@@ -318,10 +318,11 @@ impl Fs {
             }
             c
         };
-        // Always the remote's word, not a cached listing: some targets delete a folder
-        // with whatever it holds (Cloudreve), and content added elsewhere since the last
-        // listing must make this ENOTEMPTY, not vanish with the folder.
-        self.refresh(ino, true).await;
+        // Folder targets: always the remote's word, not a cached listing: some delete a
+        // folder with whatever it holds (Cloudreve), and content added elsewhere since the
+        // last listing must make this ENOTEMPTY, not vanish with the folder. (A flat
+        // target's folders are the catalog's own; its listing covers the whole target.)
+        self.refresh(ino, self.caps.folders).await;
         let remote = {
             let t = self.tree();
             if t.has_children(ino) {
@@ -376,7 +377,7 @@ impl Fs {
             // A replaced directory must be empty remotely too (see `rmdir`).
             let dst_dir = dst.filter(|d| self.tree().get(*d).is_some_and(|n| n.is_dir()));
             if let Some(d) = dst_dir {
-                self.refresh(d, true).await;
+                self.refresh(d, self.caps.folders).await;
             }
             let src_of = self.tree().get(src).and_then(|n| n.open.clone());
             let dst_of = dst.and_then(|d| self.hold_uploads(d).map(|of| (d, of)));
