@@ -77,11 +77,14 @@ fn make_archive(work: &Path) -> std::path::PathBuf {
 }
 
 fn workload(kind: TargetKind) {
+    workload_on(&Remote::serve(TestServer::new(), kind));
+}
+
+fn workload_on(r: &Remote) {
     assert!(
         have("git") && have("tar"),
         "git and tar are needed (scripts/test.sh installs them)"
     );
-    let r = Remote::serve(TestServer::new(), kind);
     let m = r.mount("", &[]);
     let work = r.work().to_path_buf();
     let tarball = make_archive(&work);
@@ -133,3 +136,9 @@ common::per_kind!(workload;
     fluxer_git_and_tar => Fluxer,
     virola_git_and_tar => Virola,
 );
+
+/// The same on a bucket of a real S3 server.
+#[test]
+fn s3_git_and_tar() {
+    workload_on(&Remote::s3("workload"));
+}
