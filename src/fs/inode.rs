@@ -320,3 +320,70 @@ impl Tree {
         format!("/{}", parts.join("/"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ROOT_INO;
+
+    fn node(ino: u64, parent: u64, name: &str, kind: NodeKind) -> Node {
+        Node::new(NodeRow {
+            ino,
+            parent,
+            name: name.to_string(),
+            kind,
+            size: 0,
+            mtime_ms: 0,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            remote: None,
+            state: NodeState::Committed,
+            sha1: None,
+            md5: None,
+            last_error: None,
+            stage: None,
+            replaces: None,
+        })
+    }
+
+    #[test]
+    fn directory_links_follow_mkdir_rename_and_rmdir() {
+        let mut t = Tree::new(false);
+        t.insert(node(ROOT_INO, ROOT_INO, "", NodeKind::Dir));
+        t.insert(node(2, ROOT_INO, "a", NodeKind::Dir));
+        t.insert(node(3, 2, "b", NodeKind::Dir));
+        t.insert(node(4, 2, "c", NodeKind::Dir));
+        t.insert(node(5, 2, "f", NodeKind::File));
+        assert_eq!(t.nlink(ROOT_INO), 3, "the root: 2 + a");
+        assert_eq!(t.nlink(2), 4, "a: 2 + b and c; files do not count");
+        assert_eq!(t.nlink(5), 1);
+        t.relink(4, ROOT_INO, "c");
+        assert_eq!((t.nlink(ROOT_INO), t.nlink(2)), (4, 3));
+        t.relink(3, 2, "b2");
+        assert_eq!(
+            t.nlink(2),
+            3,
+            "a rename within the directory changes nothing"
+        );
+        t.remove(3);
+        assert_eq!(t.nlink(2), 2);
+    }
+
+    #[test]
+    fn an_orphan_has_no_name_and_no_links_until_dropped() {
+        let mut t = Tree::new(false);
+        t.insert(node(ROOT_INO, ROOT_INO, "", NodeKind::Dir));
+        t.insert(node(7, ROOT_INO, "f", NodeKind::File));
+        let n = t.remove(7).unwrap();
+        t.keep_orphan(n);
+        assert!(t.get(7).is_none() && t.child(ROOT_INO, "f").is_none());
+        assert_eq!(t.get_or_orphan(7).map(|n| n.row.name.as_str()), Some("f"));
+        assert_eq!(t.nlink(7), 0);
+        // The name is free for a new file.
+        t.insert(node(8, ROOT_INO, "f", NodeKind::File));
+        assert_eq!(t.child(ROOT_INO, "f"), Some(8));
+        assert!(t.drop_orphan(7).is_some());
+        assert!(t.get_or_orphan(7).is_none());
+    }
+}
