@@ -175,6 +175,25 @@ rm -f "$WORK/cache/dd.bin"
 mount_kind null
 timed "limit: FUSE ceiling (dd 1 MiB, null target)" null mount "$BIG_BYTES" B -- \
   dd if=/dev/zero of="$MNT/ceiling.bin" bs=1M count="$BIG_MB" status=none
+# The same split in two: the stage write alone (1 MiB writes until the last one returns)
+# and the close (the hasher's tail, then the null upload's read pass of the stage). In the
+# default mode nothing is synced to disk on this path: the stage lives in the page cache.
+python3 - "$MNT/split.bin" "$BIG_MB" > "$WORK/split.txt" <<'PY'
+import os, sys, time
+path, mb = sys.argv[1], int(sys.argv[2])
+buf = bytes(1 << 20)
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+t0 = time.monotonic()
+for _ in range(mb):
+    os.write(fd, buf)
+t1 = time.monotonic()
+os.close(fd)
+t2 = time.monotonic()
+print(int((t1 - t0) * 1000), int((t2 - t1) * 1000))
+PY
+read -r write_ms close_ms < "$WORK/split.txt"
+record "limit: stage write only (1 MiB writes, null)" null mount "$write_ms" "$BIG_BYTES" B
+record "limit: its close (hash tail, null read pass)" null mount "$close_ms" "$BIG_BYTES" B
 unmount
 stop_server
 
