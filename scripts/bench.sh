@@ -15,6 +15,8 @@
 #
 # Knobs (environment): BENCH_RUNS (3), BENCH_BIG_MB (1024), BENCH_SMALL_N (1000),
 # BENCH_LS_N (10000), BENCH_KINDS ("box cloudreve dyson"), BENCH_RSS_MB (256),
+# BENCH_BW_LIMIT (125000000: the server's cap for the limited `cp` row, 0 skips the row),
+# BENCH_SERVER_JOBS (16: uploads in flight for the server's own small-file rate),
 # BENCH_OUT (a TSV of every sample). The same as options, for a reduced run:
 #   --runs N  --size 64M (or 1G: the big file)  --files N (small files)
 #   --ls-files N (the listed directory)  --rss-mb N (each of the 16 writers)  --peers
@@ -47,6 +49,8 @@ SMALL_N=${BENCH_SMALL_N:-1000}
 LS_N=${BENCH_LS_N:-10000}
 KINDS=${BENCH_KINDS:-"box cloudreve dyson"}
 RSS_MB=${BENCH_RSS_MB:-256}
+BW_LIMIT=${BENCH_BW_LIMIT:-125000000}
+SERVER_JOBS=${BENCH_SERVER_JOBS:-16}
 TOKEN="bench-$RANDOM-$RANDOM"
 
 if [ "$PEERS" = 1 ]; then
@@ -76,11 +80,11 @@ trap cleanup EXIT
 # shellcheck source=scripts/bench/common.sh
 . scripts/bench/common.sh
 
-start_server() {
+start_server() { # [extra serve flags, e.g. --bandwidth BYTES_PER_S]
   rm -rf "$WORK/data"
   PORT=$(free_port)
   "$BIN" serve --listen "127.0.0.1:$PORT" --data "$WORK/data" --token "$TOKEN" \
-    --fluxer-max-size $((2 * 1024 * 1024 * 1024)) >"$WORK/serve.log" 2>&1 &
+    --fluxer-max-size $((2 * 1024 * 1024 * 1024)) "$@" >"$WORK/serve.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 100); do
     curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/_uploadfs/state" >/dev/null && break
@@ -136,6 +140,11 @@ remount_kind() { # keep catalog and cache dirs: a cold block cache, same namespa
     --state-dir "$WORK/state" --log-file "$WORK/mount-$k.log" "$@"
 }
 unmount() { "$BIN" unmount "$MNT"; }
+# Requests the server has answered so far (its own counter, /_uploadfs/ included).
+server_requests() {
+  curl -sf -H "Authorization: Bearer $TOKEN" "$BASE/_uploadfs/state" |
+    python3 -c 'import sys,json; print(json.load(sys.stdin)["requests"])'
+}
 daemon_pid() { uploadfs_daemon_pid "$MNT"; }
 
 echo "bench.sh: work dir $WORK, runs $RUNS, kinds: $KINDS" >&2
@@ -166,6 +175,25 @@ rm -f "$WORK/cache/dd.bin"
 mount_kind null
 timed "limit: FUSE ceiling (dd 1 MiB, null target)" null mount "$BIG_BYTES" B -- \
   dd if=/dev/zero of="$MNT/ceiling.bin" bs=1M count="$BIG_MB" status=none
+# The same split in two: the stage write alone (1 MiB writes until the last one returns)
+# and the close (the hasher's tail, then the null upload's read pass of the stage). In the
+# default mode nothing is synced to disk on this path: the stage lives in the page cache.
+python3 - "$MNT/split.bin" "$BIG_MB" > "$WORK/split.txt" <<'PY'
+import os, sys, time
+path, mb = sys.argv[1], int(sys.argv[2])
+buf = bytes(1 << 20)
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+t0 = time.monotonic()
+for _ in range(mb):
+    os.write(fd, buf)
+t1 = time.monotonic()
+os.close(fd)
+t2 = time.monotonic()
+print(int((t1 - t0) * 1000), int((t2 - t1) * 1000))
+PY
+read -r write_ms close_ms < "$WORK/split.txt"
+record "limit: stage write only (1 MiB writes, null)" null mount "$write_ms" "$BIG_BYTES" B
+record "limit: its close (hash tail, null read pass)" null mount "$close_ms" "$BIG_BYTES" B
 unmount
 stop_server
 
@@ -206,7 +234,19 @@ for K in $KINDS; do
     gen_tree "$WORK/pd-$r" "$SMALL_N" 16384 $((200 + r))
     timed "cp -r ${SMALL_N}x16KiB" "$K" direct "$SMALL_N" files -- "$BIN" put -q -r "$WORK/pd-$r" "$K" --config "$WORK/config.toml"
     timed "rsync -a ${SMALL_N}x16KiB" "$K" direct "$SMALL_N" files -- "$BIN" put -q -r -j 8 "$WORK/rs-$r" "$K" --config "$WORK/config.toml"
-    rm -rf "$WORK/small-$r" "$WORK/rs-$r" "$WORK/pd-$r"
+    # 2a. the server's own small-file rate: one upload cycle per file with no mount in
+    # the way, SERVER_JOBS files at a time (more than the 2 cores can serve, so the server
+    # is the limit), in files/s and in requests/s (the server's request counter; the
+    # second read of the counter counts itself, hence the 1 taken off).
+    gen_tree "$WORK/sv-$r" "$SMALL_N" 16384 $((400 + r))
+    req0=$(server_requests)
+    t0=$(now_ms)
+    "$BIN" put -q -r -j "$SERVER_JOBS" "$WORK/sv-$r" "$K" --config "$WORK/config.toml"
+    ms=$(( $(now_ms) - t0 ))
+    req1=$(server_requests)
+    record "limit: server small-file rate (put -r -j $SERVER_JOBS)" "$K" direct "$ms" "$SMALL_N" files
+    record "limit: server small-file rate, requests" "$K" direct "$ms" $((req1 - req0 - 1)) req
+    rm -rf "$WORK/small-$r" "$WORK/rs-$r" "$WORK/pd-$r" "$WORK/sv-$r"
   done
   unmount
   # 3. sequential read of a committed big file: cold (fresh daemon, dropped page cache) and warm.
@@ -223,6 +263,17 @@ for K in $KINDS; do
       record "4 KiB random read (fio, IOPS)" "$K" mount 10000 "$((iops * 10))" reads
     fi
     unmount
+    # 4a. the same with 4 parallel readers on a cold file (fresh daemon, no page cache).
+    if command -v fio >/dev/null && [ "$r" = 1 ]; then
+      remount_kind "$K"
+      drop_caches
+      iops=$(fio --name=rr4 --filename="$MNT/big-1.bin" --rw=randread --bs=4k --ioengine=psync \
+        --size="${BIG_MB}M" --numjobs=4 --group_reporting --runtime=10 --time_based --readonly \
+        --output-format=json 2>/dev/null |
+        python3 -c 'import sys,json; print(int(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))')
+      record "4 KiB random read, 4 readers, cold (fio)" "$K" mount 10000 "$((iops * 10))" reads
+      unmount
+    fi
     drop_caches
     timed "read ${BIG_MB} MiB cold" "$K" direct "$BIG_BYTES" B -- "$BIN" get -q "$K:big-1.bin" /dev/null --config "$WORK/config.toml"
   done
@@ -260,6 +311,21 @@ for K in $KINDS; do
   stop_server
 done
 
+# 7. plain cp of the big file into box with the server held to BW_LIMIT bytes/s (1 Gbit/s
+# by default: a realistic link), against uploadfs put through the same limit.
+if [[ " $KINDS " == *" box "* ]] && [ "$BW_LIMIT" != 0 ]; then
+  echo "bench.sh: box, server at $BW_LIMIT B/s" >&2
+  start_server --bandwidth "$BW_LIMIT"
+  mount_kind box
+  for r in $(seq "$RUNS"); do
+    timed "cp ${BIG_MB} MiB, server at $((BW_LIMIT * 8 / 1000000)) Mbit/s" box mount "$BIG_BYTES" B -- cp "$BIG" "$MNT/bw-$r.bin"
+    rm -f "$MNT/bw-$r.bin"
+    timed "cp ${BIG_MB} MiB, server at $((BW_LIMIT * 8 / 1000000)) Mbit/s" box direct "$BIG_BYTES" B -- "$BIN" put -q "$BIG" "box:bwd.bin" --config "$WORK/config.toml"
+  done
+  unmount
+  stop_server
+fi
+
 # 5. ls -l of a directory of LS_N files (box: native folders), cold and warm.
 start_server
 mkdir -p "$WORK/ls"
@@ -293,6 +359,8 @@ def rate(ms, amount, unit):
         return f"{amount / (ms / 1000):8.0f} files/s" if ms else "-"
     if unit == "reads":
         return f"{amount / (ms / 1000):8.0f} IOPS"
+    if unit == "req":
+        return f"{amount / (ms / 1000):8.0f} req/s" if ms else "-"
     return f"{amount / 1024:8.1f} MiB"
 print(f"{'workload':46} {'target':10} {'side':7} {'median':>9} {'rate':>16} {'mount/direct':>13}")
 for (w, k), sides in groups.items():
