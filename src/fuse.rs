@@ -144,9 +144,9 @@ fn from_time(t: TimeOrNow) -> i64 {
 
 fn file_attr(a: &Attr) -> FileAttr {
     let t = to_time(a.mtime_ms);
-    let (kind, nlink) = match a.kind {
-        NodeKind::Dir => (FileType::Directory, 2),
-        NodeKind::File => (FileType::RegularFile, 1),
+    let kind = match a.kind {
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::File => FileType::RegularFile,
     };
     FileAttr {
         ino: INodeNo(a.ino),
@@ -158,7 +158,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         crtime: t,
         kind,
         perm: (a.mode & 0o7777) as u16,
-        nlink,
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
         rdev: 0,
@@ -385,14 +385,21 @@ impl Filesystem for FuseAdapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _s = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
         match self.rt.block_on(self.fs.write(fh.0, offset, data)) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                // With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves it to the filesystem to
+                // drop set-user/group-ID bits when an unprivileged process writes.
+                if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                    self.fs.kill_suid(ino.0);
+                }
+                reply.written(n)
+            }
             Err(e) => reply.error(fail("write", e)),
         }
     }

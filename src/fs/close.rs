@@ -1,6 +1,14 @@
 //! Closing: `flush` (a descriptor's `close()`), `fsync` and `release` (the last close of
 //! a descriptor), where written data enters the upload lifecycle ([`super::commit`]), and
 //! the cleanup that drops an inode's write state once no handle uses it.
+//!
+//! A file's data is committed by the `close()` of the writer, also when nothing was
+//! written (a file created empty, or truncated by `O_TRUNC`): `close()` returns once the
+//! file landed (default mode), so a namespace operation that follows never races it.
+//! Except for a `close()` that leaves the process another descriptor of the file with
+//! nothing written yet: a shell's `cmd > f` opens `f`, duplicates the descriptor onto
+//! stdout and closes the original before `cmd` writes; that close must not upload an
+//! empty `f` that the real close replaces a moment later.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,9 +34,8 @@ impl Fs {
         if self.waits_for_rename(h.ino) {
             return Ok(());
         }
-        if !of.has_new_data() {
-            // Nothing new (a dup'ed descriptor closed, or an empty file): the release
-            // commits what is left.
+        if !of.dirty() {
+            // Nothing the remote lacks (a dup'ed descriptor closed after a commit).
             return Ok(());
         }
         // The opener's main thread closing (the usual case) needs no look-up.
@@ -39,6 +46,11 @@ impl Fs {
         };
         if h.opener_tgid != 0 && tgid != 0 && tgid != h.opener_tgid {
             // Another process (a forked child) closed its copy; the opener keeps writing.
+            return Ok(());
+        }
+        if !of.has_new_data() && holds_inode(pid, h.ino) {
+            // Nothing written yet, and the process keeps a duplicate of the descriptor:
+            // the writes, and the close that commits them, are still to come.
             return Ok(());
         }
         *st = HandleState::Committing;
@@ -82,6 +94,7 @@ impl Fs {
             .remove(&fh)
             .ok_or(libc::EBADF)?;
         let Some(of) = h.open.clone() else {
+            self.drop_orphan_if_unused(h.ino);
             return Ok(());
         };
         let failed = matches!(&*h.state.lock().await, HandleState::Failed(_));
@@ -112,7 +125,24 @@ impl Fs {
         }
         // The writer count already went down above.
         self.put_open(h.ino, &of, false);
+        self.drop_orphan_if_unused(h.ino);
         result
+    }
+
+    /// Whether any descriptor has `ino` open.
+    pub(super) fn has_handles(&self, ino: u64) -> bool {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|h| h.ino == ino)
+    }
+
+    /// The last close of a file unlinked while open: the orphan goes.
+    fn drop_orphan_if_unused(&self, ino: u64) {
+        if !self.has_handles(ino) {
+            self.tree().drop_orphan(ino);
+        }
     }
 
     /// Drop an inode's write state once no handle uses it.
@@ -164,4 +194,21 @@ impl Fs {
             }
         }
     }
+}
+
+/// Whether process `pid` still has a descriptor open on inode `ino`. At a FUSE flush the
+/// closing descriptor has already left the process's table, so any descriptor naming
+/// the inode in `/proc/<pid>/fdinfo` is another one. Unknown (no `/proc`, or the process
+/// is gone) counts as none. An inode of another filesystem with the same number can only
+/// defer the commit to the release, as before the empty-file rule.
+fn holds_inode(pid: u32, ino: u64) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    let want = format!("\nino:\t{ino}\n");
+    dir.flatten()
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|info| info.contains(&want)))
 }

@@ -30,7 +30,8 @@ impl Fs {
     pub(super) async fn truncate(&self, ino: u64, size: u64, fh: Option<u64>) -> FsResult<()> {
         {
             let t = self.tree();
-            let n = t.get(ino).ok_or(libc::ENOENT)?;
+            // An orphan (unlinked, still open) is truncated through its descriptor.
+            let n = t.get_or_orphan(ino).ok_or(libc::ENOENT)?;
             if n.is_dir() {
                 return Err(Error::new(libc::EISDIR));
             }
@@ -41,7 +42,7 @@ impl Fs {
         // A committed file without local data: the same size is a no-op.
         {
             let t = self.tree();
-            let n = t.get(ino).ok_or(libc::ENOENT)?;
+            let n = t.get_or_orphan(ino).ok_or(libc::ENOENT)?;
             if n.open.is_none() && n.row.size == size && n.row.state == NodeState::Committed {
                 return Ok(());
             }
@@ -281,6 +282,10 @@ impl Fs {
         let trunc = writable && flags & libc::O_TRUNC != 0;
         if writable {
             let of = self.open_for_write(ino, trunc, true).await?;
+            if trunc {
+                // POSIX: an O_TRUNC open of an existing file marks its times for update.
+                self.mark_modified(ino);
+            }
             let fh = self.register(Handle {
                 ino,
                 writable: true,
@@ -509,6 +514,7 @@ impl Fs {
             }
             (attr, of)
         };
+        self.touch_dir(parent);
         let fh = self.register(Handle {
             ino: attr.ino,
             writable: true,

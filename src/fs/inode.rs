@@ -4,6 +4,11 @@
 //!
 //! The table lives behind one mutex that is never held across an await; every change is
 //! written through to the catalog by the caller.
+//!
+//! It also counts each directory's subdirectories (a directory's link count is 2 plus
+//! that number) and keeps *orphans*: files unlinked while a descriptor still has them open.
+//! An orphan has no name and no catalog row, only its inode number, so `fstat` and the
+//! open descriptor keep working until the last close drops it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -57,6 +62,10 @@ pub struct Tree {
     nodes: HashMap<u64, Node>,
     children: HashMap<u64, BTreeMap<String, u64>>,
     by_remote: HashMap<String, Vec<u64>>,
+    /// Subdirectories per directory (only non-zero counts are kept).
+    subdirs: HashMap<u64, u32>,
+    /// Files unlinked while open: out of the namespace, alive until their last close.
+    orphans: HashMap<u64, Node>,
     case_insensitive: bool,
 }
 
@@ -66,6 +75,8 @@ impl Tree {
             nodes: HashMap::new(),
             children: HashMap::new(),
             by_remote: HashMap::new(),
+            subdirs: HashMap::new(),
+            orphans: HashMap::new(),
             case_insensitive,
         }
     }
@@ -114,6 +125,49 @@ impl Tree {
         self.children.get(&parent).is_some_and(|c| !c.is_empty())
     }
 
+    /// The link count of a node: 2 plus its subdirectories for a directory, 1 for a file
+    /// with a name, 0 for an orphan.
+    pub fn nlink(&self, ino: u64) -> u32 {
+        match self.nodes.get(&ino) {
+            Some(n) if n.is_dir() => 2 + self.subdirs.get(&ino).copied().unwrap_or(0),
+            Some(_) => 1,
+            None => 0,
+        }
+    }
+
+    fn count_subdir(&mut self, parent: u64, up: bool) {
+        let c = self.subdirs.entry(parent).or_default();
+        if up {
+            *c += 1;
+        } else {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.subdirs.remove(&parent);
+            }
+        }
+    }
+
+    /// A node in the namespace, or an orphan (unlinked, still open).
+    pub fn get_or_orphan(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(&ino).or_else(|| self.orphans.get(&ino))
+    }
+
+    pub fn get_or_orphan_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        match self.nodes.get_mut(&ino) {
+            Some(n) => Some(n),
+            None => self.orphans.get_mut(&ino),
+        }
+    }
+
+    /// Keep a removed node as an orphan until [`Tree::drop_orphan`] (its last close).
+    pub fn keep_orphan(&mut self, node: Node) {
+        self.orphans.insert(node.row.ino, node);
+    }
+
+    pub fn drop_orphan(&mut self, ino: u64) -> Option<Node> {
+        self.orphans.remove(&ino)
+    }
+
     /// Nodes that use a remote id.
     pub fn by_remote(&self, id: &str) -> Vec<u64> {
         self.by_remote.get(id).cloned().unwrap_or_default()
@@ -133,6 +187,9 @@ impl Tree {
                 .entry(node.row.parent)
                 .or_default()
                 .insert(key, ino);
+            if node.is_dir() {
+                self.count_subdir(node.row.parent, true);
+            }
         }
         if let Some(r) = &node.row.remote {
             self.by_remote.entry(r.id.clone()).or_default().push(ino);
@@ -149,10 +206,14 @@ impl Tree {
                 c.remove(&key);
             }
         }
+        if node.is_dir() && node.row.parent != ino {
+            self.count_subdir(node.row.parent, false);
+        }
         if let Some(r) = &node.row.remote {
             self.unindex_remote(&r.id, ino);
         }
         self.children.remove(&ino);
+        self.subdirs.remove(&ino);
         Some(node)
     }
 
@@ -170,11 +231,16 @@ impl Tree {
         let Some(node) = self.nodes.get(&ino) else {
             return;
         };
-        let (old_parent, old_key) = (node.row.parent, self.key(&node.row.name));
+        let (old_parent, old_key, is_dir) =
+            (node.row.parent, self.key(&node.row.name), node.is_dir());
         if let Some(c) = self.children.get_mut(&old_parent) {
             if c.get(&old_key) == Some(&ino) {
                 c.remove(&old_key);
             }
+        }
+        if is_dir && old_parent != new_parent {
+            self.count_subdir(old_parent, false);
+            self.count_subdir(new_parent, true);
         }
         let key = self.key(new_name);
         self.children
@@ -252,5 +318,72 @@ impl Tree {
         }
         parts.reverse();
         format!("/{}", parts.join("/"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ROOT_INO;
+
+    fn node(ino: u64, parent: u64, name: &str, kind: NodeKind) -> Node {
+        Node::new(NodeRow {
+            ino,
+            parent,
+            name: name.to_string(),
+            kind,
+            size: 0,
+            mtime_ms: 0,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            remote: None,
+            state: NodeState::Committed,
+            sha1: None,
+            md5: None,
+            last_error: None,
+            stage: None,
+            replaces: None,
+        })
+    }
+
+    #[test]
+    fn directory_links_follow_mkdir_rename_and_rmdir() {
+        let mut t = Tree::new(false);
+        t.insert(node(ROOT_INO, ROOT_INO, "", NodeKind::Dir));
+        t.insert(node(2, ROOT_INO, "a", NodeKind::Dir));
+        t.insert(node(3, 2, "b", NodeKind::Dir));
+        t.insert(node(4, 2, "c", NodeKind::Dir));
+        t.insert(node(5, 2, "f", NodeKind::File));
+        assert_eq!(t.nlink(ROOT_INO), 3, "the root: 2 + a");
+        assert_eq!(t.nlink(2), 4, "a: 2 + b and c; files do not count");
+        assert_eq!(t.nlink(5), 1);
+        t.relink(4, ROOT_INO, "c");
+        assert_eq!((t.nlink(ROOT_INO), t.nlink(2)), (4, 3));
+        t.relink(3, 2, "b2");
+        assert_eq!(
+            t.nlink(2),
+            3,
+            "a rename within the directory changes nothing"
+        );
+        t.remove(3);
+        assert_eq!(t.nlink(2), 2);
+    }
+
+    #[test]
+    fn an_orphan_has_no_name_and_no_links_until_dropped() {
+        let mut t = Tree::new(false);
+        t.insert(node(ROOT_INO, ROOT_INO, "", NodeKind::Dir));
+        t.insert(node(7, ROOT_INO, "f", NodeKind::File));
+        let n = t.remove(7).unwrap();
+        t.keep_orphan(n);
+        assert!(t.get(7).is_none() && t.child(ROOT_INO, "f").is_none());
+        assert_eq!(t.get_or_orphan(7).map(|n| n.row.name.as_str()), Some("f"));
+        assert_eq!(t.nlink(7), 0);
+        // The name is free for a new file.
+        t.insert(node(8, ROOT_INO, "f", NodeKind::File));
+        assert_eq!(t.child(ROOT_INO, "f"), Some(8));
+        assert!(t.drop_orphan(7).is_some());
+        assert!(t.get_or_orphan(7).is_none());
     }
 }

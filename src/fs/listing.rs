@@ -3,9 +3,15 @@
 //!
 //! A merge never touches a node this mount changed after the listing started, a pending
 //! node or an open one; remote entries are matched to nodes by remote id first, then by
-//! name. Entries deleted from this mount stay hidden for [`TOMBSTONE_TTL`] from listings
-//! that started before the delete, and ids removed locally but kept remotely never come
-//! back.
+//! name. Local namespace changes win over the remote's listings until the remote confirms
+//! them: an id deleted from this mount stays hidden from every listing until one that
+//! started after the delete no longer shows it (a target whose listings lag behind its
+//! deletes cannot bring a removed name back, which made `mkdir` of the name answer EEXIST
+//! and the next `rmdir` ENOENT), or for at most [`TOMBSTONE_TTL`]; an id that lands again
+//! through this mount (a deduplicating target) is no longer hidden. Only a flat target's
+//! listing (which covers every file) can confirm a delete; a folder target's ids are never
+//! reused, so hiding one for the whole TTL costs nothing. Ids removed locally but kept
+//! remotely never come back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,7 +23,9 @@ use crate::remote::RemoteFile;
 use super::inode::Node;
 use super::{Attr, DirEntry, Error, Fs, FsResult};
 
-/// How long a local delete hides the deleted remote id from listings that started before it.
+/// How long at most a local delete hides the deleted remote id from listings that still
+/// show it: longer than any target's listing lag, short enough that a file made again
+/// elsewhere with the same id (content-addressed targets) shows up.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(120);
 
 impl Fs {
@@ -25,6 +33,25 @@ impl Fs {
         let mut t = self.tombstones.lock().unwrap_or_else(|p| p.into_inner());
         t.retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
         t.insert(id.to_string(), Instant::now());
+    }
+
+    /// `id` landed again through this mount: listings may show it.
+    pub(super) fn untombstone(&self, id: &str) {
+        self.tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Drop the tombstones a flat target's listing that started at `started` confirms:
+    /// ids deleted before it started that it does not show.
+    fn confirm_tombstones(&self, started: Instant, shown: &HashSet<String>) {
+        self.tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, at| {
+                at.elapsed() < TOMBSTONE_TTL && (*at >= started || shown.contains(id))
+            });
     }
 
     pub(super) fn list_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -105,8 +132,11 @@ impl Fs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let mut t = self.tree();
         let ids: HashSet<String> = entries.iter().map(|e| e.id.clone()).collect();
+        if flat {
+            self.confirm_tombstones(started, &ids);
+        }
+        let mut t = self.tree();
         let mut dirty: Vec<u64> = vec![];
         let mut inserts: Vec<RemoteFile> = vec![];
         let untouchable = |n: &Node| n.synced > started || n.is_pending() || n.open.is_some();
@@ -115,9 +145,7 @@ impl Fs {
                 continue;
             }
             let known = t.by_remote(&e.id);
-            if known.is_empty()
-                && (tomb.get(&e.id).is_some_and(|at| *at > started) || hidden.contains(&e.id))
-            {
+            if known.is_empty() && (tomb.contains_key(&e.id) || hidden.contains(&e.id)) {
                 continue;
             }
             if !known.is_empty() {
@@ -241,18 +269,18 @@ impl Fs {
             let mut v = vec![
                 DirEntry {
                     name: ".".into(),
-                    attr: self.attr_of(n),
+                    attr: self.attr_of(&t, n),
                 },
                 DirEntry {
                     name: "..".into(),
-                    attr: self.attr_of(parent),
+                    attr: self.attr_of(&t, parent),
                 },
             ];
             for c in t.children(ino) {
                 if let Some(cn) = t.get(c) {
                     v.push(DirEntry {
                         name: cn.row.name.clone(),
-                        attr: self.attr_of(cn),
+                        attr: self.attr_of(&t, cn),
                     });
                 }
             }
@@ -284,7 +312,7 @@ impl Fs {
         if name != "." && name != ".." && t.child(dir, name) != Some(ino) {
             return None;
         }
-        t.get(ino).map(|n| self.attr_of(n))
+        t.get(ino).map(|n| self.attr_of(&t, n))
     }
 
     pub fn releasedir(&self, fh: u64) {

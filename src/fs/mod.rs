@@ -92,6 +92,9 @@ pub struct Attr {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Link count: 2 + subdirectories for a directory, 1 for a file, 0 once an open
+    /// file was unlinked.
+    pub nlink: u32,
 }
 
 /// One entry of a directory listing.
@@ -234,8 +237,9 @@ impl Fs {
         }
     }
 
-    pub(super) fn attr_of(&self, n: &Node) -> Attr {
+    pub(super) fn attr_of(&self, t: &Tree, n: &Node) -> Attr {
         Attr {
+            nlink: t.nlink(n.row.ino),
             ino: n.row.ino,
             kind: n.row.kind,
             size: n.size(),
@@ -336,10 +340,9 @@ impl Fs {
             .insert_node(&row)
             .map_err(|e| Error::from(e).context("catalog insert failed"))?;
         row.ino = ino;
-        let node = Node::new(row);
-        let attr = self.attr_of(&node);
-        t.insert(node);
-        Ok(attr)
+        t.insert(Node::new(row));
+        let n = t.get(ino).ok_or(libc::ENOENT)?;
+        Ok(self.attr_of(t, n))
     }
 
     pub(super) fn set_failed(&self, ino: u64, message: &str) {

@@ -1,12 +1,25 @@
 //! Namespace operations: lookup, getattr/setattr, mkdir, unlink, rmdir, rename, and the
 //! remote delete they share (skipped while another path still uses the remote file, or
 //! turned into "hide" when the mount keeps remote files).
+//!
+//! Ordering with uploads: an operation that removes or moves a file first holds off the
+//! file's uploads ([`Fs::hold_uploads`]): an early upload is given up, a running commit is
+//! waited for, and no commit starts until the operation is done. What lands remotely is
+//! then what the local namespace says, before the operation returns (so `rm d/x; rmdir d`
+//! never meets an upload landing in `d` afterwards).
+//!
+//! A file unlinked while open becomes an orphan of the tree ([`super::inode::Tree`]): its
+//! descriptors keep reading and writing its stage, `fstat` answers with a link count of 0,
+//! and nothing is uploaded; the last close drops it.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::catalog::{NodeKind, ROOT_INO};
+use crate::catalog::{now_ms, NodeKind, ROOT_INO};
 use crate::remote::{ErrorKind, RemoteFile};
+
+use super::handle::OpenFile;
 
 use super::names::{check_lookup_name, check_new_name, is_save_temp, is_trash_dir};
 use super::{Attr, Error, Fs, FsResult, SetAttr};
@@ -26,14 +39,35 @@ impl Fs {
         self.refresh(parent, false).await;
         let t = self.tree();
         let c = t.child(parent, name).ok_or(libc::ENOENT)?;
-        Ok(t.get(c).map(|n| self.attr_of(n)).ok_or(libc::ENOENT)?)
+        Ok(t.get(c).map(|n| self.attr_of(&t, n)).ok_or(libc::ENOENT)?)
     }
 
+    /// Attributes of a node, or of an orphan (unlinked while open: `fstat` still works).
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         let t = self.tree();
-        t.get(ino)
-            .map(|n| self.attr_of(n))
+        t.get_or_orphan(ino)
+            .map(|n| self.attr_of(&t, n))
             .ok_or(Error::new(libc::ENOENT))
+    }
+
+    /// The write state of a file, once its uploads are held off: an early upload is given
+    /// up (nothing becomes visible remotely) and the caller then takes its `commit_lock`,
+    /// which waits for a running commit and keeps new ones from starting.
+    pub(super) fn hold_uploads(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        let of = self.tree().get(ino).and_then(|n| n.open.clone())?;
+        if of.cancel_early() {
+            self.uploads.end(ino);
+        }
+        Some(of)
+    }
+
+    /// A directory's entries changed: its mtime (and so its ctime) moves on. In memory
+    /// only, so a create costs no second catalog write: the catalog takes the time with
+    /// the directory's next change of its own (a remount may show an older time).
+    pub(super) fn touch_dir(&self, dir: u64) {
+        if let Some(n) = self.tree().get_mut(dir) {
+            n.row.mtime_ms = now_ms().max(n.row.mtime_ms);
+        }
     }
 
     pub async fn setattr(&self, ino: u64, s: SetAttr) -> FsResult<Attr> {
@@ -41,7 +75,9 @@ impl Fs {
             self.truncate(ino, size, s.fh).await?;
         }
         let mut t = self.tree();
-        let n = t.get_mut(ino).ok_or(libc::ENOENT)?;
+        // An orphan (unlinked, still open) changes in memory only: it has no row.
+        let linked = t.get(ino).is_some();
+        let n = t.get_or_orphan_mut(ino).ok_or(libc::ENOENT)?;
         let before = n.row.clone();
         if let Some(m) = s.mode {
             n.row.mode = m & 0o7777;
@@ -70,12 +106,30 @@ impl Fs {
             );
             self.uploads.end(ino);
         }
-        if n.row != before {
+        if n.row != before && linked {
             let row = n.row.clone();
             self.persist(&row)?;
         }
-        let n = t.get(ino).ok_or(libc::ENOENT)?;
-        Ok(self.attr_of(n))
+        let n = t.get_or_orphan(ino).ok_or(libc::ENOENT)?;
+        Ok(self.attr_of(&t, n))
+    }
+
+    /// An unprivileged write: the set-user-ID and set-group-ID bits go, as on a local
+    /// filesystem (an orphan's change stays in memory).
+    pub fn kill_suid(&self, ino: u64) {
+        let mut t = self.tree();
+        let linked = t.get(ino).is_some();
+        let Some(n) = t.get_or_orphan_mut(ino) else {
+            return;
+        };
+        let mode = n.row.mode & !(libc::S_ISUID | libc::S_ISGID);
+        if mode != n.row.mode {
+            n.row.mode = mode;
+            let row = n.row.clone();
+            if linked {
+                self.persist_or_log(&row);
+            }
+        }
     }
 
     pub async fn mkdir(
@@ -132,7 +186,10 @@ impl Fs {
         }
         let mut row = self.new_row(parent, name, NodeKind::Dir, mode, uid, gid);
         row.remote = remote;
-        self.insert_row(&mut t, row)
+        let attr = self.insert_row(&mut t, row)?;
+        drop(t);
+        self.touch_dir(parent);
+        Ok(attr)
     }
 
     /// Delete a remote file unless another path still uses it or the mount keeps remotes.
@@ -169,16 +226,51 @@ impl Fs {
         }
     }
 
+    /// Delete an (empty, as far as this mount knows) remote folder. A folder the target
+    /// refuses to delete for its content is not empty: ENOTEMPTY, never EIO, whether the
+    /// target says so as a conflict or as a refusal the client cannot name (then a fresh
+    /// listing shows the content).
+    async fn delete_folder(&self, remote: &RemoteFile, ino: u64) -> FsResult<()> {
+        let Err(mut e) = self.delete_remote(remote, ino).await else {
+            return Ok(());
+        };
+        if e.errno == libc::EEXIST {
+            e.errno = libc::ENOTEMPTY;
+            return Err(e);
+        }
+        self.refresh(ino, true).await;
+        if self.tree().has_children(ino) {
+            tracing::debug!(ino, error = %e, "folder delete refused: it has content");
+            return Err(Error::new(libc::ENOTEMPTY));
+        }
+        Err(e)
+    }
+
     pub async fn unlink(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<()> {
         let name = check_lookup_name(name)?;
-        let (ino, remote, replaces) = {
+        let ino = {
             let t = self.tree();
             let c = t.child(parent, name).ok_or(libc::ENOENT)?;
             let n = t.get(c).ok_or(libc::ENOENT)?;
             if n.is_dir() {
                 return Err(Error::new(libc::EISDIR));
             }
-            (c, n.row.remote.clone(), n.row.replaces.clone())
+            c
+        };
+        // A running commit ends first: what it landed is deleted below, not after.
+        let of = self.hold_uploads(ino);
+        let _held = match &of {
+            Some(of) => Some(of.commit_lock.lock().await),
+            None => None,
+        };
+        let (remote, replaces) = {
+            let t = self.tree();
+            let n = t.get(ino).ok_or(libc::ENOENT)?;
+            if n.row.parent != parent || t.child(parent, name) != Some(ino) {
+                // Renamed or removed while the commit ran.
+                return Err(Error::new(libc::ENOENT));
+            }
+            (n.row.remote.clone(), n.row.replaces.clone())
         };
         if let Some(r) = &remote {
             self.delete_remote(r, ino).await?;
@@ -187,18 +279,27 @@ impl Fs {
             self.delete_remote(r, ino).await?;
         }
         self.forget_node(ino);
+        self.touch_dir(parent);
         Ok(())
     }
 
-    /// Drop a file node locally (after its remote side was dealt with).
+    /// Drop a file node locally (after its remote side was dealt with). A file still open
+    /// stays an orphan until its last close; its stage file goes now (the open descriptor
+    /// keeps it readable and writable), so a crash leaves nothing behind.
     pub(super) fn forget_node(&self, ino: u64) {
-        let node = self.tree().remove(ino);
-        if let Some(n) = node {
-            if let Some(of) = &n.open {
-                of.unlinked.store(true, Ordering::SeqCst);
-                of.stage.remove_file();
-            } else if let Some(p) = &n.row.stage {
-                let _ = std::fs::remove_file(p);
+        let has_handles = self.has_handles(ino);
+        {
+            let mut t = self.tree();
+            if let Some(n) = t.remove(ino) {
+                if let Some(of) = &n.open {
+                    of.unlinked.store(true, Ordering::SeqCst);
+                    of.stage.remove_file();
+                } else if let Some(p) = &n.row.stage {
+                    let _ = std::fs::remove_file(p);
+                }
+                if has_handles {
+                    t.keep_orphan(n);
+                }
             }
         }
         if let Err(e) = self.catalog.delete_node(ino) {
@@ -217,7 +318,11 @@ impl Fs {
             }
             c
         };
-        self.refresh(ino, false).await;
+        // Folder targets: always the remote's word, not a cached listing: some delete a
+        // folder with whatever it holds (Cloudreve), and content added elsewhere since the
+        // last listing must make this ENOTEMPTY, not vanish with the folder. (A flat
+        // target's folders are the catalog's own; its listing covers the whole target.)
+        self.refresh(ino, self.caps.folders).await;
         let remote = {
             let t = self.tree();
             if t.has_children(ino) {
@@ -227,19 +332,21 @@ impl Fs {
         };
         if let Some(r) = &remote {
             if self.caps.folders {
-                self.delete_remote(r, ino).await.map_err(|mut e| {
-                    // A folder the target refuses to delete for its content is not empty.
-                    if e.errno == libc::EEXIST {
-                        e.errno = libc::ENOTEMPTY;
-                    }
-                    e
-                })?;
+                self.delete_folder(r, ino).await?;
             }
         }
-        self.tree().remove(ino);
+        {
+            let mut t = self.tree();
+            if t.has_children(ino) {
+                // Something was created in it while the remote delete ran.
+                return Err(Error::new(libc::ENOTEMPTY));
+            }
+            t.remove(ino);
+        }
         if let Err(e) = self.catalog.delete_node(ino) {
             tracing::error!(error = %e, "catalog delete failed");
         }
+        self.touch_dir(parent);
         Ok(())
     }
 
@@ -257,6 +364,31 @@ impl Fs {
         let name = check_lookup_name(name)?;
         let new_name = check_new_name(new_name)?;
         self.refresh(new_parent, false).await;
+        // Uploads of the source and of a replaced destination end (or are given up, for
+        // the destination's early upload) before anything moves, and none starts until
+        // the rename is done; locked in inode order, so two renames never wait on each
+        // other.
+        let (src_of, dst_of) = {
+            let (src, dst) = {
+                let t = self.tree();
+                let src = t.child(parent, name).ok_or(libc::ENOENT)?;
+                (src, t.child(new_parent, new_name).filter(|d| *d != src))
+            };
+            // A replaced directory must be empty remotely too (see `rmdir`).
+            let dst_dir = dst.filter(|d| self.tree().get(*d).is_some_and(|n| n.is_dir()));
+            if let Some(d) = dst_dir {
+                self.refresh(d, self.caps.folders).await;
+            }
+            let src_of = self.tree().get(src).and_then(|n| n.open.clone());
+            let dst_of = dst.and_then(|d| self.hold_uploads(d).map(|of| (d, of)));
+            (src_of.map(|of| (src, of)), dst_of)
+        };
+        let mut to_hold: Vec<&(u64, Arc<OpenFile>)> = src_of.iter().chain(dst_of.iter()).collect();
+        to_hold.sort_by_key(|(ino, _)| *ino);
+        let mut held = Vec::with_capacity(to_hold.len());
+        for (_, of) in to_hold {
+            held.push(of.commit_lock.lock().await);
+        }
         // Look at source and destination.
         let (src, dst, src_remote, src_is_dir, src_pending_only, src_shared) = {
             let t = self.tree();
@@ -314,7 +446,11 @@ impl Fs {
                 carry_replaces = d_remote.clone();
             } else if let Some(r) = &d_remote {
                 if !d_is_dir || self.caps.folders {
-                    self.delete_remote(r, d).await?;
+                    if d_is_dir {
+                        self.delete_folder(r, d).await?;
+                    } else {
+                        self.delete_remote(r, d).await?;
+                    }
                 }
             }
             if let Some(r) = &d_replaces {
@@ -365,6 +501,11 @@ impl Fs {
                 let row = n.row.clone();
                 self.persist(&row)?;
             }
+        }
+        drop(held);
+        self.touch_dir(parent);
+        if new_parent != parent {
+            self.touch_dir(new_parent);
         }
         if save_done {
             // The save's temporary file is in place: upload it under its final name.

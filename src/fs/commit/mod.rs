@@ -527,6 +527,7 @@ impl Fs {
             // A deduplicating target handed back an id hidden earlier: it is in use again.
             let _ = self.catalog.unhide(id);
         }
+        self.untombstone(id);
         let n = t.get(ino)?;
         let (name, parent, remote) = (
             n.row.name.clone(),
