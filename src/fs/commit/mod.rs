@@ -366,6 +366,7 @@ impl Fs {
     /// announced, else keep a copy an earlier attempt left that holds this data, else
     /// upload (replacing such a copy that holds something else). Also returns the copy
     /// found, which the new upload replaces.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         ino: u64,
