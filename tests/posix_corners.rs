@@ -217,6 +217,44 @@ fn open_unlinked_on(r: &Remote) {
     drop(f);
     std::thread::sleep(Duration::from_millis(300));
     assert!(!r.stored().contains_key("held.txt"));
+    // A landed file a fresh mount (no local copy) only reads, unlinked after the first
+    // read: the blocks not read yet still arrive (the remote file stays until the last
+    // close, hidden from listings), then it is deleted.
+    let big: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(m.dir.join("read.bin"), &big).unwrap();
+    drop(m);
+    for d in ["state", "cache"] {
+        let _ = std::fs::remove_dir_all(r.work().join(d));
+    }
+    let m = r.mount("", &[]);
+    let p = m.dir.join("read.bin");
+    let mut f = std::fs::File::open(&p).unwrap();
+    let mut head = vec![0u8; 4096];
+    f.read_exact(&mut head).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    assert!(!p.exists());
+    assert!(std::fs::read_dir(&m.dir)
+        .unwrap()
+        .all(|e| e.unwrap().file_name() != "read.bin"));
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    let mut tail = vec![0u8; 4096];
+    f.seek(SeekFrom::Start(big.len() as u64 - 4096)).unwrap();
+    f.read_exact(&mut tail)
+        .expect("a block not read before the unlink");
+    assert!(tail == big[big.len() - 4096..]);
+    let mut all = Vec::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut all).unwrap();
+    assert!(all == big, "the whole file reads back after the unlink");
+    assert!(r.stored().contains_key("read.bin"), "kept while it is read");
+    drop(f);
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !r.stored().contains_key("read.bin")
+    });
+    assert!(gone, "deleted at the last close");
 }
 
 common::per_kind!(open_unlinked;

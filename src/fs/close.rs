@@ -94,7 +94,9 @@ impl Fs {
             .remove(&fh)
             .ok_or(libc::EBADF)?;
         let Some(of) = h.open.clone() else {
-            self.drop_orphan_if_unused(h.ino);
+            if self.drop_orphan_if_unused(h.ino) {
+                self.delete_kept_for_readers(h.ino).await;
+            }
             return Ok(());
         };
         let failed = matches!(&*h.state.lock().await, HandleState::Failed(_));
@@ -138,11 +140,9 @@ impl Fs {
             .any(|h| h.ino == ino)
     }
 
-    /// The last close of a file unlinked while open: the orphan goes.
-    fn drop_orphan_if_unused(&self, ino: u64) {
-        if !self.has_handles(ino) {
-            self.tree().drop_orphan(ino);
-        }
+    /// The last close of a file unlinked while open: the orphan goes (`true` when it did).
+    fn drop_orphan_if_unused(&self, ino: u64) -> bool {
+        !self.has_handles(ino) && self.tree().drop_orphan(ino).is_some()
     }
 
     /// Drop an inode's write state once no handle uses it.

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use crate::catalog::{now_ms, Catalog, NodeKind, NodeRow, NodeState, ROOT_INO};
 use crate::read::BlockCache;
-use crate::remote::{Capabilities, DirRef, Target};
+use crate::remote::{Capabilities, DirRef, RemoteFile, Target};
 use crate::write::Stage;
 
 use handle::Handle;
@@ -152,6 +152,9 @@ pub struct Fs {
     tombstones: Mutex<HashMap<String, Instant>>,
     /// Remote ids removed locally but kept remotely (mirrors the catalog's `hidden`).
     hidden: Mutex<HashSet<String>>,
+    /// Landed files unlinked while descriptors read them, by inode: deleted remotely at
+    /// the last close ([`namespace`]).
+    unlinked_reads: Mutex<HashMap<u64, RemoteFile>>,
     stage_dir: PathBuf,
     /// Background uploads and upload progress ([`commit`]).
     uploads: commit::Uploads,
@@ -194,6 +197,7 @@ impl Fs {
             list_locks: Mutex::new(HashMap::new()),
             tombstones: Mutex::new(HashMap::new()),
             hidden: Mutex::new(hidden),
+            unlinked_reads: Mutex::new(HashMap::new()),
             stage_dir,
             uploads: commit::Uploads::default(),
             pool: pool::StagePool::default(),

@@ -196,13 +196,7 @@ impl Fs {
     pub(super) async fn delete_remote(&self, remote: &RemoteFile, except: u64) -> FsResult<()> {
         if self.opts.keep_remote || !self.caps.delete {
             // The remote keeps it; later listings must not bring it back.
-            self.hidden
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(remote.id.clone());
-            if let Err(e) = self.catalog.hide(&remote.id) {
-                tracing::error!(error = %e, "catalog update failed");
-            }
+            self.hide(&remote.id);
             return Ok(());
         }
         let shared = self
@@ -273,7 +267,13 @@ impl Fs {
             (n.row.remote.clone(), n.row.replaces.clone())
         };
         if let Some(r) = &remote {
-            self.delete_remote(r, ino).await?;
+            if of.is_none() && self.has_handles(ino) {
+                // Open for reading only: its bytes are the remote file's, so the delete
+                // waits for the last close ([`Fs::delete_when_closed`]).
+                self.delete_when_closed(ino, r.clone());
+            } else {
+                self.delete_remote(r, ino).await?;
+            }
         }
         if let Some(r) = &replaces {
             self.delete_remote(r, ino).await?;
@@ -281,6 +281,69 @@ impl Fs {
         self.forget_node(ino);
         self.touch_dir(parent);
         Ok(())
+    }
+
+    /// A landed file unlinked while descriptors read it: unread blocks still come from the
+    /// remote file, so it stays until the last close (as NFS's "silly rename" keeps it).
+    /// Meanwhile its id is hidden — in the catalog too, so listings never bring it back,
+    /// not even after a crash (the remote copy then stays, hidden, rather than vanishing
+    /// under a reader). The same id landing again (a target replacing in place, or
+    /// deduplicating) unhides it in the landing step, and then it is not deleted.
+    fn delete_when_closed(&self, ino: u64, remote: RemoteFile) {
+        self.hide(&remote.id);
+        self.unlinked_reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ino, remote);
+    }
+
+    /// The last close of a file [`Fs::delete_when_closed`] kept: delete it now, unless
+    /// the id is in use again.
+    pub(super) async fn delete_kept_for_readers(&self, ino: u64) {
+        let Some(remote) = self
+            .unlinked_reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ino)
+        else {
+            return;
+        };
+        let hidden = self
+            .hidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&remote.id);
+        if !hidden || !self.tree().by_remote(&remote.id).is_empty() {
+            return;
+        }
+        match self.target.delete(&remote).await {
+            Ok(()) => {}
+            Err(e) if e.kind == ErrorKind::NotFound => {}
+            Err(e) => {
+                // It stays hidden: nobody sees it again, and nothing is lost.
+                tracing::warn!(name = %remote.name, error = %e, "cannot delete a file unlinked while it was read");
+                return;
+            }
+        }
+        self.tombstone(&remote.id);
+        self.hidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&remote.id);
+        if let Err(e) = self.catalog.unhide(&remote.id) {
+            tracing::error!(error = %e, "catalog update failed");
+        }
+    }
+
+    /// Hide a remote id from every later listing, in memory and in the catalog.
+    fn hide(&self, id: &str) {
+        self.hidden
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        if let Err(e) = self.catalog.hide(id) {
+            tracing::error!(error = %e, "catalog update failed");
+        }
     }
 
     /// Drop a file node locally (after its remote side was dealt with). A file still open
