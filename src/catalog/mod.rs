@@ -538,7 +538,10 @@ mod tests {
         row.state = NodeState::Committed;
         c.update_node_and_end_journal(&row).unwrap();
         assert!(c.journal().unwrap().is_empty());
-        assert_eq!(c.get_node(row.ino).unwrap().unwrap().state, NodeState::Committed);
+        assert_eq!(
+            c.get_node(row.ino).unwrap().unwrap().state,
+            NodeState::Committed
+        );
     }
 
     #[test]
