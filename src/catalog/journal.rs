@@ -47,11 +47,7 @@ impl Catalog {
     }
 
     pub fn journal_end(&self, ino: u64) -> Result<()> {
-        self.with(|c| {
-            c.prepare_cached("DELETE FROM journal WHERE ino = ?1")?
-                .execute([ino as i64])
-                .map(|_| ())
-        })
+        self.with(|c| end_journal(c, ino))
     }
 
     pub fn journal(&self) -> Result<Vec<JournalRow>> {
@@ -63,6 +59,12 @@ impl Catalog {
             rows.collect()
         })
     }
+}
+
+pub(super) fn end_journal(c: &Connection, ino: u64) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM journal WHERE ino = ?1")?
+        .execute([ino as i64])
+        .map(|_| ())
 }
 
 pub(super) fn write_journal(c: &Connection, row: &JournalRow) -> rusqlite::Result<()> {

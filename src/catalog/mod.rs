@@ -513,6 +513,38 @@ mod tests {
     }
 
     #[test]
+    fn a_landed_row_ends_its_journal_in_the_same_transaction() {
+        let c = Catalog::in_memory().unwrap();
+        c.ensure_root(0o755, 0, 0, 1).unwrap();
+        let mut row = file_row(ROOT_INO, "a.bin");
+        row.state = NodeState::Uploading;
+        row.ino = c.insert_node(&row).unwrap();
+        let journal = JournalRow {
+            ino: row.ino,
+            stage: PathBuf::from("/s/a"),
+            target: "work".into(),
+            parent_remote: None,
+            name: "a.bin".into(),
+            size: 3,
+            sha1: Some("ab".into()),
+            md5: None,
+            session_id: None,
+            parts_done: 0,
+            bytes_done: 0,
+            started_ms: 1,
+        };
+        c.update_node_and_journal(&row, &journal).unwrap();
+        assert_eq!(c.journal().unwrap(), vec![journal]);
+        row.state = NodeState::Committed;
+        c.update_node_and_end_journal(&row).unwrap();
+        assert!(c.journal().unwrap().is_empty());
+        assert_eq!(
+            c.get_node(row.ino).unwrap().unwrap().state,
+            NodeState::Committed
+        );
+    }
+
+    #[test]
     fn journal_tracks_parts() {
         let c = Catalog::in_memory().unwrap();
         c.journal_begin(&JournalRow {

@@ -133,6 +133,21 @@ impl Catalog {
         self.settle(&mut written, row, r)
     }
 
+    /// Update a node and remove its journal row in one transaction: an upload landed
+    /// (one commit instead of two for every file a `close()` uploads).
+    pub fn update_node_and_end_journal(&self, row: &NodeRow) -> Result<()> {
+        let mut written = self.written();
+        let r = self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            if written.get(&row.ino) != Some(row) {
+                write_node(&tx, row)?;
+            }
+            super::journal::end_journal(&tx, row.ino)?;
+            tx.commit()
+        });
+        self.settle(&mut written, row, r)
+    }
+
     /// After writing `row`: remember it, or forget the inode's row if the write failed.
     fn settle(
         &self,

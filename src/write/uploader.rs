@@ -10,7 +10,10 @@
 //!
 //! A [`Destination`] (where the stage goes, its size and digests) is the one description
 //! both the journal row and the request are built from, whether the row is written by a
-//! write-back close before any attempt or by the attempt itself.
+//! write-back close before any attempt or by the attempt itself. A caller that writes
+//! the attempt's row in its own transaction (the filesystem's commit writes it with the
+//! node's `uploading` row, and removes it with the landed row) hands it over as
+//! [`Commit::journaled`]: one catalog commit per step of a file instead of two.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -192,6 +195,31 @@ pub struct Commit {
     /// Replace `replaces` only if the remote file is still this version
     /// ([`Target::upload_unless_changed`]); `ErrorKind::Changed` otherwise.
     pub expect: Option<RemoteFile>,
+    /// The journal row ([`attempt_journal`]) the caller already wrote, in the same
+    /// transaction as the node's `uploading` row; the caller also removes it when the
+    /// upload lands, with the landed row. `None`: this module writes and removes it, each
+    /// as a statement of its own.
+    pub journaled: Option<JournalRow>,
+}
+
+/// The journal row of an attempt to upload `stage` as `d`, starting now: a session
+/// journaled for exactly this content (same stage file, size and SHA-1) is carried over,
+/// so the attempt resumes it.
+pub fn attempt_journal(catalog: &Catalog, stage: &Stage, d: &Destination) -> JournalRow {
+    let earlier = catalog.journal_get(d.ino).ok().flatten().filter(|j| {
+        j.session_id.is_some()
+            && j.stage == stage.path()
+            && j.size == d.size
+            && j.sha1.is_some()
+            && j.sha1 == d.digests.sha1
+    });
+    JournalRow {
+        session_id: earlier.as_ref().and_then(|j| j.session_id.clone()),
+        parts_done: earlier.as_ref().map_or(0, |j| j.parts_done),
+        bytes_done: earlier.as_ref().map_or(0, |j| j.bytes_done),
+        started_ms: crate::catalog::now_ms(),
+        ..d.journal_row(stage.path())
+    }
 }
 
 /// Upload `stage` as described by `c`, journaling it in `catalog`.
@@ -214,27 +242,20 @@ pub async fn upload(
         }
     }
     // A session journaled for exactly this content is resumed.
-    let earlier = catalog.journal_get(d.ino).ok().flatten().filter(|j| {
-        j.session_id.is_some()
-            && j.stage == stage.path()
-            && j.size == d.size
-            && j.sha1.is_some()
-            && j.sha1 == d.digests.sha1
-    });
-    let resume_session = earlier.as_ref().and_then(|j| j.session_id.clone());
-    let journal = JournalRow {
-        session_id: resume_session.clone(),
-        parts_done: earlier.as_ref().map_or(0, |j| j.parts_done),
-        bytes_done: earlier.as_ref().map_or(0, |j| j.bytes_done),
-        started_ms: crate::catalog::now_ms(),
-        ..d.journal_row(stage.path())
+    let own_journal = c.journaled.is_none();
+    let journal = match c.journaled {
+        Some(j) => j,
+        None => attempt_journal(catalog, stage, d),
     };
+    let resume_session = journal.session_id.clone();
     if let Some(sid) = &resume_session {
         tracing::info!(name = %d.name, session = %sid, "resuming a journaled upload session");
     }
     c.progress.restart(d.size);
-    if let Err(e) = catalog.journal_begin(&journal) {
-        tracing::warn!(ino = d.ino, error = %e, "cannot journal upload");
+    if own_journal {
+        if let Err(e) = catalog.journal_begin(&journal) {
+            tracing::warn!(ino = d.ino, error = %e, "cannot journal upload");
+        }
     }
     let req = UploadRequest {
         parent: d.parent.clone(),
@@ -263,7 +284,7 @@ pub async fn upload(
         None => target.upload(req).await,
     };
     // A failed attempt keeps its row: the next one resumes the session.
-    if result.is_ok() {
+    if result.is_ok() && own_journal {
         if let Err(e) = catalog.journal_end(d.ino) {
             tracing::warn!(ino = d.ino, error = %e, "cannot close upload journal");
         }

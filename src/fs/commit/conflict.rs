@@ -262,6 +262,7 @@ impl Fs {
                 progress,
                 early: None,
                 expect: None,
+                journaled: None,
             },
         )
         .await;

@@ -174,6 +174,7 @@ impl Fs {
             early: Some(seal.clone()),
             // The commit checks the remote file before it seals the upload.
             expect: None,
+            journaled: None,
         };
         let (target, catalog, stage) =
             (self.target.clone(), self.catalog.clone(), of.stage.clone());

@@ -60,7 +60,7 @@ pub use status::{FileStatus, MountStatus};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::catalog::NodeState;
+use crate::catalog::{JournalRow, NodeState};
 use crate::remote::{Digests, DirRef, RemoteFile, TargetError};
 use crate::write::uploader::{self, Destination};
 
@@ -256,7 +256,13 @@ impl Fs {
                 return Err(e);
             }
         };
-        self.set_uploading(ino, size);
+        // Without an early upload (which journals its own session), the attempt's journal
+        // row is written with the `uploading` row, in one transaction.
+        let journaled = early.is_none().then(|| {
+            let dest = self.destination(ino, &snap.parent, &snap.name, size, digests.clone());
+            uploader::attempt_journal(&self.catalog, &of.stage, &dest)
+        });
+        self.set_uploading(ino, size, journaled.as_ref());
         // Shared files: never overwrite a version this mount has not seen.
         match self.commit_check(&snap).await {
             conflict::Check::Replace { expected } => snap.expected = expected,
@@ -270,7 +276,10 @@ impl Fs {
                     .await;
             }
         };
-        let (result, found) = self.send(ino, of, &snap, size, &digests, early).await;
+        let ends_journal = journaled.is_some();
+        let (result, found) = self
+            .send(ino, of, &snap, size, &digests, early, journaled)
+            .await;
         of.end_upload(None);
         let remote = match result {
             Ok(r) => r,
@@ -295,7 +304,8 @@ impl Fs {
             remote,
             size,
         };
-        self.after_landing(ino, &snap, found, landed).await;
+        self.after_landing(ino, &snap, found, landed, ends_journal)
+            .await;
         Ok(())
     }
 
@@ -333,14 +343,22 @@ impl Fs {
         }
     }
 
-    /// The row enters `uploading` (recovery turns it back into `queued`).
-    fn set_uploading(&self, ino: u64, size: u64) {
+    /// The row enters `uploading` (recovery turns it back into `queued`), with the
+    /// attempt's journal row when given, in one transaction.
+    fn set_uploading(&self, ino: u64, size: u64, journal: Option<&JournalRow>) {
         let mut t = self.tree();
         if let Some(n) = t.get_mut(ino) {
             n.row.state = NodeState::Uploading;
             n.row.size = size;
             let row = n.row.clone();
-            self.persist_or_log(&row);
+            match journal {
+                None => self.persist_or_log(&row),
+                Some(j) => {
+                    if let Err(e) = self.catalog.update_node_and_journal(&row, j) {
+                        tracing::error!(ino, error = %e, "catalog update failed");
+                    }
+                }
+            }
         }
     }
 
@@ -348,6 +366,7 @@ impl Fs {
     /// announced, else keep a copy an earlier attempt left that holds this data, else
     /// upload (replacing such a copy that holds something else). Also returns the copy
     /// found, which the new upload replaces.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         ino: u64,
@@ -356,6 +375,7 @@ impl Fs {
         size: u64,
         digests: &Digests,
         early: Option<EarlyUpload>,
+        journaled: Option<JournalRow>,
     ) -> (Result<RemoteFile, TargetError>, Option<RemoteFile>) {
         let replaces_id = snap
             .remote
@@ -407,6 +427,7 @@ impl Fs {
                 early: None,
                 // Only where the node's own remote file is replaced, as checked.
                 expect: snap.expected.clone().filter(|_| landed.is_none()),
+                journaled,
             },
         )
         .await;
@@ -414,7 +435,8 @@ impl Fs {
         (r, landed)
     }
 
-    /// Landed: record it in the row, then follow up what happened while it uploaded (an
+    /// Landed: record it in the row (`ends_journal`: and remove the attempt's journal row
+    /// in the same transaction), then follow up what happened while it uploaded (an
     /// unlink, a replacing rename, a rename) and delete the remote files it replaces
     /// (`found`: a copy an earlier attempt left).
     async fn after_landing(
@@ -423,9 +445,10 @@ impl Fs {
         snap: &Snapshot,
         found: Option<RemoteFile>,
         landed: Landed,
+        ends_journal: bool,
     ) {
         let remote = landed.remote.clone();
-        let applied = self.apply_committed(&mut self.tree(), ino, &landed, false);
+        let applied = self.apply_landed(&mut self.tree(), ino, &landed, false, ends_journal);
         let Some(now) = applied else {
             // Unlinked while uploading: the upload must not outlive the file.
             if let Err(e) = self.delete_remote(&remote, ino).await {
@@ -482,6 +505,19 @@ impl Fs {
         landed: &Landed,
         drop_stage: bool,
     ) -> Option<Applied> {
+        self.apply_landed(t, ino, landed, drop_stage, false)
+    }
+
+    /// [`Fs::apply_committed`]; `ends_journal`: the inode's journal row is removed in the
+    /// same transaction as the row is written (the commit journaled the attempt itself).
+    fn apply_landed(
+        &self,
+        t: &mut Tree,
+        ino: u64,
+        landed: &Landed,
+        drop_stage: bool,
+        ends_journal: bool,
+    ) -> Option<Applied> {
         let id = &landed.remote.id;
         if self
             .hidden
@@ -509,7 +545,13 @@ impl Fs {
         let replaces = n.row.replaces.take();
         let stage = if drop_stage { n.row.stage.take() } else { None };
         let row = n.row.clone();
-        self.persist_or_log(&row);
+        if ends_journal {
+            if let Err(e) = self.catalog.update_node_and_end_journal(&row) {
+                tracing::error!(ino, error = %e, "catalog update failed");
+            }
+        } else {
+            self.persist_or_log(&row);
+        }
         if let Some(p) = stage {
             let _ = std::fs::remove_file(p);
         }

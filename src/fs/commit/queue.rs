@@ -196,16 +196,15 @@ impl Fs {
         // up. Should the catalog reach the disk first and the daemon die before the stage
         // does, recovery finds a stage that does not match its journaled digests and keeps
         // it as `incomplete`, never uploaded; and this close has not returned.
+        // The directory's sync (when needed) runs beside the stage's, not after it: both
+        // must be on disk before this close returns, in no order.
+        let synced_dir = dir_sync.map(|_| {
+            let stage_dir = self.stage_dir.clone();
+            tokio::task::spawn_blocking(move || std::fs::File::open(&stage_dir)?.sync_all())
+        });
         let synced_stage = {
             let stage = of.stage.clone();
-            let stage_dir = self.stage_dir.clone();
-            tokio::task::spawn_blocking(move || {
-                stage.sync()?;
-                if dir_sync.is_some() {
-                    std::fs::File::open(&stage_dir)?.sync_all()?;
-                }
-                Ok::<_, std::io::Error>(())
-            })
+            tokio::task::spawn_blocking(move || stage.sync())
         };
         let stage = of.stage.clone();
         // A small stage is hashed on this (kernel request) thread: the hop to the blocking
@@ -227,6 +226,17 @@ impl Fs {
         let stage_synced = match synced_stage.await {
             Ok(r) => r.map_err(Error::from),
             Err(e) => Err(Error::msg(libc::EIO, format!("syncing the stage: {e}"))),
+        };
+        let stage_synced = match synced_dir {
+            None => stage_synced,
+            Some(dir) => match (stage_synced, dir.await) {
+                (Err(e), _) => Err(e),
+                (Ok(()), Ok(r)) => r.map_err(Error::from),
+                (Ok(()), Err(e)) => Err(Error::msg(
+                    libc::EIO,
+                    format!("syncing the stage directory: {e}"),
+                )),
+            },
         };
         let digests = match (journaled, stage_synced) {
             (Ok((true, d)), Ok(())) => d,
