@@ -252,6 +252,11 @@ fn a_put_to_the_server_is_read_after_the_ttl(kind: TargetKind) {
         std::fs::read(a.path("data.bin")).unwrap(),
         b"the mount's version\n"
     );
+    // The kernel sends the releases of the write and of that read after close() has
+    // returned; a descriptor opened before they arrive shares the local copy, which keeps
+    // its version until every descriptor on it is closed (SEMANTICS, Shared folders). Let
+    // them arrive, so the held descriptor reads the landed remote file.
+    std::thread::sleep(SETTLE);
     let held = File::open(a.path("data.bin")).unwrap();
     let src = r.work().join("newer.bin");
     let newer = b"a newer version, put straight to the server by someone else\n";
