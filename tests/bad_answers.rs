@@ -12,12 +12,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{md5_hex, pattern, sha1_hex, TestServer, TOKEN};
+use common::{pattern, sha1_hex, TestServer, TOKEN};
 use serde_json::json;
 use uploadfs::config::TargetKind;
-use uploadfs::remote::{
-    ByteCounter, Digests, ErrorKind, FileSource, RemoteFile, Target, TargetError, UploadRequest,
-};
+use uploadfs::remote::{ErrorKind, RemoteFile, Target, TargetError, UploadRequest};
 
 /// Size of the small files (one request or one part everywhere).
 const SMALL: usize = 100_000;
@@ -84,27 +82,7 @@ fn calls(kind: TargetKind) -> Calls {
 
 /// Spoil the next `count` answers of `call` as `mode`.
 fn spoil(s: &TestServer, mode: &str, count: u64, call: Call) {
-    s.control(json!({"bad_answers": {
-        "mode": mode, "count": count, "path_contains": call.0, "method": call.1
-    }}));
-}
-
-fn heal(s: &TestServer) {
-    s.control(json!({"bad_answers": {"mode": "html", "count": 0}}));
-}
-
-/// `POST /_uploadfs/control` authenticated with `token` (the server's current one).
-fn control_as(s: &TestServer, token: &str, body: serde_json::Value) {
-    s.rt.block_on(async {
-        let r = reqwest::Client::new()
-            .post(s.url("/_uploadfs/control"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("control request");
-        assert!(r.status().is_success(), "control failed: {}", r.status());
-    })
+    s.spoil_answers(mode, count, call.0, call.1);
 }
 
 /// A client whose per-request retries give up after `retry_seconds`.
@@ -115,22 +93,7 @@ fn client(s: &TestServer, kind: TargetKind, retry_seconds: u64) -> Arc<dyn Targe
 }
 
 fn request(s: &TestServer, name: &str, data: &[u8], replaces: Option<RemoteFile>) -> UploadRequest {
-    let path = s.dir.path().join(format!("src-{name}"));
-    std::fs::write(&path, data).unwrap();
-    UploadRequest {
-        parent: None,
-        name: name.to_string(),
-        size: data.len() as u64,
-        digests: Digests {
-            sha1: Some(sha1_hex(data)),
-            md5: Some(md5_hex(data)),
-        },
-        mtime_ms: 1_700_000_000_000,
-        replaces,
-        resume_session: None,
-        source: Arc::new(FileSource::open(&path).unwrap()),
-        observer: Arc::new(ByteCounter::default()),
-    }
+    s.upload_request(name, data, replaces)
 }
 
 fn upload(
@@ -226,7 +189,7 @@ fn listing(s: &TestServer, t: &Arc<dyn Target>, c: &Calls) {
             &["listing", word],
             &format!("listing answered {mode}"),
         );
-        heal(s);
+        s.heal_answers();
     }
     spoil(s, "truncate", 1, c.list);
     s.rt.block_on(t.list(&None))
@@ -252,7 +215,7 @@ fn small_uploads(s: &TestServer, t: &Arc<dyn Target>, kind: TargetKind, c: &Call
                 &format!("upload answered {mode}"),
             ),
         }
-        heal(s);
+        s.heal_answers();
         assert!(
             stored_copies(s, kind, &name, &data) <= 1,
             "{name}: stored twice"
@@ -290,7 +253,7 @@ fn downloads(s: &TestServer, t: &Arc<dyn Target>, kind: TargetKind, c: &Calls) {
                 &format!("download {off}+{len} answered {mode}"),
             );
         }
-        heal(s);
+        s.heal_answers();
     }
 
     spoil(s, "truncate", 1, c.download);
@@ -307,12 +270,12 @@ fn downloads(s: &TestServer, t: &Arc<dyn Target>, kind: TargetKind, c: &Calls) {
         &[name],
         "download always cut short",
     );
-    heal(s);
+    s.heal_answers();
 
     // Corrupted bytes of the right length: caught where the target reports a digest.
     spoil(s, "flip", 1000, c.download);
     let whole = read(t, 0, data.len() as u64);
-    heal(s);
+    s.heal_answers();
     if f.sha1.is_some() || f.md5.is_some() {
         let e = whole.expect_err("a corrupted download of a file with a known digest");
         check_error(
@@ -366,7 +329,7 @@ fn large_uploads(s: &TestServer, t: &Arc<dyn Target>, kind: TargetKind, c: &Call
     let data = pattern(LARGE, 40);
     spoil(s, "truncate", 1, c.commit);
     let f = upload(s, t, name, &data).expect("a commit answer cut short once is recovered");
-    heal(s);
+    s.heal_answers();
     assert_eq!(f.size, data.len() as u64);
     assert_eq!(
         stored_copies(s, kind, name, &data),
@@ -406,7 +369,7 @@ fn large_uploads(s: &TestServer, t: &Arc<dyn Target>, kind: TargetKind, c: &Call
     let r = disturbed_upload(s, t, name, &data, || {
         s.control(json!({"token": OTHER_TOKEN, "bandwidth": 0}));
     });
-    control_as(s, OTHER_TOKEN, json!({"token": TOKEN}));
+    s.control_as(OTHER_TOKEN, json!({"token": TOKEN}));
     let e = r.expect_err("an upload whose token was revoked must fail");
     check_error(
         &e,

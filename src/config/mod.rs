@@ -139,8 +139,9 @@ struct RawFile {
     targets: BTreeMap<String, RawTarget>,
 }
 
-/// A validated target configuration.
-#[derive(Clone)]
+/// A validated target configuration. `Debug` is derived: the token is a [`Secret`], whose
+/// `Debug` never shows it.
+#[derive(Clone, Debug)]
 pub struct TargetConfig {
     pub kind: TargetKind,
     /// Where the token comes from, for messages that say what to renew (`$BOX_TOKEN`,
@@ -164,24 +165,6 @@ pub struct TargetConfig {
     pub list_ttl_ms: Option<u64>,
     /// The S3 settings (`kind = "s3"` only).
     pub s3: Option<S3Config>,
-}
-
-impl fmt::Debug for TargetConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TargetConfig")
-            .field("kind", &self.kind)
-            .field("url", &self.url)
-            .field("upload_url", &self.upload_url)
-            .field("token", &self.token)
-            .field("folder_id", &self.folder_id)
-            .field("root", &self.root)
-            .field("channel_id", &self.channel_id)
-            .field("room_id", &self.room_id)
-            .field("message_id", &self.message_id)
-            .field("pool_id", &self.pool_id)
-            .field("s3", &self.s3)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Default bound on the time spent retrying one request.

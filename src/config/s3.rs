@@ -2,12 +2,10 @@
 //! the table or, failing that, the standard chain (`AWS_ACCESS_KEY_ID`/
 //! `AWS_SECRET_ACCESS_KEY`, then `AWS_PROFILE` in `~/.aws/credentials` and `~/.aws/config`).
 
-use std::fmt;
-
 use super::*;
 
 /// A validated S3 target: where the bucket is and the keys that sign for it.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct S3Config {
     /// Base URL of the service, without a trailing `/`.
     pub endpoint: String,
@@ -20,21 +18,6 @@ pub struct S3Config {
     pub secret_access_key: Secret,
     /// Temporary credentials' session token.
     pub session_token: Option<Secret>,
-}
-
-impl fmt::Debug for S3Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Config")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
-            .field("path_style", &self.path_style)
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key)
-            .field("session_token", &self.session_token)
-            .finish()
-    }
 }
 
 /// Validate a `kind = "s3"` table: addressing, then the keys (table, else the standard
