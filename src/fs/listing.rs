@@ -21,6 +21,7 @@ use crate::catalog::{NodeKind, NodeRow, ROOT_INO};
 use crate::remote::RemoteFile;
 
 use super::inode::Node;
+use super::names::landed_ahead;
 use super::{Attr, DirEntry, Error, Fs, FsResult};
 
 /// How long at most a local delete hides the deleted remote id from listings that still
@@ -155,8 +156,11 @@ impl Fs {
                         continue;
                     }
                     let before = n.row.clone();
+                    // A file uploaded under its final name keeps its temporary one
+                    // here until its own rename.
                     let relocate = !flat
                         && (n.row.parent != home || t.key(&n.row.name) != t.key(&e.name))
+                        && (n.row.parent != home || !landed_ahead(&n.row.name, &e.name))
                         && t.child(home, &e.name).is_none();
                     if relocate {
                         t.relink(ino, home, &e.name);

@@ -62,18 +62,29 @@ pub(super) fn is_save_temp(name: &str) -> bool {
 /// too, so ordinary names (`.bashrc.backup`, `sediments`) do not match (the few temporary
 /// names without one are re-posted after their rename instead).
 pub(super) fn is_tool_temp(name: &str) -> bool {
-    let mkstemp = |x: &str| {
-        x.len() == MKSTEMP_SUFFIX
-            && x.bytes().all(|b| b.is_ascii_alphanumeric())
-            && x.bytes().any(|b| b.is_ascii_uppercase())
-    };
-    let rsync = || {
-        name.strip_prefix('.')
-            .and_then(|rest| rest.rsplit_once('.'))
-            .is_some_and(|(base, x)| !base.is_empty() && mkstemp(x))
-    };
-    let sed = || name.strip_prefix("sed").is_some_and(mkstemp);
-    is_save_temp(name) || rsync() || sed()
+    let sed = || name.strip_prefix("sed").is_some_and(is_mkstemp_suffix);
+    is_save_temp(name) || rsync_final_name(name).is_some() || sed()
+}
+
+/// `mkstemp`'s `XXXXXX` as [`is_tool_temp`] recognises it.
+fn is_mkstemp_suffix(x: &str) -> bool {
+    x.len() == MKSTEMP_SUFFIX
+        && x.bytes().all(|b| b.is_ascii_alphanumeric())
+        && x.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// rsync writes `NAME` as `.NAME.XXXXXX` and renames it into place once closed: `NAME`.
+pub(super) fn rsync_final_name(name: &str) -> Option<&str> {
+    name.strip_prefix('.')
+        .and_then(|rest| rest.rsplit_once('.'))
+        .filter(|(base, x)| !base.is_empty() && is_mkstemp_suffix(x))
+        .map(|(base, _)| base)
+}
+
+/// Whether a file named `local` here holds the remote file named `remote` because it was
+/// uploaded under its final name ahead of its rename ([`Fs::name_ahead`]).
+pub(super) fn landed_ahead(local: &str, remote: &str) -> bool {
+    rsync_final_name(local) == Some(remote)
 }
 
 /// The trash folders file managers create at a filesystem's top (`.Trash`, `.Trash-UID`;
@@ -106,6 +117,36 @@ impl Fs {
             e.errno = libc::EINVAL;
             e
         })
+    }
+
+    /// The name to upload a file under ahead of its rename: rsync writes each file as
+    /// `.NAME.XXXXXX`, closes it (the upload) and renames it to `NAME` at once, which on
+    /// a target with remote renames would cost a second remote operation per file. A new
+    /// file whose final name is free in its folder (no file here has it, locally or as its
+    /// remote name) is uploaded as `NAME` straight away, so the rename that follows is
+    /// local only ([`Fs::rename`] sends nothing when the remote name is already the new
+    /// one). Folder targets and Dyson (flat, with a remote rename). `close()` still returns the upload's outcome; the remote shows the complete
+    /// file under its final name a moment before the rename. A file removed instead is
+    /// deleted remotely as any other; renamed elsewhere, it is renamed remotely. Flat
+    /// targets hold such files until their rename instead ([`Fs::waits_for_rename`]).
+    pub(super) fn name_ahead(&self, ino: u64) -> Option<String> {
+        if !self.caps.rename {
+            return None;
+        }
+        let t = self.tree();
+        let n = t.get(ino)?;
+        if n.is_dir() || n.row.remote.is_some() || n.row.replaces.is_some() {
+            return None;
+        }
+        let name = rsync_final_name(&n.row.name)?;
+        let key = t.key(name);
+        let taken = t.child(n.row.parent, name).is_some()
+            || t.children(n.row.parent).into_iter().any(|c| {
+                t.get(c)
+                    .and_then(|s| s.row.remote.as_ref())
+                    .is_some_and(|r| t.key(&r.name) == key)
+            });
+        (!taken).then(|| name.to_string())
     }
 
     /// A save through a temporary file on a target without remote rename: GIO's

@@ -247,6 +247,12 @@ impl Fs {
             return Ok(());
         };
         let early = of.begin_upload();
+        if early.is_none() {
+            // An early upload keeps the name it was started under.
+            if let Some(name) = self.name_ahead(ino) {
+                snap.name = name;
+            }
+        }
         let digests = match self.stage_digests(of, version, size).await {
             Ok(d) => d,
             Err(e) => {
@@ -459,7 +465,9 @@ impl Fs {
         // A replacing rename during the upload set a new file to replace.
         let later = now.replaces.filter(|r| Some(r) != snap.replaces.as_ref());
         self.delete_replaced(ino, &remote, [later]).await;
-        let moved = remote.name != now.name || (self.caps.folders && now.parent != snap.parent);
+        let renamed =
+            remote.name != now.name && !super::names::landed_ahead(&now.name, &remote.name);
+        let moved = renamed || (self.caps.folders && now.parent != snap.parent);
         if moved && self.caps.rename {
             // Renamed while the upload ran: move the new remote file after it.
             match self.target.rename(&remote, &now.parent, &now.name).await {
