@@ -151,6 +151,14 @@ echo "bench.sh: work dir $WORK, runs $RUNS, kinds: $KINDS" >&2
 BIG=$WORK/big.bin
 head -c $((BIG_MB * 1024 * 1024)) /dev/urandom > "$BIG"
 BIG_BYTES=$((BIG_MB * 1024 * 1024))
+# Every upload of the big file sends content the server has not seen: its first 16 bytes
+# are stamped before each one. Dyson keeps one file per content and answers an upload of
+# known content at once, which would flatter whichever side came second.
+STAMPS=0
+stamp_big() {
+  STAMPS=$((STAMPS + 1))
+  printf 'upload-%09d' "$STAMPS" | dd of="$BIG" bs=16 count=1 conv=notrunc status=none
+}
 
 # ---- machine limits ------------------------------------------------------------------
 start_server
@@ -215,14 +223,17 @@ for K in $KINDS; do
   mount_kind "$K"
   for r in $(seq "$RUNS"); do
     # 1. cp of one big file, until cp returns (commit included) vs uploadfs put.
+    stamp_big
     timed "cp ${BIG_MB} MiB" "$K" mount "$BIG_BYTES" B -- cp "$BIG" "$MNT/big-$r.bin"
     # Only big-1 is read later: the others go at once, so the server's disk holds one copy.
     [ "$r" = 1 ] || rm -f "$MNT/big-$r.bin"
     # The direct side uploads over the same name each run (a new version replaces the old).
+    stamp_big
     timed "cp ${BIG_MB} MiB" "$K" direct "$BIG_BYTES" B -- "$BIN" put -q "$BIG" "$K:bigd.bin" --config "$WORK/config.toml"
     # 1a. the same file by a writer that announces its size first (ftruncate to the
     # final size, then 1 MiB writes in order, like a download manager): the upload runs
     # while the file is written. Its direct side is the `put` just measured.
+    stamp_big
     timed "cp ${BIG_MB} MiB, size announced first" "$K" mount "$BIG_BYTES" B -- python3 "$WORK/hinted_copy.py" "$BIG" "$MNT/pre-$r.bin"
     rm -f "$MNT/pre-$r.bin"
     grep "^cp ${BIG_MB} MiB	$K	direct	" "$OUT" | tail -n 1 | sed "s/^cp ${BIG_MB} MiB	/cp ${BIG_MB} MiB, size announced first	/" >> "$OUT"
@@ -246,7 +257,13 @@ for K in $KINDS; do
     req1=$(server_requests)
     record "limit: server small-file rate (put -r -j $SERVER_JOBS)" "$K" direct "$ms" "$SMALL_N" files
     record "limit: server small-file rate, requests" "$K" direct "$ms" $((req1 - req0 - 1)) req
-    rm -rf "$WORK/small-$r" "$WORK/rs-$r" "$WORK/pd-$r" "$WORK/sv-$r"
+    # 2b. the floor of a serial writer: one upload at a time, no mount (`cp` closes one
+    # file after the other and close() returns each upload's outcome, so the mount's
+    # default mode can be no faster than this: the request's round trip and the
+    # server's own time per file, in sequence).
+    gen_tree "$WORK/s1-$r" "$SMALL_N" 16384 $((500 + r))
+    timed "limit: one upload at a time (put -r -j 1)" "$K" direct "$SMALL_N" files -- "$BIN" put -q -r -j 1 "$WORK/s1-$r" "$K" --config "$WORK/config.toml"
+    rm -rf "$WORK/small-$r" "$WORK/rs-$r" "$WORK/pd-$r" "$WORK/sv-$r" "$WORK/s1-$r"
   done
   unmount
   # 3. sequential read of a committed big file: cold (fresh daemon, dropped page cache) and warm.
@@ -301,6 +318,7 @@ for K in $KINDS; do
       unmount
       break
     fi
+    stamp_big
     timed "cp ${BIG_MB} MiB write-back (to drained)" "$K" mount "$BIG_BYTES" B -- sh -c "cp '$BIG' '$MNT/wb-$r.bin' && '$BIN' unmount '$MNT'"
     gen_tree "$WORK/wb-$r" "$SMALL_N" 16384 $((300 + r))
     remount_kind "$K" --write-back
@@ -318,8 +336,10 @@ if [[ " $KINDS " == *" box "* ]] && [ "$BW_LIMIT" != 0 ]; then
   start_server --bandwidth "$BW_LIMIT"
   mount_kind box
   for r in $(seq "$RUNS"); do
+    stamp_big
     timed "cp ${BIG_MB} MiB, server at $((BW_LIMIT * 8 / 1000000)) Mbit/s" box mount "$BIG_BYTES" B -- cp "$BIG" "$MNT/bw-$r.bin"
     rm -f "$MNT/bw-$r.bin"
+    stamp_big
     timed "cp ${BIG_MB} MiB, server at $((BW_LIMIT * 8 / 1000000)) Mbit/s" box direct "$BIG_BYTES" B -- "$BIN" put -q "$BIG" "box:bwd.bin" --config "$WORK/config.toml"
   done
   unmount

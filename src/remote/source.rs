@@ -326,6 +326,12 @@ where
 /// Bytes read per piece when a body is streamed from a source.
 const STREAM_PIECE: u64 = 1024 * 1024;
 
+/// A complete body up to this size is read at once on the calling thread instead of
+/// streamed through the blocking pool: a just-closed stage is in the page cache, so the
+/// read takes microseconds, less than the two thread hops of a piece through the pool
+/// (which cost a small file's upload more than its bytes do).
+const INLINE_BODY_MAX: u64 = 256 * 1024;
+
 /// The local read failure that cut a streamed body short, if any: kept so a failing stage
 /// is reported as `ErrorKind::LocalIo` instead of being retried as a network error.
 #[derive(Clone, Default)]
@@ -353,6 +359,13 @@ pub fn source_body(
     len: u64,
 ) -> (reqwest::Body, LocalFailure) {
     let failure = LocalFailure::default();
+    if len <= INLINE_BODY_MAX && src.seal().is_none() {
+        match src.read_at(offset, len as usize) {
+            Ok(b) if b.len() as u64 == len => return (reqwest::Body::from(b), failure),
+            // Short or failed: the stream below meets it again and reports it.
+            _ => {}
+        }
+    }
     let seen = failure.clone();
     let stream = futures_util::stream::unfold((src, offset, len), move |(src, pos, left)| {
         let failure = seen.clone();
