@@ -244,7 +244,9 @@ for K in $KINDS; do
     timed "rsync -a ${SMALL_N}x16KiB" "$K" mount "$SMALL_N" files -- rsync -a "$WORK/rs-$r/" "$MNT/rs-$r/"
     gen_tree "$WORK/pd-$r" "$SMALL_N" 16384 $((200 + r))
     timed "cp -r ${SMALL_N}x16KiB" "$K" direct "$SMALL_N" files -- "$BIN" put -q -r "$WORK/pd-$r" "$K" --config "$WORK/config.toml"
-    timed "rsync -a ${SMALL_N}x16KiB" "$K" direct "$SMALL_N" files -- "$BIN" put -q -r -j 8 "$WORK/rs-$r" "$K" --config "$WORK/config.toml"
+    # Fresh contents for the direct side too (Dyson answers known contents at once).
+    gen_tree "$WORK/rd-$r" "$SMALL_N" 16384 $((700 + r))
+    timed "rsync -a ${SMALL_N}x16KiB" "$K" direct "$SMALL_N" files -- "$BIN" put -q -r -j 8 "$WORK/rd-$r" "$K" --config "$WORK/config.toml"
     # 2a. the server's own small-file rate: one upload cycle per file with no mount in
     # the way, SERVER_JOBS files at a time (more than the 2 cores can serve, so the server
     # is the limit), in files/s and in requests/s (the server's request counter; the
@@ -263,7 +265,7 @@ for K in $KINDS; do
     # server's own time per file, in sequence).
     gen_tree "$WORK/s1-$r" "$SMALL_N" 16384 $((500 + r))
     timed "limit: one upload at a time (put -r -j 1)" "$K" direct "$SMALL_N" files -- "$BIN" put -q -r -j 1 "$WORK/s1-$r" "$K" --config "$WORK/config.toml"
-    rm -rf "$WORK/small-$r" "$WORK/rs-$r" "$WORK/pd-$r" "$WORK/sv-$r" "$WORK/s1-$r"
+    rm -rf "$WORK/small-$r" "$WORK/rs-$r" "$WORK/rd-$r" "$WORK/pd-$r" "$WORK/sv-$r" "$WORK/s1-$r"
   done
   unmount
   # 3. sequential read of a committed big file: cold (fresh daemon, dropped page cache) and warm.
@@ -324,7 +326,12 @@ for K in $KINDS; do
     remount_kind "$K" --write-back
     rm -f "$MNT/wb-$r.bin"
     timed "cp -r ${SMALL_N}x16KiB write-back (to drained)" "$K" mount "$SMALL_N" files -- sh -c "cp -r '$WORK/wb-$r' '$MNT/wb-$r' && '$BIN' unmount '$MNT'"
-    rm -rf "$WORK/wb-$r"
+    # The direct side of both: the same uploads by `uploadfs put` (fresh contents).
+    stamp_big
+    timed "cp ${BIG_MB} MiB write-back (to drained)" "$K" direct "$BIG_BYTES" B -- "$BIN" put -q "$BIG" "$K:wbd.bin" --config "$WORK/config.toml"
+    gen_tree "$WORK/wbd-$r" "$SMALL_N" 16384 $((600 + r))
+    timed "cp -r ${SMALL_N}x16KiB write-back (to drained)" "$K" direct "$SMALL_N" files -- "$BIN" put -q -r "$WORK/wbd-$r" "$K" --config "$WORK/config.toml"
+    rm -rf "$WORK/wb-$r" "$WORK/wbd-$r"
   done
   stop_server
 done

@@ -81,9 +81,10 @@ fn scenario(kind: TargetKind) {
         sh(&work, "cp other/* mnt/cp/");
     });
     if let (Some(rs), Some(cp)) = (by_rsync, by_cp) {
-        // A listing refresh or two may fall into either run.
+        // Listing refreshes (the TTL is short) may fall into either run; a rename per
+        // file would add `n`.
         assert!(
-            rs <= cp + 2,
+            rs < cp + n as u64 / 2,
             "{proto}: rsync -a of {n} new files took {rs} requests, cp {cp}"
         );
     }

@@ -471,7 +471,14 @@ impl Fs {
         if moved && self.caps.rename {
             // Renamed while the upload ran: move the new remote file after it.
             match self.target.rename(&remote, &now.parent, &now.name).await {
-                Ok(r) => self.tree().set_remote(ino, Some(r)),
+                Ok(r) => {
+                    // The row written at landing named the file before this move.
+                    let mut t = self.tree();
+                    t.set_remote(ino, Some(r));
+                    if let Some(n) = t.get(ino) {
+                        self.persist_or_log(&n.row);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(from = %remote.name, to = %now.name, error = %e, "rename after upload failed")
                 }
@@ -480,10 +487,6 @@ impl Fs {
         let old = snap.remote.clone().or(found);
         self.delete_replaced(ino, &remote, [old, snap.replaces.clone()])
             .await;
-        if let Some(n) = self.tree().get(ino) {
-            let row = n.row.clone();
-            self.persist_or_log(&row);
-        }
     }
 
     /// Delete the remote files an upload that landed as `remote` replaces.
