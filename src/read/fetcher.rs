@@ -1,7 +1,7 @@
 //! Per-handle reads of a committed remote file through the block cache.
 //!
 //! A read that does not continue the previous one fetches only the blocks it needs (one
-//! 128 KiB block for a small read: a random 4 KiB read or a file manager sniffing the first
+//! 32 KiB block for a small read: a random 4 KiB read or a file manager sniffing the first
 //! KiB costs one small GET). While reads stay sequential the read-ahead window doubles,
 //! from [`MIN_WINDOW`] up to [`MAX_WINDOW`], and the blocks ahead are fetched in the
 //! background by ranged GETs that grow with the window (half of it, up to 4 MiB), so

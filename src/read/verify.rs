@@ -11,8 +11,9 @@
 //! Reads do not wait for the hashing thread: the verifier holds blocks up to [`WINDOW`]
 //! past what the thread has hashed (held or queued). Only a sequential reader that gets
 //! further ahead than that (a busy machine) waits for the thread to catch up; a reader that
-//! jumped elsewhere does not wait, and its blocks are not held (the file is then not read
-//! whole in order, and gets no verdict unless a later sequential pass reaches its end).
+//! jumped past the blocks not hashed yet (random reads) does not wait and has nothing
+//! held: the file is then not read whole in order, and gets no verdict unless a later
+//! sequential pass reaches its end.
 //!
 //! The read that reaches the end feeds the rest — taking a block no read handed over from
 //! the cache, from a fetch in flight, or fetching it again (a read in that run skipped it)
@@ -272,15 +273,19 @@ impl VerifyStep {
         loop {
             let next = {
                 let mut f = v.feed();
+                if f.next_block < self.run_start {
+                    // The reader jumped past blocks not fed yet (random reads): nothing of
+                    // it is held and it does not wait; what the cache still holds in order
+                    // is fed. At the end there is no verdict then (the file was not read
+                    // whole in order).
+                    if v.drain(&mut f, cache, &self.tag)? {
+                        break;
+                    }
+                    return Ok(());
+                }
                 let over = v.hold(&mut f, done.first, &done.blocks);
                 if v.drain(&mut f, cache, &self.tag)? {
                     break;
-                }
-                if f.next_block < self.run_start {
-                    // The reader jumped past blocks not fed yet: it does not wait, and
-                    // at the end there is no verdict (the file was not read whole in
-                    // order).
-                    return Ok(());
                 }
                 if f.next_block >= v.limit() && (over > 0 || at_end) {
                     // A whole window ahead of the thread: wait for it (it has a window of
@@ -337,5 +342,171 @@ impl VerifyStep {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::{Capabilities, DirRef, UploadRequest};
+
+    /// A file in memory that counts its ranged reads.
+    struct Mem {
+        data: Bytes,
+        reads: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl Target for Mem {
+        fn capabilities(&self) -> Capabilities {
+            crate::remote::null::NullTarget::new().capabilities()
+        }
+        async fn upload(&self, _req: UploadRequest) -> crate::remote::Result<RemoteFile> {
+            Err(TargetError::unsupported("upload"))
+        }
+        async fn read_range(
+            &self,
+            _file: &RemoteFile,
+            offset: u64,
+            len: u64,
+        ) -> crate::remote::Result<Bytes> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(self.data.slice(offset as usize..(offset + len) as usize))
+        }
+        async fn list(&self, _dir: &DirRef) -> crate::remote::Result<Vec<RemoteFile>> {
+            Ok(vec![])
+        }
+        async fn delete(&self, _file: &RemoteFile) -> crate::remote::Result<()> {
+            Err(TargetError::unsupported("delete"))
+        }
+        async fn rename(
+            &self,
+            _file: &RemoteFile,
+            _parent: &DirRef,
+            _name: &str,
+        ) -> crate::remote::Result<RemoteFile> {
+            Err(TargetError::unsupported("rename"))
+        }
+        async fn mkdir(&self, _parent: &DirRef, _name: &str) -> crate::remote::Result<RemoteFile> {
+            Err(TargetError::unsupported("mkdir"))
+        }
+    }
+
+    /// 10 whole blocks and a short one, with the SHA-1 `expected` reported by the remote.
+    fn setup(expected: Option<&str>) -> (Arc<Mem>, RemoteFile, Arc<Verifier>) {
+        let data: Vec<u8> = (0..10 * BLOCK_SIZE as usize + 777)
+            .map(|i| (i * 7 + i / 1000) as u8)
+            .collect();
+        let sha1 = hex::encode(sha1::Sha1::digest(&data));
+        let expected = expected.map(str::to_string).unwrap_or(sha1);
+        let file = RemoteFile {
+            id: "f".into(),
+            name: "f.bin".into(),
+            size: data.len() as u64,
+            mtime_ms: 1,
+            is_dir: false,
+            sha1: Some(expected.clone()),
+            md5: None,
+            url: None,
+            extra: None,
+        };
+        let v = Arc::new(Verifier::new(expected, file.size));
+        let mem = Arc::new(Mem {
+            data: Bytes::from(data),
+            reads: AtomicU64::new(0),
+        });
+        (mem, file, v)
+    }
+
+    /// Run the verification step of a read that got blocks `first .. end`.
+    async fn step(
+        v: &Arc<Verifier>,
+        mem: &Arc<Mem>,
+        file: &RemoteFile,
+        cache: &Arc<BlockCache>,
+        (first, end): (u64, u64),
+        reached: u64,
+        run_start: u64,
+    ) -> Result<(), ReadError> {
+        let blocks: Vec<Block> = (first..end)
+            .map(|i| {
+                let from = (i * BLOCK_SIZE) as usize;
+                let to = (from + BLOCK_SIZE as usize).min(mem.data.len());
+                Block::new(mem.data.slice(from..to))
+            })
+            .collect();
+        let done = Done {
+            data: Bytes::new(),
+            first,
+            blocks,
+        };
+        let target: Arc<dyn Target> = mem.clone();
+        VerifyStep {
+            verifier: v.clone(),
+            file: file.clone(),
+            tag: Arc::from("f#t"),
+            reached,
+            run_start,
+        }
+        .run(cache, &target, &done)
+        .await
+    }
+
+    /// Reads that arrive out of order, with nothing in the cache (all evicted), are
+    /// verified from the blocks they handed over: nothing is downloaded again.
+    #[tokio::test]
+    async fn out_of_order_reads_are_verified_from_their_own_blocks() {
+        let (mem, file, v) = setup(None);
+        let cache = BlockCache::new(0);
+        step(&v, &mem, &file, &cache, (2, 4), 4, 0).await.unwrap();
+        assert_eq!(v.feed().held.len(), 2, "blocks before their turn are held");
+        step(&v, &mem, &file, &cache, (0, 2), 4, 0).await.unwrap();
+        step(&v, &mem, &file, &cache, (4, 11), 11, 0).await.unwrap();
+        assert!(
+            v.verdict.initialized(),
+            "the read reaching the end has the verdict"
+        );
+        assert_eq!(mem.reads.load(Ordering::SeqCst), 0, "no second download");
+        assert!(v.feed().held.is_empty());
+    }
+
+    /// A mismatch fails the read that reaches the end, and the verdict stays.
+    #[tokio::test]
+    async fn a_mismatch_fails_the_last_read() {
+        let (mem, file, v) = setup(Some("0000000000000000000000000000000000000000"));
+        let cache = BlockCache::new(0);
+        step(&v, &mem, &file, &cache, (0, 6), 6, 0).await.unwrap();
+        let e = step(&v, &mem, &file, &cache, (6, 11), 11, 0).await;
+        assert!(matches!(e, Err(ReadError::Corrupt { .. })), "{e:?}");
+        let again = step(&v, &mem, &file, &cache, (10, 11), 11, 0).await;
+        assert!(matches!(again, Err(ReadError::Corrupt { .. })));
+    }
+
+    /// The read that reaches the end fetches blocks no read handed over; a reader that
+    /// jumped ahead has nothing held and gets no verdict.
+    #[tokio::test]
+    async fn the_end_fetches_what_is_missing_and_a_jump_holds_nothing() {
+        let (mem, file, v) = setup(None);
+        let cache = BlockCache::new(64 << 20);
+        step(&v, &mem, &file, &cache, (0, 3), 3, 0).await.unwrap();
+        step(&v, &mem, &file, &cache, (5, 11), 11, 0).await.unwrap();
+        assert_eq!(
+            mem.reads.load(Ordering::SeqCst),
+            1,
+            "blocks 3 and 4 in one GET"
+        );
+        assert!(v.verdict.initialized());
+
+        let (mem, file, v) = setup(None);
+        step(&v, &mem, &file, &cache, (6, 7), 7, 6).await.unwrap();
+        assert!(v.feed().held.is_empty(), "a random read holds nothing");
+        step(&v, &mem, &file, &cache, (10, 11), 11, 10)
+            .await
+            .unwrap();
+        assert!(
+            !v.verdict.initialized(),
+            "not read whole in order: no verdict"
+        );
+        assert_eq!(mem.reads.load(Ordering::SeqCst), 0);
     }
 }
