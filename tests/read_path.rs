@@ -15,7 +15,7 @@ use common::{pattern, sha1_hex, TestServer};
 use uploadfs::config::TargetKind;
 
 /// The mount's fetch unit for reads that are not sequential (`read::BLOCK_SIZE`).
-const SMALL_FETCH: u64 = 128 * 1024;
+const SMALL_FETCH: u64 = 32 * 1024;
 
 /// Bigger than one 8 MiB GET, so a whole-file read is verified by the mount's own
 /// hashing, not by the target's check of a single whole-file answer.

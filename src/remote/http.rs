@@ -221,6 +221,9 @@ pub enum Exchange {
 #[derive(Clone)]
 pub struct HttpClient {
     client: reqwest::Client,
+    /// The same client with redirects handed back to the caller instead of followed (Box
+    /// answers a download with a 302 to a signed link worth keeping).
+    unfollowed: reqwest::Client,
     token: Secret,
     /// The config name of the target, used in error messages.
     pub target_name: String,
@@ -241,15 +244,19 @@ impl std::fmt::Debug for HttpClient {
 
 impl HttpClient {
     pub fn new(name: &str, cfg: &TargetConfig) -> anyhow::Result<HttpClient> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .danger_accept_invalid_certs(cfg.insecure)
-            .pool_max_idle_per_host(32)
-            .user_agent(concat!("uploadfs/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(REQUEST_TIMEOUT)
+                .danger_accept_invalid_certs(cfg.insecure)
+                .pool_max_idle_per_host(32)
+                .user_agent(concat!("uploadfs/", env!("CARGO_PKG_VERSION")))
+        };
         Ok(HttpClient {
-            client,
+            client: builder().build()?,
+            unfollowed: builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
             token: cfg.token.clone(),
             target_name: name.to_string(),
             retry_budget: Duration::from_secs(cfg.retry_seconds),
@@ -287,6 +294,14 @@ impl HttpClient {
 
     pub fn get(&self, url: impl AsRef<str>) -> Request {
         self.request(reqwest::Method::GET, url)
+    }
+    /// A GET whose redirect comes back as the answer (3xx with `Location`) instead of
+    /// being followed.
+    pub fn get_unfollowed(&self, url: impl AsRef<str>) -> Request {
+        Request {
+            rb: self.unfollowed.get(url.as_ref()),
+            bad: None,
+        }
     }
     pub fn post(&self, url: impl AsRef<str>) -> Request {
         self.request(reqwest::Method::POST, url)

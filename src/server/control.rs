@@ -4,7 +4,8 @@
 //! they speak no protocol.
 //!
 //! Control (`POST /_uploadfs/control`, JSON) changes at run time: `fail_rate`, `token`
-//! (revokes the client's), `latency_ms`, `bandwidth`, `box_commit_202`, `fluxer_max_size`,
+//! (revokes the client's), `latency_ms`, `bandwidth`, `box_commit_202`,
+//! `box_link_lifetime_s` (Box download links handed out from then on), `fluxer_max_size`,
 //! `max_file_size`, `bad_answers` (spoiled answers of chosen requests, see
 //! [`faults`](super::faults)), and `forget_sessions: true`, which drops every protocol's
 //! open upload sessions (and their parts) as an expiry or a server restart would.
@@ -178,6 +179,8 @@ pub(super) struct ControlBody {
     latency_ms: Option<u64>,
     bandwidth: Option<u64>,
     box_commit_202: Option<u32>,
+    /// Seconds Box download links handed out from now on stay valid.
+    box_link_lifetime_s: Option<u64>,
     fluxer_max_size: Option<u64>,
     max_file_size: Option<u64>,
     /// Spoil the next answers of matching requests.
@@ -205,6 +208,9 @@ pub(super) async fn control(
     }
     if body.forget_sessions {
         forget_sessions(&state);
+    }
+    if let Some(s) = body.box_link_lifetime_s {
+        state.box_.set_link_lifetime_s(s);
     }
     {
         let mut live = state.live.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,7 +1,8 @@
 //! The Box client: uploads (direct multipart below 20,000,000 bytes, chunked upload
 //! sessions above), ranged downloads, folder listings, rename/move, delete and mkdir
 //! against the Box API (`url`, e.g. `https://api.box.com/2.0`) and upload host
-//! (`upload_url`, e.g. `https://upload.box.com/api/2.0`).
+//! (`upload_url`, e.g. `https://upload.box.com/api/2.0`). Downloads and their signed links:
+//! `download.rs`.
 //!
 //! Sessions follow the vendor's rules: parts of exactly the server's `part_size` (never
 //! assumed), each with `Content-Range` and a base64 SHA-1 `Digest`, up to
@@ -21,19 +22,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
-use reqwest::header::{HeaderName, RANGE};
+use reqwest::header::HeaderName;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::TargetConfig;
 use crate::remote::http::{
-    excerpt, parse_json, ranged_body, status_error, Attempt, Exchange, HttpClient, Reply, Request,
+    excerpt, parse_json, status_error, Attempt, Exchange, HttpClient, Reply, Request,
 };
 use crate::remote::{
     Capabilities, DirRef, ErrorKind, RemoteFile, Result, Target, TargetError, UploadRequest,
 };
 
+mod download;
 mod sessions;
 
 /// Files from this size go through upload sessions (Box refuses sessions below it).
@@ -67,6 +69,8 @@ pub struct BoxTarget {
     upload: String,
     root: String,
     max_file_size: Option<u64>,
+    /// Signed download links kept per file version (`download.rs`).
+    links: download::Links,
 }
 
 impl BoxTarget {
@@ -82,6 +86,7 @@ impl BoxTarget {
                 .to_string(),
             root: cfg.folder_id.clone().unwrap_or_else(|| "0".to_string()),
             max_file_size: cfg.max_file_size,
+            links: download::Links::default(),
         })
     }
 
@@ -553,49 +558,6 @@ impl Target for BoxTarget {
         self.call_ok(&what, || self.http.get(&url).query(&[("fields", "id")]))
             .await
             .map(|_| ())
-    }
-}
-
-impl BoxTarget {
-    /// A ranged read as the server answered it ([`crate::remote::http::check_read`] checks it).
-    async fn read_unchecked(&self, file: &RemoteFile, offset: u64, len: u64) -> Result<Bytes> {
-        if len == 0 || (file.size > 0 && offset >= file.size) {
-            return Ok(Bytes::new());
-        }
-        let what = read_what(file);
-        let url = format!("{}/files/{}/content", self.api, file.id);
-        let range = format!("bytes={}-{}", offset, offset + len - 1);
-        self.http
-            .retry(&what, || async {
-                // reqwest follows the 302 to the download link (Range is kept).
-                let rb = self
-                    .http
-                    .auth(self.http.get(&url))
-                    .header(RANGE, range.as_str());
-                let reply = match self.http.exchange(rb).await {
-                    Exchange::Answer(r) => r,
-                    Exchange::Lost(reason) => return Attempt::again(reason),
-                    Exchange::Fatal(e) => return Attempt::Fail(e),
-                };
-                if reply.status == StatusCode::ACCEPTED {
-                    let after = crate::remote::http::retry_after(&reply.headers);
-                    return Attempt::Retry {
-                        after: Some(after.unwrap_or(DEFAULT_NOT_READY_WAIT)),
-                        reason: "the file is not ready for download yet (202)".to_string(),
-                    };
-                }
-                if let Some(busy) = reply.busy() {
-                    return busy;
-                }
-                match ranged_body(&what, &reply, offset, len) {
-                    Some(Ok(b)) => Attempt::Done(b),
-                    Some(Err(e)) => Attempt::Fail(e),
-                    None => Attempt::Fail(
-                        Failure::from_body(reply.status, &reply.body).into_error(&what),
-                    ),
-                }
-            })
-            .await
     }
 }
 

@@ -20,8 +20,6 @@ use super::super::{AppState, ConnKill, Faulted, ServerState};
 use super::upload::{check_if_match, fault_json};
 use super::*;
 
-/// How long a download link stays valid, seconds.
-const LINK_LIFETIME_S: i64 = 15 * 60;
 /// Default page size of folder listings (Box's default).
 const DEFAULT_PAGE: u64 = 100;
 
@@ -114,7 +112,7 @@ pub(super) async fn download_redirect(
 ) -> BoxResult {
     check_auth(&state, &creds)?;
     let f = file(&state, &id)?;
-    let exp = now_ms() / 1000 + LINK_LIFETIME_S;
+    let exp = now_ms() / 1000 + state.box_.link_lifetime_s();
     let sig = state.box_.sign_link(&f.id, &f.sha1, exp);
     let location = format!("{}/box/2.0/dl/{}/{exp}/{sig}", state.base_url(), f.id);
     Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())

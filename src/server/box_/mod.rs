@@ -21,14 +21,16 @@
 //! - every `Content-Range` violation: 416 with a specific code;
 //! - a file larger than `--max-file-size`: 403 `file_size_limit_exceeded` (the status the
 //!   Box error reference gives for that code);
-//! - download links are signed URLs on this server valid for 15 minutes, needing no token
-//!   (as dl.boxcloud.com links).
+//! - download links are signed URLs on this server valid for 15 minutes (control
+//!   `box_link_lifetime_s` changes it), needing no token (as dl.boxcloud.com links); an
+//!   expired link, or one of a replaced version, answers 403 `forbidden`.
 
 mod items;
 mod sessions;
 mod upload;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::http::{header, StatusCode};
@@ -53,6 +55,8 @@ const VERSION_COUNTER: &str = "box_file_version";
 /// Smallest `file_size` an upload session accepts (Box: "20MB"; third-party code uses
 /// 20,000,000). Smaller files go through `POST /files/content`.
 pub const MIN_SESSION_SIZE: u64 = 20_000_000;
+/// How long a download link stays valid by default, seconds (Box documents 15 minutes).
+const LINK_LIFETIME_S: i64 = 15 * 60;
 /// Upload sessions expire 7 days after creation (Box documents 7 days).
 const SESSION_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Largest page of folder items / session parts (larger `limit`s are capped).
@@ -151,6 +155,9 @@ pub struct ProtoState {
     committed: Mutex<HashMap<String, String>>,
     /// Key that signs download links (random per process: links die with the server).
     link_key: String,
+    /// Seconds a new download link stays valid (control `box_link_lifetime_s`, so a test
+    /// can watch a link expire).
+    link_lifetime_s: AtomicI64,
 }
 
 impl Default for ProtoState {
@@ -159,6 +166,7 @@ impl Default for ProtoState {
             sessions: Mutex::new(HashMap::new()),
             committed: Mutex::new(HashMap::new()),
             link_key: uuid::Uuid::new_v4().simple().to_string(),
+            link_lifetime_s: AtomicI64::new(LINK_LIFETIME_S),
         }
     }
 }
@@ -222,6 +230,19 @@ impl ProtoState {
             .unwrap_or_else(|p| p.into_inner())
             .get(session_id)
             .cloned()
+    }
+
+    /// Seconds a download link handed out now stays valid.
+    pub(crate) fn link_lifetime_s(&self) -> i64 {
+        self.link_lifetime_s.load(Ordering::Relaxed)
+    }
+
+    /// Change how long download links handed out from now on stay valid.
+    pub fn set_link_lifetime_s(&self, seconds: u64) {
+        self.link_lifetime_s.store(
+            i64::try_from(seconds).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Hex signature of a download link for file `id` with content `sha1` until `exp`.
