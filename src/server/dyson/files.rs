@@ -16,7 +16,8 @@ use super::super::body::{serve_file, BadRange, FileAnswer};
 use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill};
 use super::{
-    authenticate, bad_name, cloud_file, fault_json, lookup, owned, DysonError, DysonResult, PROTO,
+    authenticate, bad_name, cloud_file, fault_json, lookup, owned, DysonError, DysonResult,
+    ACCOUNT_ID, PROTO,
 };
 
 /// Default page of `GET /files/me`.
@@ -117,28 +118,16 @@ pub(super) async fn list_mine(
                 .to_string(),
         ),
     };
-    let mut mine: Vec<Object> = state
-        .store
-        .all(PROTO)?
-        .into_iter()
-        .filter(owned)
-        .filter(|o| {
-            pool.as_deref()
-                .is_none_or(|p| o.extra["pool_id"].as_str() == Some(p))
-        })
-        .collect();
-    // Insertion order reversed = newest first, stable for equal timestamps.
-    mine.reverse();
-    let total = mine.len();
-    let page: Vec<Value> = mine
-        .iter()
-        .skip(offset.min(usize::MAX as u64) as usize)
-        .take(take.min(usize::MAX as u64) as usize)
-        .map(|o| cloud_file(o, false))
-        .collect();
+    let mut matching = vec![("account_id", ACCOUNT_ID)];
+    if let Some(p) = pool.as_deref() {
+        matching.push(("pool_id", p));
+    }
+    // Newest first (insertion order reversed).
+    let (mine, total) = state.store.page_newest(PROTO, &matching, offset, take)?;
+    let page: Vec<Value> = mine.iter().map(|o| cloud_file(o, false)).collect();
     let mut resp = Json(page).into_response();
     resp.headers_mut()
-        .insert("x-total", HeaderValue::from(total as u64));
+        .insert("x-total", HeaderValue::from(total));
     Ok(resp)
 }
 
