@@ -119,6 +119,17 @@ pub struct Store {
     tmp_seq: AtomicU64,
     /// Ids reserved from each counter and not handed out yet: (next, end exclusive).
     ids: Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// Changes to `objects` so far: a cached listing is good while this stays the same.
+    generation: AtomicU64,
+    /// The last listing [`Store::page_newest`] filtered, for its next pages.
+    listing: Mutex<Option<Listing>>,
+}
+
+/// One filtered listing, newest first, as of a store generation.
+struct Listing {
+    key: String,
+    generation: u64,
+    rows: std::sync::Arc<Vec<Object>>,
 }
 
 /// Ids a counter reserves at once. Each upload used to write its counters (two for a Box
@@ -181,6 +192,8 @@ impl Store {
             db: Mutex::new(db),
             tmp_seq: AtomicU64::new(0),
             ids: Mutex::new(std::collections::HashMap::new()),
+            generation: AtomicU64::new(0),
+            listing: Mutex::new(None),
         };
         store.sweep_orphan_blobs()?;
         Ok(store)
@@ -256,7 +269,13 @@ impl Store {
                 "INSERT INTO objects ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
             ))?
             .execute(object_params(o))?;
+        self.changed();
         Ok(())
+    }
+
+    /// Every write to `objects` ends here: cached listings are stale from now on.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Replace every field of the object with the same (proto, id). The old blob is
@@ -268,6 +287,7 @@ impl Store {
              created_ms=?10, modified_ms=?11, extra=?12 WHERE proto=?1 AND id=?2",
             object_params(o),
         )?;
+        self.changed();
         if let Some(old_blob) = old.and_then(|o| o.blob) {
             if o.blob.as_deref() != Some(old_blob.as_str()) {
                 self.release_blob(&old_blob)?;
@@ -294,6 +314,7 @@ impl Store {
                 "DELETE FROM objects WHERE proto=?1 AND id=?2",
                 params![proto, id],
             )?;
+            self.changed();
             if let Some(b) = &o.blob {
                 self.release_blob(b)?;
             }
@@ -362,10 +383,10 @@ impl Store {
     }
 
     /// One page of `proto`'s objects, newest first, whose `extra` holds every `(key,
-    /// value)` of `matching` as a string, and how many match in all. Filtered and paged by
-    /// SQLite: a listing walked page by page costs one pass per page over the rows, not
-    /// the decoding of every object per page (which made a paged listing of ten thousand
-    /// files take seconds).
+    /// value)` of `matching` as a string, and how many match in all. A client walks a
+    /// listing page by page; filtering every object again for each page made a walk of
+    /// ten thousand files take seconds, so the filtered listing is kept until the next
+    /// change to the store, and the next pages are cut from it.
     pub fn page_newest(
         &self,
         proto: &str,
@@ -373,32 +394,42 @@ impl Store {
         offset: u64,
         take: u64,
     ) -> StoreResult<(Vec<Object>, u64)> {
-        let mut filter = String::from("proto=?1");
-        let mut args: Vec<String> = vec![proto.to_string()];
-        for (k, v) in matching {
-            args.push(format!("$.{k}"));
-            args.push(v.to_string());
-            filter.push_str(&format!(
-                " AND json_extract(extra, ?{}) = ?{}",
-                args.len() - 1,
-                args.len()
-            ));
-        }
-        let db = self.conn();
-        let total: u64 = db.query_row(
-            &format!("SELECT COUNT(*) FROM objects WHERE {filter}"),
-            rusqlite::params_from_iter(args.iter()),
-            |r| r.get(0),
-        )?;
-        let limit = i64::try_from(take).unwrap_or(i64::MAX);
-        let skip = i64::try_from(offset).unwrap_or(i64::MAX);
-        let mut st = db.prepare(&format!(
-            "SELECT {COLUMNS} FROM objects WHERE {filter} ORDER BY seq DESC LIMIT {limit} OFFSET {skip}"
-        ))?;
-        let rows = st
-            .query_map(rusqlite::params_from_iter(args.iter()), row_to_object)?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((rows, total))
+        let key = format!("{proto}\0{matching:?}");
+        // Read before the query: a change that lands meanwhile makes this copy stale.
+        let generation = self.generation.load(Ordering::SeqCst);
+        let cached = self
+            .listing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|l| l.key == key && l.generation == generation)
+            .map(|l| l.rows.clone());
+        let rows = match cached {
+            Some(rows) => rows,
+            None => {
+                let rows: Vec<Object> = self
+                    .all(proto)?
+                    .into_iter()
+                    .rev()
+                    .filter(|o| {
+                        matching
+                            .iter()
+                            .all(|(k, v)| o.extra[*k].as_str() == Some(*v))
+                    })
+                    .collect();
+                let rows = std::sync::Arc::new(rows);
+                *self.listing.lock().unwrap_or_else(|p| p.into_inner()) = Some(Listing {
+                    key,
+                    generation,
+                    rows: rows.clone(),
+                });
+                rows
+            }
+        };
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let take = usize::try_from(take).unwrap_or(usize::MAX);
+        let page = rows.iter().skip(skip).take(take).cloned().collect();
+        Ok((page, rows.len() as u64))
     }
 
     /// The child of `parent` called `name` (ASCII case-insensitive when asked, as Box).
