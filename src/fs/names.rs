@@ -125,10 +125,11 @@ impl Fs {
     /// file whose final name is free in its folder (no file here has it, locally or as its
     /// remote name) is uploaded as `NAME` straight away, so the rename that follows is
     /// local only ([`Fs::rename`] sends nothing when the remote name is already the new
-    /// one). Folder targets and Dyson (flat, with a remote rename). `close()` still returns the upload's outcome; the remote shows the complete
-    /// file under its final name a moment before the rename. A file removed instead is
-    /// deleted remotely as any other; renamed elsewhere, it is renamed remotely. Flat
-    /// targets hold such files until their rename instead ([`Fs::waits_for_rename`]).
+    /// one). Folder targets and Dyson (flat, with a remote rename). `close()` still
+    /// returns the upload's outcome; the remote shows the complete file under its final
+    /// name a moment before the rename. A file removed instead is deleted remotely as any
+    /// other; renamed elsewhere, it is renamed remotely. Flat targets without a remote
+    /// rename hold such files until their rename instead ([`Fs::waits_for_rename`]).
     pub(super) fn name_ahead(&self, ino: u64) -> Option<String> {
         if !self.caps.rename {
             return None;
