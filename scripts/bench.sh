@@ -6,8 +6,9 @@
 # (`uploadfs put` / `get`) on the same server, alternating the two sides over several runs.
 # It prints one table: median time, throughput, and the ratio mount/direct. The same run
 # measures this machine's limits: loopback HTTP ingest of the server, plain disk write to
-# the stage directory, and the FUSE write ceiling of the daemon with uploads discarded (the
-# `null` target).
+# the stage directory, the FUSE write ceiling of the daemon with uploads discarded (the
+# `null` target), and the local cycle of many small files (cp -r onto the disk, and into
+# the null mount in both modes).
 #
 # With --peers it runs the S3 comparison instead: our mount of an S3 bucket side by side
 # with rclone mount, s3fs, mountpoint-s3 and the direct clients, on one SeaweedFS cluster
@@ -202,6 +203,24 @@ PY
 read -r write_ms close_ms < "$WORK/split.txt"
 record "limit: stage write only (1 MiB writes, null)" null mount "$write_ms" "$BIG_BYTES" B
 record "limit: its close (hash tail, null read pass)" null mount "$close_ms" "$BIG_BYTES" B
+# The local cycle of many small files, no network: `cp -r` onto the stage directory's own
+# file system (cp's floor), then into the null mount in the default mode and in write-back
+# mode (each file's FUSE requests, stage, catalog rows and, in write-back, the sync at
+# close; the null upload only reads the stage). No mount can copy small files faster than
+# its own local cycle, whatever the target.
+for r in $(seq "$RUNS"); do
+  gen_tree "$WORK/lc-$r" "$SMALL_N" 16384 $((700 + r))
+  sync
+  timed "limit: local cp -r ${SMALL_N}x16KiB (disk)" disk - "$SMALL_N" files -- cp -r "$WORK/lc-$r" "$WORK/cache/lc-$r"
+  timed "limit: local cycle, cp -r ${SMALL_N}x16KiB (null)" null mount "$SMALL_N" files -- cp -r "$WORK/lc-$r" "$MNT/lc-$r"
+  rm -rf "$WORK/cache/lc-$r"
+done
+unmount
+mount_kind null --write-back
+for r in $(seq "$RUNS"); do
+  timed "limit: local cycle, write-back (null)" null mount "$SMALL_N" files -- cp -r "$WORK/lc-$r" "$MNT/wb-$r"
+  rm -rf "$WORK/lc-$r"
+done
 unmount
 stop_server
 

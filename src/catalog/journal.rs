@@ -46,6 +46,15 @@ impl Catalog {
         })
     }
 
+    /// The data copy a write-back close kept with the journal row of `ino`, if any.
+    pub fn stage_copy(&self, ino: u64) -> Result<Option<Vec<u8>>> {
+        self.with(|c| {
+            c.prepare_cached("SELECT data FROM stage_copies WHERE ino = ?1")?
+                .query_row([ino as i64], |r| r.get(0))
+                .optional()
+        })
+    }
+
     pub fn journal_end(&self, ino: u64) -> Result<()> {
         self.with(|c| end_journal(c, ino))
     }
@@ -61,8 +70,21 @@ impl Catalog {
     }
 }
 
+/// The journal row ends, and the data copy kept with it (if any).
 pub(super) fn end_journal(c: &Connection, ino: u64) -> rusqlite::Result<()> {
     c.prepare_cached("DELETE FROM journal WHERE ino = ?1")?
+        .execute([ino as i64])?;
+    end_copy(c, ino)
+}
+
+pub(super) fn write_copy(c: &Connection, ino: u64, data: &[u8]) -> rusqlite::Result<()> {
+    c.prepare_cached("INSERT OR REPLACE INTO stage_copies(ino, data) VALUES (?1, ?2)")?
+        .execute(params![ino as i64, data])
+        .map(|_| ())
+}
+
+pub(super) fn end_copy(c: &Connection, ino: u64) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM stage_copies WHERE ino = ?1")?
         .execute([ino as i64])
         .map(|_| ())
 }

@@ -242,6 +242,13 @@ CREATE TABLE IF NOT EXISTS journal (
     bytes_done    INTEGER NOT NULL DEFAULT 0,
     started_ms    INTEGER NOT NULL
 );
+-- The data of a small file closed in write-back mode, written with its journal row so one
+-- sync of the log makes both durable; removed with the journal row (see
+-- `Catalog::update_node_and_journal_with_copy`).
+CREATE TABLE IF NOT EXISTS stage_copies (
+    ino  INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
 ";
 
 pub(super) const NODE_COLUMNS: &str =
@@ -542,6 +549,57 @@ mod tests {
             c.get_node(row.ino).unwrap().unwrap().state,
             NodeState::Committed
         );
+    }
+
+    #[test]
+    fn a_stage_copy_lives_as_long_as_its_journal_row() {
+        let c = Catalog::in_memory().unwrap();
+        let mut row = file_row(1, "a.bin");
+        row.state = NodeState::Queued;
+        row.ino = c.insert_node(&row).unwrap();
+        let journal = JournalRow {
+            ino: row.ino,
+            stage: PathBuf::from("/s/a"),
+            target: "work".into(),
+            parent_remote: None,
+            name: "a.bin".into(),
+            size: 3,
+            sha1: Some("ab".into()),
+            md5: None,
+            session_id: None,
+            parts_done: 0,
+            bytes_done: 0,
+            started_ms: 1,
+        };
+        c.update_node_and_journal_with_copy(&row, &journal, Some(b"abc"))
+            .unwrap();
+        assert_eq!(c.stage_copy(row.ino).unwrap().as_deref(), Some(&b"abc"[..]));
+        // An upload attempt rewrites the journal row: the copy stays.
+        row.state = NodeState::Uploading;
+        c.update_node_and_journal(&row, &journal).unwrap();
+        c.journal_begin(&journal).unwrap();
+        assert_eq!(c.stage_copy(row.ino).unwrap().as_deref(), Some(&b"abc"[..]));
+        // A larger version closed again: no copy.
+        row.state = NodeState::Queued;
+        c.update_node_and_journal_with_copy(&row, &journal, None)
+            .unwrap();
+        assert_eq!(c.stage_copy(row.ino).unwrap(), None);
+        // The upload lands: journal row and copy end together.
+        c.update_node_and_journal_with_copy(&row, &journal, Some(b"xyz"))
+            .unwrap();
+        row.state = NodeState::Committed;
+        c.update_node_and_end_journal(&row).unwrap();
+        assert_eq!(c.stage_copy(row.ino).unwrap(), None);
+        // Likewise journal_end and delete_node.
+        c.update_node_and_journal_with_copy(&row, &journal, Some(b"xyz"))
+            .unwrap();
+        c.journal_end(row.ino).unwrap();
+        assert_eq!(c.stage_copy(row.ino).unwrap(), None);
+        c.update_node_and_journal_with_copy(&row, &journal, Some(b"xyz"))
+            .unwrap();
+        c.delete_node(row.ino).unwrap();
+        assert_eq!(c.stage_copy(row.ino).unwrap(), None);
+        assert!(c.journal().unwrap().is_empty());
     }
 
     #[test]

@@ -133,6 +133,33 @@ impl Catalog {
         self.settle(&mut written, row, r)
     }
 
+    /// A write-back close: the node, its journal row and, for a small file, a copy of the
+    /// data, in one transaction. With the copy one sync of the log makes the data durable
+    /// together with its row, instead of a sync of the stage beside the log's; recovery
+    /// writes the stage back from it when the stage did not reach the disk. The copy lives
+    /// as long as the journal row; `None` removes an earlier version's copy.
+    pub fn update_node_and_journal_with_copy(
+        &self,
+        row: &NodeRow,
+        journal: &JournalRow,
+        copy: Option<&[u8]>,
+    ) -> Result<()> {
+        let mut written = self.written();
+        let r = self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            if written.get(&row.ino) != Some(row) {
+                write_node(&tx, row)?;
+            }
+            write_journal(&tx, journal)?;
+            match copy {
+                Some(data) => super::journal::write_copy(&tx, row.ino, data)?,
+                None => super::journal::end_copy(&tx, row.ino)?,
+            }
+            tx.commit()
+        });
+        self.settle(&mut written, row, r)
+    }
+
     /// Update a node and remove its journal row in one transaction: an upload landed
     /// (one commit instead of two for every file a `close()` uploads).
     pub fn update_node_and_end_journal(&self, row: &NodeRow) -> Result<()> {
@@ -172,8 +199,7 @@ impl Catalog {
             let tx = c.unchecked_transaction()?;
             tx.prepare_cached("DELETE FROM nodes WHERE ino = ?1")?
                 .execute([ino as i64])?;
-            tx.prepare_cached("DELETE FROM journal WHERE ino = ?1")?
-                .execute([ino as i64])?;
+            super::journal::end_journal(&tx, ino)?;
             tx.commit()
         })
     }

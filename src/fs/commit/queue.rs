@@ -40,6 +40,15 @@ const SETTLE_NO_RENAME: Duration = Duration::from_secs(2);
 /// The worker looks at the queue at least this often (a lost wake-up costs no more).
 const WORKER_TICK: Duration = Duration::from_secs(5);
 
+/// Files up to this size closed in write-back mode are made durable by a copy of their
+/// data in the catalog, written with the journal row, instead of a sync of their stage:
+/// one file synced per `close()` instead of two. Measured here, `cp -r` of 1000 files of
+/// 16 KiB into a write-back mount with uploads discarded (the `null` target), medians of
+/// 8 runs: 1.17 s with the stage synced, 1.00 s with the copy, 0.95 s with no sync of the
+/// data at all. Larger files go the other way: the copy is written twice more (the log,
+/// then the database at a checkpoint), which grows with the size while a sync does not.
+pub(in crate::fs) const STAGE_COPY_MAX: u64 = 64 * 1024;
+
 #[derive(Debug, Default)]
 pub(super) struct Entry {
     /// Failed attempts so far.
@@ -178,19 +187,35 @@ impl Fs {
         &self.uploads
     }
 
-    /// Write-back close: fsync the stage, journal it, sync the catalog, queue the upload.
+    /// Write-back close: make the data durable (a small file's copy in the catalog, else a
+    /// sync of the stage), journal it, sync the catalog, queue the upload.
     pub(in crate::fs) async fn queue_durably(&self, ino: u64, of: &Arc<OpenFile>) -> FsResult<()> {
         if of.is_queued() || of.unlinked.load(Ordering::SeqCst) || !of.dirty() {
             return Ok(());
         }
-        // Writers stay out while the stage is synced and hashed, so the digests match
-        // the version queued.
+        // Writers stay out while the stage is synced (or copied) and hashed, so the digests
+        // match the version queued.
         let _g = of.gate.write().await;
         let version = of.stage.version();
         let size = of.stage.size();
+        // A small file's data goes into the catalog with its journal row: the catalog's
+        // sync below makes it durable, and recovery writes the stage back from it, so
+        // neither the stage nor its directory entry needs a sync of its own.
+        let copy = if size <= STAGE_COPY_MAX {
+            let data = of
+                .stage
+                .read_at(0, size as usize)
+                .map_err(|e| Error::from(e).context("cannot read the stage"))?;
+            Some(data)
+        } else {
+            None
+        };
         // The stage's directory entry must survive too: synced when a stage file was
         // created since the last sync of the directory (a recycled file's name is on disk).
-        let dir_sync = self.pool.dir_sync_needed();
+        let dir_sync = match copy {
+            Some(_) => None,
+            None => self.pool.dir_sync_needed(),
+        };
         // The stage's data is synced on another thread while the digests are computed and
         // the catalog is written and synced here: the two syncs overlap instead of adding
         // up. Should the catalog reach the disk first and the daemon die before the stage
@@ -202,10 +227,10 @@ impl Fs {
             let stage_dir = self.stage_dir.clone();
             tokio::task::spawn_blocking(move || std::fs::File::open(&stage_dir)?.sync_all())
         });
-        let synced_stage = {
+        let synced_stage = copy.is_none().then(|| {
             let stage = of.stage.clone();
             tokio::task::spawn_blocking(move || stage.sync())
-        };
+        });
         let stage = of.stage.clone();
         // A small stage is hashed on this (kernel request) thread: the hop to the blocking
         // pool and back costs more than the hashing.
@@ -219,13 +244,16 @@ impl Fs {
         .map_err(|e| Error::from(e).context("cannot hash the stage"));
         let journaled = match digests {
             Ok(d) => self
-                .journal_queued(ino, of, size, &d)
+                .journal_queued(ino, of, size, &d, copy.as_deref())
                 .map(|queued| (queued, d)),
             Err(e) => Err(e),
         };
-        let stage_synced = match synced_stage.await {
-            Ok(r) => r.map_err(Error::from),
-            Err(e) => Err(Error::msg(libc::EIO, format!("syncing the stage: {e}"))),
+        let stage_synced = match synced_stage {
+            None => Ok(()),
+            Some(synced) => match synced.await {
+                Ok(r) => r.map_err(Error::from),
+                Err(e) => Err(Error::msg(libc::EIO, format!("syncing the stage: {e}"))),
+            },
         };
         let stage_synced = match synced_dir {
             None => stage_synced,
@@ -260,14 +288,16 @@ impl Fs {
         Ok(())
     }
 
-    /// Mark `ino` queued and journal it in one transaction, then sync the catalog.
-    /// `false`: the node is gone (unlinked meanwhile), nothing to queue.
+    /// Mark `ino` queued and journal it (with `copy`, a small file's data) in one
+    /// transaction, then sync the catalog. `false`: the node is gone (unlinked meanwhile),
+    /// nothing to queue.
     pub(in crate::fs) fn journal_queued(
         &self,
         ino: u64,
         of: &Arc<OpenFile>,
         size: u64,
         digests: &crate::remote::Digests,
+        copy: Option<&[u8]>,
     ) -> FsResult<bool> {
         let written = {
             let mut t = self.tree();
@@ -284,7 +314,8 @@ impl Fs {
                 .destination(ino, &parent_remote, &name, size, digests.clone())
                 .journal_row(of.stage.path());
             // Under the tree lock, so the catalog never lags a later change of the node.
-            self.catalog.update_node_and_journal(&n.row, &journal)
+            self.catalog
+                .update_node_and_journal_with_copy(&n.row, &journal, copy)
         };
         // Synced once the lock is released: other closes may write meanwhile and share
         // this sync.

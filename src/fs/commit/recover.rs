@@ -2,8 +2,10 @@
 //! again.
 //!
 //! At mount ([`load_tree`]) every row is brought to a state this run can act on: an edit
-//! never closed drops its stage (the remote still has the truth); a pending file whose
-//! stage is lost falls back to its remote copy or is dropped; `uploading` (the writer had
+//! never closed drops its stage (the remote still has the truth); a small file closed in
+//! write-back mode gets its stage back from the data the catalog kept with its journal
+//! row, should the stage not have reached the disk; a pending file whose stage is lost
+//! falls back to its remote copy or is dropped; `uploading` (the writer had
 //! closed it) becomes `queued`; `staged` (the writer never closed it) becomes
 //! `incomplete`, never uploaded on its own. Journal rows stay only for files still to
 //! upload, so their sessions can be resumed.
@@ -17,7 +19,9 @@
 
 use std::sync::Arc;
 
-use crate::catalog::{Catalog, CatalogError, NodeKind, NodeState};
+use crate::catalog::{Catalog, CatalogError, NodeKind, NodeRow, NodeState};
+use crate::remote::Digests;
+use crate::write::digests::Hashers;
 
 use crate::fs::handle::OpenFile;
 use crate::fs::inode::{Node, Tree};
@@ -32,6 +36,12 @@ pub(in crate::fs) fn load_tree(
     let mut tree = Tree::new(case_insensitive);
     for mut row in catalog.load_nodes()? {
         let mut changed = false;
+        if matches!(
+            row.state,
+            NodeState::Queued | NodeState::Uploading | NodeState::Failed
+        ) {
+            restore_stage(catalog, &row)?;
+        }
         let stage_ok = row.stage.as_ref().is_some_and(|p| p.exists());
         match row.state {
             NodeState::Committed if row.stage.is_some() => {
@@ -96,6 +106,49 @@ pub(in crate::fs) fn load_tree(
         }
     }
     Ok(tree)
+}
+
+/// A small file closed in write-back mode kept its data in the catalog instead of syncing
+/// its stage (see `queue::STAGE_COPY_MAX`): write the stage back from that copy when the
+/// stage did not reach the disk (missing, short, or other bytes). Only a copy that matches
+/// the journaled digests is used: a later upload attempt of another version journals its
+/// own digests, and the stage it wrote is then checked against those as before.
+fn restore_stage(catalog: &Catalog, row: &NodeRow) -> Result<(), CatalogError> {
+    let Some(stage) = &row.stage else {
+        return Ok(());
+    };
+    let Some(copy) = catalog.stage_copy(row.ino)? else {
+        return Ok(());
+    };
+    let Some(j) = catalog.journal_get(row.ino)? else {
+        return Ok(());
+    };
+    let digests = |data: &[u8]| {
+        let mut h = Hashers::new(j.md5.is_some());
+        h.update(data);
+        h.finish()
+    };
+    let matches = |d: &Digests| {
+        (j.sha1.is_some() || j.md5.is_some())
+            && (j.sha1.is_none() || d.sha1 == j.sha1)
+            && (j.md5.is_none() || d.md5 == j.md5)
+    };
+    if &j.stage != stage || copy.len() as u64 != j.size || !matches(&digests(&copy)) {
+        return Ok(());
+    }
+    if let Ok(held) = std::fs::read(stage) {
+        if held.len() == copy.len() && matches(&digests(&held)) {
+            return Ok(());
+        }
+    }
+    // No sync needed: the copy stays in the catalog until the upload lands.
+    match std::fs::write(stage, &copy) {
+        Ok(()) => tracing::info!(name = %row.name, "stage written back from the catalog's copy"),
+        Err(e) => {
+            tracing::warn!(name = %row.name, error = %e, "cannot write the stage back from the catalog's copy")
+        }
+    }
+    Ok(())
 }
 
 impl Fs {
