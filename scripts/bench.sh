@@ -7,8 +7,9 @@
 # It prints one table: median time, throughput, and the ratio mount/direct. The same run
 # measures this machine's limits: loopback HTTP ingest of the server, plain disk write to
 # the stage directory, the FUSE write ceiling of the daemon with uploads discarded (the
-# `null` target), and the local cycle of many small files (cp -r onto the disk, and into
-# the null mount in both modes).
+# `null` target), the local cycle of many small files (cp -r onto the disk, and into
+# the null mount in both modes), and each target's rate of ranged reads with no mount
+# (examples/read_rate.rs), the limit of cold random reads.
 #
 # With --peers it runs the S3 comparison instead: our mount of an S3 bucket side by side
 # with rclone mount, s3fs, mountpoint-s3 and the direct clients, on one SeaweedFS cluster
@@ -62,8 +63,10 @@ fi
 command -v fusermount3 >/dev/null || { echo "bench.sh: needs fuse3 (run scripts/test.sh first)" >&2; exit 1; }
 command -v rsync >/dev/null || { echo "bench.sh: needs rsync (run scripts/test.sh first)" >&2; exit 1; }
 
-cargo build --release --quiet
+cargo build --release --quiet --bin uploadfs --example read_rate
 BIN=$PWD/target/release/uploadfs
+# The target's ranged-read rate with no mount (examples/read_rate.rs).
+READ_RATE=$PWD/target/release/examples/read_rate
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/uploadfs-bench.XXXXXX")
 OUT=${BENCH_OUT:-$WORK/samples.tsv}
 : > "$OUT"
@@ -311,6 +314,11 @@ for K in $KINDS; do
         python3 -c 'import sys,json; print(int(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))')
       record "4 KiB random read, 4 readers, cold (fio)" "$K" mount 10000 "$((iops * 10))" reads
       unmount
+      # 4b. its limit: the same file's ranges of one cache block (32 KiB) read through the
+      # same target code with no mount, 4 in flight, for as long; every block the mount's
+      # cache misses costs one such request.
+      reads=$("$READ_RATE" "$WORK/config.toml" "$K:big-1.bin" 32768 4 10)
+      record "limit: ranged reads of 32 KiB, 4 in flight" "$K" direct 10000 "$reads" req
     fi
     drop_caches
     timed "read ${BIG_MB} MiB cold" "$K" direct "$BIG_BYTES" B -- "$BIN" get -q "$K:big-1.bin" /dev/null --config "$WORK/config.toml"
