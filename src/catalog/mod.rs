@@ -519,15 +519,10 @@ mod tests {
         assert!(next > ino, "{next} must be above the deleted {ino}");
     }
 
-    #[test]
-    fn a_landed_row_ends_its_journal_in_the_same_transaction() {
-        let c = Catalog::in_memory().unwrap();
-        c.ensure_root(0o755, 0, 0, 1).unwrap();
-        let mut row = file_row(ROOT_INO, "a.bin");
-        row.state = NodeState::Uploading;
-        row.ino = c.insert_node(&row).unwrap();
-        let journal = JournalRow {
-            ino: row.ino,
+    /// The journal row of a 3-byte `a.bin` at inode `ino`.
+    fn journal_of_a(ino: u64) -> JournalRow {
+        JournalRow {
+            ino,
             stage: PathBuf::from("/s/a"),
             target: "work".into(),
             parent_remote: None,
@@ -539,7 +534,17 @@ mod tests {
             parts_done: 0,
             bytes_done: 0,
             started_ms: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn a_landed_row_ends_its_journal_in_the_same_transaction() {
+        let c = Catalog::in_memory().unwrap();
+        c.ensure_root(0o755, 0, 0, 1).unwrap();
+        let mut row = file_row(ROOT_INO, "a.bin");
+        row.state = NodeState::Uploading;
+        row.ino = c.insert_node(&row).unwrap();
+        let journal = journal_of_a(row.ino);
         c.update_node_and_journal(&row, &journal).unwrap();
         assert_eq!(c.journal().unwrap(), vec![journal]);
         row.state = NodeState::Committed;
@@ -557,20 +562,7 @@ mod tests {
         let mut row = file_row(1, "a.bin");
         row.state = NodeState::Queued;
         row.ino = c.insert_node(&row).unwrap();
-        let journal = JournalRow {
-            ino: row.ino,
-            stage: PathBuf::from("/s/a"),
-            target: "work".into(),
-            parent_remote: None,
-            name: "a.bin".into(),
-            size: 3,
-            sha1: Some("ab".into()),
-            md5: None,
-            session_id: None,
-            parts_done: 0,
-            bytes_done: 0,
-            started_ms: 1,
-        };
+        let journal = journal_of_a(row.ino);
         c.update_node_and_journal_with_copy(&row, &journal, Some(b"abc"))
             .unwrap();
         assert_eq!(c.stage_copy(row.ino).unwrap().as_deref(), Some(&b"abc"[..]));

@@ -15,6 +15,13 @@ use super::{
     ROOT_INO, WRITTEN_MAX,
 };
 
+/// What a journal write does with the data copy kept beside the row.
+enum StageCopy<'a> {
+    Keep,
+    Set(&'a [u8]),
+    Remove,
+}
+
 impl Catalog {
     /// Every node (mount time).
     pub fn load_nodes(&self) -> Result<Vec<NodeRow>> {
@@ -119,18 +126,10 @@ impl Catalog {
         self.settle(&mut written, row, r)
     }
 
-    /// Update a node and record its journal row in one transaction (a write-back close).
+    /// Update a node and record its journal row in one transaction (an upload attempt
+    /// starts; a data copy kept with an earlier row stays).
     pub fn update_node_and_journal(&self, row: &NodeRow, journal: &JournalRow) -> Result<()> {
-        let mut written = self.written();
-        let r = self.with(|c| {
-            let tx = c.unchecked_transaction()?;
-            if written.get(&row.ino) != Some(row) {
-                write_node(&tx, row)?;
-            }
-            write_journal(&tx, journal)?;
-            tx.commit()
-        });
-        self.settle(&mut written, row, r)
+        self.node_and_journal(row, journal, StageCopy::Keep)
     }
 
     /// A write-back close: the node, its journal row and, for a small file, a copy of the
@@ -144,6 +143,19 @@ impl Catalog {
         journal: &JournalRow,
         copy: Option<&[u8]>,
     ) -> Result<()> {
+        let copy = match copy {
+            Some(data) => StageCopy::Set(data),
+            None => StageCopy::Remove,
+        };
+        self.node_and_journal(row, journal, copy)
+    }
+
+    fn node_and_journal(
+        &self,
+        row: &NodeRow,
+        journal: &JournalRow,
+        copy: StageCopy<'_>,
+    ) -> Result<()> {
         let mut written = self.written();
         let r = self.with(|c| {
             let tx = c.unchecked_transaction()?;
@@ -152,8 +164,9 @@ impl Catalog {
             }
             write_journal(&tx, journal)?;
             match copy {
-                Some(data) => super::journal::write_copy(&tx, row.ino, data)?,
-                None => super::journal::end_copy(&tx, row.ino)?,
+                StageCopy::Keep => {}
+                StageCopy::Set(data) => super::journal::write_copy(&tx, row.ino, data)?,
+                StageCopy::Remove => super::journal::end_copy(&tx, row.ino)?,
             }
             tx.commit()
         });
