@@ -136,10 +136,12 @@ fn restore_stage(catalog: &Catalog, row: &NodeRow) -> Result<(), CatalogError> {
     if &j.stage != stage || copy.len() as u64 != j.size || !matches(&digests(&copy)) {
         return Ok(());
     }
-    if let Ok(held) = std::fs::read(stage) {
-        if held.len() == copy.len() && matches(&digests(&held)) {
-            return Ok(());
-        }
+    // Read only a stage of the copy's size: a larger one (a later version, never closed)
+    // is not read whole into memory to learn that it differs.
+    let intact = std::fs::metadata(stage).is_ok_and(|m| m.len() == j.size)
+        && std::fs::read(stage).is_ok_and(|held| matches(&digests(&held)));
+    if intact {
+        return Ok(());
     }
     // No sync needed: the copy stays in the catalog until the upload lands.
     match std::fs::write(stage, &copy) {
