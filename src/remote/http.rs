@@ -24,7 +24,7 @@
 //! ([`super::health::quick`]) do not retry an unreachable server at all.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -222,8 +222,10 @@ pub enum Exchange {
 pub struct HttpClient {
     client: reqwest::Client,
     /// The same client with redirects handed back to the caller instead of followed (Box
-    /// answers a download with a 302 to a signed link worth keeping).
-    unfollowed: reqwest::Client,
+    /// answers a download with a 302 to a signed link worth keeping). Built on first use:
+    /// the other kinds never need it, and building a client loads the TLS roots.
+    unfollowed: Arc<OnceLock<Result<reqwest::Client, String>>>,
+    insecure: bool,
     token: Secret,
     /// The config name of the target, used in error messages.
     pub target_name: String,
@@ -243,20 +245,21 @@ impl std::fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
+    /// The settings every client of a target shares.
+    fn builder(insecure: bool) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .danger_accept_invalid_certs(insecure)
+            .pool_max_idle_per_host(32)
+            .user_agent(concat!("uploadfs/", env!("CARGO_PKG_VERSION")))
+    }
+
     pub fn new(name: &str, cfg: &TargetConfig) -> anyhow::Result<HttpClient> {
-        let builder = || {
-            reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .timeout(REQUEST_TIMEOUT)
-                .danger_accept_invalid_certs(cfg.insecure)
-                .pool_max_idle_per_host(32)
-                .user_agent(concat!("uploadfs/", env!("CARGO_PKG_VERSION")))
-        };
         Ok(HttpClient {
-            client: builder().build()?,
-            unfollowed: builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?,
+            client: Self::builder(cfg.insecure).build()?,
+            unfollowed: Arc::new(OnceLock::new()),
+            insecure: cfg.insecure,
             token: cfg.token.clone(),
             target_name: name.to_string(),
             retry_budget: Duration::from_secs(cfg.retry_seconds),
@@ -298,9 +301,22 @@ impl HttpClient {
     /// A GET whose redirect comes back as the answer (3xx with `Location`) instead of
     /// being followed.
     pub fn get_unfollowed(&self, url: impl AsRef<str>) -> Request {
-        Request {
-            rb: self.unfollowed.get(url.as_ref()),
-            bad: None,
+        let built = self.unfollowed.get_or_init(|| {
+            Self::builder(self.insecure)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        match built {
+            Ok(c) => Request {
+                rb: c.get(url.as_ref()),
+                bad: None,
+            },
+            // Never sent: `exchange` fails it with this message.
+            Err(e) => Request {
+                rb: self.client.get(url.as_ref()),
+                bad: Some(format!("the client that does not follow redirects: {e}")),
+            },
         }
     }
     pub fn post(&self, url: impl AsRef<str>) -> Request {
