@@ -90,6 +90,14 @@ impl Hashers {
         self.sha1.update(data);
     }
 
+    /// The digests of a whole small body, hashed here at once (no MD5 helper).
+    pub fn of(data: &[u8], with_md5: bool) -> Digests {
+        Digests {
+            sha1: Some(hex::encode(sha1::Sha1::digest(data))),
+            md5: with_md5.then(|| hex::encode(md5::Md5::digest(data))),
+        }
+    }
+
     /// The digests of everything fed so far (the hashers keep going).
     pub fn finish(&self) -> Digests {
         let md5 = match &self.md5 {
@@ -237,6 +245,18 @@ mod tests {
 
     fn sha1_hex(d: &[u8]) -> String {
         hex::encode(sha1::Sha1::digest(d))
+    }
+
+    #[test]
+    fn of_a_whole_body_matches_the_incremental_hashers() {
+        for len in [0, 1, HELPER_MIN - 1, HELPER_MIN, HELPER_MIN + 1] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            for with_md5 in [false, true] {
+                let mut h = Hashers::new(with_md5);
+                h.update(&data);
+                assert_eq!(Hashers::of(&data, with_md5), h.finish(), "{len} {with_md5}");
+            }
+        }
     }
 
     #[test]

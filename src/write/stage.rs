@@ -272,6 +272,11 @@ impl Stage {
         Ok(())
     }
 
+    /// Whether this stage's digests include MD5.
+    pub fn with_md5(&self) -> bool {
+        self.inner.with_md5
+    }
+
     /// Read up to `len` bytes at `offset` (short at the end).
     pub fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
         let size = self.size();

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::catalog::NodeState;
 use crate::fs::handle::OpenFile;
 use crate::fs::{Error, Fs, FsResult};
+use crate::write::digests::Hashers;
 use crate::write::uploader::Progress;
 
 /// as many as `uploadfs put -r` sends by default, so many small files drain as fast.
@@ -232,14 +233,15 @@ impl Fs {
             tokio::task::spawn_blocking(move || stage.sync())
         });
         let stage = of.stage.clone();
-        // A small stage is hashed on this (kernel request) thread: the hop to the blocking
-        // pool and back costs more than the hashing.
-        let digests = if size <= super::INLINE_DIGEST_MAX {
-            stage.digests()
-        } else {
-            tokio::task::spawn_blocking(move || stage.digests())
+        // The copy holds the whole version: hashed from it, the stage is not read again.
+        // Another small stage is hashed on this (kernel request) thread: the hop to the
+        // blocking pool and back costs more than the hashing.
+        let digests = match &copy {
+            Some(data) => Ok(Hashers::of(data, stage.with_md5())),
+            None if size <= super::INLINE_DIGEST_MAX => stage.digests(),
+            None => tokio::task::spawn_blocking(move || stage.digests())
                 .await
-                .map_err(|e| Error::msg(libc::EIO, format!("hashing the stage: {e}")))?
+                .map_err(|e| Error::msg(libc::EIO, format!("hashing the stage: {e}")))?,
         }
         .map_err(|e| Error::from(e).context("cannot hash the stage"));
         let journaled = match digests {

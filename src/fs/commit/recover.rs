@@ -123,11 +123,7 @@ fn restore_stage(catalog: &Catalog, row: &NodeRow) -> Result<(), CatalogError> {
     let Some(j) = catalog.journal_get(row.ino)? else {
         return Ok(());
     };
-    let digests = |data: &[u8]| {
-        let mut h = Hashers::new(j.md5.is_some());
-        h.update(data);
-        h.finish()
-    };
+    let digests = |data: &[u8]| Hashers::of(data, j.md5.is_some());
     let matches = |d: &Digests| {
         (j.sha1.is_some() || j.md5.is_some())
             && (j.sha1.is_none() || d.sha1 == j.sha1)
