@@ -142,6 +142,32 @@ fn chunk_rules_order_length_index_session() {
     assert_eq!(r["msg"], "");
 }
 
+/// A refusal that comes before the body is read is still delivered whole: the server reads
+/// the rest of a big chunk first, so the client sees the code, not a broken pipe.
+#[test]
+fn a_big_body_refused_early_gets_its_answer() {
+    let s = server();
+    let big = vec![1u8; 32 * MIB];
+    for _ in 0..3 {
+        let r = chunk(&s, "9897ebae-7b73-4169-aabc-6396f470e4bb", 0, &big);
+        assert_eq!(code(&r), 40011, "{r}");
+    }
+    let sid = new_session(&s, "cloudreve://my/locked.bin", 5 * MIB);
+    assert_eq!(
+        code(&put_content(&s, "cloudreve://my/locked.bin", &big)),
+        40073
+    );
+    // A wrong length is refused before the body is read, too.
+    assert_eq!(code(&chunk(&s, &sid, 0, &big)), 40013);
+    // And so is a refused token.
+    let wrong = client()
+        .post(api(&s, &format!("/file/upload/{sid}/0")))
+        .bearer_auth("wrong-token")
+        .header("content-length", big.len())
+        .body(big.clone());
+    assert_eq!(code(&send(&s, wrong)), 401);
+}
+
 #[test]
 fn fewer_bytes_than_declared_is_50004() {
     let s = server();

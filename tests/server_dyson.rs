@@ -469,6 +469,13 @@ fn chunk_rules() {
         let (st, v) = answer(c.post(api(&s, "/files/upload/chunk/unknownTask123/0")).bearer_auth(TOKEN).multipart(form).send().await.unwrap()).await;
         assert_api_error(st, &v, 404, "NOT_FOUND");
         assert_eq!(v["detail"], "Upload task");
+        // Refused before its body is read, a big chunk still gets the answer, not a reset.
+        for _ in 0..3 {
+            let form = Form::new().part("chunk", Part::bytes(vec![1u8; 6 * MIB - 4096]).file_name("c"));
+            let r = c.post(api(&s, "/files/upload/chunk/unknownTask123/0")).bearer_auth(TOKEN).multipart(form).send().await.expect("answered, not reset");
+            let (st, v) = answer(r).await;
+            assert_api_error(st, &v, 404, "NOT_FOUND");
+        }
         let (_, v) = create(&c, &s, json!({"hash": md5_hex(b"q"), "file_name": "q", "file_size": 7 * MIB, "content_type": ""})).await;
         let task = v["task_id"].as_str().unwrap().to_string();
         let url = api(&s, &format!("/files/upload/chunk/{task}/0"));

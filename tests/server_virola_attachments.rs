@@ -196,6 +196,19 @@ fn upload_rules_refuse_and_store_nothing() {
         )
         .await;
         assert_error(st, &v, 404, None);
+        // Refused before the body is read (unknown message, refused token), a big upload
+        // still gets its answer: the server reads the rest first instead of resetting.
+        let big = pattern(32 << 20, 5);
+        for (message, token, status) in [(42, TOKEN, 404), (VIROLA_MESSAGE_ID, "nope", 401)] {
+            let r = c
+                .post(api(&s, &format!("/messages/{message}/attachments")))
+                .bearer_auth(token)
+                .multipart(files_form(&[("big.bin", &big)]))
+                .send()
+                .await
+                .expect("answered, not reset");
+            assert_eq!(r.status(), status);
+        }
         // A part with another name.
         let form = Form::new().part("file", Part::bytes(b"x".to_vec()).file_name("a.txt"));
         let (st, v) = answer(

@@ -188,6 +188,11 @@ pub async fn append_body_hashed(
     Ok(h.finish())
 }
 
+/// Most bytes read and thrown away to deliver an error answer: above the largest part any
+/// emulated API takes (Box's 128 MiB), so a client still sending a whole part reads the
+/// refusal rather than a broken pipe, while a runaway body is still cut off.
+pub const DRAIN_LIMIT: u64 = 160 * 1024 * 1024;
+
 /// Read and drop what is left of a refused request body, up to about `limit` bytes, so
 /// that a client still sending sees the error answer instead of a broken pipe.
 pub async fn drain(body: Body, limit: u64) {

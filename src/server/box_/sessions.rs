@@ -20,12 +20,11 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::super::auth::Credentials;
-use super::super::body::{drain, AssembledFile, BodyError, Hashers};
+use super::super::body::{drain, AssembledFile, BodyError, Hashers, DRAIN_LIMIT};
 use super::super::faults::FaultOp;
 use super::super::{AppState, ConnKill, Faulted, ServerState};
 use super::upload::{
     fault_json, files_answer, parse_json_body, resolve_dest, store_upload, too_large, Dest,
-    DRAIN_LIMIT,
 };
 use super::*;
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::super::auth::Credentials;
-use super::super::body::{drain_multipart, Intake};
+use super::super::body::{drain_multipart, Intake, DRAIN_LIMIT};
 use super::super::faults::Fault;
 use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill, ServerState};
@@ -21,8 +21,6 @@ use super::*;
 const MAX_ATTRIBUTES_BYTES: usize = 64 * 1024;
 /// Multipart framing allowance on top of the file size when checking `Content-Length`.
 const MULTIPART_SLACK: u64 = 256 * 1024;
-/// Most bytes read and thrown away to deliver an error answer (a part is at most 128 MiB).
-pub(super) const DRAIN_LIMIT: u64 = 160 * 1024 * 1024;
 
 /// The error body of an injected 429 or 503, in Box's shape.
 pub(super) fn fault_json(f: Fault) -> Value {

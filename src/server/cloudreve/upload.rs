@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::super::auth::Credentials;
-use super::super::body::{body_to_file, join_chunks, BodyError, BodyInfo};
+use super::super::body::{body_to_file, drain, join_chunks, BodyError, BodyInfo, DRAIN_LIMIT};
 use super::super::store::{now_ms, Object};
 use super::super::{AppState, ConnKill, ServerState};
 use super::paths::CrPath;
@@ -315,14 +315,57 @@ pub async fn chunk(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    auth(&state, &creds)?;
-    let drop_after = match state.upload_fault(&kill, fault_json).await {
-        Ok(d) => d,
-        Err(answer) => return Ok(answer),
+    let what = BodyRequest::Chunk {
+        session_id: &session_id,
+        index: &index,
     };
-    let r = chunk_inner(&state, &session_id, &index, &headers, body).await;
-    if drop_after {
-        return Ok(kill.drop_connection().await);
+    body_request(&state, &creds, &kill, &headers, body, what).await
+}
+
+/// The two requests that carry file bytes.
+enum BodyRequest<'a> {
+    Chunk { session_id: &'a str, index: &'a str },
+    Content { query: Option<&'a str> },
+}
+
+/// Around a request that carries file bytes: authentication, the injected faults, and the
+/// body read to its end whatever the answer. A request refused before its body was read
+/// still has it read (up to [`DRAIN_LIMIT`]) before the answer goes out: hyper closes a
+/// connection whose body is left unread, and a client still sending a chunk would see a
+/// broken pipe instead of the error code (a real server behind its reverse proxy answers
+/// after the whole body).
+async fn body_request(
+    state: &AppState,
+    creds: &Credentials,
+    kill: &ConnKill,
+    headers: &HeaderMap,
+    body: Body,
+    what: BodyRequest<'_>,
+) -> ApiResult {
+    let mut body = Some(body);
+    let r = match auth(state, creds) {
+        Err(e) => Err(e),
+        Ok(()) => match state.upload_fault(kill, fault_json).await {
+            Err(answer) => Ok(answer),
+            Ok(drop_after) => {
+                let r = match what {
+                    BodyRequest::Chunk { session_id, index } => {
+                        chunk_inner(state, session_id, index, headers, &mut body).await
+                    }
+                    BodyRequest::Content { query } => {
+                        put_content_inner(state, query, headers, &mut body).await
+                    }
+                };
+                if drop_after {
+                    Ok(kill.drop_connection().await)
+                } else {
+                    r
+                }
+            }
+        },
+    };
+    if let Some(b) = body {
+        drain(b, DRAIN_LIMIT).await;
     }
     r
 }
@@ -332,7 +375,7 @@ async fn chunk_inner(
     session_id: &str,
     index: &str,
     headers: &HeaderMap,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> ApiResult {
     let index: u64 = index
         .parse()
@@ -401,10 +444,11 @@ async fn chunk_inner(
     Ok(ok_empty())
 }
 
-/// Stream a body of exactly `len` bytes into a new file at `path` (50004 otherwise).
+/// Stream a body of exactly `len` bytes into a new file at `path` (50004 otherwise); the
+/// body is taken, so the caller does not drain it.
 async fn receive_exact(
     state: &ServerState,
-    body: Body,
+    body: &mut Option<Body>,
     path: &std::path::Path,
     len: u64,
 ) -> Result<BodyInfo, ApiError> {
@@ -413,6 +457,9 @@ async fn receive_exact(
             code::IO_FAILED,
             "Uploaded data does not match purposed size",
         )
+    };
+    let Some(body) = body.take() else {
+        return Err(mismatch());
     };
     let got = match body_to_file(body, path, len, &state.throttle).await {
         Ok(b) => b,
@@ -534,23 +581,17 @@ pub async fn put_content(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    auth(&state, &creds)?;
-    let drop_after = match state.upload_fault(&kill, fault_json).await {
-        Ok(d) => d,
-        Err(answer) => return Ok(answer),
+    let what = BodyRequest::Content {
+        query: q.as_deref(),
     };
-    let r = put_content_inner(&state, q.as_deref(), &headers, body).await;
-    if drop_after {
-        return Ok(kill.drop_connection().await);
-    }
-    r
+    body_request(&state, &creds, &kill, &headers, body, what).await
 }
 
 async fn put_content_inner(
     state: &ServerState,
     q: Option<&str>,
     headers: &HeaderMap,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> ApiResult {
     let q = query_map(q);
     let path = uri_param(&q)?;

@@ -18,17 +18,13 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use super::super::auth::Credentials;
-use super::super::body::{drain, join_chunks, BodyInfo};
+use super::super::body::{drain, join_chunks, BodyInfo, DRAIN_LIMIT};
 use super::super::store::Object;
 use super::super::{AppState, ConnKill, ServerState};
 use super::{
     authenticate, bad_name, cloud_file, fault_json, is_nanoid_like, nanoid, DysonError,
     DysonResult, ACCOUNT_ID, DEFAULT_CHUNK_SIZE, MAX_CHUNK_REQUEST, POOL_ID, PROTO,
 };
-
-/// An oversized chunk request is still read (and dropped) up to this many bytes, so the
-/// client sees the 413 instead of a broken pipe while it is still sending.
-const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// What `task.json` holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -202,42 +198,66 @@ pub(super) async fn chunk(
     Extension(kill): Extension<ConnKill>,
     req: Request,
 ) -> DysonResult {
-    authenticate(&state, &creds)?;
+    // A request refused before its body was read still has it read before the answer goes
+    // out, as Kestrel does: hyper closes a connection whose body is left unread, and a
+    // client still sending would see a broken pipe instead of the answer.
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let r = chunk_inner(&state, &creds, &task, &index, &kill, parts, &mut body).await;
+    if let Some(b) = body {
+        drain(b, DRAIN_LIMIT).await;
+    }
+    r
+}
+
+async fn chunk_inner(
+    state: &AppState,
+    creds: &Credentials,
+    task: &str,
+    index: &str,
+    kill: &ConnKill,
+    parts: axum::http::request::Parts,
+    body: &mut Option<Body>,
+) -> DysonResult {
+    authenticate(state, creds)?;
     let Ok(index) = index.parse::<i64>() else {
         return Err(DysonError::problem(
             "chunkIndex",
             &format!("The value '{index}' is not valid."),
         ));
     };
-    let declared = req
-        .headers()
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > MAX_CHUNK_REQUEST) {
-        if n <= DRAIN_LIMIT {
-            drain(req.into_body(), u64::MAX).await;
+        if n > DRAIN_LIMIT {
+            // Too much to read: the connection is closed instead.
+            body.take();
         }
         return Err(too_large());
     }
-    let (dir, _) = load_task(&state, &task).await?;
-    state.dyson.tasks().insert(task.clone());
-    let is_form = req
-        .headers()
+    let (dir, _) = load_task(state, task).await?;
+    state.dyson.tasks().insert(task.to_string());
+    let is_form = parts
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
     if !is_form {
         return Err(DysonError::unsupported_media_type());
     }
-    let drop_after = match state.upload_fault(&kill, fault_json).await {
+    let drop_after = match state.upload_fault(kill, fault_json).await {
         Ok(d) => d,
         Err(answer) => return Ok(answer),
     };
     // Count the raw body (multipart overhead included) against the request limit, also
     // when no Content-Length was sent.
     let over = Arc::new(AtomicBool::new(false));
-    let (parts, body) = req.into_parts();
+    let Some(body) = body.take() else {
+        return Err(too_large());
+    };
     let counted = {
         let over = over.clone();
         let state = state.clone();
@@ -267,7 +287,7 @@ pub(super) async fn chunk(
         .await
         .map_err(|_| DysonError::problem("Chunk", "The multipart body has no valid boundary."))?;
     let temp = dir.join(format!(".{index}.{}.part", uuid::Uuid::new_v4().simple()));
-    let got = receive_chunk(&state, &mut mp, &temp).await;
+    let got = receive_chunk(state, &mut mp, &temp).await;
     let refused = if over.load(Ordering::Relaxed) {
         Some(too_large())
     } else {

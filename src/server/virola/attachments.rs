@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
@@ -15,7 +16,7 @@ use serde_json::{json, Value};
 use super::super::auth::Credentials;
 use super::super::body::{
     content_type_for, drain_multipart, parse_range, serve_file, BadRange, BodyInfo, FileAnswer,
-    Intake,
+    Intake, DRAIN_LIMIT,
 };
 use super::super::names::{NameFault, NameRules};
 use super::super::store::Object;
@@ -23,8 +24,6 @@ use super::super::{AppState, ConnKill, ServerState, VIROLA_ROOM_ID};
 use super::messages::find_message;
 use super::{authenticate, fault_json, ok, VirolaError, VirolaResult, PROTO};
 
-/// How much of a refused upload is still read and dropped (see [`drain_multipart`]).
-const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 const NOT_FOUND_ATTACHMENT: &str = "Attachment not found";
 
 /// Attachment metadata as `GET /attachments/{id}` answers it.
@@ -91,24 +90,42 @@ pub(super) async fn upload(
     creds: Credentials,
     Path(mid): Path<String>,
     Extension(kill): Extension<ConnKill>,
-    req: Request,
+    mut mp: Result<Multipart, MultipartRejection>,
 ) -> VirolaResult {
-    authenticate(&state, &creds)?;
-    let msg = find_message(&state, &mid).await?;
-    let drop_after = match state.upload_fault(&kill, fault_json).await {
+    let r = upload_inner(&state, &creds, &mid, &kill, &mut mp).await;
+    // Whatever the answer, the rest of the body is read first: hyper closes a connection
+    // whose body is left unread, and a client still sending would see a broken pipe
+    // instead of the refusal.
+    if let Ok(mp) = &mut mp {
+        drain_multipart(mp, DRAIN_LIMIT).await;
+    }
+    r
+}
+
+async fn upload_inner(
+    state: &AppState,
+    creds: &Credentials,
+    mid: &str,
+    kill: &ConnKill,
+    mp: &mut Result<Multipart, MultipartRejection>,
+) -> VirolaResult {
+    authenticate(state, creds)?;
+    let msg = find_message(state, mid).await?;
+    let drop_after = match state.upload_fault(kill, fault_json).await {
         Ok(d) => d,
         Err(answer) => return Ok(answer),
     };
     let _in_flight = InFlight::new(&state.virola.uploads_in_flight);
-    let mut mp = Multipart::from_request(req, &())
-        .await
-        .map_err(|_| VirolaError::bad_request("Content-Type multipart/form-data expected"))?;
+    let Ok(mp) = mp.as_mut() else {
+        return Err(VirolaError::bad_request(
+            "Content-Type multipart/form-data expected",
+        ));
+    };
     let mut received: Vec<Received> = Vec::new();
-    if let Err(e) = receive_files(&state, &mut mp, &mut received).await {
+    if let Err(e) = receive_files(state, mp, &mut received).await {
         for r in &received {
             let _ = tokio::fs::remove_file(&r.temp).await;
         }
-        drain_multipart(&mut mp, DRAIN_LIMIT).await;
         return Err(e);
     }
     if received.is_empty() {
