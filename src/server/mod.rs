@@ -15,7 +15,11 @@
 //! extractor, applies its protocol's caller check, and returns `Result<Response, E>`, where
 //! `E` is the protocol's error type (`BoxError`, Cloudreve's `ApiError`, Fluxer's
 //! `ApiError`, `VirolaError`, `DysonError`) whose `IntoResponse` writes that protocol's
-//! exact error body and status; store and I/O failures convert into it with `?`.
+//! exact error body and status; store and I/O failures convert into it with `?`. A handler
+//! that takes file bytes and refuses them before reading them reads the rest first
+//! ([`body::drain`], up to [`body::DRAIN_LIMIT`]), as a real server's front does: hyper
+//! would otherwise close the connection and a client still sending would see a broken pipe
+//! instead of the answer.
 //!
 //! Connections are served by our own accept loop instead of `axum::serve` so that a
 //! handler can really drop its connection ([`ConnKill`]): that is how "connection reset"
