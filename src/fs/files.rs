@@ -20,7 +20,7 @@ use super::commit::early::Expected;
 use crate::write::Stage;
 
 use super::handle::{Handle, HandleState, OpenFile};
-use super::names::{check_new_name, tgid_of};
+use super::names::{caller, check_new_name, tgid_of};
 use super::{Attr, Error, Fs, FsResult, Opened};
 
 /// Size of one ranged read when an existing file is fetched into a stage for editing.
@@ -489,6 +489,7 @@ impl Fs {
             let fh = self.open(ino, flags, pid).await?;
             return Ok((self.getattr(ino)?, fh));
         }
+        let creator = caller(pid);
         let (attr, of) = {
             let mut t = self.tree();
             if t.child(parent, name).is_some() {
@@ -511,6 +512,7 @@ impl Fs {
             of.handles.fetch_add(1, Ordering::SeqCst);
             if let Some(n) = t.get_mut(attr.ino) {
                 n.open = Some(of.clone());
+                n.by_rsync = creator.is_rsync;
             }
             (attr, of)
         };
@@ -519,7 +521,7 @@ impl Fs {
             ino: attr.ino,
             writable: true,
             open: Some(of),
-            opener_tgid: tgid_of(pid),
+            opener_tgid: creator.tgid,
             state: tokio::sync::Mutex::new(HandleState::Writing),
         });
         Ok((attr, fh))

@@ -2,34 +2,64 @@
 //! accepts; the target's own rules, applied to the encoded name, checked before anything
 //! is staged), the desktop trash folders a flat target refuses, the temporary files of
 //! GIO's safe save, rsync and `sed -i` whose upload waits for the rename into place, and
-//! the caller's thread group (a forked child's close does not commit).
+//! the caller's process (its thread group: a forked child's close does not commit; its
+//! name: rsync's temporary names are recognised more widely).
 
 use super::{Error, Fs, FsResult};
 
 /// Longest name a directory entry may have (bytes), as on local filesystems.
 pub const NAME_MAX: usize = 255;
 
-pub(super) fn tgid_of(pid: u32) -> u32 {
+/// What a file's creator is, as far as the name rules care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Caller {
+    /// The thread group (the process) the request came from.
+    pub tgid: u32,
+    /// The process is rsync, which writes every file under an `mkstemp` name and renames
+    /// it into place (see [`is_tool_temp`]).
+    pub is_rsync: bool,
+}
+
+/// rsync's command name (`/proc/PID/status`'s `Name:`). sed is not trusted likewise: its
+/// `w` command writes files of any name, `sedXXXXXX` included.
+const RSYNC: &[u8] = b"rsync";
+
+/// The caller of a request, from `/proc/PID/status`.
+pub(super) fn caller(pid: u32) -> Caller {
     use std::io::Read;
     if pid == 0 {
-        return 0;
+        return Caller {
+            tgid: 0,
+            is_rsync: false,
+        };
     }
-    // `Tgid:` is the fourth line of the status file, well inside its first 512 bytes: one
-    // read instead of reading the whole file with a growing buffer (ten system calls, a
-    // measurable share of a small file's create and close).
+    // `Name:` is the first line of the status file and `Tgid:` the fourth, well inside its
+    // first 512 bytes: one read instead of reading the whole file with a growing buffer
+    // (ten system calls, a measurable share of a small file's create and close).
     let mut buf = [0u8; 512];
     let n = std::fs::File::open(format!("/proc/{pid}/status"))
         .and_then(|mut f| f.read(&mut buf))
         .unwrap_or(0);
     let head = &buf[..n];
-    head.windows(6)
-        .position(|w| w == b"\nTgid:")
-        .and_then(|at| {
-            let rest = &head[at + 6..];
-            let end = rest.iter().position(|b| *b == b'\n')?;
-            std::str::from_utf8(&rest[..end]).ok()?.trim().parse().ok()
-        })
-        .unwrap_or(pid)
+    let field = |key: &[u8]| {
+        head.windows(key.len())
+            .position(|w| w == key)
+            .and_then(|at| {
+                let rest = &head[at + key.len()..];
+                let end = rest.iter().position(|b| *b == b'\n')?;
+                Some(rest[..end].trim_ascii())
+            })
+    };
+    let tgid = field(b"\nTgid:")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(pid);
+    // The first line: no earlier `Name:` to find.
+    let is_rsync = field(b"Name:") == Some(RSYNC);
+    Caller { tgid, is_rsync }
+}
+
+pub(super) fn tgid_of(pid: u32) -> u32 {
+    caller(pid).tgid
 }
 
 /// Validate a name for a new entry.
@@ -58,33 +88,44 @@ pub(super) fn is_save_temp(name: &str) -> bool {
 
 /// A temporary file a tool writes, closes and then renames into place: GIO's safe save,
 /// rsync's `.NAME.XXXXXX` and `sed -i`'s `sedXXXXXX`. The `XXXXXX` of the last two is
-/// `mkstemp`'s: six ASCII letters and digits; at least one capital letter is asked for
-/// too, so ordinary names (`.bashrc.backup`, `sediments`) do not match (the few temporary
-/// names without one are re-posted after their rename instead).
-pub(super) fn is_tool_temp(name: &str) -> bool {
-    let sed = || name.strip_prefix("sed").is_some_and(is_mkstemp_suffix);
-    is_save_temp(name) || rsync_final_name(name).is_some() || sed()
+/// `mkstemp`'s: six ASCII letters and digits. The name must also hold a capital letter,
+/// so that ordinary names (`.bashrc.backup`, `sediments`) do not match, unless rsync
+/// itself created the file (`by_rsync`, [`Caller`]): otherwise one of its temporary files
+/// in 26 (six characters of 62 with no capital letter: (36/62)^6) would be uploaded
+/// before its rename and posted again after it. (rsync writes a file under its own name
+/// only with `--inplace`; such a file named like `.NAME.abcdef` then waits for a rename
+/// that does not come and is shown failed, as any file named like `.NAME.Ab12cd` is.)
+pub(super) fn is_tool_temp(name: &str, by_rsync: bool) -> bool {
+    let sed = || {
+        name.strip_prefix("sed")
+            .is_some_and(|x| is_mkstemp_suffix(x, false))
+    };
+    is_save_temp(name) || rsync_final_name(name, by_rsync).is_some() || sed()
 }
 
-/// `mkstemp`'s `XXXXXX` as [`is_tool_temp`] recognises it.
-fn is_mkstemp_suffix(x: &str) -> bool {
+/// `mkstemp`'s `XXXXXX` as [`is_tool_temp`] recognises it (`any_case`: without a
+/// capital letter too).
+fn is_mkstemp_suffix(x: &str, any_case: bool) -> bool {
     x.len() == MKSTEMP_SUFFIX
         && x.bytes().all(|b| b.is_ascii_alphanumeric())
-        && x.bytes().any(|b| b.is_ascii_uppercase())
+        && (any_case || x.bytes().any(|b| b.is_ascii_uppercase()))
 }
 
-/// rsync writes `NAME` as `.NAME.XXXXXX` and renames it into place once closed: `NAME`.
-pub(super) fn rsync_final_name(name: &str) -> Option<&str> {
+/// rsync writes `NAME` as `.NAME.XXXXXX` and renames it into place once closed: `NAME`
+/// (`by_rsync` as for [`is_tool_temp`]).
+pub(super) fn rsync_final_name(name: &str, by_rsync: bool) -> Option<&str> {
     name.strip_prefix('.')
         .and_then(|rest| rest.rsplit_once('.'))
-        .filter(|(base, x)| !base.is_empty() && is_mkstemp_suffix(x))
+        .filter(|(base, x)| !base.is_empty() && is_mkstemp_suffix(x, by_rsync))
         .map(|(base, _)| base)
 }
 
 /// Whether a file named `local` here holds the remote file named `remote` because it was
-/// uploaded under its final name ahead of its rename ([`Fs::name_ahead`]).
+/// uploaded under its final name ahead of its rename ([`Fs::name_ahead`]). Any `mkstemp`
+/// suffix counts: with the remote name equal to the rest, the local name can only come
+/// from there.
 pub(super) fn landed_ahead(local: &str, remote: &str) -> bool {
-    rsync_final_name(local) == Some(remote)
+    rsync_final_name(local, true) == Some(remote)
 }
 
 /// The trash folders file managers create at a filesystem's top (`.Trash`, `.Trash-UID`;
@@ -139,7 +180,7 @@ impl Fs {
         if n.is_dir() || n.row.remote.is_some() || n.row.replaces.is_some() {
             return None;
         }
-        let name = rsync_final_name(&n.row.name)?;
+        let name = rsync_final_name(&n.row.name, n.by_rsync)?;
         let key = t.key(name);
         let taken = t.child(n.row.parent, name).is_some()
             || t.children(n.row.parent).into_iter().any(|c| {
@@ -157,16 +198,15 @@ impl Fs {
     /// upload waits for the rename (which then returns the upload's outcome).
     pub(super) fn waits_for_rename(&self, ino: u64) -> bool {
         !self.caps.rename
-            && self
-                .tree()
-                .get(ino)
-                .is_some_and(|n| !n.is_dir() && n.row.remote.is_none() && is_tool_temp(&n.row.name))
+            && self.tree().get(ino).is_some_and(|n| {
+                !n.is_dir() && n.row.remote.is_none() && is_tool_temp(&n.row.name, n.by_rsync)
+            })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{is_save_temp, is_tool_temp};
+    use super::{caller, is_save_temp, is_tool_temp, landed_ahead};
 
     #[test]
     fn tools_temporary_names() {
@@ -176,7 +216,8 @@ mod tests {
             ".a.Xb3k9z",
             "sedrTewaY",
         ] {
-            assert!(is_tool_temp(temp), "{temp}");
+            assert!(is_tool_temp(temp, false), "{temp}");
+            assert!(is_tool_temp(temp, true), "{temp}");
         }
         for plain in [
             ".bashrc.backup",
@@ -187,9 +228,44 @@ mod tests {
             "notes.ABCdef",
             "sedABC-ef",
         ] {
-            assert!(!is_tool_temp(plain), "{plain}");
+            assert!(!is_tool_temp(plain, false), "{plain}");
         }
+        // Created by rsync, its temporary name needs no capital letter (sed's still does).
+        for temp in [".f1.bin.7imn95", ".a.bcdefg", ".b.123456"] {
+            assert!(!is_tool_temp(temp, false), "{temp}");
+            assert!(is_tool_temp(temp, true), "{temp}");
+        }
+        for plain in [
+            "sediments",
+            "sedq3kx9a",
+            ".x.abcdefg",
+            "..abcdef",
+            "notes.abcdef",
+        ] {
+            assert!(!is_tool_temp(plain, true), "{plain}");
+        }
+        assert!(landed_ahead(".f1.bin.7imn95", "f1.bin") && landed_ahead(".f.Q2w3e4", "f"));
+        assert!(!landed_ahead(".f1.bin.7imn95", "f2.bin"));
         // Only GIO's keeps an early upload from starting (on every target).
         assert!(is_save_temp(".goutputstream-AB12cd") && !is_save_temp(".f1.bin.QlhxxK"));
+    }
+
+    #[test]
+    fn the_caller_is_read_from_proc() {
+        let me = caller(std::process::id());
+        assert_eq!(me.tgid, std::process::id());
+        assert!(!me.is_rsync, "the test binary is not rsync");
+        // rsync waiting for its standard input (the protocol's greeting) as a server.
+        let mut rsync = std::process::Command::new("rsync")
+            .args(["--server", "--sender", ".", "."])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("rsync runs (scripts/test.sh installs it)");
+        let seen = caller(rsync.id());
+        drop(rsync.stdin.take());
+        let _ = rsync.wait();
+        assert_eq!(seen.tgid, rsync.id());
+        assert!(seen.is_rsync, "rsync is recognised");
     }
 }
