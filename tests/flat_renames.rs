@@ -48,17 +48,18 @@ fn renames(kind: TargetKind, extra: &[&str]) {
         m.log()
     );
     // One of rsync's temporary names in 26 has no capital letter, which alone would not
-    // tell it from an ordinary name: the creating process's name does. A copy of `cp`
-    // named `rsync` writes such a name for certain.
+    // tell it from an ordinary name: the creating process's name does, with the exclusive
+    // create of `mkstemp`. A copy of `dd` named `rsync` writes such a name for certain.
     std::fs::create_dir_all(work.join("bin")).unwrap();
     std::fs::create_dir_all(work.join("src3")).unwrap();
-    sh(&work, "cp \"$(command -v cp)\" bin/rsync");
+    sh(&work, "cp \"$(command -v dd)\" bin/rsync");
     let f3 = pattern(200_000, 9);
     std::fs::write(work.join("src3/f3.bin"), &f3).unwrap();
     let before = s.bytes_received();
     sh(
         &work,
-        "bin/rsync src3/f3.bin mnt/.f3.bin.q7x2ka && mv mnt/.f3.bin.q7x2ka mnt/f3.bin",
+        "bin/rsync if=src3/f3.bin of=mnt/.f3.bin.q7x2ka conv=excl status=none \
+         && mv mnt/.f3.bin.q7x2ka mnt/f3.bin",
     );
     let sent = s.bytes_received() - before;
     assert!(
@@ -67,6 +68,10 @@ fn renames(kind: TargetKind, extra: &[&str]) {
         f3.len(),
         m.log()
     );
+    // rsync --inplace writes the final name itself (no O_EXCL): a name of that shape is
+    // the file's own, uploaded under it.
+    std::fs::write(work.join("src3/.g.bin.abcdef"), b"in place\n").unwrap();
+    sh(&work, "rsync --inplace src3/.g.bin.abcdef mnt/");
     // mv of a file that landed long ago.
     std::fs::write(m.path("a.txt"), b"plain move\n").unwrap();
     sh(&work, "mv mnt/a.txt mnt/b.txt");
@@ -80,6 +85,7 @@ fn renames(kind: TargetKind, extra: &[&str]) {
         ("f1.bin", f1),
         ("f2.txt", b"second file\n".to_vec()),
         ("f3.bin", f3),
+        (".g.bin.abcdef", b"in place\n".to_vec()),
         ("b.txt", b"plain move\n".to_vec()),
         ("doc.txt", b"version 2\n".to_vec()),
     ]);

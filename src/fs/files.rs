@@ -512,7 +512,9 @@ impl Fs {
             of.handles.fetch_add(1, Ordering::SeqCst);
             if let Some(n) = t.get_mut(attr.ino) {
                 n.open = Some(of.clone());
-                n.by_rsync = creator.is_rsync;
+                // rsync's temporary files come from `mkstemp`, which creates with O_EXCL;
+                // with `--inplace` it opens the final name without it.
+                n.by_rsync = creator.is_rsync && flags & libc::O_EXCL != 0;
             }
             (attr, of)
         };

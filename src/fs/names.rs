@@ -90,11 +90,10 @@ pub(super) fn is_save_temp(name: &str) -> bool {
 /// rsync's `.NAME.XXXXXX` and `sed -i`'s `sedXXXXXX`. The `XXXXXX` of the last two is
 /// `mkstemp`'s: six ASCII letters and digits. The name must also hold a capital letter,
 /// so that ordinary names (`.bashrc.backup`, `sediments`) do not match, unless rsync
-/// itself created the file (`by_rsync`, [`Caller`]): otherwise one of its temporary files
-/// in 26 (six characters of 62 with no capital letter: (36/62)^6) would be uploaded
-/// before its rename and posted again after it. (rsync writes a file under its own name
-/// only with `--inplace`; such a file named like `.NAME.abcdef` then waits for a rename
-/// that does not come and is shown failed, as any file named like `.NAME.Ab12cd` is.)
+/// itself created the file exclusively, as `mkstemp` does (`by_rsync`, [`Caller`]; with
+/// `--inplace` rsync opens the final name without O_EXCL): otherwise one of its
+/// temporary files in 26 (six characters of 62 with no capital letter: (36/62)^6) would
+/// be uploaded before its rename and posted again after it.
 pub(super) fn is_tool_temp(name: &str, by_rsync: bool) -> bool {
     let sed = || {
         name.strip_prefix("sed")
