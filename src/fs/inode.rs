@@ -30,9 +30,9 @@ pub struct Node {
     /// The remote version whose pages the kernel may still cache from an earlier
     /// read-only open (so the next one can keep them).
     pub page_cache: Option<Arc<str>>,
-    /// Created by rsync with O_EXCL (see `names::is_tool_temp`): a name like its temporary files' is
-    /// taken for one even without a capital letter. Not kept in the catalog: a file found
-    /// there at mount is judged by its name alone.
+    /// Created by rsync with O_EXCL (see `names::is_tool_temp`): a name like its temporary
+    /// files' is taken for one even without a capital letter. Not kept in the catalog: a
+    /// file found there at mount is judged by its name alone.
     pub by_rsync: bool,
 }
 
