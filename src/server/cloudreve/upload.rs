@@ -343,29 +343,34 @@ async fn body_request(
     what: BodyRequest<'_>,
 ) -> ApiResult {
     let mut body = Some(body);
-    let r = match auth(state, creds) {
-        Err(e) => Err(e),
-        Ok(()) => match state.upload_fault(kill, fault_json).await {
-            Err(answer) => Ok(answer),
-            Ok(drop_after) => {
-                let r = match what {
-                    BodyRequest::Chunk { session_id, index } => {
-                        chunk_inner(state, session_id, index, headers, &mut body).await
-                    }
-                    BodyRequest::Content { query } => {
-                        put_content_inner(state, query, headers, &mut body).await
-                    }
-                };
-                if drop_after {
-                    Ok(kill.drop_connection().await)
-                } else {
-                    r
-                }
-            }
-        },
-    };
+    let r = body_request_inner(state, creds, kill, headers, &mut body, what).await;
     if let Some(b) = body {
         drain(b, DRAIN_LIMIT).await;
+    }
+    r
+}
+
+async fn body_request_inner(
+    state: &AppState,
+    creds: &Credentials,
+    kill: &ConnKill,
+    headers: &HeaderMap,
+    body: &mut Option<Body>,
+    what: BodyRequest<'_>,
+) -> ApiResult {
+    auth(state, creds)?;
+    let drop_after = match state.upload_fault(kill, fault_json).await {
+        Ok(d) => d,
+        Err(answer) => return Ok(answer),
+    };
+    let r = match what {
+        BodyRequest::Chunk { session_id, index } => {
+            chunk_inner(state, session_id, index, headers, body).await
+        }
+        BodyRequest::Content { query } => put_content_inner(state, query, headers, body).await,
+    };
+    if drop_after {
+        return Ok(kill.drop_connection().await);
     }
     r
 }

@@ -255,6 +255,7 @@ async fn chunk_inner(
     // Count the raw body (multipart overhead included) against the request limit, also
     // when no Content-Length was sent.
     let over = Arc::new(AtomicBool::new(false));
+    // Only the oversize refusal above takes the body before this point.
     let Some(body) = body.take() else {
         return Err(too_large());
     };
