@@ -85,10 +85,18 @@ pub fn weed_binary() -> PathBuf {
     );
 }
 
-/// A loopback port that is free, with port + 10000 (its gRPC port) free too.
+/// Lowest port of Linux's default ephemeral range (`net.ipv4.ip_local_port_range`).
+const EPHEMERAL_FIRST: u16 = 32768;
+
+/// A loopback port that is free, with port + 10000 (its gRPC port) free too. Both lie
+/// below the ephemeral range: a component binds its port seconds after the check, and a
+/// port in that range can meanwhile be taken by any test's outgoing connection (the filer
+/// then died with "address already in use").
 fn free_port_pair(taken: &[u16]) -> u16 {
+    const FIRST: u16 = 11000;
+    const SPAN: u16 = EPHEMERAL_FIRST - 10000 - FIRST;
     for _ in 0..1000 {
-        let p: u16 = 11000 + (rand::random::<u16>() % 20000);
+        let p: u16 = FIRST + (rand::random::<u16>() % SPAN);
         if taken
             .iter()
             .any(|t| t.abs_diff(p) < 2 || t.abs_diff(p + 10000) < 2)
